@@ -1,0 +1,133 @@
+"""
+An upstream at run time: its targets' state and the one place a target is chosen.
+
+Health, breakers, concurrency caps and the balancer all meet in
+L{Cluster.choose}, so that the proxy never reasons about any of them and a
+new policy has exactly one place to plug in.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from .config import Target, UpstreamConfig
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+    from .interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy
+
+
+class Endpoint:
+    """
+    One target of one upstream, with the state that outlives requests.
+
+    The same Endpoint object is kept across reloads for as long as its URL
+    stays in the upstream, so health, breaker and in-flight counts carry
+    over.
+    """
+
+    __slots__ = ("url", "urlBytes", "scheme", "host", "port", "weight", "inFlight", "activeHealthy",
+                 "ejectedUntil", "breaker", "upstream", "labels", "netloc")
+
+    def __init__(self, target: Target, upstream: str) -> None:
+        self.url = target.url
+        self.urlBytes = target.url.encode("ascii")
+        self.scheme = target.scheme
+        self.host = target.host
+        self.port = target.port
+        self.netloc = self.urlBytes.split(b"://", 1)[1]
+        self.weight = target.weight
+        self.upstream = upstream
+        self.inFlight = 0
+        # Optimistic start: a target is used until a check says otherwise, so
+        # a gateway that has just started serves at once.
+        self.activeHealthy = True
+        self.ejectedUntil = 0.0
+        self.breaker: IBreaker | None = None
+        self.labels: object = None  # cached metric children, see observe.Metrics
+
+    def healthy(self, now: float) -> bool:
+        return self.activeHealthy and now >= self.ejectedUntil
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.url} in_flight={self.inFlight}>"
+
+
+class NoTarget(Exception):
+    """No target may take this request now; C{reason} and C{retryAfter} shape the 503."""
+
+    def __init__(self, reason: str, retryAfter: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryAfter = retryAfter
+
+
+class Cluster:
+    """The run-time side of one C{upstreams:} entry."""
+
+    def __init__(self, config: UpstreamConfig, clock: IReactorTime, balancer: IBalancer,
+                 endpoints: Sequence[Endpoint], retryPolicy: IRetryPolicy | None = None,
+                 passive: IPassiveHealth | None = None, rng: _random.Random | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.clock = clock
+        self.balancer = balancer
+        self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
+        self.retryPolicy = retryPolicy
+        self.passive = passive
+        self.random = rng or _random.Random()
+        self.maxPerTarget = config.pool.max_per_target
+        self.failOpen = config.health.when_all_unhealthy == "fail_open"
+        self.agent: object = None  # set by the proxy: the pooled Agent for this upstream
+        self.onStateChange: Callable[[Endpoint], None] | None = None
+        balancer.setTargets(self.endpoints)
+
+    def choose(self, context: RequestContext, tried: Sequence[Endpoint] = ()) -> Endpoint:
+        """
+        The target for the next attempt of C{context}.
+
+        Untried targets are preferred, so a retry lands elsewhere when it
+        can.  Raises L{NoTarget} when nothing may be used: every breaker
+        open, every target saturated, or none healthy under fail_closed.
+        """
+        now = self.clock.seconds()
+        endpoints = self.endpoints
+        healthy = [e for e in endpoints if e.healthy(now)]
+        if not healthy:
+            if not self.failOpen:
+                raise NoTarget("no healthy target (fail_closed)")
+            healthy = list(endpoints)
+        if tried:
+            untried = [e for e in healthy if e not in tried]
+            if untried:
+                healthy = untried
+        candidates = [e for e in healthy if e.inFlight < self.maxPerTarget]
+        if not candidates:
+            raise NoTarget("every target is at pool.max_per_target")
+        while candidates:
+            allowed = [e for e in candidates if e.breaker is None or e.breaker.state != "open"]
+            if not allowed:
+                wait = min(e.breaker.retryAfter() for e in candidates if e.breaker is not None)
+                raise NoTarget("every target's circuit breaker is open", wait)
+            choice = self.balancer.pick(allowed, context) if len(allowed) > 1 else allowed[0]
+            if choice is None:
+                raise NoTarget("the balancer made no choice")
+            if choice.breaker is None or choice.breaker.allow():
+                return choice
+            # Half-open with every probe slot taken: not this one, try the rest.
+            candidates.remove(choice)
+        raise NoTarget("every target's circuit breaker is open or probing", 1.0)
+
+    def endpointByURL(self, url: str) -> Endpoint | None:
+        for e in self.endpoints:
+            if e.url == url:
+                return e
+        return None
+
+    def usable(self) -> bool:
+        """Whether /health may call this upstream up: a target that is healthy and not broken."""
+        now = self.clock.seconds()
+        return any(e.healthy(now) and (e.breaker is None or e.breaker.state != "open") for e in self.endpoints)

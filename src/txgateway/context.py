@@ -1,0 +1,91 @@
+"""
+The per-request state that every stage of the request path reads and adds to.
+
+One L{RequestContext} is made per request, with slots only, so that the
+access log, metrics, retries and filters share one small object instead of
+each stashing attributes on the Twisted request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from .routing import CompiledRoute
+
+
+class LocalResponse:
+    """An answer the gateway gives itself, without reaching a backend."""
+
+    __slots__ = ("code", "headers", "body")
+
+    def __init__(self, code: int, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"") -> None:
+        self.code = code
+        self.headers = headers if headers is not None else []
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<LocalResponse {self.code} {self.body[:60]!r}>"
+
+
+class RequestContext:
+    """
+    What the gateway knows about one request as it moves through the chain.
+
+    C{path} is the normalised path that routing matched and that (after the
+    route's strip/rewrite) is forwarded: one view of the path, never two.
+    """
+
+    __slots__ = (
+        "request", "started", "requestId", "clientIP", "peerIP", "method", "host", "path", "query",
+        "route", "upstreamPath", "identity", "upstream", "target", "attempts", "targetsTried",
+        "cacheStatus", "status", "bytesOut", "responseHeaders", "forwardHeaders", "removeHeaders",
+        "traceId", "spanId", "traceFlags", "tracestate", "outcome", "bodySent", "extra",
+    )
+
+    def __init__(self, request: Request, started: float, requestId: str, clientIP: str, peerIP: str,
+                 method: bytes, host: str, path: str, query: bytes | None) -> None:
+        self.request = request
+        self.started = started
+        self.requestId = requestId
+        self.clientIP = clientIP
+        self.peerIP = peerIP
+        self.method = method
+        self.host = host
+        self.path = path
+        self.query = query
+        self.route: CompiledRoute | None = None
+        self.upstreamPath = path
+        self.identity: str | None = None
+        self.upstream: str | None = None
+        self.target: str | None = None
+        self.attempts = 0
+        self.targetsTried: list[str] = []
+        self.cacheStatus: str | None = None
+        self.status = 0
+        self.bytesOut = 0
+        # Headers every response to this request carries (rate-limit, CORS, Cache-Status ...).
+        self.responseHeaders: list[tuple[bytes, bytes]] = []
+        # Headers added to (or replacing those of) the upstream request (identity, ...).
+        self.forwardHeaders: list[tuple[bytes, bytes]] = []
+        # Request headers never forwarded (credentials, spoofed identity ...).
+        self.removeHeaders: list[bytes] = []
+        self.traceId: str | None = None
+        self.spanId: str | None = None
+        self.traceFlags = "01"
+        self.tracestate: bytes | None = None
+        self.outcome: str | None = None
+        self.bodySent = False
+        self.extra: dict[str, Any] | None = None
+
+    @property
+    def headers(self) -> Any:
+        """The client's request headers (a L{twisted.web.http_headers.Headers})."""
+        return self.request.requestHeaders
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a request header, or None."""
+        values = self.request.requestHeaders.getRawHeaders(name)
+        return values[0] if values else None

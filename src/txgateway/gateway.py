@@ -1,0 +1,352 @@
+"""
+The request path: the resource tree the Site serves, from request head to log line.
+
+L{GatewayRoot} is the root of the tree.  It reads the current L{Runtime}
+once per request (a reload swaps that one attribute, so a request never sees
+half of two configs), answers the gateway's own endpoints, and hands a
+matched request to its route's leaf, L{RouteResource}, which runs the chain
+and the forward.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from .context import LocalResponse, RequestContext
+from .middleware import AddressSet, jsonResponse
+from .observe import newSpanId, newTraceId, parseTraceparent, requestIdFrom
+from .proxy import UpstreamFailure
+from .routing import PathError, normalizeHost, normalizePath
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from .cluster import Cluster
+    from .config import GatewayConfig
+    from .observe import AccessLog, Metrics
+    from .proxy import Forwarder
+    from .routing import CompiledRoute, RouteTable
+
+log = Logger(namespace="txgateway")
+
+
+class GatewayState:
+    """Process-wide facts that outlive any one config: readiness and in-flight requests."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+        self.inFlight = 0
+        self._idle: list[Deferred[None]] = []
+
+    def requestStarted(self) -> None:
+        self.inFlight += 1
+
+    def requestEnded(self) -> None:
+        self.inFlight -= 1
+        if self.inFlight == 0 and self._idle:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """Fires once no request is in flight (at once if none is)."""
+        d: Deferred[None] = Deferred()
+        if self.inFlight == 0:
+            d.callback(None)
+        else:
+            self._idle.append(d)
+        return d
+
+
+class Runtime:
+    """Everything built from one config: routes with their chains, clusters, forwarder."""
+
+    def __init__(self, config: GatewayConfig, routes: RouteTable, clusters: Mapping[str, Cluster],
+                 forwarder: Forwarder, metrics: Metrics, accessLog: AccessLog, clock: IReactorTime) -> None:
+        self.config = config
+        self.routes = routes
+        self.clusters = clusters
+        self.forwarder = forwarder
+        self.metrics = metrics
+        self.accessLog = accessLog
+        self.clock = clock
+        e = config.server.endpoints
+        self.endpoints = {p: kind for p, kind in ((e.health, "health"), (e.ready, "ready"), (e.metrics, "metrics"))
+                          if p is not None}
+        self.trusted = AddressSet(config.server.trusted_proxies)
+        self.globalAllow = AddressSet(config.access.ip_allow)
+        self.globalDeny = AddressSet(config.access.ip_deny)
+        self.leaves = {r.name: RouteResource(r, self) for r in routes.routes}
+
+    def clientIP(self, peer: str, request: Any) -> str:
+        """
+        The real client: walk X-Forwarded-For right to left while the hop is
+        a trusted proxy; the first untrusted address is the client.  The
+        leftmost value is never believed just because it is there.
+        """
+        if not self.trusted or peer not in self.trusted:
+            return peer
+        values = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        if not values:
+            return peer
+        hops = [h.strip() for v in values for h in v.decode("latin-1").split(",") if h.strip()]
+        client = peer
+        for hop in reversed(hops):
+            client = hop
+            if hop not in self.trusted:
+                break
+        return client
+
+    async def forward(self, context: RequestContext, method: bytes | None = None,
+                      extraHeaders: list[tuple[bytes, bytes]] | None = None) -> tuple[Any, Any]:
+        """Fetch from the route's upstream: (IResponse, Endpoint).  See L{Forwarder.fetch}."""
+        route = context.route
+        assert route is not None
+        return await self.forwarder.fetch(context, route.cluster, method, extraHeaders)
+
+    def healthReport(self) -> tuple[int, dict[str, Any]]:
+        now = self.clock.seconds()
+        upstreams: dict[str, Any] = {}
+        degraded = []
+        anyUsable = False
+        for name, cluster in self.clusters.items():
+            targets = []
+            for e in cluster.endpoints:
+                targets.append({
+                    "url": e.url,
+                    "healthy": e.healthy(now),
+                    "circuit": e.breaker.state if e.breaker is not None else "closed",
+                    "in_flight": e.inFlight,
+                })
+            usable = cluster.usable()
+            anyUsable = anyUsable or usable
+            if not usable or not all(t["healthy"] for t in targets):
+                degraded.append(name)
+            upstreams[name] = {"usable": usable, "targets": targets}
+        status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
+        return (200 if anyUsable else 503), {"status": status, "degraded": degraded, "upstreams": upstreams}
+
+
+class GatewayRoot(Resource):
+    """
+    The root of the resource tree.
+
+    Routing needs the whole normalised path, host and headers at once, so the
+    root decides on the first segment walk and returns the route's leaf (or an
+    answer of its own); the leaf has C{isLeaf} set and gets the request.
+    """
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        gw = self.gateway
+        runtime: Runtime = gw.runtime
+        clock = runtime.clock
+        peer = _peerIP(request)
+        context = RequestContext(
+            request, clock.seconds(), requestIdFrom(request.requestHeaders.getRawHeaders(b"x-request-id", (None,))[0]),
+            runtime.clientIP(peer, request), peer, request.method,
+            normalizeHost(request.requestHeaders.getRawHeaders(b"host", (b"",))[0]), "/", None,
+        )
+        request.context = context
+        gw.state.requestStarted()
+        runtime.metrics.inFlight.inc()
+        request.notifyFinish().addBoth(_requestDone, context, runtime, gw.state)
+        _trace(context)
+
+        raw = request.uri
+        q = raw.find(b"?")
+        rawPath = raw if q == -1 else raw[:q]
+        if q != -1:
+            context.query = raw[q + 1:]
+        try:
+            context.path = normalizePath(rawPath)
+        except PathError as e:
+            return _Local(jsonResponse(context, 400, f"bad request path: {e}"))
+
+        kind = runtime.endpoints.get(context.path)
+        if kind is not None:
+            return _OwnEndpoint(kind, runtime, gw.state)
+
+        if (runtime.globalDeny and context.clientIP in runtime.globalDeny) or (
+                runtime.globalAllow and context.clientIP not in runtime.globalAllow):
+            runtime.metrics.authFailures.labels("", "ip").inc()
+            return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
+
+        match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
+        route = match.route
+        if route is None:
+            if match.allowed:
+                allow = b", ".join(sorted(match.allowed))
+                return _Local(jsonResponse(context, 405, "method not allowed", [(b"Allow", allow)],
+                                           allow=allow.decode()))
+            return _Local(jsonResponse(context, 404, "no route", host=context.host, path=context.path))
+        context.route = route
+        context.upstreamPath = route.upstreamPath(context.path)
+        return runtime.leaves[route.name]
+
+
+def _peerIP(request: Any) -> str:
+    addr = request.getClientAddress()
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) else "0.0.0.0"
+
+
+def _trace(context: RequestContext) -> None:
+    """W3C trace context: continue the caller's trace, with this hop as the new parent span."""
+    parsed = parseTraceparent(context.header(b"traceparent"))
+    if parsed is None:
+        context.traceId = newTraceId()
+    else:
+        context.traceId, context.traceFlags = parsed
+        context.tracestate = context.header(b"tracestate")
+    context.spanId = newSpanId()
+
+
+def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: GatewayState) -> None:
+    state.requestEnded()
+    runtime.metrics.inFlight.dec()
+    duration = runtime.clock.seconds() - context.started
+    request = context.request
+    context.status = request.code if not getattr(request, "gone", False) or request.finished else 499
+    route = context.route
+    runtime.metrics.observeRequest(route.name if route is not None else "", context.method, context.status, duration)
+    try:
+        runtime.accessLog.record(context, duration)
+    except Exception:
+        log.failure("writing the access log failed")
+
+
+def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:
+    """Write a gateway-made answer (error, 429, preflight, cache hit...)."""
+    request = context.request
+    if getattr(request, "gone", False) or request.finished:
+        return
+    request.setResponseCode(response.code)
+    headers = request.responseHeaders
+    headers.removeHeader(b"server")
+    for k, v in response.headers:
+        headers.addRawHeader(k, v)
+    headers.setRawHeaders(b"X-Request-ID", [context.requestId.encode()])
+    for k, v in context.responseHeaders:
+        headers.addRawHeader(k, v)
+    headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
+    context.bytesOut += len(response.body)
+    if response.body and request.method != b"HEAD":
+        request.write(response.body)
+    request.finish()
+
+
+class _Local(Resource):
+    """A leaf that gives one prepared answer."""
+
+    isLeaf = True
+
+    def __init__(self, response: LocalResponse) -> None:
+        super().__init__()
+        self.response = response
+
+    def render(self, request: Any) -> Any:
+        respond(request.context, self.response)
+        return NOT_DONE_YET
+
+
+class _OwnEndpoint(Resource):
+    """/health, /ready and /metrics: GET and HEAD only."""
+
+    isLeaf = True
+
+    def __init__(self, kind: str, runtime: Runtime, state: GatewayState) -> None:
+        super().__init__()
+        self.kind = kind
+        self.runtime = runtime
+        self.state = state
+
+    def render(self, request: Any) -> Any:
+        context: RequestContext = request.context
+        if request.method not in (b"GET", b"HEAD"):
+            respond(context, jsonResponse(context, 405, "method not allowed", [(b"Allow", b"GET, HEAD")]))
+            return NOT_DONE_YET
+        if self.kind == "metrics":
+            body = self.runtime.metrics.render()
+            respond(context, LocalResponse(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], body))
+        elif self.kind == "ready":
+            ok = self.state.ready and not self.state.draining
+            status = "ready" if ok else ("draining" if self.state.draining else "starting")
+            respond(context, _json(200 if ok else 503, {"status": status}))
+        else:
+            code, report = self.runtime.healthReport()
+            respond(context, _json(code, report))
+        return NOT_DONE_YET
+
+
+def _json(code: int, obj: Any) -> LocalResponse:
+    return LocalResponse(code, [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")],
+                         json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+class RouteResource(Resource):
+    """The leaf for one route: run its chain, then forward (through its cache, if any)."""
+
+    isLeaf = True
+
+    def __init__(self, route: CompiledRoute, runtime: Runtime) -> None:
+        super().__init__()
+        self.route = route
+        self.runtime = runtime
+
+    def render(self, request: Any) -> Any:
+        context: RequestContext = request.context
+        d = ensureDeferred(self.handle(context))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._failed, context)
+        return NOT_DONE_YET
+
+    async def handle(self, context: RequestContext) -> None:
+        route = self.route
+        runtime = self.runtime
+        chain = route.chain
+        if chain.filters:
+            local = await chain.run(context)
+            if local is not None:
+                respond(context, local)
+                return
+        try:
+            if chain.cache is not None:
+                await chain.cache.handle(context, runtime)
+                return
+            response, endpoint = await runtime.forward(context)
+            try:
+                runtime.forwarder.startResponse(context, response)
+                await runtime.forwarder.relay(context, response)
+            finally:
+                runtime.forwarder.finished(endpoint)
+        except UpstreamFailure as e:
+            headers = []
+            if e.status == 503 and e.retryAfter:
+                headers.append((b"Retry-After", b"%d" % max(1, int(e.retryAfter + 0.999))))
+            message = {502: "bad gateway: the upstream failed", 503: "service unavailable",
+                       504: "gateway timeout: the upstream did not answer in time"}.get(e.status, "upstream error")
+            respond(context, jsonResponse(context, e.status, message, headers, reason=e.reason,
+                                          upstream=context.upstream))
+
+    def _failed(self, failure: Any, context: RequestContext) -> None:
+        if failure.check(CancelledError):
+            context.outcome = context.outcome or "client_gone"
+            return
+        log.failure("request {request_id} failed inside the gateway", failure, request_id=context.requestId)
+        request = context.request
+        if not request.startedWriting:
+            respond(context, jsonResponse(context, 500, "internal gateway error"))
+        elif not getattr(request, "gone", False):
+            request.channel.transport.abortConnection()

@@ -1,0 +1,161 @@
+"""
+Every pluggable part of the gateway, as a zope Interface.
+
+Each concern module provides implementations; L{txgateway.cluster} and
+L{txgateway.middleware} only talk to these interfaces, so a user can register
+their own balancer (by dotted name in C{balancer:}) or swap a store without
+the request path knowing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .cluster import Endpoint
+    from .context import RequestContext
+
+
+class IBalancer(Interface):
+    """
+    Picks one target of an upstream for a request.
+
+    A balancer is told the full target list once (and again on reload), and
+    on each request is handed the subset that health checks and breakers
+    currently allow.  It must not keep per-request allocations.
+    """
+
+    def setTargets(targets: Sequence[Endpoint]) -> None:
+        """
+        Every configured target, in config order.  Called at build time and
+        whenever the upstream's target list or weights change on reload.
+        """
+
+    def pick(eligible: Sequence[Endpoint], context: RequestContext) -> Endpoint | None:
+        """
+        Choose one of C{eligible} (never empty; a subset of the targets last
+        given to L{setTargets}, in the same order).  Return L{None} only if no
+        choice can be made.
+        """
+
+
+class IBreaker(Interface):
+    """
+    A per-target circuit breaker: closed, open or half-open.
+
+    State is derived lazily from the injected clock, so no timer runs per
+    breaker.
+    """
+
+    state = Attribute("One of 'closed', 'open', 'half_open', computed from the clock.")
+
+    def allow() -> bool:
+        """
+        May a request be sent to this target now?  In half-open state a
+        C{True} answer takes one of the limited probe slots, which the
+        caller must give back through L{recordSuccess}, L{recordFailure} or
+        L{release}.
+        """
+
+    def recordSuccess() -> None:
+        """The request that L{allow} admitted succeeded."""
+
+    def recordFailure() -> None:
+        """The request that L{allow} admitted failed (connect error, timeout, 5xx)."""
+
+    def release() -> None:
+        """The request that L{allow} admitted was never sent (cancelled); free its slot."""
+
+    def retryAfter() -> float:
+        """Seconds until an open breaker lets a probe through (0 when not open)."""
+
+
+class IHealthCheck(Interface):
+    """Tells whether a target may receive traffic, from probes or from real traffic."""
+
+    def isHealthy(endpoint: Endpoint) -> bool:
+        """The verdict of this check for C{endpoint} right now."""
+
+
+class IPassiveHealth(IHealthCheck):
+    """A health check fed by the outcome of real requests."""
+
+    def record(endpoint: Endpoint, ok: bool) -> None:
+        """One request to C{endpoint} finished; C{ok} is False for connect errors, timeouts and 5xx."""
+
+
+class IRetryPolicy(Interface):
+    """Decides whether a failed attempt is tried again on another target."""
+
+    def shouldRetry(context: RequestContext, outcome: str | int, bodySent: bool) -> float | None:
+        """
+        C{outcome} is 'connect_failure', 'timeout', 'reset' or a status code.
+        Return the delay in seconds before the next attempt, or L{None} to
+        give up.  Charging the retry budget is part of saying yes.
+        """
+
+    def recordRequest() -> None:
+        """One first attempt was sent (feeds the retry budget)."""
+
+
+class IRateLimiter(Interface):
+    """Admits or refuses a request for a client key."""
+
+    def check(key: str) -> Deferred[Any] | Any:
+        """
+        Return a L{txgateway.limiting.Decision}, or a Deferred firing with
+        one when the counter lives elsewhere (Redis).  Must never fail: a
+        limiter whose store is down falls back to a local decision.
+        """
+
+
+class ICacheStore(Interface):
+    """Where cached responses live: memory or Redis."""
+
+    def get(key: bytes) -> Deferred[Any]:
+        """Fire with the stored entry, or L{None}.  Never fails; a broken store is a miss."""
+
+    def set(key: bytes, entry: Any, ttl: float) -> Deferred[None]:
+        """Store C{entry} for at most C{ttl} seconds.  Never fails."""
+
+    def delete(key: bytes) -> Deferred[None]:
+        """Forget C{key}.  Never fails."""
+
+
+class IAuthenticator(Interface):
+    """Verifies one kind of credential (API key, JWT, basic)."""
+
+    def authenticate(context: RequestContext) -> Deferred[Any] | Any:
+        """
+        Return (or fire with) a L{txgateway.auth.AuthResult}: an identity, a
+        refusal with its C{WWW-Authenticate} challenge, or 'absent' when the
+        request carries no credential of this kind.
+        """
+
+
+class IRequestFilter(Interface):
+    """
+    One step of a route's chain (Envoy's HTTP filter): may answer locally
+    (401, 429, a cache hit) or let the request continue.
+    """
+
+    def filterRequest(context: RequestContext) -> Deferred[Any] | Any:
+        """
+        Return L{None} to continue, or a L{txgateway.context.LocalResponse}
+        to answer without reaching the backend.  May return a Deferred.
+        """
+
+
+class IMetricsSink(Interface):
+    """Where counters go (see L{txgateway.observe.Metrics})."""
+
+
+class IReloadable(Interface):
+    """A runtime part that survives a config reload and takes the new config."""
+
+    def reconfigure(config: Any) -> None:
+        """Adopt C{config}; keep state that still applies."""

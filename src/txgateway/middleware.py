@@ -1,0 +1,138 @@
+"""
+The per-route chain: the filters a request passes before it is forwarded.
+
+Order matters and is fixed here, in one place: IP rules first (cheapest, and
+a denied client learns nothing more), then CORS (a browser's preflight
+carries no credentials, so it must be answered before auth), then auth
+(which sets the identity), then rate limiting (which may key on that
+identity).  Caching wraps the forward itself (see L{txgateway.caching}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random as _random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from .channel import errorBody
+from .config import GatewayConfig, IPNetwork
+from .context import LocalResponse, RequestContext
+from .interfaces import IRequestFilter
+
+if TYPE_CHECKING:
+    from .observe import Metrics
+    from .routing import CompiledRoute
+
+
+@dataclass
+class Deps:
+    """What filter factories may use; built once per config by the service."""
+
+    clock: IReactorTime
+    reactor: Any
+    metrics: Metrics
+    config: GatewayConfig
+    rng: _random.Random
+    redis: Any = None  # a txredisapi connection pool when stores.redis is set
+    shared: dict[str, Any] = field(default_factory=dict)  # state kept across reloads, by key
+
+
+def jsonResponse(context: RequestContext, status: int, message: str,
+                 headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any) -> LocalResponse:
+    return LocalResponse(status, [(b"Content-Type", b"application/json"), *headers],
+                         errorBody(status, message, context.requestId, **extra))
+
+
+class AddressSet:
+    """CIDR membership with a per-address cache (client addresses repeat)."""
+
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, ip: object) -> bool:
+        assert isinstance(ip, str)
+        hit = self._cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
+                    addr = addr.ipv4_mapped  # type: ignore[union-attr]
+                hit = any(addr in n for n in self.networks)
+            except ValueError:
+                hit = False
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[ip] = hit
+        return hit
+
+
+@implementer(IRequestFilter)
+class IPFilter:
+    """C{ip_allow} / C{ip_deny}, on the real client address (after trusted_proxies)."""
+
+    def __init__(self, allow: Sequence[IPNetwork], deny: Sequence[IPNetwork], metrics: Metrics | None = None,
+                 routeName: str = "") -> None:
+        self.allow = AddressSet(allow)
+        self.deny = AddressSet(deny)
+        self.metrics = metrics
+        self.routeName = routeName
+
+    def filterRequest(self, context: RequestContext) -> LocalResponse | None:
+        ip = context.clientIP
+        if (self.deny and ip in self.deny) or (self.allow and ip not in self.allow):
+            if self.metrics is not None:
+                self.metrics.authFailures.labels(self.routeName, "ip").inc()
+            return jsonResponse(context, 403, "forbidden: client address not allowed")
+        return None
+
+
+FilterFactory = Callable[["CompiledRoute", Deps], "IRequestFilter | None"]
+
+
+def filterFactories() -> list[FilterFactory]:
+    """The chain's builders, in order.  Each returns None when its route does not use it."""
+    from . import auth, limiting
+
+    return [ipFilterFor, auth.corsFilter, auth.authFilter, limiting.rateLimitFilter]
+
+
+def ipFilterFor(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
+    c = route.config
+    if not (c.ip_allow or c.ip_deny):
+        return None
+    return IPFilter(c.ip_allow, c.ip_deny, deps.metrics, route.name)
+
+
+class Chain:
+    """A route's filters, plus its cache (which wraps the forward)."""
+
+    __slots__ = ("filters", "cache")
+
+    def __init__(self, filters: Sequence[IRequestFilter], cache: Any = None) -> None:
+        self.filters = tuple(filters)
+        self.cache = cache
+
+    async def run(self, context: RequestContext) -> LocalResponse | None:
+        for f in self.filters:
+            result = f.filterRequest(context)
+            if isinstance(result, Deferred):
+                result = await result
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+        return None
+
+
+def buildChain(route: CompiledRoute, deps: Deps) -> Chain:
+    from . import caching
+
+    filters = [f for f in (factory(route, deps) for factory in filterFactories()) if f is not None]
+    return Chain(filters, caching.cacheFor(route, deps))

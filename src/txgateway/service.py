@@ -1,0 +1,343 @@
+"""
+The gateway as a Twisted service: build from config, listen, reload, drain.
+
+L{GatewayService} owns one L{Gateway} (the swappable runtime plus process
+state) and the listening ports.  A config becomes a L{Runtime} through
+L{buildRuntime}, which, like buildbot's reconfig, keeps what survives from
+the previous runtime: an upstream whose targets stay keeps their Endpoint
+objects (health, breakers, in-flight counts) and, when its pool settings are
+unchanged, its connection pool.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from . import balancing, breaking, health, retrying, stores
+from .channel import GatewaySite
+from .cluster import Cluster, Endpoint
+from .config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
+from .gateway import GatewayRoot, GatewayState, Runtime
+from .middleware import Deps, buildChain
+from .observe import AccessLog, Metrics
+from .proxy import Forwarder, makeAgent
+from .routing import RouteTable, compileRoutes
+
+log = Logger(namespace="txgateway")
+
+
+def _circuitCode(state: str) -> int:
+    return {"closed": 0, "open": 1, "half_open": 2}.get(state, 0)
+
+
+class Gateway:
+    """What the resource tree reads: the current runtime, and state that outlives it."""
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.runtime: Runtime = runtime  # type: ignore[assignment]
+        self.state = GatewayState()
+        self.history: list[dict[str, Any]] = []  # recent reloads, newest last
+
+
+def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, metrics: Metrics,
+                 previous: Runtime | None = None, rng: _random.Random | None = None,
+                 accessLog: AccessLog | None = None, redis: Any = None,
+                 shared: dict[str, Any] | None = None) -> Runtime:
+    """Compile one config into a runtime, reusing what survives from C{previous}."""
+    rng = rng or _random.Random()
+    old = previous.clusters if previous is not None else {}
+    clusters: dict[str, Cluster] = {}
+    for name, upstream in config.upstreams.items():
+        clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng)
+    routes = compileRoutes(config.routes)
+    deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
+                shared=shared if shared is not None else {})
+    for r in routes:
+        r.cluster = clusters[r.upstreamName]
+        r.chain = buildChain(r, deps)
+    forwarder = Forwarder(reactor, clock, config.server, metrics)
+    if accessLog is None:
+        accessLog = AccessLog(config.logging.access_log)
+    return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock)
+
+
+def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clock: IReactorTime,
+                  metrics: Metrics, rng: _random.Random) -> Cluster:
+    endpoints = []
+    for target in config.targets:
+        e = old.endpointByURL(target.url) if old is not None else None
+        if e is None:
+            e = Endpoint(target, config.name)
+        else:
+            e.weight = target.weight
+        if old is None or old.config.circuit_breaker != config.circuit_breaker or e.breaker is None:
+            e.breaker = breaking.makeBreaker(config.circuit_breaker, clock, _breakerObserver(metrics, config.name, e))
+        metrics.circuitState.labels(config.name, e.url).set(_circuitCode(e.breaker.state if e.breaker else "closed"))
+        metrics.targetHealthy.labels(config.name, e.url).set(1 if e.healthy(clock.seconds()) else 0)
+        endpoints.append(e)
+    cluster = Cluster(config, clock, balancing.makeBalancer(config, rng), endpoints,
+                      retrying.RetryPolicy(config.retries, clock, rng), None, rng)
+    cluster.passive = health.passiveFor(cluster, clock, metrics)
+    reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect
+    if reuse:
+        assert old is not None
+        cluster.agent, cluster.pool = old.agent, old.pool  # type: ignore[attr-defined]
+    else:
+        cluster.agent, cluster.pool = makeAgent(reactor, cluster)  # type: ignore[attr-defined]
+    return cluster
+
+
+def _breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Callable[[str, str], None]:
+    def onTransition(old: str, new: str) -> None:
+        log.warn("circuit breaker for {target} of {upstream}: {old} -> {new}",
+                 target=endpoint.url, upstream=upstream, old=old, new=new)
+        metrics.circuitState.labels(upstream, endpoint.url).set(_circuitCode(new))
+        metrics.breakerTransitions.labels(upstream, endpoint.url, new).inc()
+
+    return onTransition
+
+
+class _Listener(Service):
+    """One listening endpoint; remembers its port so the drain can stop accepting."""
+
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port: Any = None
+        self.listening: Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self.reactor, self.description)
+        self.listening = endpoint.listen(self.factory)
+
+        def listening(port: Any) -> Any:
+            self.port = port
+            return port
+
+        self.listening.addCallback(listening)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return succeed(None).addCallback(lambda _: port.stopListening())
+        if self.listening is not None:
+            self.listening.cancel()
+        return succeed(None)
+
+
+class GatewayService(MultiService):
+    """The whole gateway: listeners, runtime, reloads and the drain."""
+
+    def __init__(self, config: GatewayConfig, reactor: Any, clock: IReactorTime | None = None,
+                 configPath: str | None = None, environ: Mapping[str, str] | None = None,
+                 metrics: Metrics | None = None, rng: _random.Random | None = None,
+                 loadConfig: Callable[[str], GatewayConfig] = loadConfig) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.configPath = configPath
+        self.environ = environ
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.rng = rng or _random.Random()
+        self._loadConfig = loadConfig
+        self.redis = stores.makeRedis(config.stores, reactor) if _needsRedis(config) else None
+        self.shared: dict[str, Any] = {}
+        self.accessLog = _accessLog(config)
+        self.gateway = Gateway()
+        self.gateway.runtime = self._build(config, None)
+        self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor)
+        self.listener = _Listener(reactor, config.server.listen, self.site)
+        self.listener.setServiceParent(self)
+        self.healthServices = MultiService()
+        self.healthServices.setServiceParent(self)
+        self._checkers: dict[str, Any] = {}
+        self._syncHealthCheckers(None)
+        self.stopping: Deferred[None] | None = None
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.runtime.config
+
+    def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
+        return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
+                            previous=previous, rng=self.rng, accessLog=self.accessLog, redis=self.redis,
+                            shared=self.shared)
+
+    def _syncHealthCheckers(self, previous: Runtime | None) -> None:
+        """Start checkers for new or changed upstreams, stop those of removed ones."""
+        runtime = self.gateway.runtime
+        for name, cluster in runtime.clusters.items():
+            old = self._checkers.get(name)
+            if old is not None and old.cluster is cluster:
+                continue
+            if old is not None and previous is not None and previous.clusters.get(name) is not None:
+                if previous.clusters[name].config.health == cluster.config.health and \
+                        previous.clusters[name].config.targets == cluster.config.targets:
+                    old.cluster = cluster
+                    continue
+            if old is not None:
+                old.disownServiceParent()
+                del self._checkers[name]
+            checker = health.checkerFor(cluster, self.reactor, self.clock, self.metrics)
+            if checker is not None:
+                checker.setServiceParent(self.healthServices)
+                self._checkers[name] = checker
+        for name in list(self._checkers):
+            if name not in runtime.clusters:
+                self._checkers.pop(name).disownServiceParent()
+
+    # -- lifecycle
+
+    def startService(self) -> None:
+        super().startService()
+        assert self.listener.listening is not None
+
+        def up(port: Any) -> None:
+            self.gateway.state.ready = True
+            log.info("txgateway listening on {where}", where=self.config.server.listen)
+
+        def failed(f: Any) -> Any:
+            log.failure("cannot listen on {where}", f, where=self.config.server.listen)
+            self.reactor.callLater(0, self._exitAfterBindFailure)
+            return None
+
+        self.listener.listening.addCallbacks(up, failed)
+
+    def _exitAfterBindFailure(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        The drain, in order: stop accepting and say so on /ready; close idle
+        keep-alive connections; let in-flight requests finish (up to
+        server.timeouts.drain); stop health checks; close pools.
+        """
+        if self.stopping is not None:
+            return self.stopping
+        state = self.gateway.state
+        state.draining = True
+        log.info("draining: {n} request(s) in flight", n=state.inFlight)
+        Service.stopService(self)
+        d = self.listener.stopService()
+
+        def closeIdle(_: Any) -> Deferred[None]:
+            for channel in list(self.site.channels):
+                channel.persistent = False
+                if not channel.requests and channel.transport is not None:
+                    channel.transport.loseConnection()
+            return _withDeadline(state.whenIdle(), self.config.server.timeouts.drain, self.clock)
+
+        def forceClose(timedOut: bool) -> None:
+            if timedOut:
+                log.warn("drain deadline passed with {n} request(s) in flight; closing them", n=state.inFlight)
+            for channel in list(self.site.channels):
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
+
+        def stopRest(_: Any) -> Deferred[Any]:
+            waits = [self.healthServices.stopService()]
+            for cluster in self.gateway.runtime.clusters.values():
+                pool = getattr(cluster, "pool", None)
+                if pool is not None:
+                    waits.append(pool.closeCachedConnections())
+            if self.redis is not None:
+                waits.append(stores.closeRedis(self.redis))
+            return DeferredList(waits, consumeErrors=True)
+
+        d.addCallback(closeIdle)
+        d.addCallback(forceClose)
+        d.addCallback(stopRest)
+        d.addCallback(lambda _: None)
+        self.stopping = d
+        return d
+
+    # -- reload
+
+    def reload(self, config: GatewayConfig | None = None) -> list[str]:
+        """
+        Swap in a new config atomically; return its problems (empty on success).
+
+        A config that does not load, parse or build is rejected whole and the
+        running one keeps serving.
+        """
+        try:
+            if config is None:
+                if self.configPath is None:
+                    return ["no config file to reload (the gateway was configured from the environment)"]
+                config = self._loadConfig(self.configPath)
+            previous = self.gateway.runtime
+            runtime = self._build(config, previous)
+        except ConfigError as e:
+            problems = [str(p) for p in e.problems]
+            self._recordReload("failure", problems)
+            log.error("config reload rejected, the running config keeps serving:\n{problems}",
+                      problems="\n".join(problems))
+            return problems
+        except Exception as e:  # a bug must not take the running config down with it
+            log.failure("config reload failed while building; the running config keeps serving")
+            self._recordReload("failure", [repr(e)])
+            return [f"internal error building the config: {e!r}"]
+        if config.server.listen != previous.config.server.listen:
+            log.warn("server.listen changed; a restart is needed for that to take effect")
+        self.gateway.runtime = runtime
+        self._syncHealthCheckers(previous)
+        self._retire(previous, runtime)
+        self._recordReload("success", [])
+        log.info("config reloaded: {routes} routes, {upstreams} upstreams",
+                 routes=len(config.routes), upstreams=len(config.upstreams))
+        return []
+
+    def _retire(self, previous: Runtime, current: Runtime) -> None:
+        """Close the pools no current cluster uses, once the requests still on them finish."""
+        inUse = {id(getattr(c, "pool", None)) for c in current.clusters.values()}
+        pools = [c.pool for c in previous.clusters.values()  # type: ignore[attr-defined]
+                 if getattr(c, "pool", None) is not None and id(c.pool) not in inUse]  # type: ignore[attr-defined]
+        if pools:
+            self.gateway.state.whenIdle().addCallback(
+                lambda _: gatherResults([p.closeCachedConnections() for p in pools]))
+
+    def _recordReload(self, result: str, problems: list[str]) -> None:
+        self.metrics.configReloads.labels(result).inc()
+        self.gateway.history.append({"time": self.clock.seconds(), "result": result, "problems": problems})
+        del self.gateway.history[:-20]
+
+
+def _withDeadline(d: Deferred[None], seconds: float, clock: IReactorTime) -> Deferred[bool]:
+    """Fire with False when C{d} fires, or with True at the deadline, whichever is first."""
+    out: Deferred[bool] = Deferred()
+    call = clock.callLater(seconds, lambda: out.called or out.callback(True))
+
+    def fired(_: Any) -> None:
+        if call.active():
+            call.cancel()
+        if not out.called:
+            out.callback(False)
+
+    d.addBoth(fired)
+    return out
+
+
+def _needsRedis(config: GatewayConfig) -> bool:
+    if config.stores.redis is None:
+        return False
+    return any((r.rate_limit is not None and r.rate_limit.shared) or (r.cache is not None and r.cache.store == "redis")
+               for r in config.routes)
+
+
+def _accessLog(config: GatewayConfig) -> AccessLog:
+    lc = config.logging
+    out = None
+    if lc.access_log and lc.access_log_file:
+        out = open(lc.access_log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return AccessLog(lc.access_log, out, lc.format)
