@@ -1,0 +1,248 @@
+"""
+End-to-end harness: the real C{twistd -n txgateway} process against real origin processes.
+
+Tests here are synchronous: the test is the client, talking over real
+sockets to processes with their own reactors, so they run the same under
+trial and pytest.  Waiting is always "poll until a condition holds or a
+deadline passes", never a sleep standing in for a timing assumption.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+BACKEND = Path(__file__).resolve().parent / "backend.py"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def waitFor(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll C{condition} until it returns something true; fail after C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except (OSError, http.client.HTTPException):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def childEnv(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("BACKEND_URL", "GATEWAY_PORT", "LOG_LEVEL", "REQUEST_TIMEOUT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+class Response:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def headerList(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+def request(port: int, method: str = "GET", path: str = "/", headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+            body: bytes | None = None, timeout: float = 10.0) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        if not any(k.lower() == "host" for k, _ in items):
+            conn.putheader("Host", f"127.0.0.1:{port}")
+        for k, v in items:
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, resp.getheaders(), data)
+    finally:
+        conn.close()
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes as they are; return everything read until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
+
+
+class Backend:
+    """One origin process (tests/e2e/backend.py)."""
+
+    def __init__(self, name: str = "b1", port: int | None = None) -> None:
+        self.name = name
+        self.port = port or freePort()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Backend:
+        self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name], env=childEnv(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        waitFor(lambda: request(self.port, "GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+    def count(self) -> int:
+        return int(request(self.port, "GET", "/count").body)
+
+
+class GatewayProcess:
+    """The real gateway: C{twistd -n txgateway --config gw.yaml} in a temp dir."""
+
+    def __init__(self, config: str, files: Mapping[str, str | bytes] | None = None,
+                 env: Mapping[str, str] | None = None, args: Sequence[str] = (), port: int | None = None,
+                 useConfigFile: bool = True) -> None:
+        self.port = port or freePort()
+        self.config = config.replace("{port}", str(self.port))
+        self.files = files or {}
+        self.env = env
+        self.args = list(args)
+        self.useConfigFile = useConfigFile
+        self.dir = Path(tempfile.mkdtemp(prefix="txgw-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logPath = self.dir / "gateway.log"
+
+    @property
+    def configPath(self) -> Path:
+        return self.dir / "gw.yaml"
+
+    def start(self, waitReady: bool = True) -> GatewayProcess:
+        self.configPath.write_text(self.config)
+        for name, content in self.files.items():
+            p = self.dir / name
+            if isinstance(content, bytes):
+                p.write_bytes(content)
+            else:
+                p.write_text(content)
+        cmd = [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile=-", "txgateway"]
+        if self.useConfigFile:
+            cmd += ["--config", str(self.configPath)]
+        cmd += self.args
+        self._log = open(self.logPath, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, env=childEnv(self.env), stdout=self._log, stderr=subprocess.STDOUT)
+        if waitReady:
+            self.waitReady()
+        return self
+
+    def waitReady(self) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            return request(self.port, "GET", "/ready", timeout=1).status == 200
+
+        waitFor(ready, what="gateway /ready")
+
+    def request(self, method: str = "GET", path: str = "/", headers: Any = None, body: bytes | None = None,
+                timeout: float = 10.0) -> Response:
+        return request(self.port, method, path, headers, body, timeout)
+
+    def log(self) -> str:
+        try:
+            return self.logPath.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait for exit, return the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def simpleConfig(targets: Sequence[str], extra: str = "", upstreamExtra: str = "", routeExtra: str = "") -> str:
+    """A one-upstream, one-route config; C{extra} is appended at top level."""
+    targetLines = "\n".join(f"      - {t}" for t in targets)
+    return f"""\
+server:
+  listen: "tcp:{{port}}:interface=127.0.0.1"
+  timeouts: {{drain: 10s}}
+logging:
+  level: info
+upstreams:
+  app:
+    targets:
+{targetLines}
+{upstreamExtra}
+routes:
+  - name: all
+    match: {{path_prefix: /}}
+    upstream: app
+{routeExtra}
+{extra}
+"""
