@@ -7,7 +7,8 @@ Foundation stub: round robin for every strategy until the balancing issue lands.
 from __future__ import annotations
 
 import random as _random
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 

@@ -6,7 +6,7 @@ Foundation stub: no breaker until the resilience issue lands.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 

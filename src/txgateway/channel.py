@@ -44,10 +44,11 @@ class GatewayRequest(server.Request):
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        limit = self.channel.site.limits.max_request_body
+        channel: Any = self.channel
+        limit = channel.site.limits.max_request_body
         self._bodyBytes += len(data)
         if self._bodyBytes > limit:
-            self.channel.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
+            channel.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
             return
         super().handleContentChunk(data)
 
@@ -70,7 +71,7 @@ class GatewayRequest(server.Request):
             self.write(body)
             self.finish()
         else:
-            self.channel.transport.abortConnection()
+            self.channel.transport.abortConnection()  # type: ignore[union-attr]
         return None
 
 
@@ -83,7 +84,7 @@ class GatewayChannel(http.HTTPChannel):
         super().connectionMade()
         self.site.connectionOpened(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         self.site.connectionClosed(self)
         super().connectionLost(reason)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 from urllib.parse import urlsplit
 
 from .config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig

@@ -9,7 +9,8 @@ new policy has exactly one place to plug in.
 from __future__ import annotations
 
 import random as _random
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 

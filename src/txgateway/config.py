@@ -14,9 +14,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -729,7 +730,7 @@ class _Parser:
             return {}
         out = {}
         for name, body in value.items():
-            policy = self.authPolicy(body, f"auth_policies.{name}", value.lines.get(name), str(name))
+            policy = self.authPolicy(body, f"auth_policies.{name}", _lines(value).get(name), str(name))
             if policy is not None:
                 out[str(name)] = policy
         return out
@@ -865,7 +866,7 @@ class _Parser:
             return {}
         out = {}
         for name, body in value.items():
-            u = self.upstream(body, f"upstreams.{name}", value.lines.get(name), str(name))
+            u = self.upstream(body, f"upstreams.{name}", _lines(value).get(name), str(name))
             if u is not None:
                 out[str(name)] = u
         return out
@@ -1099,7 +1100,7 @@ class _Parser:
                     try:
                         headers.append((headerName(k), headerValue(v)))
                     except _Invalid as e:
-                        self.problem(f"{path}.headers.{k}", hv.lines.get(k), str(e))
+                        self.problem(f"{path}.headers.{k}", _lines(hv).get(k), str(e))
         mc = MatchConfig(
             host=self.get(m, "host", path, _hostPattern, None),
             path=self.get(m, "path", path, urlPath, None),
@@ -1125,7 +1126,7 @@ class _Parser:
                     try:
                         sets.append((headerName(k), headerValue(v)))
                     except _Invalid as e:
-                        self.problem(f"{path}.set.{k}", sv.lines.get(k), str(e))
+                        self.problem(f"{path}.set.{k}", _lines(sv).get(k), str(e))
         return HeaderOps(tuple(sets), self.seq(m, "remove", path, headerName))
 
     def rateLimit(self, value: Any, path: str, line: int | None) -> RateLimitConfig | None:
@@ -1194,6 +1195,10 @@ class _Parser:
 
 # --------------------------------------------------------------------------
 # Small converters used above.
+
+
+def _lines(value: Any) -> dict[Any, int]:
+    return getattr(value, "lines", {})
 
 
 def _join(path: str, key: Any) -> str:
@@ -1302,9 +1307,9 @@ def _hostPattern(value: Any) -> str:
         rest = text[2:]
     else:
         rest = text
-    if not rest or not re.fullmatch(r"[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*", rest):
-        if not _isIP(rest):
-            raise _Invalid(f"not a host name or *.wildcard: {value!r}")
+    hostname = re.fullmatch(r"[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*", rest)
+    if not rest or (not hostname and not _isIP(rest)):
+        raise _Invalid(f"not a host name or *.wildcard: {value!r}")
     return text
 
 

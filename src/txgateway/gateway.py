@@ -11,7 +11,8 @@ and the forward.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -349,4 +350,4 @@ class RouteResource(Resource):
         if not request.startedWriting:
             respond(context, jsonResponse(context, 500, "internal gateway error"))
         elif not getattr(request, "gone", False):
-            request.channel.transport.abortConnection()
+            request.channel.transport.abortConnection()  # type: ignore[union-attr]

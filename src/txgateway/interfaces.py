@@ -9,7 +9,8 @@ the request path knowing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 

@@ -11,12 +11,14 @@ tests, where those behaviours are harmless.
 
 from __future__ import annotations
 
-import ipaddress
 import io
-from typing import TYPE_CHECKING, Any, Callable
+import ipaddress
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -125,7 +127,7 @@ def makeAgent(reactor: Any, cluster: Cluster) -> tuple[Agent, HTTPConnectionPool
     """The pooled Agent of one upstream."""
     pool = _Pool(reactor, persistent=True)
     pool.maxPersistentPerHost = cluster.config.pool.max_per_target
-    pool.cachedConnectionTimeout = cluster.config.pool.idle_timeout
+    pool.cachedConnectionTimeout = cluster.config.pool.idle_timeout  # type: ignore[assignment]
     # Our own retry policy decides and counts retries; the pool's silent
     # replay of a request on a stale connection would hide them.
     pool.retryAutomatically = False
@@ -232,7 +234,7 @@ class Forwarder:
         trustedPeer = self.isTrusted(context.peerIP)
         xff = src.getRawHeaders(b"x-forwarded-for") if trustedPeer else None
         peer = context.peerIP.encode()
-        out.setRawHeaders(b"X-Forwarded-For", [b", ".join(xff + [peer]) if xff else peer])
+        out.setRawHeaders(b"X-Forwarded-For", [b", ".join([*xff, peer]) if xff else peer])
         proto = src.getRawHeaders(b"x-forwarded-proto") if trustedPeer else None
         out.setRawHeaders(b"X-Forwarded-Proto", proto[-1:] if proto else [b"https" if request.isSecure() else b"http"])
         clientHost = src.getRawHeaders(b"host")
@@ -242,7 +244,7 @@ class Forwarder:
         elif clientHost:
             out.setRawHeaders(b"X-Forwarded-Host", clientHost[:1])
         via = src.getRawHeaders(b"via")
-        out.setRawHeaders(b"Via", (via or []) + [self.via])
+        out.setRawHeaders(b"Via", [*(via or ()), self.via])
         if route is not None and not route.config.preserve_host:
             out.setRawHeaders(b"Host", [endpoint.netloc])
         elif clientHost:
@@ -357,11 +359,9 @@ class Forwarder:
             cluster.passive.record(endpoint, ok)
         labels = endpoint.labels
         if labels is None:
-            labels = endpoint.labels = (
-                {},
-                self.metrics.upstreamDuration.labels(cluster.name, endpoint.url),
-            )
-        counters, duration = labels  # type: ignore[misc]
+            labels = endpoint.labels = ({}, self.metrics.upstreamDuration.labels(cluster.name, endpoint.url))
+        counters: dict[str | int, Any] = labels[0]  # type: ignore[index]
+        duration: Any = labels[1]  # type: ignore[index]
         child = counters.get(outcome)
         if child is None:
             child = counters[outcome] = self.metrics.upstreamRequests.labels(cluster.name, endpoint.url, str(outcome))
@@ -399,7 +399,7 @@ class Forwarder:
         length = response.length
         if length is not UNKNOWN_LENGTH and context.method != b"HEAD" and code not in _NO_BODY_STATUS and code >= 200:
             out.setRawHeaders(b"Content-Length", [b"%d" % length])
-        out.setRawHeaders(b"Via", (src.getRawHeaders(b"via") or []) + [self.via])
+        out.setRawHeaders(b"Via", [*(src.getRawHeaders(b"via") or ()), self.via])
         self.finishHeaders(context)
         if rules is not None:
             for k, v in rules.set:
@@ -451,7 +451,7 @@ class _Relay(Protocol):
     def connectionMade(self) -> None:
         request = self.request
         if getattr(request, "gone", False):
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.transport.stopProducing()  # type: ignore[union-attr,attr-defined]
             return
         request.registerProducer(self.transport, True)
         self.registered = True
@@ -459,7 +459,7 @@ class _Relay(Protocol):
 
     def _clientGone(self, reason: Failure) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         self.context.bytesOut += len(data)

@@ -12,7 +12,8 @@ unchanged, its connection pool.
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
@@ -180,11 +181,11 @@ class GatewayService(MultiService):
             old = self._checkers.get(name)
             if old is not None and old.cluster is cluster:
                 continue
-            if old is not None and previous is not None and previous.clusters.get(name) is not None:
-                if previous.clusters[name].config.health == cluster.config.health and \
-                        previous.clusters[name].config.targets == cluster.config.targets:
-                    old.cluster = cluster
-                    continue
+            before = previous.clusters.get(name) if previous is not None else None
+            if old is not None and before is not None and before.config.health == cluster.config.health \
+                    and before.config.targets == cluster.config.targets:
+                old.cluster = cluster
+                continue
             if old is not None:
                 old.disownServiceParent()
                 del self._checkers[name]
@@ -231,7 +232,7 @@ class GatewayService(MultiService):
         Service.stopService(self)
         d = self.listener.stopService()
 
-        def closeIdle(_: Any) -> Deferred[None]:
+        def closeIdle(_: Any) -> Deferred[bool]:
             for channel in list(self.site.channels):
                 channel.persistent = False
                 if not channel.requests and channel.transport is not None:
@@ -243,7 +244,7 @@ class GatewayService(MultiService):
                 log.warn("drain deadline passed with {n} request(s) in flight; closing them", n=state.inFlight)
             for channel in list(self.site.channels):
                 if channel.transport is not None:
-                    channel.transport.abortConnection()
+                    channel.transport.abortConnection()  # type: ignore[attr-defined]
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
@@ -316,7 +317,12 @@ class GatewayService(MultiService):
 def _withDeadline(d: Deferred[None], seconds: float, clock: IReactorTime) -> Deferred[bool]:
     """Fire with False when C{d} fires, or with True at the deadline, whichever is first."""
     out: Deferred[bool] = Deferred()
-    call = clock.callLater(seconds, lambda: out.called or out.callback(True))
+
+    def expire() -> None:
+        if not out.called:
+            out.callback(True)
+
+    call = clock.callLater(seconds, expire)
 
     def fired(_: Any) -> None:
         if call.active():
