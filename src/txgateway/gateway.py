@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from .context import LocalResponse, RequestContext
 from .middleware import AddressSet, jsonResponse
-from .observe import newSpanId, newTraceId, parseTraceparent, requestIdFrom
+from .observe import bodySize, newSpanId, newTraceId, parseTraceparent, requestIdFrom
 from .proxy import UpstreamFailure
 from .routing import PathError, normalizeHost, normalizePath
 
@@ -121,15 +121,19 @@ class Runtime:
         for name, cluster in self.clusters.items():
             targets = []
             for e in cluster.endpoints:
+                healthy = e.healthy(now)
+                circuit = e.breaker.state if e.breaker is not None else "closed"
                 targets.append({
                     "url": e.url,
-                    "healthy": e.healthy(now),
-                    "circuit": e.breaker.state if e.breaker is not None else "closed",
+                    "healthy": healthy,
+                    "circuit": circuit,
+                    "usable": healthy and circuit != "open",
                     "in_flight": e.inFlight,
                 })
             usable = cluster.usable()
             anyUsable = anyUsable or usable
-            if not usable or not all(t["healthy"] for t in targets):
+            # Degraded: some target cannot take traffic now (unhealthy or its circuit open).
+            if not usable or not all(t["usable"] for t in targets):
                 degraded.append(name)
             upstreams[name] = {"usable": usable, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
@@ -160,6 +164,7 @@ class GatewayRoot(Resource):
             normalizeHost(request.requestHeaders.getRawHeaders(b"host", (b"",))[0]), "/", None,
         )
         request.context = context
+        request.bytesIn = bodySize(request)  # the body is gone by the time the access log is written
         gw.state.requestStarted()
         runtime.metrics.inFlight.inc()
         request.notifyFinish().addBoth(_requestDone, context, runtime, gw.state)
@@ -208,6 +213,10 @@ def _trace(context: RequestContext) -> None:
     parsed = parseTraceparent(context.header(b"traceparent"))
     if parsed is None:
         context.traceId = newTraceId()
+        # W3C: vendor state belongs to the trace it came with; a new trace
+        # must not carry the old one's.
+        if context.header(b"tracestate") is not None:
+            context.removeHeaders.append(b"tracestate")
     else:
         context.traceId, context.traceFlags = parsed
         context.tracestate = context.header(b"tracestate")
@@ -225,7 +234,7 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     try:
         runtime.accessLog.record(context, duration)
     except Exception:
-        log.failure("writing the access log failed")
+        log.failure("writing the access log failed", request_id=context.requestId)
 
 
 def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:
@@ -242,8 +251,8 @@ def respond(context: RequestContext, response: LocalResponse, forwarder: Any = N
     for k, v in context.responseHeaders:
         headers.addRawHeader(k, v)
     headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
-    context.bytesOut += len(response.body)
     if response.body and request.method != b"HEAD":
+        context.bytesOut += len(response.body)
         request.write(response.body)
     request.finish()
 

@@ -159,6 +159,14 @@ class GatewayService(MultiService):
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor)
         self.listener = _Listener(reactor, config.server.listen, self.site)
         self.listener.setServiceParent(self)
+        self.adminListener: _Listener | None = None
+        if config.admin is not None:
+            from .admin import makeAdminSite
+
+            startToken = config.admin.token
+            self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
+            self.adminListener = _Listener(reactor, config.admin.listen, self.adminSite)
+            self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)
         self._checkers: dict[str, Any] = {}
@@ -168,6 +176,11 @@ class GatewayService(MultiService):
     @property
     def config(self) -> GatewayConfig:
         return self.gateway.runtime.config
+
+    def _adminToken(self, startToken: str | None) -> str | None:
+        """The admin token of the running config, so a reload can rotate it; never dropped by one."""
+        admin = self.config.admin
+        return admin.token if admin is not None and admin.token is not None else startToken
 
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
@@ -213,6 +226,12 @@ class GatewayService(MultiService):
             return None
 
         self.listener.listening.addCallbacks(up, failed)
+        if self.adminListener is not None and self.adminListener.listening is not None:
+            where = self.adminListener.description
+            # A busy admin port must not take client traffic down with it: say so loudly, keep serving.
+            self.adminListener.listening.addCallbacks(
+                lambda _: log.info("admin listener on {where}", where=where),
+                lambda f: log.failure("cannot listen on admin.listen {where}; no admin listener", f, where=where))
 
     def _exitAfterBindFailure(self) -> None:
         if self.reactor.running:
@@ -248,6 +267,8 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
+            if self.adminListener is not None:  # last: the status page shows the drain
+                waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():
                 pool = getattr(cluster, "pool", None)
                 if pool is not None:
@@ -291,6 +312,10 @@ class GatewayService(MultiService):
             return [f"internal error building the config: {e!r}"]
         if config.server.listen != previous.config.server.listen:
             log.warn("server.listen changed; a restart is needed for that to take effect")
+        if (config.admin and config.admin.listen) != (previous.config.admin and previous.config.admin.listen):
+            log.warn("admin.listen changed; a restart is needed for that to take effect")
+        if config.logging != previous.config.logging:
+            log.warn("logging settings changed; a restart is needed for that to take effect")
         self.gateway.runtime = runtime
         self._syncHealthCheckers(previous)
         self._retire(previous, runtime)

@@ -37,7 +37,7 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from .observe import adoptTwistdObservers, formatterFor
+    from .observe import TwistdLogAdopter, formatterFor
     from .service import GatewayService
 
     try:
@@ -46,15 +46,16 @@ def makeService(options: Any) -> IService:
         sys.stderr.write(f"txgateway: the config was rejected:\n{e.render()}\n")
         raise SystemExit(1) from None
     service = GatewayService(config, reactor, configPath=options["config"])
-    _installLogging(config, adoptTwistdObservers, formatterFor, reactor)
+    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format)), reactor)
     _installSignals(service, reactor)
     return service
 
 
-def _installLogging(config: GatewayConfig, adopt: Any, formatterFor: Any, reactor: Any) -> None:
-    # twistd begins logging after makeService returns: adopt its observers then.
-    fmt = formatterFor(config.logging.level, config.logging.format)
-    reactor.callWhenRunning(adopt, fmt)
+def _installLogging(adopter: Any, reactor: Any) -> None:
+    # twistd begins logging after makeService returns: the adopter takes
+    # over its file observer at the first event, and leaves once running.
+    adopter.attach()
+    reactor.callWhenRunning(adopter.detach)
 
 
 def _installSignals(service: Any, reactor: Any) -> None:
