@@ -166,7 +166,8 @@ class RateWindow:
         base_t, base = samples[0]
         if now - samples[-1][0] >= 1.0:
             samples.append((now, current))
-        return max(now - base_t, 1e-9), base, current
+        # At least a second: a rate over a few milliseconds says nothing.
+        return max(now - base_t, 1.0), base, current
 
 
 # ---------------------------------------------------------------------------
@@ -272,7 +273,8 @@ class StatusReport:
             if _isError(status):
                 errors[routeName] = errors.get(routeName, 0.0) + v
         out = []
-        for route in self.target.gateway.runtime.routes.routes:
+        # In the config's order, the order the operator wrote and reads them in.
+        for route in sorted(self.target.gateway.runtime.routes.routes, key=lambda r: r.config.index):
             c = route.config
             key = (route.name,)
             latest = now.routeLatency.get(key, _Hist())
