@@ -219,6 +219,13 @@ class TokenTests(SynchronousTestCase):
             self.assertEqual(doc["upstreams"][0]["name"], "app")
 
 
+    def test_emptyTokenAdmitsNobody(self) -> None:
+        """An empty configured token never matches, not even an empty bearer."""
+        admin = AdminClient(self, self.gw, token="")
+        for headers in (None, {"Authorization": "Bearer "}, {"Authorization": "Bearer"}):
+            self.assertEqual(admin.call("GET", "/api/status", headers)[0].code, 401)
+
+
 class ConfigAndWiringTests(SynchronousTestCase):
     def test_nonLoopbackAdminNeedsToken(self) -> None:
         """config refuses an admin listener beyond loopback without a token, accepts it with one."""

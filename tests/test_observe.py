@@ -535,3 +535,22 @@ class HealthTests(SynchronousTestCase):
         self.assertIn("upstreams", gw.request("GET", "/_gw/health").json())
         self.assertTrue(re.search(rb"txgateway_", gw.request("GET", "/_gw/metrics").body))
         self.assertIn("headers", gw.request("GET", "/health").json())  # proxied to the backend
+
+
+class DashboardTests(SynchronousTestCase):
+    def test_dashboardAndDocsUseOnlyExportedMetrics(self) -> None:
+        """Every txgateway_ series named in the Grafana dashboard and the docs is one the gateway exports."""
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        exported: set[str] = set()
+        for family in Metrics(processMetrics=False).registry.collect():
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+            exported.update(family.name + s for s in suffixes)
+            exported.add(family.name)
+        dashboard = (root / "deploy" / "grafana-dashboard.json").read_text()
+        json.loads(dashboard)
+        for text in (dashboard, (root / "docs" / "observability.md").read_text()):
+            used = set(re.findall(r"\btxgateway_[a-z_]+", text))
+            self.assertTrue(used)
+            self.assertEqual(used - exported, set())

@@ -515,7 +515,8 @@ class AdminResource(Resource):
         if expected is None:
             return True
         given = _bearer(request)
-        return given is not None and hmac.compare_digest(given, expected.encode("utf-8"))
+        # An empty token (e.g. an empty token_file) admits nobody rather than everybody.
+        return bool(given) and bool(expected) and hmac.compare_digest(given or b"", expected.encode("utf-8"))
 
     def _unauthorized(self, request: Any, path: bytes) -> bytes:
         request.responseHeaders.setRawHeaders(b"WWW-Authenticate", [b'Bearer realm="txgateway-admin"'])
