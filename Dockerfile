@@ -19,7 +19,7 @@ USER 10001
 EXPOSE 8080 8090
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2).status == 200 else 1)"
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["twistd", "-n", "--pidfile=", "--logfile=-", "txgateway"]
 CMD ["--config", "/etc/txgateway/gw.yaml"]
