@@ -11,6 +11,7 @@ and the forward.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ class GatewayState:
         self.ready = False
         self.draining = False
         self.inFlight = 0
+        self.workerId: int | None = None  # set in a worker process (see workers.py)
         self._idle: list[Deferred[None]] = []
 
     def requestStarted(self) -> None:
@@ -293,7 +295,10 @@ class _OwnEndpoint(Resource):
         elif self.kind == "ready":
             ok = self.state.ready and not self.state.draining
             status = "ready" if ok else ("draining" if self.state.draining else "starting")
-            respond(context, _json(200 if ok else 503, {"status": status}))
+            facts: dict[str, Any] = {"status": status, "pid": os.getpid()}
+            if self.state.workerId is not None:
+                facts["worker"] = self.state.workerId
+            respond(context, _json(200 if ok else 503, facts))
         else:
             code, report = self.runtime.healthReport()
             respond(context, _json(code, report))

@@ -62,18 +62,22 @@ class Metrics:
         self.upstreamDuration = Histogram("txgateway_upstream_request_duration_seconds",
                                           "Time from sending an attempt to its response head.",
                                           ["upstream", "target"], buckets=LATENCY_BUCKETS, registry=r)
+        # multiprocess_mode only matters with workers (see render): how the
+        # workers' values of one gauge combine into the gateway's.
         self.targetHealthy = Gauge("txgateway_target_healthy", "1 when a target may receive traffic.",
-                                   ["upstream", "target"], registry=r)
+                                   ["upstream", "target"], multiprocess_mode="livemin", registry=r)
         self.circuitState = Gauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
-                                  ["upstream", "target"], registry=r)
+                                  ["upstream", "target"], multiprocess_mode="livemax", registry=r)
         self.rateLimited = Counter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
         self.retries = Counter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
         self.cacheRequests = Counter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
                                      registry=r)
         self.authFailures = Counter("txgateway_auth_failures", "Requests refused by access control.",
                                     ["route", "reason"], registry=r)
-        self.activeConnections = Gauge("txgateway_active_connections", "Open client connections.", registry=r)
-        self.inFlight = Gauge("txgateway_in_flight_requests", "Requests being handled now.", registry=r)
+        self.activeConnections = Gauge("txgateway_active_connections", "Open client connections.",
+                                       multiprocess_mode="livesum", registry=r)
+        self.inFlight = Gauge("txgateway_in_flight_requests", "Requests being handled now.",
+                              multiprocess_mode="livesum", registry=r)
         self.configReloads = Counter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
         self.storeFallbacks = Counter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
                                       ["store", "use"], registry=r)
@@ -101,6 +105,18 @@ class Metrics:
         dchild.observe(seconds)
 
     def render(self) -> bytes:
+        """
+        The exposition.  A worker (PROMETHEUS_MULTIPROC_DIR set by the
+        supervisor) reports the sum over every worker, so /metrics tells the
+        truth for the whole gateway whichever worker answers.
+        """
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged, path=directory)
+            return generate_latest(merged)
         return generate_latest(self.registry)
 
     @staticmethod
@@ -348,6 +364,7 @@ class AccessLog:
         self._log = Logger(namespace="txgateway.access")
         self._file = outFile
         self._format = format
+        self.worker: int | None = None  # the worker's index when running with server.workers
 
     def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
         route = context.route
@@ -371,6 +388,7 @@ class AccessLog:
             "identity": context.identity,
             "outcome": context.outcome,
             "trace_id": context.traceId,
+            "worker": self.worker,
         }
 
     def record(self, context: RequestContext, duration: float) -> None:

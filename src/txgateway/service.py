@@ -11,12 +11,14 @@ unchanged, its connection pool.
 
 from __future__ import annotations
 
+import os
 import random as _random
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -108,17 +110,21 @@ def _breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Cal
 class _Listener(Service):
     """One listening endpoint; remembers its port so the drain can stop accepting."""
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, description: str, factory: Any, inheritedFd: int | None = None) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.inheritedFd = inheritedFd
         self.port: Any = None
         self.listening: Deferred[Any] | None = None
 
     def startService(self) -> None:
         super().startService()
-        endpoint = serverFromString(self.reactor, self.description)
-        self.listening = endpoint.listen(self.factory)
+        if self.inheritedFd is not None:
+            # A worker: the supervisor bound the socket (see workers.py).
+            self.listening = maybeDeferred(_adopt, self.reactor, self.inheritedFd, self.factory)
+        else:
+            self.listening = serverFromString(self.reactor, self.description).listen(self.factory)
 
         def listening(port: Any) -> Any:
             self.port = port
@@ -136,14 +142,25 @@ class _Listener(Service):
         return succeed(None)
 
 
+def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
+    sock = socket.socket(fileno=fd)
+    family = sock.family
+    sock.detach()
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)  # the port holds its own duplicate
+    return port
+
+
 class GatewayService(MultiService):
     """The whole gateway: listeners, runtime, reloads and the drain."""
 
     def __init__(self, config: GatewayConfig, reactor: Any, clock: IReactorTime | None = None,
                  configPath: str | None = None, environ: Mapping[str, str] | None = None,
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
-                 loadConfig: Callable[[str], GatewayConfig] = loadConfig) -> None:
+                 loadConfig: Callable[[str], GatewayConfig] = loadConfig,
+                 listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None) -> None:
         super().__init__()
+        self.workerId = workerId
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.configPath = configPath
@@ -155,9 +172,11 @@ class GatewayService(MultiService):
         self.shared: dict[str, Any] = {}
         self.accessLog = _accessLog(config)
         self.gateway = Gateway()
+        self.gateway.state.workerId = workerId
+        self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor)
-        self.listener = _Listener(reactor, config.server.listen, self.site)
+        self.listener = _Listener(reactor, config.server.listen, self.site, listenFd)
         self.listener.setServiceParent(self)
         self.adminListener: _Listener | None = None
         if config.admin is not None:
@@ -165,7 +184,7 @@ class GatewayService(MultiService):
 
             startToken = config.admin.token
             self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
-            self.adminListener = _Listener(reactor, config.admin.listen, self.adminSite)
+            self.adminListener = _Listener(reactor, config.admin.listen, self.adminSite, adminFd)
             self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)
