@@ -145,7 +145,7 @@ class CorsFilter:
         if not self.anyHeader:
             unknown = [h for h in requested if h not in self.headerSet]
             if unknown:
-                return self.refuse(context, "header not allowed", headers=b", ".join(unknown).decode("latin-1"))
+                return self.refuse(context, "header not allowed", request_headers=b", ".join(unknown).decode("latin-1"))
         headers: list[tuple[bytes, bytes]] = []
         self.allowOrigin(headers, origin)
         # With "*" the request's own method and headers are echoed: a literal
