@@ -724,6 +724,17 @@ class BasicTests(FilterHelpers):
         self.assertEqual((response.code, self.body(response)["reason"]), (503, "busy"))
         self.threads.runAll()
 
+    def test_clientGoneKeepsTheCheckCounted(self) -> None:
+        """A cancelled wait is not logged as an error, and the check counts as pending until its thread ends."""
+        result = self.makeFilter(STAFF).filterRequest(makeContext(basic("bob", "bob-password")))
+        assert isinstance(result, Deferred)
+        result.cancel()
+        self.failureResultOf(result)
+        self.assertEqual(self.resources.passwords.pending, 1)
+        self.threads.runAll()
+        self.assertEqual(self.resources.passwords.pending, 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_sharedHtpasswdLoads(self) -> None:
         """The shared example htpasswd parses into a bcrypt user."""
         if not (SHARED / "htpasswd").exists():

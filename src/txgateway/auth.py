@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 import jwt
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -560,14 +561,26 @@ class PasswordChecks:
         self._verified[key] = self.clock.seconds() + ttl
 
     def check(self, stored: str, password: bytes) -> Deferred[bool]:
+        """
+        Fire with the verdict.  Cancelling the returned Deferred (the client
+        went away) abandons the wait, but the check keeps its place in
+        C{pending} until its thread really finishes, so disconnecting
+        clients cannot pile up unbounded work.
+        """
         self.pending += 1
-        d = self.runInThread(checkPassword, stored, password)
+        work = self.runInThread(checkPassword, stored, password)
+        out: Deferred[bool] = Deferred()
 
-        def done(result: Any) -> Any:
+        def done(result: Any) -> None:
             self.pending -= 1
-            return result
+            if not out.called:
+                if isinstance(result, Failure):
+                    out.errback(result)
+                else:
+                    out.callback(result)
 
-        return d.addBoth(done)
+        work.addBoth(done)
+        return out
 
 
 @implementer(IAuthenticator)
@@ -617,7 +630,9 @@ class BasicAuthenticator:
                 return admit(user)
             return self.bad
 
-        def failed(failure: Any) -> AuthResult:
+        def failed(failure: Failure) -> AuthResult | Failure:
+            if failure.check(CancelledError):
+                return failure  # the client went away
             log.failure("password check failed unexpectedly", failure)
             return self.bad
 
