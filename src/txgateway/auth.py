@@ -487,11 +487,13 @@ def _reasonFor(e: Exception) -> str:
     return "bad_token"
 
 
+_DESCRIPTIONS = {"wrong_audience": "wrong audience", "wrong_issuer": "wrong issuer",
+                 "missing_claim": "missing required claim", "bad_signature": "invalid signature"}
+
+
 def _describe(e: Exception) -> str:
-    reason = _reasonFor(e)
-    return {"wrong_audience": "wrong audience", "wrong_issuer": "wrong issuer",
-            "missing_claim": "missing required claim", "bad_signature": "invalid signature"}.get(reason,
-                                                                                                  "invalid token")
+    """A fixed phrase for the challenge: never PyJWT's message, which may quote token contents."""
+    return _DESCRIPTIONS.get(_reasonFor(e), "invalid token")
 
 
 def _printable(text: str) -> bool:
