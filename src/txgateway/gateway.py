@@ -192,6 +192,8 @@ class GatewayRoot(Resource):
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
         match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
+        if request.method == b"OPTIONS":
+            match = _preflightMatch(runtime, context, match)
         route = match.route
         if route is None:
             if match.allowed:
@@ -202,6 +204,21 @@ class GatewayRoot(Resource):
         context.route = route
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
+
+
+def _preflightMatch(runtime: Runtime, context: RequestContext, match: Any) -> Any:
+    """
+    A CORS preflight is routed as the request it announces: C{OPTIONS /x}
+    asking for POST belongs to the route that serves C{POST /x} when that
+    route has C{cors:} (which answers it), even if the route lists only POST.
+    """
+    requested = context.header(b"access-control-request-method")
+    if requested is None or context.header(b"origin") is None:
+        return match
+    announced = runtime.routes.match(requested.strip(), context.host, context.path, context.request.requestHeaders)
+    if announced.route is not None and announced.route.config.cors is not None:
+        return announced
+    return match
 
 
 def _peerIP(request: Any) -> str:
@@ -252,7 +269,8 @@ def respond(context: RequestContext, response: LocalResponse, forwarder: Any = N
     headers.setRawHeaders(b"X-Request-ID", [context.requestId.encode()])
     for k, v in context.responseHeaders:
         headers.addRawHeader(k, v)
-    headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
+    if response.code != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
     if response.body and request.method != b"HEAD":
         context.bytesOut += len(response.body)
         request.write(response.body)

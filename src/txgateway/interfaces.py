@@ -130,12 +130,18 @@ class ICacheStore(Interface):
 class IAuthenticator(Interface):
     """Verifies one kind of credential (API key, JWT, basic)."""
 
+    challenge = Attribute("The C{WWW-Authenticate} value (bytes) that invites this kind of credential.")
+
     def authenticate(context: RequestContext) -> Deferred[Any] | Any:
         """
         Return (or fire with) a L{txgateway.auth.AuthResult}: an identity, a
-        refusal with its C{WWW-Authenticate} challenge, or 'absent' when the
-        request carries no credential of this kind.
+        refusal with its C{WWW-Authenticate} challenge, 'absent' when the
+        request carries no credential of this kind, or 'unavailable' when
+        it cannot be checked right now (answered 503).  Never fails.
         """
+
+    def removeCredential(context: RequestContext) -> None:
+        """Keep this kind of credential from reaching the backend (a header, a query parameter)."""
 
 
 class IRequestFilter(Interface):

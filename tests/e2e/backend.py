@@ -18,6 +18,8 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /control/health?ok=0|1  toggles /health
   /count                  how many requests this process has seen
   /cache?cc=...&etag=...  a response with the given Cache-Control and ETag (304 on If-None-Match)
+  /jwks                   the JSON document last POSTed to /control/jwks (404 until then): a JWKS endpoint
+  /control/jwks           POST a JWKS document for /jwks to serve
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 
-STATE: dict[str, Any] = {"healthy": True, "count": 0}
+STATE: dict[str, Any] = {"healthy": True, "count": 0, "jwks": None}
 
 
 class Origin(resource.Resource):
@@ -88,6 +90,15 @@ class Origin(resource.Resource):
         if path == "/control/health":
             STATE["healthy"] = args.get("ok", "1") == "1"
             return b"ok\n"
+        if path == "/control/jwks":
+            STATE["jwks"] = body
+            return b"ok\n"
+        if path == "/jwks":
+            if STATE["jwks"] is None:
+                request.setResponseCode(404)
+                return b"no keys yet\n"
+            request.setHeader(b"Content-Type", b"application/json")
+            return bytes(STATE["jwks"])
         if path == "/count":
             return str(STATE["count"]).encode()
         if path == "/cache":
