@@ -416,7 +416,6 @@ class BreakerInLoopTests(ForwarderCase):
         self.assertEqual(self.metric(runtime, "txgateway_circuit_state", upstream="u", target=target), 1)
         self.assertEqual(self.metric(runtime, "txgateway_circuit_transitions_total", upstream="u", target=target,
                                      to="open"), 1)
-        self.flushLoggedErrors()
 
     def test_everyBreakerOpenIs503WithRetryAfterAtOnce(self) -> None:
         """With every target's breaker open, the request fails at once with 503 and the wait, no backend touched."""
@@ -478,7 +477,32 @@ class BreakerInLoopTests(ForwarderCase):
         self.assertEqual(len(agent.calls), 1)
 
 
+    def test_breakerStateSurvivesAReloadThatKeepsIt(self) -> None:
+        """A reload with the same circuit_breaker keeps each target's breaker (and its open state); a new one resets it."""
+        runtime, cluster, agent, clock = runtimeFor("    circuit_breaker: {failures: 1}")
+        cluster.endpoints[0].breaker.recordFailure()  # type: ignore[union-attr]
+        again = buildRuntime(runtime.config, reactor=clock, clock=clock, metrics=runtime.metrics, previous=runtime,
+                             rng=random.Random(0), accessLog=AccessLog(False))
+        self.assertIs(again.clusters["u"].endpoints[0].breaker, cluster.endpoints[0].breaker)
+        self.assertEqual(again.clusters["u"].endpoints[0].breaker.state, "open")  # type: ignore[union-attr]
+        changed, _, _, _ = runtimeFor("    circuit_breaker: {failures: 2}")
+        third = buildRuntime(changed.config, reactor=clock, clock=clock, metrics=runtime.metrics, previous=again,
+                             rng=random.Random(0), accessLog=AccessLog(False))
+        self.assertEqual(third.clusters["u"].endpoints[0].breaker.state, "closed")  # type: ignore[union-attr]
+
+
 class ChooseTests(SynchronousTestCase):
+    def test_everyTargetAtItsCapIsNoTarget(self) -> None:
+        """pool.max_per_target: a full target is skipped; all full means 503 at once, not a queue."""
+        runtime, cluster, agent, clock = runtimeFor("    pool: {max_per_target: 2}")
+        a, b, c = cluster.endpoints
+        a.inFlight = b.inFlight = 2
+        self.assertIs(cluster.choose(makeContext()), c)
+        c.inFlight = 2
+        with self.assertRaises(NoTarget) as raised:
+            cluster.choose(makeContext())
+        self.assertEqual(raised.exception.retryAfter, 0.0)
+
     def test_retryPrefersAnUntriedTarget(self) -> None:
         """A retry goes to a target not tried yet when there is one."""
         runtime, cluster, agent, clock = runtimeFor()
