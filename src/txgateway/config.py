@@ -380,6 +380,9 @@ class RetryConfig:
     budget: float = 0.2
     budget_window: float = 10.0
     min_retries_per_second: float = 3.0
+    # The longest the upstream phase of one request may take, all attempts
+    # and backoffs included; None means timeouts.response x (attempts + 1).
+    total_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -935,8 +938,8 @@ class _Parser:
         timeouts = d.timeouts
         if tm is not None:
             timeouts = UpstreamTimeouts(
-                connect=self.get(tm, "connect", f"{path}.timeouts", duration, timeouts.connect),
-                response=self.get(tm, "response", f"{path}.timeouts", duration, timeouts.response),
+                connect=self.get(tm, "connect", f"{path}.timeouts", _positive(duration), timeouts.connect),
+                response=self.get(tm, "response", f"{path}.timeouts", _positive(duration), timeouts.response),
             )
         pm = self.mapping(m.get("pool"), f"{path}.pool", m.lines.get("pool"), ["max_per_target", "idle_timeout"])
         pool = d.pool
@@ -1029,7 +1032,7 @@ class _Parser:
         if value is False:
             return replace(d, attempts=0)
         m = self.mapping(value, path, line, ["attempts", "on", "methods", "backoff", "max_backoff", "budget",
-                                             "budget_window", "min_retries_per_second"])
+                                             "budget_window", "min_retries_per_second", "total_timeout"])
         if m is None:
             return d
         return RetryConfig(
@@ -1041,6 +1044,7 @@ class _Parser:
             budget=self.get(m, "budget", path, fraction, d.budget),
             budget_window=self.get(m, "budget_window", path, _positive(duration), d.budget_window),
             min_retries_per_second=self.get(m, "min_retries_per_second", path, lambda v: float(duration(v)), d.min_retries_per_second),
+            total_timeout=self.get(m, "total_timeout", path, _positive(duration), d.total_timeout),
         )
 
     def routes(self, value: Any, line: int | None, upstreams: Mapping[str, UpstreamConfig],
