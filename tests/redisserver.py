@@ -1,0 +1,154 @@
+"""
+A real C{redis-server} for tests: started on a free loopback port in a temp
+dir, stopped (or killed, or frozen) on demand.
+
+The tests that use it are never skipped: a machine without the binary fails
+them with a hint (C{scripts/ensure-redis.sh} installs it; CI runs it first).
+
+L{spin} drives the global reactor until a Deferred has a result, for unit
+tests that talk to this server through txredisapi (which schedules its
+connection work on the global reactor) while the code under test keeps its
+own L{twisted.internet.task.Clock}.  It polls with a deadline, like
+C{tests.e2e.harness.waitFor}.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process, no persistence, bound to 127.0.0.1."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/ensure-redis.sh")
+        self.binary = binary
+        self.port = port or _freePort()
+        self.dir = Path(tempfile.mkdtemp(prefix="txgw-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start (or start again, on the same port) and wait until it answers PING."""
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
+            try:
+                if self.command("PING") == "PONG":
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not answer PING within 10s")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the way a crashed or partitioned Redis looks to clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers (a hung Redis)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def command(self, *args: str) -> Any:
+        """Send one command over a fresh blocking socket; the parsed reply (enough RESP for tests)."""
+        payload = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(payload)
+            reader = s.makefile("rb")
+            return _readReply(reader)
+
+
+def _readReply(reader: Any) -> Any:
+    line = reader.readline()
+    if not line:
+        raise OSError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = reader.read(n + 2)[:-2]
+        return data.decode("utf-8", "replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_readReply(reader) for _ in range(n)]
+    raise OSError(f"unexpected reply {line!r}")
+
+
+def spin(d: Deferred[Any], timeout: float = 10.0) -> Any:
+    """Run the global reactor until C{d} fires; its result, or raise its failure."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    waitUntil(lambda: bool(box), timeout, "a Deferred")
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def waitUntil(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Run the global reactor until C{condition()} holds; fail after C{timeout} seconds."""
+    from twisted.internet import reactor
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        reactor.iterate(0.01)  # type: ignore[attr-defined]
+
