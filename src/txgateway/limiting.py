@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import stores
 from .interfaces import IRateLimiter, IRequestFilter
 from .middleware import jsonResponse
 from .stores import RedisScript, StoreHealth
@@ -529,7 +530,9 @@ def _limiterFor(name: str, config: RateLimitConfig, deps: Deps) -> IRateLimiter:
         else:
             health = deps.shared.get(_HEALTH_KEY)
             if health is None:
-                health = deps.shared[_HEALTH_KEY] = StoreHealth(deps.clock, deps.metrics, "redis", "rate_limit")
+                # The pool's first connection is given as long as a connect may take.
+                health = deps.shared[_HEALTH_KEY] = StoreHealth(deps.clock, deps.metrics, "redis", "rate_limit",
+                                                                startGrace=stores.connectTimeout(deps.config.stores))
             prefix = f"txgw:rl:{config.algorithm}:{name}:"
             limiter = RedisRateLimiter(pool, config, prefix, local, deps.clock, timeout, health)
     deps.shared[slot] = (config, timeout, pool, limiter)

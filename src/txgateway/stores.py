@@ -64,20 +64,20 @@ def makeRedis(config: StoresConfig, reactor: Any) -> Any:
     import txredisapi
 
     parts = urlsplit(config.redis)
-    connectTimeout = max(1.0, config.redis_timeout * 4)
+    waitConnect = connectTimeout(config)
     endpoint: Any
     if parts.scheme == "unix":
-        endpoint = UNIXClientEndpoint(reactor, parts.path, timeout=connectTimeout)
+        endpoint = UNIXClientEndpoint(reactor, parts.path, timeout=waitConnect)
         handler: Any = txredisapi.UnixConnectionHandler
     else:
         host = parts.hostname or "127.0.0.1"
         port = parts.port or 6379
         if isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connectTimeout)
+            endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=waitConnect)
         elif isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=connectTimeout)
+            endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=waitConnect)
         else:
-            endpoint = HostnameEndpoint(reactor, host, port, timeout=connectTimeout)
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=waitConnect)
         if parts.scheme == "rediss":
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -94,6 +94,11 @@ def makeRedis(config: StoresConfig, reactor: Any) -> Any:
     factory.startConnecting(endpoint)
     _quiet(factory)
     return factory.handler
+
+
+def connectTimeout(config: StoresConfig) -> float:
+    """How long a (re)connect may take: a few replies' worth, at least a second."""
+    return max(1.0, config.redis_timeout * 4)
 
 
 def _dbid(text: str) -> int:
@@ -210,7 +215,7 @@ class StoreHealth:
     """
 
     def __init__(self, clock: IReactorTime, metrics: Any, store: str, use: str,
-                 retryInterval: float = 1.0, log: Logger | None = None, startGrace: float = 5.0) -> None:
+                 retryInterval: float = 1.0, log: Logger | None = None, startGrace: float = 1.0) -> None:
         self.clock = clock
         # A lazy pool is not connected yet when the first requests arrive:
         # deciding locally then is expected, not an outage worth a warning.
