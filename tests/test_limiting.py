@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor as globalReactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -685,3 +685,38 @@ class SharedRedisTests(_RedisCase):
         self.assertIsInstance(results[2], LocalResponse)
         self.assertEqual(results[2].code, 429)
         self.assertEqual(self.redis.command("EXISTS", "txgw:rl:sliding_window:api:alice"), 1)
+
+
+class CancellationTests(SynchronousTestCase):
+    def test_clientGoneIsNotAnOutage(self) -> None:
+        """A check cancelled because the client left propagates the cancel and logs no Redis outage."""
+        clock = Clock()
+        health, events = _healthWithLog(clock)
+        limiter = RedisRateLimiter(_FakePool(), limitConfig("token_bucket", "1/m", 2), "p:",
+                                   TokenBucketLimiter(1 / 60, 2, clock), clock, 0.25, health)
+        f = RateLimitFilter(limiter, lambda c: "k", Metrics(processMetrics=False).rateLimited.labels("r"))
+        d = f.filterRequest(makeContext())
+        assert isinstance(d, Deferred)
+        d.cancel()
+        self.failureResultOf(d).trap(CancelledError)
+        self.assertEqual(events, [])
+        self.assertTrue(health.healthy)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ReloadTests(SynchronousTestCase):
+    def test_countersSurviveARuntimeRebuild(self) -> None:
+        """buildRuntime for an unchanged config (a reload) reuses the route's limiter and its counters."""
+        from txgateway.service import buildRuntime
+
+        clock = Clock()
+        config = gatewayConfig("{rate: 1/m, burst: 1}")
+        shared: dict[str, Any] = {}
+        metrics = Metrics(processMetrics=False)
+        first = buildRuntime(config, reactor=clock, clock=clock, metrics=metrics, shared=shared)
+        second = buildRuntime(gatewayConfig("{rate: 1/m, burst: 1}"), reactor=clock, clock=clock,
+                              metrics=metrics, previous=first, shared=shared)
+        [route1] = [r for r in first.routes.routes if r.name == "api"]
+        [route2] = [r for r in second.routes.routes if r.name == "api"]
+        self.assertIsNone(route1.chain.filters[-1].filterRequest(makeContext()))
+        self.assertIsInstance(route2.chain.filters[-1].filterRequest(makeContext()), LocalResponse)

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -391,7 +391,12 @@ class RedisRateLimiter:
         self.health.succeeded()
         return Decision(bool(allowed), self.limit, remaining, resetMs / 1000, retryMs / 1000)
 
-    def _fallBack(self, failure: Any, key: str) -> Decision:
+    def _fallBack(self, failure: Any, key: str) -> Decision | Any:
+        if failure.check(CancelledError):
+            # The client went away and the request was cancelled: says
+            # nothing about Redis.  (Our own timeout arrives as TimeoutError.)
+            self.health.abandoned()
+            return failure
         reason = failure.value
         if isinstance(reason, DeferredTimeout):
             reason = f"no answer within {self.timeout:g}s"
@@ -479,7 +484,9 @@ class RateLimitFilter:
         return jsonResponse(context, 429, "too many requests", [(b"Retry-After", b"%d" % retry)],
                             retry_after=retry)
 
-    def _broken(self, failure: Any, context: RequestContext) -> None:
+    def _broken(self, failure: Any, context: RequestContext) -> Any:
+        if failure.check(CancelledError):
+            return failure  # the request was cancelled (client gone): not a limiter problem
         # Limiters never fail by contract; if one does anyway, a limiter bug
         # must not take the route down with it.
         log.failure("rate limiter failed; request let through", failure)

@@ -256,6 +256,10 @@ class StoreHealth:
         if self.healthy:
             self._down(reason)
 
+    def abandoned(self) -> None:
+        """The call was cancelled by its caller: no verdict on the store."""
+        self.trying = False
+
     def fellBack(self) -> None:
         """One decision was taken locally because the store was unavailable."""
         if self.fallbacks is not None:
