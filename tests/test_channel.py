@@ -54,6 +54,7 @@ class LimitTests(SynchronousTestCase):
     def test_bodyWithinLimitGetsContinue(self) -> None:
         """RFC 9110 §10.1.1: a body the gateway will take is invited with 100 Continue."""
         wire = Wire()
+        wire.agent.autoRespond = FakeResponse(200, [], b"")
         proto, transport = wire.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nExpect: 100-continue\r\n"
                                      b"Content-Length: 4\r\n\r\n")
         self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")

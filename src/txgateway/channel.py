@@ -206,6 +206,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self.refused = True
         self._disarm()
+        self.setTimeout(None)  # the idle timer would close the connection a second time
         peer = self._peerHost or "?"
         log.info("refused a request from {peer}: {status} {message}", peer=peer, status=status, message=message)
         self.transport.write(_rawResponse(status, reason, message))
@@ -334,6 +335,20 @@ class GatewayChannel(http.HTTPChannel):
         self._path = origin
         req.requestHeaders.setRawHeaders(b"host", [authority])
         return None
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # Twisted splits Connection on spaces only, so "close,x" or
+        # "x, close" would keep the connection open; RFC 9110 §7.6.1 lists
+        # comma-separated tokens.
+        close = False
+        for value in request.requestHeaders.getRawHeaders(b"connection", ()):
+            if b"close" in (t.strip(b" \t").lower() for t in value.split(b",")):
+                close = True
+        if version == b"HTTP/1.1" and not close:
+            return True
+        if close:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
 
     def allContentReceived(self) -> None:
         if self.refused:

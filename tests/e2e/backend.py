@@ -18,6 +18,7 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /control/health?ok=0|1  toggles /health
   /count                  how many requests this process has seen
   /cache?cc=...&etag=...  a response with the given Cache-Control and ETag (304 on If-None-Match)
+  /raw/KIND               these exact bytes, then close (see RAW below): broken framing, bad fields, a bare response
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ class Origin(resource.Resource):
             return b"ok\n"
         if path == "/count":
             return str(STATE["count"]).encode()
+        if path.startswith("/raw/") and path[5:] in RAW:
+            transport = request.channel.transport  # type: ignore[union-attr]
+            transport.write(RAW[path[5:]])
+            transport.loseConnection()
+            return server.NOT_DONE_YET
         if path == "/cache":
             etag = args.get("etag")
             if etag:
@@ -109,6 +115,21 @@ class Origin(resource.Resource):
             "headers": [[k.decode(), v.decode("latin-1")] for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
             "body": body.decode("latin-1"),
         }).encode()
+
+
+# Responses no well-behaved server sends, written byte for byte by /raw/KIND.
+RAW = {
+    "cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "bad-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
+    "two-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "te-identity": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello",
+    "bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
+    "nul-header": b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    "cr-header": b"HTTP/1.1 200 OK\r\nX-Bad: a\rSet-Cookie: injected=1\r\nContent-Length: 2\r\n\r\nok",
+    "bare": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbare",
+    "conn-named": b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nX-Public: p\r\n"
+                  b"Content-Length: 2\r\n\r\nok",
+}
 
 
 def _finish(request: server.Request, data: bytes) -> None:
