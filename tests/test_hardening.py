@@ -492,6 +492,14 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(r.header(b"server"), [])
         self.assertEqual(r.body, b"raw")
 
+    def test_optionsStarIsAnsweredWithoutServer(self) -> None:
+        """RFC 9110 §9.3.7: OPTIONS * is answered by the gateway itself, without naming its software."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(b"*", method=b"OPTIONS"))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(responses[0].header(b"server"), [])
+        self.assertEqual(wire.agent.sent, [])
+
     def test_backendServerHeaderPassesThrough(self) -> None:
         """RFC 9110 §10.2.4: the origin's own Server field is the origin's to send."""
         wire = Wire()

@@ -125,6 +125,12 @@ class GatewayRequest(server.Request):
         self.gone = True
         super().connectionLost(reason)
 
+    def _handleStar(self) -> None:
+        # "OPTIONS *" is the one request twisted.web answers itself; without
+        # this it would carry "Server: TwistedWeb/<version>".
+        self.responseHeaders.removeHeader(b"server")
+        super()._handleStar()  # type: ignore[no-untyped-call]
+
     def processingFailed(self, reason: Any) -> None:
         # Never Twisted's HTML traceback page: log, then a JSON 500.
         log.failure("unhandled error handling a request", reason)
@@ -133,6 +139,7 @@ class GatewayRequest(server.Request):
         if not self.startedWriting:
             body = errorBody(500, "internal gateway error")
             self.setResponseCode(500)
+            self.responseHeaders.removeHeader(b"server")
             self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
             self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
             self.write(body)
