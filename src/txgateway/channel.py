@@ -2,21 +2,35 @@
 The listening side: twisted.web's Site, Channel and Request, bounded.
 
 twisted.web reads whatever a client sends; a gateway must cap the request
-head (431) and body (413) before anything is buffered, count connections and
-answer with its own small JSON errors instead of Twisted's HTML pages.
+head (431) and body (413) before anything is buffered, put deadlines on how
+long a client may take to send them (408), refuse request heads a backend
+could read differently from us (400, RFC 9112), count connections per client
+address and answer with its own small JSON errors instead of Twisted's bare
+or HTML pages.
+
+Everything here happens before a request reaches the resource tree, so a
+refused request never costs a route, a filter or an upstream connection.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.web import http, server
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from .config import ServerConfig
     from .observe import Metrics
+
+log = Logger(namespace="txgateway")
 
 
 def errorBody(status: int, message: str, requestId: str | None = None, **extra: Any) -> bytes:
@@ -33,10 +47,62 @@ def _rawResponse(status: int, reason: bytes, message: str) -> bytes:
             b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body))
 
 
+# RFC 3986 §3.2.2 host (reg-name restricted to unreserved characters: nothing
+# a log line, a header or a backend's router could read two ways) and §3.2.3
+# port.
+_AUTHORITY = re.compile(rb"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._~-]+))(?::([0-9]{0,5}))?")
+
+
+def validAuthority(value: bytes) -> bool:
+    """
+    Whether C{value} is a usable C{host[:port]} (RFC 9112 §3.2, RFC 3986 §3.2.2).
+
+    An empty host is refused: an C{http} URI must name one (RFC 9110 §4.2.1).
+    """
+    m = _AUTHORITY.fullmatch(value)
+    if m is None:
+        return False
+    literal, _, port = m.groups()
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    return not port or int(port) <= 65535
+
+
+def splitAbsoluteForm(target: bytes) -> tuple[bytes, bytes]:
+    """
+    C{(authority, origin-form)} of an absolute-form request-target (RFC 9112 §3.2.2).
+
+    Raises L{ValueError} for a scheme other than http(s), user information
+    (RFC 9110 §4.2.4) or an invalid authority.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise ValueError("only http and https absolute-form targets are served")
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        i = rest.find(stop)
+        if i != -1 and i < end:
+            end = i
+    authority, origin = rest[:end], rest[end:]
+    if b"@" in authority:
+        raise ValueError("user information in the request-target")
+    if not validAuthority(authority):
+        raise ValueError("invalid authority in the request-target")
+    if not origin.startswith(b"/"):
+        origin = b"/" + origin
+    return authority, origin
+
+
 class GatewayRequest(server.Request):
     """A request that adds no default Content-Type and knows when its client left."""
 
     defaultContentType = None
+    # A proxy never reads form fields; parsing a 10 MiB multipart body for
+    # request.args would only cost CPU a client chooses to make us spend.
+    _parsePOSTFormSubmission = False
     gone = False
     context: Any = None
 
@@ -46,6 +112,8 @@ class GatewayRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         channel: Any = self.channel
+        if channel is None or channel.refused:
+            return
         limit = channel.site.limits.max_request_body
         self._bodyBytes += len(data)
         if self._bodyBytes > limit:
@@ -57,16 +125,21 @@ class GatewayRequest(server.Request):
         self.gone = True
         super().connectionLost(reason)
 
+    def _handleStar(self) -> None:
+        # "OPTIONS *" is the one request twisted.web answers itself; without
+        # this it would carry "Server: TwistedWeb/<version>".
+        self.responseHeaders.removeHeader(b"server")
+        super()._handleStar()  # type: ignore[no-untyped-call]
+
     def processingFailed(self, reason: Any) -> None:
         # Never Twisted's HTML traceback page: log, then a JSON 500.
-        from twisted.logger import Logger
-
-        Logger(namespace="txgateway").failure("unhandled error handling a request", reason)
+        log.failure("unhandled error handling a request", reason)
         if self.gone or self.finished:
             return None
         if not self.startedWriting:
             body = errorBody(500, "internal gateway error")
             self.setResponseCode(500)
+            self.responseHeaders.removeHeader(b"server")
             self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
             self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
             self.write(body)
@@ -76,73 +149,292 @@ class GatewayRequest(server.Request):
         return None
 
 
+# What the channel is reading or doing, for the deadlines.
+_HEAD, _BODY, _BUSY, _IDLE = "head", "body", "busy", "idle"
+
+
 class GatewayChannel(http.HTTPChannel):
-    """Enforces the head and body limits before Twisted buffers anything."""
+    """
+    One client connection, with every limit enforced before Twisted buffers.
+
+    Deadlines: a fresh connection owes a complete request head within
+    C{timeouts.request_header}; on a keep-alive connection the next head's
+    deadline starts with its first byte (the idle timeout covers the wait
+    before it).  A body owes its last byte within C{timeouts.request_body} of
+    the end of its head.  Twisted's own timer is an idle timer that every
+    byte resets, so a client trickling one header line a second would keep a
+    socket forever without these.
+    """
 
     site: Any
+    refused = False
+    _phase = _HEAD
+    _expectRequestLine = True
+    _deadline: IDelayedCall | None = None
+    _peerHost: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        limits = self.site.limits
+        # No single line may be longer than the whole head may be; the
+        # stock 16 KiB line cap would silently drop the connection instead
+        # of answering 414 or 431.
+        self.MAX_LENGTH = max(limits.max_header_bytes, 1)
+        self.totalHeadersSize = limits.max_header_bytes + 1
         self.site.connectionOpened(self)
+        self._arm(limits.timeouts.request_header, "request head")
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._disarm()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
 
+    # -- deadlines
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        if seconds and seconds > 0:
+            self._deadline = self.site.reactor.callLater(seconds, self._expired, what, seconds)
+
+    def _disarm(self) -> None:
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self, what: str, seconds: float) -> None:
+        self._deadline = None
+        self.refuse(408, b"Request Timeout", f"{what} not received within {seconds:g}s")
+
+    # -- refusing
+
     def refuse(self, status: int, reason: bytes, message: str) -> None:
         """Answer a request we will not read, then close: the rest of its bytes are untrusted."""
-        if self.transport is None:
+        if self.refused or self.transport is None:
             return
+        self.refused = True
+        self._disarm()
+        self.setTimeout(None)  # the idle timer would close the connection a second time
+        peer = self._peerHost or "?"
+        log.info("refused a request from {peer}: {status} {message}", peer=peer, status=status, message=message)
         self.transport.write(_rawResponse(status, reason, message))
-        self.transport.loseConnection()
+        self.persistent = False
+        self.loseConnection()
+        if self.abortTimeout is not None and self._abortingCall is None:
+            # A client that sends but never reads would keep the socket open
+            # with our answer stuck in its buffer.
+            self._abortingCall = self.site.reactor.callLater(self.abortTimeout, self.forceAbortClient)
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.lineReceived = lambda line: None  # type: ignore[method-assign]
         self.rawDataReceived = lambda data: None  # type: ignore[method-assign]
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own malformed-message answer is a bare 400; ours says why
+        # in the same JSON shape as every other gateway error.
+        self.refuse(400, b"Bad Request", "malformed request")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._expectRequestLine:
+            self.refuse(414, b"URI Too Long", f"request-target over {self.site.limits.max_uri_bytes} bytes")
+        else:
+            self.refuse(431, b"Request Header Fields Too Large",
+                        f"request head over {self.site.limits.max_header_bytes} bytes")
+
+    # -- parsing
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._phase == _IDLE and data:
+            # The first byte of the next request on a keep-alive connection.
+            self._phase = _HEAD
+            self._arm(self.site.limits.timeouts.request_header, "request head")
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
+        if self.refused:
+            return
+        if self._expectRequestLine:
+            if line:
+                if not self._checkRequestLine(line):
+                    return
+                self._expectRequestLine = False
+        elif line[:1] in (b" ", b"\t"):
+            # RFC 9112 §5.2: obs-fold may be rejected; joining it would let
+            # two parsers disagree on where a field ends.
+            self.refuse(400, b"Bad Request", "obsolete line folding in the request head")
+            return
         limit = self.site.limits.max_header_bytes
         if self._receivedHeaderSize + len(line) > limit:
             self.refuse(431, b"Request Header Fields Too Large", f"request head over {limit} bytes")
             return
         super().lineReceived(line)
 
+    def _checkRequestLine(self, line: bytes) -> bool:
+        parts = line.split(b" ")
+        if len(parts) != 3:
+            self.refuse(400, b"Bad Request", "malformed request line")
+            return False
+        target = parts[1]
+        limit = self.site.limits.max_uri_bytes
+        if len(target) > limit:
+            self.refuse(414, b"URI Too Long", f"request-target over {limit} bytes")
+            return False
+        if max(target, default=0) > 0x7E:
+            # RFC 3986: a URI is ASCII; DEL and bytes above are never valid.
+            self.refuse(400, b"Bad Request", "non-ASCII byte in the request-target")
+            return False
+        if b"#" in target:
+            # RFC 9112 §3.2: no fragment; a backend that cuts at '#' would
+            # see another path than the one we routed.
+            self.refuse(400, b"Bad Request", "fragment in the request-target")
+            return False
+        return True
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self.refused:
+            return False
+        name, sep, value = line.partition(b":")
+        # RFC 9112 §6.1: chunked is the only coding we decode; Twisted would
+        # also take "identity" and read the body as the next request.  An
+        # HTTP/1.0 message has no transfer codings at all.
+        if sep and name.lower() == b"transfer-encoding" and (
+                self._version != b"HTTP/1.1" or value.strip(b" \t").lower() != b"chunked"):
+            self.refuse(400, b"Bad Request", "unsupported Transfer-Encoding")
+            return False
+        return bool(super().headerReceived(line))
+
     def allHeadersReceived(self) -> None:
-        limit = self.site.limits.max_request_body
-        if self.length is not None and self.length > limit:
+        if self.refused:
+            return
+        req = self.requests[-1]
+        problem = self._checkHost(req)
+        if problem is not None:
+            self.refuse(400, b"Bad Request", problem)
+            return
+        limits = self.site.limits
+        if self.length is not None and self.length > limits.max_request_body:
             # Before Twisted would send "100 Continue": the client never uploads it.
-            self.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
+            self.refuse(413, b"Content Too Large", f"request body over {limits.max_request_body} bytes")
             return
         super().allHeadersReceived()
+        if self.length != 0:
+            self._phase = _BODY
+            self._arm(limits.timeouts.request_body, "request body")
+        else:
+            self._disarm()
+
+    def _checkHost(self, req: Any) -> str | None:
+        """RFC 9112 §3.2: exactly one valid Host; absolute-form targets override it."""
+        hosts = req.requestHeaders.getRawHeaders(b"host")
+        if hosts is not None and len(hosts) > 1:
+            return "more than one Host header"
+        if hosts is None and self._version == b"HTTP/1.1":
+            return "missing Host header"
+        if hosts is not None and not validAuthority(hosts[0]):
+            return "invalid Host header"
+        target = self._path
+        if target[:1] == b"/" or (target == b"*" and self._command == b"OPTIONS"):
+            return None
+        try:
+            authority, origin = splitAbsoluteForm(target)
+        except ValueError as e:
+            return f"unsupported request-target: {e}"
+        # RFC 9112 §3.2.2: the target's authority wins over any Host sent,
+        # and a proxy forwards a Host generated from it.
+        self._path = origin
+        req.requestHeaders.setRawHeaders(b"host", [authority])
+        return None
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # Twisted splits Connection on spaces only, so "close,x" or
+        # "x, close" would keep the connection open; RFC 9110 §7.6.1 lists
+        # comma-separated tokens.
+        close = False
+        for value in request.requestHeaders.getRawHeaders(b"connection", ()):
+            if b"close" in (t.strip(b" \t").lower() for t in value.split(b",")):
+                close = True
+        if version == b"HTTP/1.1" and not close:
+            return True
+        if close:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        self._disarm()
+        self._phase = _BUSY
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # Set before Twisted replays pipelined bytes through dataReceived.
+        self._phase = _IDLE
+        self._expectRequestLine = True
+        super().requestDone(request)
+
+
+class _TooManyConnections(Protocol):
+    """Says why, then hangs up: this client already holds its share of sockets."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(_rawResponse(503, b"Service Unavailable", "too many connections from this address"))
+        self.transport.loseConnection()
 
 
 class GatewaySite(server.Site):
-    """A Site that swaps its resource tree atomically on reload and counts connections."""
+    """
+    A Site that swaps its resource tree atomically on reload and counts
+    connections, in total and per client address.
+    """
 
     requestFactory = GatewayRequest
     protocol = GatewayChannel  # type: ignore[assignment]
     displayTracebacks = False
 
     def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None) -> None:
+        from .middleware import AddressSet  # middleware imports this module
+
         super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
         self.limits = limits
         self.metrics = metrics
         self.channels: set[GatewayChannel] = set()
+        self.perAddress: dict[str, int] = {}
+        self._trusted = AddressSet(limits.trusted_proxies)
+        self._capped: set[str] = set()
         self._allClosed: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        if channel is not None:
-            channel.totalHeadersSize = self.limits.max_header_bytes + 1
-        return channel
+        cap = self.limits.max_connections_per_ip
+        host = getattr(addr, "host", None)
+        if cap and isinstance(host, str) and self.perAddress.get(host, 0) >= cap and host not in self._trusted:
+            if host not in self._capped:
+                # Once per episode, not once per refused socket.
+                self._capped.add(host)
+                log.warn("{peer} holds {n} connections (server.max_connections_per_ip); refusing more",
+                         peer=host, n=cap)
+            return _TooManyConnections()
+        return super().buildProtocol(addr)
 
     def connectionOpened(self, channel: GatewayChannel) -> None:
         self.channels.add(channel)
         self.metrics.activeConnections.inc()
+        peer = getattr(channel.transport.getPeer(), "host", None) if channel.transport is not None else None
+        if isinstance(peer, str):
+            channel._peerHost = peer
+            self.perAddress[peer] = self.perAddress.get(peer, 0) + 1
 
     def connectionClosed(self, channel: GatewayChannel) -> None:
         if channel in self.channels:
             self.channels.discard(channel)
             self.metrics.activeConnections.dec()
+            peer = channel._peerHost
+            if peer is not None:
+                n = self.perAddress.get(peer, 0) - 1
+                if n > 0:
+                    self.perAddress[peer] = n
+                else:
+                    self.perAddress.pop(peer, None)
+                if n < self.limits.max_connections_per_ip:
+                    self._capped.discard(peer)
         if not self.channels and self._allClosed:
             waiters, self._allClosed = self._allClosed, []
             for d in waiters:

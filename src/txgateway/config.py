@@ -241,7 +241,7 @@ class ServerConfig:
     max_request_body: int = 10 * 1024**2
     max_header_bytes: int = 64 * 1024
     max_uri_bytes: int = 8000
-    max_connections_per_ip: int = 0
+    max_connections_per_ip: int = 256
     timeouts: ServerTimeouts = ServerTimeouts()
     trusted_proxies: tuple[IPNetwork, ...] = ()
     endpoints: Endpoints = Endpoints()

@@ -85,6 +85,8 @@ class Runtime:
         self.endpoints = {p: kind for p, kind in ((e.health, "health"), (e.ready, "ready"), (e.metrics, "metrics"))
                           if p is not None}
         self.trusted = AddressSet(config.server.trusted_proxies)
+        # This gateway's Via pseudonym: a request already carrying it has looped.
+        self.viaName: bytes | None = config.server.via.lower().encode() or None
         self.globalAllow = AddressSet(config.access.ip_allow)
         self.globalDeny = AddressSet(config.access.ip_deny)
         self.leaves = {r.name: RouteResource(r, self) for r in routes.routes}
@@ -181,10 +183,18 @@ class GatewayRoot(Resource):
             context.path = normalizePath(rawPath)
         except PathError as e:
             return _Local(jsonResponse(context, 400, f"bad request path: {e}"))
+        refused, slashy = pathHazards(rawPath)
+        if refused is not None:
+            return _refusePath(context, refused)
 
         kind = runtime.endpoints.get(context.path)
         if kind is not None:
             return _OwnEndpoint(kind, runtime, gw.state)
+
+        if runtime.viaName is not None and _looped(request.requestHeaders.getRawHeaders(b"via"), runtime.viaName):
+            log.warn("request {request_id} already passed through this gateway ({via}): refused as a loop",
+                     request_id=context.requestId, via=runtime.viaName.decode())
+            return _Local(jsonResponse(context, 508, "loop detected: the request already passed through this gateway"))
 
         if (runtime.globalDeny and context.clientIP in runtime.globalDeny) or (
                 runtime.globalAllow and context.clientIP not in runtime.globalAllow):
@@ -202,6 +212,8 @@ class GatewayRoot(Resource):
                                            allow=allow.decode()))
             return _Local(jsonResponse(context, 404, "no route", host=context.host, path=context.path))
         context.route = route
+        if slashy and not route.config.allow_encoded_slash:
+            return _refusePath(context, "encoded slash or backslash in the path")
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
 
@@ -219,6 +231,47 @@ def _preflightMatch(runtime: Runtime, context: RequestContext, match: Any) -> An
     if announced.route is not None and announced.route.config.cors is not None:
         return announced
     return match
+
+
+def pathHazards(raw: bytes) -> tuple[str | None, bool]:
+    """
+    What in a raw request path a backend could read differently from us.
+
+    Returns C{(reason, slashy)}: C{reason} names what is always refused (an
+    encoded NUL; a dot segment spelled with escapes or carrying C{;}
+    parameters, which some servers resolve and we do not); C{slashy} is true
+    for an encoded C{/} or C{\\}, or a raw C{\\}, refused unless the route
+    sets C{allow_encoded_slash}.
+    """
+    if b"%" not in raw and b"\\" not in raw and b";" not in raw:
+        return None, False
+    upper = raw.upper()
+    if b"%00" in upper:
+        return "encoded NUL in the path", False
+    if b"%2E" in upper or b";" in raw:
+        for seg in upper.split(b"/"):
+            bare = seg.replace(b"%2E", b".").split(b";", 1)[0]
+            if bare in (b".", b"..") and bare != seg:
+                return "encoded or parameterised dot segment in the path", False
+    return None, b"%2F" in upper or b"%5C" in upper or b"\\" in raw
+
+
+def _refusePath(context: RequestContext, reason: str) -> Resource:
+    log.info("request {request_id} from {client} refused: {reason}",
+             request_id=context.requestId, client=context.clientIP, reason=reason)
+    return _Local(jsonResponse(context, 400, f"bad request path: {reason}"))
+
+
+def _looped(values: list[bytes] | None, name: bytes) -> bool:
+    """Whether a Via field names this gateway as a received-by (RFC 9110 §7.6.3)."""
+    if not values:
+        return False
+    for value in values:
+        for entry in value.split(b","):
+            parts = entry.split()
+            if len(parts) >= 2 and parts[1].lower() == name:
+                return True
+    return False
 
 
 def _peerIP(request: Any) -> str:
@@ -256,12 +309,16 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
         log.failure("writing the access log failed", request_id=context.requestId)
 
 
+# Reason phrases twisted.web does not know.
+_REASONS = {508: b"Loop Detected"}
+
+
 def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:
     """Write a gateway-made answer (error, 429, preflight, cache hit...)."""
     request = context.request
     if getattr(request, "gone", False) or request.finished:
         return
-    request.setResponseCode(response.code)
+    request.setResponseCode(response.code, _REASONS.get(response.code))
     headers = request.responseHeaders
     headers.removeHeader(b"server")
     for k, v in response.headers:

@@ -148,7 +148,7 @@ _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 def requestIdFrom(value: bytes | None) -> str:
     """Keep a client's X-Request-ID if it is short and plain; else a fresh 128-bit one."""
-    if value is not None and _SANE_ID.match(value):
+    if value is not None and _SANE_ID.fullmatch(value):
         return value.decode("ascii")
     return os.urandom(16).hex()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as netError
@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEn
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, ResponseFailed
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -116,8 +117,74 @@ class _EndpointFactory:
         return ep
 
 
+class InvalidUpstreamResponse(Exception):
+    """An upstream response head we will not relay: its framing or a field is unsafe."""
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+class _StrictResponseParser(HTTPClientParser):
+    """
+    Twisted's response parser, refusing what a proxy must not pass on.
+
+    Twisted reads a response carrying both Content-Length and
+    Transfer-Encoding by the latter, keeps CR and NUL inside field values
+    and leaves the fields a Connection header names among the end-to-end
+    ones.  RFC 9112 §6.3 asks an intermediary to treat the first as an
+    error; RFC 9110 §5.5 forbids the second; RFC 9110 §7.6.1 makes the
+    third hop-by-hop.  Raising here makes the client protocol drop the
+    connection and fail the request, which the forwarder answers with 502.
+    """
+
+    def statusReceived(self, status: bytes) -> None:
+        super().statusReceived(status)
+        phrase = self.response.phrase
+        if any(c < 0x20 and c != 0x09 for c in phrase):
+            raise InvalidUpstreamResponse("control character in the reason phrase")
+
+    def headerReceived(self, name: bytes, value: bytes) -> None:
+        if not name or not _TCHAR.issuperset(name):
+            raise InvalidUpstreamResponse(f"invalid field name {name[:40]!r}")
+        if b"\r" in value or b"\x00" in value:
+            raise InvalidUpstreamResponse(f"CR or NUL in the value of {name[:40]!r}")
+        super().headerReceived(name, value)
+
+    def allHeadersReceived(self) -> None:
+        if not 100 <= self.response.code < 200:
+            conn = self.connHeaders
+            te = conn.getRawHeaders(b"transfer-encoding")
+            if te is not None:
+                if conn.hasHeader(b"content-length"):
+                    raise InvalidUpstreamResponse("both Content-Length and Transfer-Encoding")
+                if self.response.version < (b"HTTP", 1, 1):
+                    raise InvalidUpstreamResponse("Transfer-Encoding in an HTTP/1.0 response")
+                if len(te) != 1 or te[0].strip(b" \t").lower() != b"chunked":
+                    raise InvalidUpstreamResponse(f"unsupported Transfer-Encoding {b', '.join(te)[:60]!r}")
+            for token in connectionTokens(conn):
+                self.headers.removeHeader(token)
+        super().allHeadersReceived()
+
+
+class _StrictClientProtocol(HTTP11ClientProtocol):
+    """The pooled client protocol, parsing responses with L{_StrictResponseParser}."""
+
+    def request(self, request: Any) -> Deferred[Any]:
+        d: Deferred[Any] = super().request(request)
+        parser = self._parser
+        if parser is not None and type(parser) is HTTPClientParser:
+            # HTTP11ClientProtocol names its parser class inline; the fresh
+            # parser has seen no byte yet, so giving it our subclass's
+            # behaviour here is the same as having constructed one.
+            parser.__class__ = _StrictResponseParser
+        return d
+
+
 class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # one "Starting factory" log line per upstream connection is noise
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _StrictClientProtocol(self._quiescentCallback)
 
 
 class _Pool(HTTPConnectionPool):
@@ -229,6 +296,9 @@ def classify(failure: Failure) -> str:
     reasons = getattr(failure.value, "reasons", None)  # the Agent's ResponseNeverReceived and kin
     if reasons and any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons):
         return "cancelled"
+    if failure.check(ResponseFailed) and reasons and any(
+            isinstance(r, Failure) and r.check(InvalidUpstreamResponse) for r in reasons):
+        return "invalid_response"
     if failure.check(DeferTimeout):
         return "timeout"
     if failure.check(netError.ConnectError, netError.DNSLookupError):
@@ -264,6 +334,21 @@ class Forwarder:
             self._trustCache[ip] = known
         return known
 
+    def trustedHops(self, values: Sequence[bytes] | None) -> list[bytes] | None:
+        """
+        The X-Forwarded-For hops worth passing on: from the client (the
+        first untrusted hop, walking right to left) to the nearest proxy.
+        Whatever the client claimed left of that is dropped, so a backend
+        reading the leftmost value reads the client, not a forgery.
+        """
+        if not values:
+            return None
+        hops = [h.strip() for v in values for h in v.split(b",") if h.strip()]
+        i = len(hops) - 1
+        while i > 0 and self.isTrusted(hops[i].decode("latin-1")):
+            i -= 1
+        return hops[i:] or None
+
     def upstreamHeaders(self, context: RequestContext, endpoint: Endpoint) -> Headers:
         request = context.request
         src: Headers = request.requestHeaders
@@ -283,7 +368,7 @@ class Forwarder:
                 continue
             out.setRawHeaders(name, list(values))
         trustedPeer = self.isTrusted(context.peerIP)
-        xff = src.getRawHeaders(b"x-forwarded-for") if trustedPeer else None
+        xff = self.trustedHops(src.getRawHeaders(b"x-forwarded-for")) if trustedPeer else None
         peer = context.peerIP.encode()
         out.setRawHeaders(b"X-Forwarded-For", [b", ".join([*xff, peer]) if xff else peer])
         proto = src.getRawHeaders(b"x-forwarded-proto") if trustedPeer else None

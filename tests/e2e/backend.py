@@ -25,6 +25,7 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /control/mode?status=CODE   from now on every request except /control/*, /count and /hangs gets CODE
   /control/mode?hang=1        ... or never answers (counted in /hangs)
   /control/mode               back to normal behaviour
+  /raw/KIND               these exact bytes, then close (see RAW below): broken framing, bad fields, a bare response
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ class Origin(resource.Resource):
             return bytes(STATE["jwks"])
         if path == "/count":
             return str(STATE["count"]).encode()
+        if path.startswith("/raw/") and path[5:] in RAW:
+            transport = request.channel.transport  # type: ignore[union-attr]
+            transport.write(RAW[path[5:]])
+            transport.loseConnection()
+            return server.NOT_DONE_YET
         if path == "/cache":
             etag = args.get("etag")
             if etag:
@@ -152,6 +158,21 @@ def _hang(request: server.Request) -> Any:
 
     request.notifyFinish().addErrback(gone)
     return server.NOT_DONE_YET
+
+
+# Responses no well-behaved server sends, written byte for byte by /raw/KIND.
+RAW = {
+    "cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "bad-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
+    "two-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "te-identity": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello",
+    "bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
+    "nul-header": b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    "cr-header": b"HTTP/1.1 200 OK\r\nX-Bad: a\rSet-Cookie: injected=1\r\nContent-Length: 2\r\n\r\nok",
+    "bare": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbare",
+    "conn-named": b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nX-Public: p\r\n"
+                  b"Content-Length: 2\r\n\r\nok",
+}
 
 
 def _finish(request: server.Request, data: bytes) -> None:

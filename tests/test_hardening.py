@@ -1,0 +1,672 @@
+"""
+HTTP correctness at the wire: what a client or a backend could confuse, refused.
+
+Every test drives a real L{GatewaySite} (GatewayChannel, GatewayRequest,
+GatewayRoot, the route's chain and the Forwarder) through a
+C{StringTransport} with a C{Clock}; only the upstream is a fake agent, which
+records what the gateway would have sent and answers as scripted.  The RFC
+section each behaviour comes from is named in the test's docstring.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import Request as ClientRequest
+from twisted.web._newclient import ResponseFailed
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from txgateway.channel import GatewaySite, splitAbsoluteForm, validAuthority
+from txgateway.config import parseConfig
+from txgateway.gateway import GatewayRoot, pathHazards
+from txgateway.observe import Metrics, requestIdFrom
+from txgateway.proxy import InvalidUpstreamResponse, _StrictClientProtocol, _StrictResponseParser, classify
+from txgateway.service import Gateway, buildRuntime
+
+# ---------------------------------------------------------------------------
+# Support shared with test_channel and test_fuzz.
+
+BASE_CONFIG = """\
+server:
+  listen: "tcp:8080"
+  max_request_body: 1KiB
+  max_header_bytes: 2KiB
+  max_uri_bytes: 200
+  max_connections_per_ip: 3
+  timeouts: {{request_header: 10s, request_body: 20s, idle: 60s}}
+  trusted_proxies: [10.0.0.0/8]
+logging: {{access_log: false}}
+upstreams:
+  app:
+    targets: [http://127.0.0.1:9999]
+    retries: false
+routes:
+  - name: files
+    match: {{path_prefix: /files}}
+    upstream: app
+    allow_encoded_slash: true
+  - name: all
+    match: {{path_prefix: /}}
+    upstream: app
+{extra}
+"""
+
+
+@implementer(IResponse)
+class FakeResponse:
+    """A scripted upstream response with the shape the Forwarder reads."""
+
+    def __init__(self, code: int = 200, headers: Sequence[tuple[bytes, bytes]] = (), body: bytes = b"",
+                 phrase: bytes = b"OK", length: Any = None) -> None:
+        self.code = code
+        self.phrase = phrase
+        self.version = (b"HTTP", 1, 1)
+        self.headers = Headers()
+        for k, v in headers:
+            self.headers.addRawHeader(k, v)
+        self.body = body
+        self.length = len(body) if length is None else length
+        self.request = None
+        self.previousResponse = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(_NullProducer())
+        if self.body:
+            protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+    def setPreviousResponse(self, response: Any) -> None:
+        pass
+
+
+class _NullProducer:
+    disconnecting = False
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Sent:
+    """One request the gateway sent upstream."""
+
+    def __init__(self, method: bytes, uri: bytes, headers: Headers, body: bytes | None,
+                 length: Any, deferred: Deferred[Any]) -> None:
+        self.method = method
+        self.uri = uri
+        self.headers = headers
+        self.body = body
+        self.length = length
+        self.deferred = deferred
+
+    def header(self, name: bytes) -> list[bytes]:
+        return list(self.headers.getRawHeaders(name, []))
+
+
+class FakeAgent:
+    """Stands for the upstream's pooled Agent: records each request, answers when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+        self.autoRespond: FakeResponse | None = None
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
+                ) -> Deferred[Any]:
+        body: bytes | None = None
+        length = None
+        if bodyProducer is not None:
+            length = bodyProducer.length
+            parts: list[bytes] = []
+
+            class Consumer:
+                def write(self, data: bytes) -> None:
+                    parts.append(data)
+
+            bodyProducer.startProducing(Consumer())
+            body = b"".join(parts)
+        d: Deferred[Any] = Deferred() if self.autoRespond is None else succeed(self.autoRespond)
+        self.sent.append(Sent(method, uri, headers or Headers(), body, length, d))
+        return d
+
+
+class Wire:
+    """A gateway (real Site and resource tree) with a fake upstream, driven over StringTransports."""
+
+    def __init__(self, extra: str = "", config: str | None = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.config = parseConfig(config if config is not None else BASE_CONFIG.format(extra=extra))
+        self.metrics = Metrics(processMetrics=False)
+        runtime = buildRuntime(self.config, reactor=self.clock, clock=self.clock, metrics=self.metrics)
+        self.agent = FakeAgent()
+        for cluster in runtime.clusters.values():
+            cluster.agent = self.agent  # type: ignore[attr-defined]
+        self.gateway = Gateway(runtime)
+        self.gateway.state.ready = True
+        self.site = GatewaySite(GatewayRoot(self.gateway), self.config.server, self.metrics, reactor=self.clock)
+
+    def connect(self, peer: str = "192.0.2.10", port: int = 40000) -> tuple[Any, StringTransport]:
+        addr = IPv4Address("TCP", peer, port)
+        proto = self.site.buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def send(self, data: bytes, peer: str = "192.0.2.10") -> tuple[Any, StringTransport]:
+        proto, transport = self.connect(peer)
+        proto.dataReceived(data)
+        return proto, transport
+
+    def exchange(self, data: bytes, response: FakeResponse | None = None,
+                 peer: str = "192.0.2.10") -> tuple[list[ParsedResponse], StringTransport]:
+        """Send C{data}; answer every upstream request with C{response}; parse what the client got."""
+        self.agent.autoRespond = response or FakeResponse(200, [(b"Content-Type", b"text/plain")], b"ok")
+        _, transport = self.send(data, peer)
+        return parseResponses(transport.value()), transport
+
+
+class ParsedResponse:
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def __repr__(self) -> str:
+        return f"<ParsedResponse {self.status} {self.headers!r} {self.body[:120]!r}>"
+
+
+def parseResponses(data: bytes) -> list[ParsedResponse]:
+    """Split what a client read into responses (Content-Length or chunked framing only)."""
+    out = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise AssertionError(f"incomplete response head: {head!r}")
+        lines = head.split(b"\r\n")
+        m = re.match(rb"HTTP/1\.[01] (\d{3}) ?(.*)", lines[0])
+        assert m is not None, lines[0]
+        headers = []
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers.append((k, v.strip()))
+        status = int(m.group(1))
+        lower = {k.lower(): v for k, v in headers}
+        if status in (100,):
+            continue
+        if b"content-length" in lower:
+            n = int(lower[b"content-length"])
+            body, data = data[:n], data[n:]
+        elif lower.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = b""
+            while True:
+                size, _, data = data.partition(b"\r\n")
+                n = int(size, 16)
+                if n == 0:
+                    _, _, data = data.partition(b"\r\n")
+                    break
+                body += data[:n]
+                data = data[n + 2:]
+        else:
+            body, data = data, b""
+        out.append(ParsedResponse(status, m.group(2), headers, body))
+    return out
+
+
+def get(path: bytes = b"/", headers: Sequence[bytes] = (b"Host: example.com",), method: bytes = b"GET",
+        version: bytes = b"HTTP/1.1") -> bytes:
+    return b"%s %s %s\r\n%s\r\n" % (method, path, version, b"".join(h + b"\r\n" for h in headers))
+
+
+# ---------------------------------------------------------------------------
+# Host
+
+
+class HostTests(SynchronousTestCase):
+    def test_missingHostOnHttp11Is400(self) -> None:
+        """RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400 and reaches no backend."""
+        wire = Wire()
+        responses, transport = wire.exchange(get(headers=()))
+        self.assertEqual(responses[0].status, 400)
+        self.assertIn(b"missing Host", responses[0].body)
+        self.assertEqual(wire.agent.sent, [])
+        self.assertTrue(transport.disconnecting)
+
+    def test_http10WithoutHostIsServed(self) -> None:
+        """RFC 9112 §3.2 asks for Host from HTTP/1.1 clients only; HTTP/1.0 may omit it."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(headers=(), version=b"HTTP/1.0"))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(len(wire.agent.sent), 1)
+
+    def test_twoHostLinesAre400(self) -> None:
+        """RFC 9112 §3.2: more than one Host field line gets 400."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(headers=(b"Host: a.example", b"Host: b.example")))
+        self.assertEqual(responses[0].status, 400)
+        self.assertEqual(wire.agent.sent, [])
+
+    def test_invalidHostValuesAre400(self) -> None:
+        """RFC 9112 §3.2 / RFC 3986 §3.2.2: a Host that is not a host[:port] gets 400."""
+        for bad in (b"", b"a b", b"a,b", b"user@host", b"host:99999", b"host:8080:1", b"[zz::1]", b"exa/mple",
+                    b"a\x01b", b"h\xc3\xa9"):
+            wire = Wire()
+            responses, _ = wire.exchange(get(headers=(b"Host: " + bad,)))
+            self.assertEqual(responses[0].status, 400, bad)
+            self.assertEqual(wire.agent.sent, [], bad)
+
+    def test_validAuthorities(self) -> None:
+        """RFC 3986 §3.2.2: names, IPv4, bracketed IPv6 and ports up to 65535 are accepted."""
+        for good in (b"example.com", b"EXAMPLE.com.", b"example.com:8080", b"127.0.0.1:1", b"[::1]", b"[::1]:443",
+                     b"my_host", b"x:"):
+            self.assertTrue(validAuthority(good), good)
+
+    def test_absoluteFormRoutesByItsAuthority(self) -> None:
+        """RFC 9112 §3.2.2: an absolute-form target's authority replaces Host, and the path is origin-form."""
+        wire = Wire(extra="""\
+  - name: api
+    match: {host: api.example.com, path_prefix: /}
+    upstream: app
+    preserve_host: true
+""")
+        responses, _ = wire.exchange(get(b"http://API.example.com./v1?q=1", headers=(b"Host: other.example",)))
+        self.assertEqual(responses[0].status, 200)
+        sent = wire.agent.sent[0]
+        self.assertEqual(sent.uri, b"http://127.0.0.1:9999/v1?q=1")
+        self.assertEqual(sent.header(b"host"), [b"API.example.com."])
+        self.assertEqual(sent.header(b"x-forwarded-host"), [b"API.example.com."])
+
+    def test_absoluteFormWithoutPath(self) -> None:
+        """RFC 9112 §3.2.2: http://host?q is the path / with that query."""
+        self.assertEqual(splitAbsoluteForm(b"http://h.example?q=1"), (b"h.example", b"/?q=1"))
+        self.assertEqual(splitAbsoluteForm(b"HTTPS://h.example"), (b"h.example", b"/"))
+
+    def test_absoluteFormWithUserinfoOrOtherSchemeIs400(self) -> None:
+        """RFC 9110 §4.2.4: userinfo in an http URI is an error; only http(s) targets are served."""
+        for target in (b"http://user:pw@h.example/", b"ftp://h.example/", b"http:///x", b"h.example:443"):
+            wire = Wire()
+            responses, _ = wire.exchange(get(target))
+            self.assertEqual(responses[0].status, 400, target)
+            self.assertEqual(wire.agent.sent, [], target)
+
+    def test_hostMatchingUsesTheNormalisedAuthority(self) -> None:
+        """RFC 9110 §4.2.3: host matching ignores case, the port and a trailing dot."""
+        wire = Wire(extra="""\
+  - name: api
+    match: {host: api.example.com, path_prefix: /only-api}
+    upstream: app
+""")
+        responses, _ = wire.exchange(get(b"/only-api", headers=(b"Host: API.Example.COM.:80",)))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(len(wire.agent.sent), 1)
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+class PathTests(SynchronousTestCase):
+    def test_encodedSlashIs400ByDefault(self) -> None:
+        """RFC 3986 §2.2: %2F is data, not a separator; a backend that decodes it would see another path."""
+        for path in (b"/a%2Fb", b"/a%2fb", b"/a%5Cb", b"/a\\b"):
+            wire = Wire()
+            responses, _ = wire.exchange(get(path))
+            self.assertEqual(responses[0].status, 400, path)
+            self.assertIn(b"encoded slash", responses[0].body)
+            self.assertEqual(wire.agent.sent, [], path)
+
+    def test_routeMayAllowEncodedSlash(self) -> None:
+        """allow_encoded_slash: the route's backend gets %2F as it was sent (RFC 3986 §2.2)."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(b"/files/a%2fb"))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(wire.agent.sent[0].uri, b"http://127.0.0.1:9999/files/a%2Fb")
+
+    def test_encodedNulAndDotSegmentsAreAlways400(self) -> None:
+        """RFC 3986 §6.2.2.3: dot segments are resolved only when spelled plainly; %00, %2E%2E and ..; are refused."""
+        for path in (b"/files/a%00b", b"/a/%2e%2e/b", b"/files/%2E./x", b"/a/..;/admin", b"/a/.;x/b"):
+            wire = Wire()
+            responses, _ = wire.exchange(get(path))
+            self.assertEqual(responses[0].status, 400, path)
+            self.assertEqual(wire.agent.sent, [], path)
+
+    def test_pathHazardsFastPath(self) -> None:
+        """An ordinary path needs no scan."""
+        self.assertEqual(pathHazards(b"/a/b/../c"), (None, False))
+        self.assertEqual(pathHazards(b"/a;v=1/b"), (None, False))
+        self.assertEqual(pathHazards(b"/a%20b"), (None, False))
+
+    def test_oneNormalisedPathIsRoutedAndForwarded(self) -> None:
+        """RFC 3986 §6.2.2: the path routed is the path the backend gets (no split view)."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(b"/x//y/./z/../%7Euser?a=%2F"))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(wire.agent.sent[0].uri, b"http://127.0.0.1:9999/x/y/~user?a=%2F")
+
+    def test_pathClimbingAboveRootIs400(self) -> None:
+        """RFC 3986 §5.2.4: /.. above the root is refused, not clamped."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(b"/../etc/passwd"))
+        self.assertEqual(responses[0].status, 400)
+
+    def test_longTargetIs414(self) -> None:
+        """RFC 9112 §3: a request-target over server.max_uri_bytes gets 414 before any header is read."""
+        wire = Wire()
+        proto, transport = wire.send(b"GET /" + b"a" * 300 + b" HTTP/1.1\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_hugeRequestLineIs414(self) -> None:
+        """RFC 9112 §3: a request line longer than the whole head may be still gets 414, not a silent close."""
+        wire = Wire()
+        _, transport = wire.send(b"GET /" + b"a" * 5000)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "))
+
+    def test_fragmentAndNonAsciiInTargetAre400(self) -> None:
+        """RFC 9112 §3.2: origin-form has no fragment; RFC 3986 §2: a URI is ASCII."""
+        for target in (b"/a#b", b"/a\x7fb", b"/caf\xc3\xa9"):
+            wire = Wire()
+            _, transport = wire.send(get(target))
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), target)
+
+
+# ---------------------------------------------------------------------------
+# Headers
+
+
+class HeaderTests(SynchronousTestCase):
+    def test_crLfNulInRequestHeaderValuesAre400(self) -> None:
+        """RFC 9110 §5.5: a field value with CR, LF or NUL is rejected (400), never forwarded."""
+        for value in (b"a\x00b", b"a\rb"):
+            wire = Wire()
+            responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"X-Evil: " + value)))
+            self.assertEqual(responses[0].status, 400, value)
+            self.assertEqual(wire.agent.sent, [])
+
+    def test_obsoleteLineFoldingIs400(self) -> None:
+        """RFC 9112 §5.2: a server may reject obs-fold; we do, so no two parsers disagree."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"X-A: 1", b" continued")))
+        self.assertEqual(responses[0].status, 400)
+        self.assertIn(b"folding", responses[0].body)
+
+    def test_repeatedFieldsKeepEveryValueInOrder(self) -> None:
+        """RFC 9110 §5.3: repeated field lines keep their order; none is dropped."""
+        wire = Wire()
+        wire.exchange(get(headers=(b"Host: example.com", b"X-Multi: one", b"Accept: a/b", b"X-Multi: two",
+                                   b"X-Multi: three")))
+        self.assertEqual(wire.agent.sent[0].header(b"x-multi"), [b"one", b"two", b"three"])
+
+    def test_setCookieIsNeverMerged(self) -> None:
+        """RFC 9110 §5.3 / RFC 6265 §3: each Set-Cookie stays its own field line."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(), FakeResponse(200, [(b"Set-Cookie", b"a=1; Expires=Wed, 21 Oct 2015"),
+                                                              (b"Set-Cookie", b"b=2"), (b"Vary", b"A"),
+                                                              (b"Vary", b"B")], b""))
+        self.assertEqual(responses[0].header(b"set-cookie"), [b"a=1; Expires=Wed, 21 Oct 2015", b"b=2"])
+        self.assertEqual(responses[0].header(b"vary"), [b"A", b"B"])
+
+    def test_hopByHopStrippedBeforeOwnHeadersAdded(self) -> None:
+        """RFC 9110 §7.6.1: fields named by Connection go; the gateway's own X-Forwarded-* stay."""
+        wire = Wire(extra="""\
+    headers: {request: {set: {X-Gateway: "yes"}}}
+""")
+        wire.exchange(get(headers=(b"Host: example.com", b"Connection: keep-alive, X-Gateway, X-Secret",
+                                   b"X-Secret: s", b"X-Gateway: client", b"Keep-Alive: 5", b"TE: trailers",
+                                   b"Upgrade: h2c")))
+        sent = wire.agent.sent[0]
+        self.assertEqual(sent.header(b"x-secret"), [])
+        self.assertEqual(sent.header(b"keep-alive"), [])
+        self.assertEqual(sent.header(b"te"), [])
+        self.assertEqual(sent.header(b"upgrade"), [])
+        self.assertEqual(sent.header(b"connection"), [])
+        self.assertEqual(sent.header(b"x-gateway"), [b"yes"])
+
+    def test_connectionCannotStripProtectedFields(self) -> None:
+        """RFC 9110 §7.6.1: a Connection token naming X-Forwarded-For, X-Request-ID or Authorization is ignored."""
+        wire = Wire()
+        wire.exchange(get(headers=(b"Host: example.com", b"Connection: X-Forwarded-For, X-Request-ID, Authorization",
+                                   b"Authorization: Bearer t", b"X-Request-ID: abc-123")))
+        sent = wire.agent.sent[0]
+        self.assertEqual(sent.header(b"authorization"), [b"Bearer t"])
+        self.assertEqual(sent.header(b"x-request-id"), [b"abc-123"])
+        self.assertEqual(sent.header(b"x-forwarded-for"), [b"192.0.2.10"])
+
+    def test_requestFramingIsRegenerated(self) -> None:
+        """RFC 9112 §6: the backend gets the body the gateway parsed, framed by the gateway, never the client's framing."""
+        wire = Wire()
+        body = b"hello\r\n0\r\n\r\nGET /smuggled HTTP/1.1"
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+        wire.exchange(b"POST /up HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n"
+                      b"Connection: keep-alive\r\n\r\n" + chunked + b"0\r\n\r\n")
+        self.assertEqual(len(wire.agent.sent), 1)
+        sent = wire.agent.sent[0]
+        self.assertEqual(sent.body, body)
+        self.assertEqual(sent.length, len(body))
+        for name in (b"content-length", b"transfer-encoding", b"connection"):
+            self.assertEqual(sent.header(name), [], name)
+
+    def test_unsupportedTransferEncodingsAre400(self) -> None:
+        """RFC 9112 §6.1: only chunked is decoded; identity or stacked codings, or TE in HTTP/1.0, get 400."""
+        for te, version in ((b"identity", b"HTTP/1.1"), (b"gzip, chunked", b"HTTP/1.1"), (b"chunked", b"HTTP/1.0"),
+                            (b"chunked, chunked", b"HTTP/1.1")):
+            wire = Wire()
+            responses, _ = wire.exchange(b"POST / %s\r\nHost: example.com\r\nTransfer-Encoding: %s\r\n\r\n"
+                                         b"0\r\n\r\n" % (version, te))
+            self.assertEqual(responses[0].status, 400, te)
+            self.assertEqual(wire.agent.sent, [])
+
+    def test_contentLengthAndTransferEncodingTogetherAre400(self) -> None:
+        """RFC 9112 §6.3: CL with TE is a smuggling shape; twisted.web already refuses it, with our JSON 400."""
+        for extra in (b"Content-Length: 3\r\nTransfer-Encoding: chunked", b"Content-Length: 3\r\nContent-Length: 4",
+                      b"Content-Length: +3", b"Content-Length: 3, 3"):
+            wire = Wire()
+            responses, _ = wire.exchange(b"POST / HTTP/1.1\r\nHost: example.com\r\n%s\r\n\r\nabc" % extra)
+            self.assertEqual(responses[0].status, 400, extra)
+            self.assertEqual(responses[0].header(b"content-type"), [b"application/json"])
+            self.assertEqual(wire.agent.sent, [])
+
+    def test_noContentTypeOrServerAddedToProxiedResponses(self) -> None:
+        """RFC 9110 §8.3 / §10.2.4: a proxy adds no Content-Type and no Server of its own."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(), FakeResponse(200, [], b"raw"))
+        r = responses[0]
+        self.assertEqual(r.header(b"content-type"), [])
+        self.assertEqual(r.header(b"server"), [])
+        self.assertEqual(r.body, b"raw")
+
+    def test_optionsStarIsAnsweredWithoutServer(self) -> None:
+        """RFC 9110 §9.3.7: OPTIONS * is answered by the gateway itself, without naming its software."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(b"*", method=b"OPTIONS"))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(responses[0].header(b"server"), [])
+        self.assertEqual(wire.agent.sent, [])
+
+    def test_backendServerHeaderPassesThrough(self) -> None:
+        """RFC 9110 §10.2.4: the origin's own Server field is the origin's to send."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(), FakeResponse(200, [(b"Server", b"origin/1")], b""))
+        self.assertEqual(responses[0].header(b"server"), [b"origin/1"])
+
+    def test_viaIsAddedBothWays(self) -> None:
+        """RFC 9110 §7.6.3: a proxy appends its Via entry to requests and responses."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"Via: 1.0 edge")),
+                                     FakeResponse(200, [(b"Via", b"1.1 origin-cache")], b""))
+        self.assertEqual(wire.agent.sent[0].header(b"via"), [b"1.0 edge", b"1.1 txgateway"])
+        self.assertEqual(responses[0].header(b"via"), [b"1.1 origin-cache", b"1.1 txgateway"])
+
+    def test_ownViaPseudonymIsALoop508(self) -> None:
+        """RFC 9110 §7.6.3: a request that already passed through this gateway is refused (508), not looped."""
+        for via in (b"1.1 txgateway", b"1.0 edge, 1.1 TXGateway (comment)"):
+            wire = Wire()
+            responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"Via: " + via)))
+            self.assertEqual(responses[0].status, 508, via)
+            self.assertEqual(wire.agent.sent, [])
+
+    def test_viaPseudonymIsConfigurable(self) -> None:
+        """server.via names this gateway; other pseudonyms pass."""
+        wire = Wire(config=BASE_CONFIG.format(extra="").replace("  listen:", "  via: edge-1\n  listen:"))
+        responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"Via: 1.1 txgateway")))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(wire.agent.sent[0].header(b"via"), [b"1.1 txgateway", b"1.1 edge-1"])
+        responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"Via: 1.1 edge-1")))
+        self.assertEqual(responses[0].status, 508)
+
+
+# ---------------------------------------------------------------------------
+# Client IP and request IDs
+
+
+class ClientAddressTests(SynchronousTestCase):
+    def test_xffWalkedRightToLeftThroughTrustedProxies(self) -> None:
+        """RFC 7239 §5.2 practice: the first untrusted hop from the right is the client; the leftmost is never trusted."""
+        wire = Wire()
+        wire.exchange(get(headers=(b"Host: example.com", b"X-Forwarded-For: 6.6.6.6, 198.51.100.7, 10.1.1.1")),
+                      peer="10.0.0.2")
+        runtime = wire.gateway.runtime
+        self.assertEqual(wire.agent.sent[0].header(b"x-forwarded-for"), [b"198.51.100.7, 10.1.1.1, 10.0.0.2"])
+
+        class R:
+            requestHeaders = Headers({b"x-forwarded-for": [b"6.6.6.6, 198.51.100.7", b"10.1.1.1"]})
+
+        self.assertEqual(runtime.clientIP("10.0.0.2", R()), "198.51.100.7")
+        self.assertEqual(runtime.clientIP("192.0.2.1", R()), "192.0.2.1")
+
+        class AllTrusted:
+            requestHeaders = Headers({b"x-forwarded-for": [b"10.3.3.3, 10.1.1.1"]})
+
+        self.assertEqual(runtime.clientIP("10.0.0.2", AllTrusted()), "10.3.3.3")
+
+    def test_xffFromUntrustedPeerIsReplaced(self) -> None:
+        """An untrusted peer's X-Forwarded-For is a claim, not a fact: the backend sees only the peer."""
+        wire = Wire()
+        wire.exchange(get(headers=(b"Host: example.com", b"X-Forwarded-For: 10.1.1.1",
+                                   b"X-Forwarded-Proto: https", b"X-Forwarded-Host: evil")))
+        sent = wire.agent.sent[0]
+        self.assertEqual(sent.header(b"x-forwarded-for"), [b"192.0.2.10"])
+        self.assertEqual(sent.header(b"x-forwarded-proto"), [b"http"])
+        self.assertEqual(sent.header(b"x-forwarded-host"), [b"example.com"])
+
+    def test_requestIdInjectionIsReplaced(self) -> None:
+        """RFC 9110 §5.5: a request id echoed into headers is validated, so it cannot split a response."""
+        for bad in (b"abc\n", b"abc\r\nSet-Cookie: x=1", b"a" * 129, b"", b"a b", b"<script>", b"abc\x00"):
+            rid = requestIdFrom(bad)
+            self.assertNotEqual(rid.encode(), bad)
+            self.assertRegex(rid, r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(requestIdFrom(b"req-1.2:3_x"), "req-1.2:3_x")
+
+    def test_echoedRequestIdIsTheSanitisedOne(self) -> None:
+        """RFC 9110 §5.5: an unacceptable X-Request-ID is replaced on both the upstream request and the response."""
+        wire = Wire()
+        responses, _ = wire.exchange(get(headers=(b"Host: example.com", b"X-Request-ID: a\tb")))
+        rid = responses[0].header(b"x-request-id")
+        self.assertEqual(len(rid), 1)
+        self.assertRegex(rid[0].decode(), r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(wire.agent.sent[0].header(b"x-request-id"), rid)
+
+
+# ---------------------------------------------------------------------------
+# Upstream responses
+
+
+def _clientProtocol() -> tuple[_StrictClientProtocol, StringTransport, Deferred[Any]]:
+    proto = _StrictClientProtocol()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    d = proto.request(ClientRequest(b"GET", b"/", Headers({b"host": [b"b"]}), None, persistent=True))
+    return proto, transport, d
+
+
+class UpstreamResponseTests(SynchronousTestCase):
+    def test_invalidFramingFailsTheResponseAndClosesTheConnection(self) -> None:
+        """RFC 9112 §6.3: a response with invalid framing is discarded and its connection closed."""
+        # (head, whether our parser or Twisted's own catches it)
+        heads = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", False),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", False),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\n", False),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+            (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nX-Bad: a\rb\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\n\r\n", True),
+            (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", True),
+            (b"HTTP/1.1 200 O\rK\r\n\r\n", True),
+        ]
+        for head, ours in heads:
+            proto, transport, d = _clientProtocol()
+            proto.dataReceived(head)
+            f = self.failureResultOf(d, ResponseFailed)
+            self.assertTrue(transport.disconnecting, head)
+            self.assertEqual(classify(f), "invalid_response" if ours else "reset", head)
+
+    def test_badChunkMidBodyBreaksTheResponse(self) -> None:
+        """RFC 9112 §7.1: a malformed chunk fails the body and closes the upstream connection."""
+        proto, transport, d = _clientProtocol()
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        response = self.successResultOf(d)
+        got: list[Any] = []
+
+        class Collect(_NullProducer):
+            def makeConnection(self, transport: Any) -> None:
+                pass
+
+            def dataReceived(self, data: bytes) -> None:
+                got.append(data)
+
+            def connectionLost(self, reason: Failure) -> None:
+                got.append(reason)
+
+        response.deliverBody(Collect())
+        proto.dataReceived(b"2\r\nhi\r\nzz\r\n")
+        self.assertEqual(got[0], b"hi")
+        self.assertIsInstance(got[-1], Failure)
+        self.assertFalse(got[-1].check(ResponseDone))
+        self.assertTrue(transport.disconnecting)
+
+    def test_validResponseStillParses(self) -> None:
+        """RFC 9112 §6: a well-framed response is read as before; Connection-named fields are dropped."""
+        proto, _, d = _clientProtocol()
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: s\r\nX-Keep: k\r\n"
+                           b"Content-Length: 2\r\n\r\nhi")
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertFalse(response.headers.hasHeader(b"x-internal"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-keep"), [b"k"])
+
+    def test_parserIsTheStrictOne(self) -> None:
+        """The pooled protocol parses with the strict parser."""
+        proto, _, _ = _clientProtocol()
+        self.assertIsInstance(proto._parser, _StrictResponseParser)
+
+    def test_invalidUpstreamResponseIs502(self) -> None:
+        """RFC 9112 §6.3: the client gets 502 when the upstream's response was invalid."""
+        wire = Wire()
+        proto, transport = wire.send(get())
+        sent = wire.agent.sent[0]
+        sent.deferred.errback(ResponseFailed([Failure(InvalidUpstreamResponse("both CL and TE"))]))
+        responses = parseResponses(transport.value())
+        self.assertEqual(responses[0].status, 502)
+        self.assertIn(b"invalid_response", responses[0].body)
