@@ -313,7 +313,8 @@ class ConsistentHash:
         if i == size:
             i = 0
         owner = owners[i]
-        if len(eligible) == len(self._built) or owner in eligible:
+        # Identity checks over a short list: cheaper than building a set per request.
+        if owner in eligible:
             return owner
         for step in range(1, size):
             owner = owners[(i + step) % size]
