@@ -85,7 +85,13 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
         metrics.circuitState.labels(config.name, e.url).set(_circuitCode(e.breaker.state if e.breaker else "closed"))
         metrics.targetHealthy.labels(config.name, e.url).set(1 if e.healthy(clock.seconds()) else 0)
         endpoints.append(e)
-    cluster = Cluster(config, clock, balancing.makeBalancer(config, rng), endpoints,
+    # The balancer survives a reload that keeps its kind, so rotations and
+    # smooth-WRR weights carry on; Cluster() hands it the new targets.
+    if old is not None and balancing.sameBalancer(old.config, config):
+        balancer = old.balancer
+    else:
+        balancer = balancing.makeBalancer(config, rng)
+    cluster = Cluster(config, clock, balancer, endpoints,
                       retrying.RetryPolicy(config.retries, clock, rng), None, rng)
     cluster.passive = health.passiveFor(cluster, clock, metrics)
     reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect
