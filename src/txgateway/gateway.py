@@ -193,6 +193,10 @@ class GatewayRoot(Resource):
                                            allow=allow.decode()))
             return _Local(jsonResponse(context, 404, "no route", host=context.host, path=context.path))
         context.route = route
+        if "%2F" in context.path and not route.allowEncodedSlash:
+            # Many backends decode %2F into a separator after we matched the
+            # path: /public%2F..%2Fadmin would then reach /admin.
+            return _Local(jsonResponse(context, 400, "bad request path: encoded slash (%2F) not allowed on this route"))
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
 
