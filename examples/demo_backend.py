@@ -1,7 +1,7 @@
 """
 A small demo backend standing in for a Python ML inference service.
 
-Run as C{python examples/demo_backend.py PORT [NAME]}.  It answers:
+Run as C{python examples/demo_backend.py PORT [NAME [INTERFACE]]} (interface 127.0.0.1 by default).  It answers:
   GET  /health            {"status": "ok"}
   POST /predict           a fake prediction for the posted JSON
   POST /batch_predict     fake predictions for a list
@@ -64,10 +64,11 @@ def _field(body: bytes, name: str) -> object:
 def main() -> None:
     port = int(sys.argv[1])
     name = sys.argv[2] if len(sys.argv) > 2 else f"backend-{port}"
+    interface = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     site = server.Site(Demo(name))
     site.log = lambda request: None  # type: ignore[method-assign]
-    endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
-    print(f"demo backend {name} on http://127.0.0.1:{port}", flush=True)
+    endpoints.TCP4ServerEndpoint(reactor, port, interface=interface).listen(site)
+    print(f"demo backend {name} on http://{interface}:{port}", flush=True)
     reactor.run()  # type: ignore[attr-defined]
 
 

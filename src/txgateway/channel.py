@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.web import http, server
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ class GatewaySite(server.Site):
         self.limits = limits
         self.metrics = metrics
         self.channels: set[GatewayChannel] = set()
+        self._allClosed: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -141,6 +143,23 @@ class GatewaySite(server.Site):
         if channel in self.channels:
             self.channels.discard(channel)
             self.metrics.activeConnections.dec()
+        if not self.channels and self._allClosed:
+            waiters, self._allClosed = self._allClosed, []
+            for d in waiters:
+                d.callback(None)
+
+    def whenAllClosed(self) -> Deferred[None]:
+        """
+        Fires once every client connection is closed.  The drain waits for
+        this, not just for requests to finish: a response still in the
+        socket buffer when the reactor stops would be cut off.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.channels:
+            d.callback(None)
+        else:
+            self._allClosed.append(d)
+        return d
 
     def log(self, request: Any) -> None:
         # The gateway writes its own access log (observe.AccessLog).

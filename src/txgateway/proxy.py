@@ -345,8 +345,7 @@ class Forwarder:
         assert agent is not None, "cluster has no agent: was it started?"
         d: Deferred[IResponse] = agent.request(method, self.upstreamURL(context, endpoint), headers,  # type: ignore[attr-defined]
                                                _bodyProducer(context.request))
-        d.addTimeout(cluster.config.timeouts.response, self.clock)
-        return d
+        return _deadline(d, cluster.config.timeouts.response, self.clock)
 
     def _record(self, cluster: Cluster, endpoint: Endpoint, outcome: str | int, ok: bool, seconds: float) -> None:
         breaker = endpoint.breaker
@@ -428,6 +427,33 @@ class Forwarder:
             return done
         response.deliverBody(_Relay(context, done, tee))
         return done
+
+
+def _deadline(d: Deferred[IResponse], seconds: float, clock: IReactorTime) -> Deferred[IResponse]:
+    """
+    Cancel C{d} after C{seconds} and fail it with L{DeferTimeout}.
+
+    C{Deferred.addTimeout} only translates a plain CancelledError, but a
+    cancelled Agent request fails with ResponseNeverReceived wrapping it, so
+    the timeout would read as a reset (502) instead of a timeout (504).
+    """
+    timedOut = False
+
+    def expire() -> None:
+        nonlocal timedOut
+        timedOut = True
+        d.cancel()
+
+    call = clock.callLater(seconds, expire)
+
+    def settle(result: Any) -> Any:
+        if call.active():
+            call.cancel()
+        if timedOut and isinstance(result, Failure):
+            return Failure(DeferTimeout(f"no response within {seconds:g}s"))
+        return result
+
+    return d.addBoth(settle)
 
 
 def _statusFor(outcome: str) -> int:

@@ -240,11 +240,14 @@ class GatewayService(MultiService):
         d = self.listener.stopService()
 
         def closeIdle(_: Any) -> Deferred[bool]:
+            # In-flight requests finish; their connections then close, since
+            # they are no longer persistent.  Idle keep-alive ones close now.
             for channel in list(self.site.channels):
                 channel.persistent = False
                 if not channel.requests and channel.transport is not None:
                     channel.transport.loseConnection()
-            return _withDeadline(state.whenIdle(), self.config.server.timeouts.drain, self.clock)
+            done = state.whenIdle().addCallback(lambda _: self.site.whenAllClosed())
+            return _withDeadline(done, self.config.server.timeouts.drain, self.clock)
 
         def forceClose(timedOut: bool) -> None:
             if timedOut:
@@ -263,10 +266,17 @@ class GatewayService(MultiService):
                 waits.append(stores.closeRedis(self.redis))
             return DeferredList(waits, consumeErrors=True)
 
+        def cleanExit(_: Any) -> None:
+            # twistd re-raises the signal that stopped the reactor once it has
+            # run, so a SIGTERM'd process would die "killed by SIGTERM" (143
+            # in a container).  A completed drain is a clean stop: exit 0.
+            if getattr(self.reactor, "_exitSignal", None) is not None:
+                self.reactor._exitSignal = None
+
         d.addCallback(closeIdle)
         d.addCallback(forceClose)
         d.addCallback(stopRest)
-        d.addCallback(lambda _: None)
+        d.addCallback(cleanExit)
         self.stopping = d
         return d
 

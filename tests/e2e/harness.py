@@ -159,6 +159,7 @@ class GatewayProcess:
         self.useConfigFile = useConfigFile
         self.dir = Path(tempfile.mkdtemp(prefix="txgw-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self._terminating = False
         self.logPath = self.dir / "gateway.log"
 
     @property
@@ -173,7 +174,8 @@ class GatewayProcess:
                 p.write_bytes(content)
             else:
                 p.write_text(content)
-        cmd = [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile=-", "txgateway"]
+        # The twistd script beside this interpreter: exactly what operators run.
+        cmd = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "--logfile=-", "txgateway"]
         if self.useConfigFile:
             cmd += ["--config", str(self.configPath)]
         cmd += self.args
@@ -203,6 +205,8 @@ class GatewayProcess:
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
+        if sig == signal.SIGTERM:
+            self._terminating = True
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 20.0) -> int:
@@ -210,7 +214,8 @@ class GatewayProcess:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self._terminating:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

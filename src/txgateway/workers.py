@@ -1,0 +1,208 @@
+"""
+Worker processes: one gateway process per core, supervised.
+
+A Twisted process uses one core.  With C{server.workers: N} the process that
+twistd starts becomes a supervisor: it binds N listening sockets to the same
+address with C{SO_REUSEPORT} (so the kernel spreads new connections evenly,
+with no thundering herd on one accept queue), then starts N workers, each
+C{twistd -n txgateway} adopting its socket (C{adoptStreamPort}) instead of
+binding.  The supervisor restarts a worker that dies, forwards SIGHUP (reload)
+to all of them, and on SIGTERM lets every worker drain and waits for them.
+
+Binding in the supervisor means a privileged port needs privileges only
+there, and a restarted worker takes over the same socket, so no connection
+attempt is refused while it comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger(namespace="txgateway.workers")
+
+_TCP = re.compile(r"^tcp6?:(\d+)((?::[a-zA-Z]+=[^:]*)*)$")
+
+
+class WorkerSetupError(Exception):
+    """The config asks for workers in a way that cannot work."""
+
+
+def workerCount(configured: int, override: str | None = None) -> int:
+    """C{--workers} wins over C{server.workers}; 0 or C{auto} means one per core."""
+    value: int | str = override if override is not None else configured
+    if value in ("auto", 0, "0"):
+        return os.cpu_count() or 1
+    n = int(value)
+    if n < 1:
+        raise WorkerSetupError("workers must be at least 1 (or auto)")
+    return n
+
+
+def parseListen(description: str) -> tuple[int, str, int]:
+    """(port, interface, backlog) of a C{tcp:} endpoint string."""
+    m = _TCP.match(description)
+    if m is None:
+        raise WorkerSetupError(f"server.workers > 1 needs a plain tcp: listener, not {description!r}")
+    options = dict(opt.split("=", 1) for opt in m.group(2).split(":") if opt)
+    interface = options.get("interface", "::" if description.startswith("tcp6") else "0.0.0.0")
+    return int(m.group(1)), interface.replace("\\", ""), int(options.get("backlog", 512))
+
+
+def bindReusePort(port: int, interface: str, backlog: int) -> socket.socket:
+    """One listening socket; several of them share the address through SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((interface, port))
+    s.listen(backlog)
+    s.setblocking(False)
+    return s
+
+
+class _WorkerProtocol(ProcessProtocol):
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.supervisor.workerEnded(self.index, reason)
+
+
+class WorkerSupervisor(Service):
+    """Starts, watches and stops the worker processes."""
+
+    def __init__(self, reactor: Any, clock: IReactorTime, count: int, listen: str, argv: list[str],
+                 admin: str | None = None, drain: float = 30.0, executable: str | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.count = count
+        self.listen = listen
+        self.argv = argv
+        self.admin = admin
+        self.drain = drain
+        self.executable = executable or str(Path(sys.executable).parent / "twistd")
+        self.environ = dict(os.environ if environ is None else environ)
+        self.sockets: list[socket.socket] = []
+        self.adminSocket: socket.socket | None = None
+        self.processes: dict[int, Any] = {}
+        self.protocols: dict[int, _WorkerProtocol] = {}
+        self.restarts: dict[int, list[float]] = {}
+        self.stopping = False
+        self.metricsDir: str | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        port, interface, backlog = parseListen(self.listen)
+        self.sockets = [bindReusePort(port, interface, backlog) for _ in range(self.count)]
+        if self.admin is not None:
+            aport, ainterface, abacklog = parseListen(self.admin)
+            self.adminSocket = bindReusePort(aport, ainterface, abacklog)
+        # prometheus-client's multiprocess mode: every worker writes its samples
+        # to files here and /metrics in any worker reports the sum of all.
+        self.metricsDir = tempfile.mkdtemp(prefix="txgateway-metrics-")
+        log.info("starting {n} workers on {listen}", n=self.count, listen=self.listen)
+        for i in range(self.count):
+            self.spawn(i)
+
+    def spawn(self, index: int) -> None:
+        childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2, 3: self.sockets[index].fileno()}
+        args = [self.executable, "-n", "--pidfile=", *self.argv, "--worker-id", str(index), "--listen-fd", "3"]
+        if self.adminSocket is not None:
+            childFDs[4] = self.adminSocket.fileno()
+            args += ["--admin-fd", "4"]
+        env = dict(self.environ, PROMETHEUS_MULTIPROC_DIR=self.metricsDir or "", TXGATEWAY_WORKER=str(index))
+        proto = _WorkerProtocol(self, index)
+        self.protocols[index] = proto
+        self.processes[index] = self.reactor.spawnProcess(proto, args[0], args, env=env, childFDs=childFDs)
+
+    def workerEnded(self, index: int, reason: Failure) -> None:
+        process = self.processes.pop(index, None)
+        if process is not None and self.metricsDir:
+            try:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(process.pid, self.metricsDir)
+            except Exception:
+                log.failure("cleaning up metrics of worker {index}", index=index)
+        if self.stopping:
+            return
+        now = self.clock.seconds()
+        recent = [t for t in self.restarts.get(index, []) if now - t < 60] + [now]
+        self.restarts[index] = recent
+        # Back off when a worker keeps dying, so a crash loop does not eat the machine.
+        delay = min(30.0, 0.5 * 2 ** (len(recent) - 1))
+        log.warn("worker {index} exited ({reason}); restarting in {delay:.1f}s",
+                 index=index, reason=reason.getErrorMessage(), delay=delay)
+        self.clock.callLater(delay, self._respawn, index)
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping and index not in self.processes:
+            self.spawn(index)
+
+    def signalAll(self, signame: str) -> None:
+        for process in list(self.processes.values()):
+            try:
+                process.signalProcess(signame)
+            except Exception:
+                pass
+
+    def reload(self) -> None:
+        log.info("reloading all workers")
+        self.signalAll("HUP")
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.stopping = True
+        waits = [p.ended for i, p in self.protocols.items() if i in self.processes]
+        self.signalAll("TERM")
+        for s in self.sockets:
+            s.close()
+        if self.adminSocket is not None:
+            self.adminSocket.close()
+        if not waits:
+            return succeed(None)
+        done: Deferred[Any] = DeferredList(waits)
+        kill = self.clock.callLater(self.drain + 10, self.signalAll, "KILL")
+
+        def finished(result: Any) -> Any:
+            if kill.active():
+                kill.cancel()
+            self._clearExitSignal()
+            return result
+
+        return done.addBoth(finished)
+
+    def _clearExitSignal(self) -> None:
+        # As in GatewayService: a completed drain is a clean stop, exit 0.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
+
+
+def installSignals(supervisor: WorkerSupervisor, reactor: Any, signalModule: Any = None,
+                   onHup: Callable[[], None] | None = None) -> None:
+    import signal as _signal
+
+    sig = signalModule or _signal
+
+    def hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(onHup or supervisor.reload)
+
+    reactor.callWhenRunning(sig.signal, sig.SIGHUP, hup)

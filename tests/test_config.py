@@ -1,0 +1,183 @@
+"""Config loading: the example loads, every mistake is named by key path and line, env overrides."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txgateway.config import (
+    ConfigError,
+    Rate,
+    applyEnvironment,
+    configFromEnvironment,
+    duration,
+    loadConfig,
+    parseConfig,
+    rate,
+    size,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO.parent / "shared" / "gw.example.yaml"
+BUNDLED = REPO / "examples" / "gw.yaml"
+
+MINIMAL = """\
+upstreams:
+  api:
+    targets: [http://127.0.0.1:9000]
+routes:
+  - match: {path_prefix: /}
+    upstream: api
+"""
+
+
+def problems(text: str) -> list[str]:
+    try:
+        parseConfig(text, "gw.yaml")
+    except ConfigError as e:
+        return [str(p) for p in e.problems]
+    raise AssertionError("config was accepted")
+
+
+class ExampleTests(SynchronousTestCase):
+    def test_bundledExampleLoadsAndMeansWhatItsCommentsSay(self) -> None:
+        """The example config users copy loads unchanged, with the values its comments describe."""
+        for path in (BUNDLED, EXAMPLE):
+            if not path.exists():
+                continue
+            c = loadConfig(path, environ={})
+            self.assertEqual(c.server.listen, "tcp:8080")
+            self.assertEqual(c.server.max_request_body, 10 * 1024 * 1024)
+            self.assertEqual(c.server.max_header_bytes, 64 * 1024)
+            self.assertEqual(c.server.timeouts.request_header, 15.0)
+            self.assertEqual(c.server.timeouts.drain, 30.0)
+            inference = c.upstreams["inference"]
+            self.assertEqual(inference.balancer, "least_connections")
+            self.assertEqual(inference.retries.on, ("connect_failure", 502, 503, 504))
+            self.assertEqual(inference.retries.budget, 0.2)
+            self.assertEqual(inference.retries.backoff, 0.025)
+            assert inference.health.active is not None
+            self.assertEqual(inference.health.active.interval, 5.0)
+            self.assertEqual([t.weight for t in c.upstreams["users"].targets], [5, 1])
+            self.assertEqual(c.upstreams["sessions"].hash_on, "header:X-User-ID")
+            batch = next(r for r in c.routes if r.name == "batch")
+            assert batch.rate_limit is not None and batch.auth is not None
+            self.assertEqual(batch.rate_limit.rate, Rate(600, 60.0))
+            self.assertEqual(batch.rate_limit.key, ("consumer",))
+            self.assertTrue(batch.rate_limit.shared)
+            self.assertEqual(batch.auth.forward_identity, "X-Consumer")
+            staff = c.auth_policies["staff"]
+            assert staff.basic is not None
+            self.assertEqual(staff.basic.users[0][0], "bob")
+            services = c.auth_policies["services"]
+            assert services.jwt is not None
+            self.assertEqual(services.jwt.secret, b"example-hs256-secret-change-me-0123456789abcdef")
+            users = next(r for r in c.routes if r.name == "users-api")
+            self.assertEqual(users.strip_prefix, "/api")
+            assert users.cache is not None
+            self.assertEqual(users.cache.max_ttl, 60.0)
+
+
+class ProblemTests(SynchronousTestCase):
+    def test_badTargetURLNamesKeyPathAndLine(self) -> None:
+        """A bad URL is reported as upstreams.NAME.targets[i] with its line."""
+        text = MINIMAL.replace("targets: [http://127.0.0.1:9000]",
+                               "targets:\n      - http://127.0.0.1:9000\n      - not a url")
+        self.assertEqual(problems(text), ["line 5: upstreams.api.targets[1]: not a URL: 'not a url' (write e.g. http://10.0.0.5:8000)"])
+
+    def test_everyProblemIsReportedAtOnce(self) -> None:
+        """Several mistakes give several problems, in file order, not just the first."""
+        text = "server:\n  max_request_body: lots\n  colour: blue\n" + MINIMAL.replace("upstream: api", "upstream: nope")
+        got = problems(text)
+        self.assertEqual(len(got), 3)
+        self.assertIn("server.max_request_body: not a size", got[0])
+        self.assertIn("server.colour: unknown key", got[1])
+        self.assertIn("routes[0].upstream: no upstream named 'nope'", got[2])
+
+    def test_yamlSyntaxErrorHasALine(self) -> None:
+        """Broken YAML is reported with the line where the parser gave up."""
+        got = problems("upstreams:\n  api: [unclosed\n")
+        self.assertEqual(len(got), 1)
+        self.assertTrue(got[0].startswith("line "), got[0])
+        self.assertIn("not valid YAML", got[0])
+
+    def test_missingRequiredSections(self) -> None:
+        """An empty file says upstreams and routes are required."""
+        got = problems("")
+        self.assertIn("upstreams: is required: at least one upstream", got)
+        self.assertIn("routes: is required: at least one route", got)
+
+    def test_sharedRateLimitNeedsRedis(self) -> None:
+        """shared: true without stores.redis is an error, not a silent local limit."""
+        text = MINIMAL + "    rate_limit: {rate: 10/s, shared: true}\n"
+        self.assertIn("routes[0].rate_limit.shared: needs stores.redis", problems(text)[0])
+
+    def test_adminBeyondLoopbackNeedsAToken(self) -> None:
+        """An admin listener on every interface without a token is refused."""
+        self.assertIn("admin.listen", problems(MINIMAL + "admin:\n  listen: tcp:8090\n")[0])
+        parseConfig(MINIMAL + "admin:\n  listen: tcp:8090\n  token: s3cret\n")
+
+    def test_missingSecretFileIsNamed(self) -> None:
+        """A secret_file that cannot be read is an error naming the key."""
+        text = MINIMAL + "auth_policies:\n  p:\n    jwt: {algorithms: [HS256], secret_file: /nonexistent/secret}\n"
+        self.assertIn("auth_policies.p.jwt.secret_file: cannot read", problems(text)[0])
+
+    def test_yamlBooleanWordsStayKeys(self) -> None:
+        """`on:` under retries is the key 'on', not YAML 1.1's True."""
+        c = parseConfig(MINIMAL.replace("targets:", "retries: {on: [503], attempts: 1}\n    targets:"))
+        self.assertEqual(c.upstreams["api"].retries.on, (503,))
+
+
+class UnitTests(SynchronousTestCase):
+    def test_durations(self) -> None:
+        """250ms, 5s, 1m, 1h and bare seconds."""
+        self.assertEqual([duration(x) for x in ("250ms", "5s", "1m", "1h", 3, "1.5s")], [0.25, 5, 60, 3600, 3, 1.5])
+
+    def test_sizes(self) -> None:
+        """KiB/MiB are binary, KB/MB decimal."""
+        self.assertEqual([size(x) for x in ("512KiB", "10MiB", "1KB", 42)], [524288, 10485760, 1000, 42])
+
+    def test_rates(self) -> None:
+        """100/s and 600/m."""
+        self.assertEqual(rate("100/s"), Rate(100, 1.0))
+        self.assertEqual(rate("600/m").perSecond, 10.0)
+
+
+class EnvironmentTests(SynchronousTestCase):
+    def test_environmentAloneGivesOneUpstream(self) -> None:
+        """BACKEND_URL, GATEWAY_PORT, LOG_LEVEL, REQUEST_TIMEOUT make a whole gateway."""
+        c = configFromEnvironment({"BACKEND_URL": "http://10.1.2.3:3000", "GATEWAY_PORT": "9000",
+                                   "LOG_LEVEL": "debug", "REQUEST_TIMEOUT": "10s"})
+        self.assertEqual(c.server.listen, "tcp:9000")
+        self.assertEqual(c.logging.level, "debug")
+        up = c.upstreams["backend"]
+        self.assertEqual(up.targets[0].url, "http://10.1.2.3:3000")
+        self.assertEqual(up.timeouts.response, 10.0)
+        assert up.health.active is not None
+        self.assertEqual(up.health.active.path, "/health")
+
+    def test_badEnvironmentNamesTheVariable(self) -> None:
+        """A bad BACKEND_URL is reported under that name."""
+        with self.assertRaises(ConfigError) as cm:
+            configFromEnvironment({"BACKEND_URL": "nope"})
+        self.assertIn("BACKEND_URL", str(cm.exception))
+
+    def test_environmentOverridesAFile(self) -> None:
+        """GATEWAY_PORT keeps the listen options; LOG_LEVEL and REQUEST_TIMEOUT override too."""
+        base = parseConfig("server:\n  listen: tcp:8080:interface=127.0.0.1\n" + MINIMAL)
+        c = applyEnvironment(base, {"GATEWAY_PORT": "9999", "LOG_LEVEL": "warning", "REQUEST_TIMEOUT": "3s"})
+        self.assertEqual(c.server.listen, "tcp:9999:interface=127.0.0.1")
+        self.assertEqual(c.logging.level, "warn")
+        self.assertEqual(c.upstreams["api"].timeouts.response, 3.0)
+
+    def test_relativePathsAreRelativeToTheConfigFile(self) -> None:
+        """secret_file is read from the config file's folder, not the working directory."""
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "s.secret").write_text("topsecret\n")
+            Path(d, "gw.yaml").write_text(MINIMAL + "auth_policies:\n  p:\n    jwt: {algorithms: [HS256], secret_file: s.secret}\n")
+            c = loadConfig(Path(d, "gw.yaml"), environ={})
+            jwt = c.auth_policies["p"].jwt
+            assert jwt is not None
+            self.assertEqual(jwt.secret, b"topsecret")
