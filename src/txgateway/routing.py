@@ -346,7 +346,7 @@ class RouteTable:
             elif not r.matchesHost(host):
                 why = f"host {host or '(none)'} is not {r.config.match.host}"
             elif not r.matchesHeaders(headers):
-                why = "; ".join(_headerMisses(r, headers))
+                why = "a header matcher does not hold: " + "; ".join(_headerMisses(r, headers))
             elif not r.allowsMethod(method, headers):
                 assert r.methods is not None
                 why = f"method {method.decode('latin-1')} is not one of {', '.join(sorted(m.decode() for m in r.methods))}"
