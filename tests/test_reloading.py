@@ -10,7 +10,9 @@ granularity.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +52,12 @@ def configText(routes: str = ROUTE_A, targets: str = "http://127.0.0.1:9100", up
 class FileMixin:
     """A config file in a temp dir whose mtime moves forward one second per write."""
 
-    mktemp: Any
+    addCleanup: Any
 
     def makeFile(self, text: str) -> Path:
-        d = Path(self.mktemp())
-        d.mkdir()
+        # tempfile, not mktemp(): under pytest mktemp() would leave folders in the working tree.
+        d = Path(tempfile.mkdtemp(prefix="txgw-reload-"))
+        self.addCleanup(shutil.rmtree, d, True)
         self.path = d / "gw.yaml"
         self.mtime = 1_700_000_000
         self.write(text)
