@@ -19,6 +19,7 @@ run: $(STAMP)
 ## The whole suite: lint, types, then every test under trial and under pytest.
 test: $(STAMP)
 	bash scripts/ensure-redis.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/ruff check src tests twisted examples bench
 	$(BIN)/mypy
 	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m twisted.trial --temp-directory=/tmp/_trial_temp_txgw tests

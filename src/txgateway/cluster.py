@@ -90,9 +90,14 @@ class Cluster:
         """
         The target for the next attempt of C{context}.
 
-        Untried targets are preferred, so a retry lands elsewhere when it
-        can.  Raises L{NoTarget} when nothing may be used: every breaker
-        open, every target saturated, or none healthy under fail_closed.
+        Health first, then the concurrency cap, then breakers; among what is
+        left, untried targets are preferred so a retry lands elsewhere when
+        it can (but a target already tried is better than none).  A
+        half-open breaker admits only its probe quota: C{allow()} is asked
+        of the balancer's choice alone, since a yes takes a probe slot.
+        Raises L{NoTarget} when nothing may be used: every breaker open (with
+        the wait until the first one half-opens), every target saturated, or
+        none healthy under fail_closed.
         """
         now = self.clock.seconds()
         endpoints = self.endpoints
@@ -101,26 +106,26 @@ class Cluster:
             if not self.failOpen:
                 raise NoTarget("no healthy target (fail_closed)")
             healthy = list(endpoints)
-        if tried:
-            untried = [e for e in healthy if e not in tried]
-            if untried:
-                healthy = untried
         candidates = [e for e in healthy if e.inFlight < self.maxPerTarget]
         if not candidates:
             raise NoTarget("every target is at pool.max_per_target")
-        while candidates:
-            allowed = [e for e in candidates if e.breaker is None or e.breaker.state != "open"]
-            if not allowed:
-                wait = min(e.breaker.retryAfter() for e in candidates if e.breaker is not None)
-                raise NoTarget("every target's circuit breaker is open", wait)
-            choice = self.balancer.pick(allowed, context) if len(allowed) > 1 else allowed[0]
-            if choice is None:
-                raise NoTarget("the balancer made no choice")
-            if choice.breaker is None or choice.breaker.allow():
-                return choice
-            # Half-open with every probe slot taken: not this one, try the rest.
-            candidates.remove(choice)
-        raise NoTarget("every target's circuit breaker is open or probing", 1.0)
+        allowed = [e for e in candidates if e.breaker is None or e.breaker.state != "open"]
+        passes: tuple[list[Endpoint], ...] = (allowed,)
+        if tried:
+            untried = [e for e in allowed if e not in tried]
+            if untried and len(untried) < len(allowed):
+                passes = (untried, [e for e in allowed if e in tried])
+        for group in passes:
+            while group:
+                choice = self.balancer.pick(group, context) if len(group) > 1 else group[0]
+                if choice is None:
+                    raise NoTarget("the balancer made no choice")
+                if choice.breaker is None or choice.breaker.allow():
+                    return choice
+                # Half-open with every probe slot taken: not this one, try the rest.
+                group.remove(choice)
+        waits = [w for w in (e.breaker.retryAfter() for e in candidates if e.breaker is not None) if w > 0]
+        raise NoTarget("every target's circuit breaker is open or probing", min(waits) if waits else 1.0)
 
     def endpointByURL(self, url: str) -> Endpoint | None:
         for e in self.endpoints:

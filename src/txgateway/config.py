@@ -291,6 +291,8 @@ class JwtAuth:
     public_key: bytes | None = None
     jwks_url: str | None = None
     jwks_refresh: float = 300.0
+    jwks_timeout: float = 5.0
+    jwks_min_refresh: float = 30.0
     issuer: str | None = None
     audience: str | None = None
     identity_claim: str = "sub"
@@ -303,6 +305,7 @@ class JwtAuth:
 class BasicAuth:
     users: tuple[tuple[str, str], ...] = ()  # name -> password hash (bcrypt/argon2)
     realm: str = "txgateway"
+    cache_ttl: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,7 @@ class AuthPolicy:
     basic: BasicAuth | None = None
     forward_identity: str | None = None
     keep_credentials: bool = False
+    allowed_identities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,6 +381,9 @@ class RetryConfig:
     budget: float = 0.2
     budget_window: float = 10.0
     min_retries_per_second: float = 3.0
+    # The longest the upstream phase of one request may take, all attempts
+    # and backoffs included; None means timeouts.response x (attempts + 1).
+    total_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -738,7 +745,8 @@ class _Parser:
         return out
 
     def authPolicy(self, value: Any, path: str, line: int | None, name: str) -> AuthPolicy | None:
-        m = self.mapping(value, path, line, ["api_key", "jwt", "basic", "forward_identity", "keep_credentials"])
+        m = self.mapping(value, path, line, ["api_key", "jwt", "basic", "forward_identity", "keep_credentials",
+                                             "allowed_identities"])
         if m is None:
             return None
         policy = AuthPolicy(
@@ -748,10 +756,30 @@ class _Parser:
             basic=self.basic(*self.child(m, "basic"), f"{path}.basic") if "basic" in m else None,
             forward_identity=self.get(m, "forward_identity", path, headerName, None),
             keep_credentials=self.get(m, "keep_credentials", path, boolean, False),
+            allowed_identities=self.seq(m, "allowed_identities", path, string),
         )
         if not (policy.api_key or policy.jwt or policy.basic):
             self.problem(path, line, "names no method: give api_key, jwt or basic")
         return policy
+
+    def authReference(self, value: Any, path: str, line: int | None,
+                      policies: Mapping[str, AuthPolicy]) -> AuthPolicy | None:
+        """C{auth: {policy: NAME, keep_credentials: true}}: a named policy with per-route overrides."""
+        m = self.mapping(value, path, line, ["policy", "keep_credentials", "forward_identity", "allowed_identities"])
+        if m is None:
+            return None
+        ref = str(m["policy"])
+        base = policies.get(ref)
+        if base is None:
+            self.problem(f"{path}.policy", m.lines.get("policy"), f"no auth policy named {ref!r}")
+            return None
+        return replace(
+            base,
+            keep_credentials=self.get(m, "keep_credentials", path, boolean, base.keep_credentials),
+            forward_identity=self.get(m, "forward_identity", path, headerName, base.forward_identity),
+            allowed_identities=(self.seq(m, "allowed_identities", path, string) if "allowed_identities" in m
+                                else base.allowed_identities),
+        )
 
     def apiKey(self, value: Any, line: int | None, path: str) -> ApiKeyAuth | None:
         m = self.mapping(value, path, line, ["header", "query_param", "keys", "keys_file"])
@@ -786,13 +814,14 @@ class _Parser:
             self.problem(f"{path}.keys", m.line, "no keys configured")
         return ApiKeyAuth(
             header=self.get(m, "header", path, headerName, "X-API-Key"),
-            query_param=self.get(m, "query_param", path, string, None),
+            query_param=self.get(m, "query_param", path, headerName, None),
             keys=tuple(parsed),
         )
 
     def jwt(self, value: Any, line: int | None, path: str) -> JwtAuth | None:
         m = self.mapping(value, path, line, ["algorithms", "secret", "secret_file", "public_key_file", "jwks_url",
-                                             "jwks_refresh", "issuer", "audience", "identity_claim",
+                                             "jwks_refresh", "jwks_timeout", "jwks_min_refresh", "issuer",
+                                             "audience", "identity_claim",
                                              "required_claims", "leeway", "header"])
         if m is None:
             return None
@@ -805,6 +834,10 @@ class _Parser:
         if fileSecret is not None:
             secret = fileSecret.rstrip(b"\r\n")
         publicKey = self.readFile(m, "public_key_file", path)
+        if publicKey is not None and not _isPublicKeyPEM(publicKey):
+            self.problem(f"{path}.public_key_file", m.lines.get("public_key_file"),
+                         "is not a PEM public key (-----BEGIN PUBLIC KEY-----)")
+            publicKey = None
         jwksURL = self.get(m, "jwks_url", path, _httpURL, None)
         symmetric = [a for a in algorithms if a.startswith("HS")]
         asymmetric = [a for a in algorithms if not a.startswith("HS")]
@@ -820,7 +853,9 @@ class _Parser:
             secret=secret,
             public_key=publicKey,
             jwks_url=jwksURL,
-            jwks_refresh=self.get(m, "jwks_refresh", path, duration, 300.0),
+            jwks_refresh=self.get(m, "jwks_refresh", path, _positive(duration), 300.0),
+            jwks_timeout=self.get(m, "jwks_timeout", path, _positive(duration), 5.0),
+            jwks_min_refresh=self.get(m, "jwks_min_refresh", path, duration, 30.0),
             issuer=self.get(m, "issuer", path, string, None),
             audience=self.get(m, "audience", path, string, None),
             identity_claim=self.get(m, "identity_claim", path, string, "sub"),
@@ -830,7 +865,7 @@ class _Parser:
         )
 
     def basic(self, value: Any, line: int | None, path: str) -> BasicAuth | None:
-        m = self.mapping(value, path, line, ["htpasswd", "users", "realm"])
+        m = self.mapping(value, path, line, ["htpasswd", "users", "realm", "cache_ttl"])
         if m is None:
             return None
         users: dict[str, str] = {}
@@ -855,9 +890,16 @@ class _Parser:
             if not (hashed.startswith(("$2a$", "$2b$", "$2y$", "$argon2"))):
                 self.problem(f"{path}.users.{user}", m.lines.get("users", m.lines.get("htpasswd")),
                              "only bcrypt ($2b$...) or argon2 ($argon2id$...) hashes are accepted")
+        if any(h.startswith("$argon2") for h in users.values()) and not _haveArgon2():
+            self.problem(path, line, "argon2 hashes need the argon2-cffi package (pip install argon2-cffi)")
         if not users:
             self.problem(path, line, "no users configured (give htpasswd or users)")
-        return BasicAuth(users=tuple(users.items()), realm=self.get(m, "realm", path, string, "txgateway"))
+        realm = self.get(m, "realm", path, headerValue, "txgateway")
+        if '"' in realm or "\\" in realm:
+            self.problem(f"{path}.realm", m.lines.get("realm"), "must not contain quotes or backslashes")
+            realm = "txgateway"
+        return BasicAuth(users=tuple(users.items()), realm=realm,
+                         cache_ttl=self.get(m, "cache_ttl", path, duration, 60.0))
 
     def upstreams(self, value: Any, line: int | None) -> dict[str, UpstreamConfig]:
         if value is None:
@@ -898,8 +940,8 @@ class _Parser:
         timeouts = d.timeouts
         if tm is not None:
             timeouts = UpstreamTimeouts(
-                connect=self.get(tm, "connect", f"{path}.timeouts", duration, timeouts.connect),
-                response=self.get(tm, "response", f"{path}.timeouts", duration, timeouts.response),
+                connect=self.get(tm, "connect", f"{path}.timeouts", _positive(duration), timeouts.connect),
+                response=self.get(tm, "response", f"{path}.timeouts", _positive(duration), timeouts.response),
             )
         pm = self.mapping(m.get("pool"), f"{path}.pool", m.lines.get("pool"), ["max_per_target", "idle_timeout"])
         pool = d.pool
@@ -992,7 +1034,7 @@ class _Parser:
         if value is False:
             return replace(d, attempts=0)
         m = self.mapping(value, path, line, ["attempts", "on", "methods", "backoff", "max_backoff", "budget",
-                                             "budget_window", "min_retries_per_second"])
+                                             "budget_window", "min_retries_per_second", "total_timeout"])
         if m is None:
             return d
         return RetryConfig(
@@ -1004,6 +1046,7 @@ class _Parser:
             budget=self.get(m, "budget", path, fraction, d.budget),
             budget_window=self.get(m, "budget_window", path, _positive(duration), d.budget_window),
             min_retries_per_second=self.get(m, "min_retries_per_second", path, lambda v: float(duration(v)), d.min_retries_per_second),
+            total_timeout=self.get(m, "total_timeout", path, _positive(duration), d.total_timeout),
         )
 
     def routes(self, value: Any, line: int | None, upstreams: Mapping[str, UpstreamConfig],
@@ -1044,7 +1087,9 @@ class _Parser:
         auth = None
         if m.get("auth") is not None:
             ref = m["auth"]
-            if isinstance(ref, str):
+            if isinstance(ref, dict) and "policy" in ref:
+                auth = self.authReference(ref, f"{path}.auth", m.lines.get("auth"), policies)
+            elif isinstance(ref, str):
                 auth = policies.get(ref)
                 if auth is None:
                     self.problem(f"{path}.auth", m.lines.get("auth"), f"no auth policy named {ref!r}")
@@ -1362,6 +1407,24 @@ def _origin(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("",):
         raise _Invalid(f"not an origin: {text!r} (write e.g. https://app.example.com or https://*.example.com)")
     return text.lower()
+
+
+def _isPublicKeyPEM(data: bytes) -> bool:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        load_pem_public_key(data)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _haveArgon2() -> bool:
+    try:
+        import argon2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _loopbackOnly(description: str) -> bool:

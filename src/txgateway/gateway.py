@@ -11,6 +11,7 @@ and the forward.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from .context import LocalResponse, RequestContext
 from .middleware import AddressSet, jsonResponse
-from .observe import newSpanId, newTraceId, parseTraceparent, requestIdFrom
+from .observe import bodySize, newSpanId, newTraceId, parseTraceparent, requestIdFrom
 from .proxy import UpstreamFailure
 from .routing import PathError, normalizeHost, normalizePath
 
@@ -45,6 +46,7 @@ class GatewayState:
         self.ready = False
         self.draining = False
         self.inFlight = 0
+        self.workerId: int | None = None  # set in a worker process (see workers.py)
         self._idle: list[Deferred[None]] = []
 
     def requestStarted(self) -> None:
@@ -121,15 +123,19 @@ class Runtime:
         for name, cluster in self.clusters.items():
             targets = []
             for e in cluster.endpoints:
+                healthy = e.healthy(now)
+                circuit = e.breaker.state if e.breaker is not None else "closed"
                 targets.append({
                     "url": e.url,
-                    "healthy": e.healthy(now),
-                    "circuit": e.breaker.state if e.breaker is not None else "closed",
+                    "healthy": healthy,
+                    "circuit": circuit,
+                    "usable": healthy and circuit != "open",
                     "in_flight": e.inFlight,
                 })
             usable = cluster.usable()
             anyUsable = anyUsable or usable
-            if not usable or not all(t["healthy"] for t in targets):
+            # Degraded: some target cannot take traffic now (unhealthy or its circuit open).
+            if not usable or not all(t["usable"] for t in targets):
                 degraded.append(name)
             upstreams[name] = {"usable": usable, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
@@ -160,6 +166,7 @@ class GatewayRoot(Resource):
             normalizeHost(request.requestHeaders.getRawHeaders(b"host", (b"",))[0]), "/", None,
         )
         request.context = context
+        request.bytesIn = bodySize(request)  # the body is gone by the time the access log is written
         gw.state.requestStarted()
         runtime.metrics.inFlight.inc()
         request.notifyFinish().addBoth(_requestDone, context, runtime, gw.state)
@@ -185,6 +192,8 @@ class GatewayRoot(Resource):
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
         match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
+        if request.method == b"OPTIONS":
+            match = _preflightMatch(runtime, context, match)
         route = match.route
         if route is None:
             if match.allowed:
@@ -201,6 +210,21 @@ class GatewayRoot(Resource):
         return runtime.leaves[route.name]
 
 
+def _preflightMatch(runtime: Runtime, context: RequestContext, match: Any) -> Any:
+    """
+    A CORS preflight is routed as the request it announces: C{OPTIONS /x}
+    asking for POST belongs to the route that serves C{POST /x} when that
+    route has C{cors:} (which answers it), even if the route lists only POST.
+    """
+    requested = context.header(b"access-control-request-method")
+    if requested is None or context.header(b"origin") is None:
+        return match
+    announced = runtime.routes.match(requested.strip(), context.host, context.path, context.request.requestHeaders)
+    if announced.route is not None and announced.route.config.cors is not None:
+        return announced
+    return match
+
+
 def _peerIP(request: Any) -> str:
     addr = request.getClientAddress()
     host = getattr(addr, "host", None)
@@ -212,6 +236,10 @@ def _trace(context: RequestContext) -> None:
     parsed = parseTraceparent(context.header(b"traceparent"))
     if parsed is None:
         context.traceId = newTraceId()
+        # W3C: vendor state belongs to the trace it came with; a new trace
+        # must not carry the old one's.
+        if context.header(b"tracestate") is not None:
+            context.removeHeaders.append(b"tracestate")
     else:
         context.traceId, context.traceFlags = parsed
         context.tracestate = context.header(b"tracestate")
@@ -229,7 +257,7 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     try:
         runtime.accessLog.record(context, duration)
     except Exception:
-        log.failure("writing the access log failed")
+        log.failure("writing the access log failed", request_id=context.requestId)
 
 
 def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:
@@ -245,9 +273,10 @@ def respond(context: RequestContext, response: LocalResponse, forwarder: Any = N
     headers.setRawHeaders(b"X-Request-ID", [context.requestId.encode()])
     for k, v in context.responseHeaders:
         headers.addRawHeader(k, v)
-    headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
-    context.bytesOut += len(response.body)
+    if response.code != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
     if response.body and request.method != b"HEAD":
+        context.bytesOut += len(response.body)
         request.write(response.body)
     request.finish()
 
@@ -288,7 +317,10 @@ class _OwnEndpoint(Resource):
         elif self.kind == "ready":
             ok = self.state.ready and not self.state.draining
             status = "ready" if ok else ("draining" if self.state.draining else "starting")
-            respond(context, _json(200 if ok else 503, {"status": status}))
+            facts: dict[str, Any] = {"status": status, "pid": os.getpid()}
+            if self.state.workerId is not None:
+                facts["worker"] = self.state.workerId
+            respond(context, _json(200 if ok else 503, facts))
         else:
             code, report = self.runtime.healthReport()
             respond(context, _json(code, report))

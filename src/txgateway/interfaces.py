@@ -92,11 +92,17 @@ class IPassiveHealth(IHealthCheck):
 class IRetryPolicy(Interface):
     """Decides whether a failed attempt is tried again on another target."""
 
-    def shouldRetry(context: RequestContext, outcome: str | int, bodySent: bool) -> float | None:
+    def shouldRetry(context: RequestContext, outcome: str | int, bodySent: bool,
+                    remaining: float = float("inf")) -> float | None:
         """
-        C{outcome} is 'connect_failure', 'timeout', 'reset' or a status code.
-        Return the delay in seconds before the next attempt, or L{None} to
-        give up.  Charging the retry budget is part of saying yes.
+        C{outcome} is 'connect_failure', 'timeout', 'reset' or a status code;
+        C{bodySent} is False when nothing reached the backend (connect
+        failure), which makes any method safe to replay.  C{context.attempts}
+        counts the attempts made so far.  C{remaining} is the time left in
+        the request's total deadline (infinite when omitted): a retry whose
+        backoff would not fit is refused.  Return the delay in seconds before
+        the next attempt, or L{None} to give up.  Charging the retry budget is
+        part of saying yes.
         """
 
     def recordRequest() -> None:
@@ -130,12 +136,18 @@ class ICacheStore(Interface):
 class IAuthenticator(Interface):
     """Verifies one kind of credential (API key, JWT, basic)."""
 
+    challenge = Attribute("The C{WWW-Authenticate} value (bytes) that invites this kind of credential.")
+
     def authenticate(context: RequestContext) -> Deferred[Any] | Any:
         """
         Return (or fire with) a L{txgateway.auth.AuthResult}: an identity, a
-        refusal with its C{WWW-Authenticate} challenge, or 'absent' when the
-        request carries no credential of this kind.
+        refusal with its C{WWW-Authenticate} challenge, 'absent' when the
+        request carries no credential of this kind, or 'unavailable' when
+        it cannot be checked right now (answered 503).  Never fails.
         """
+
+    def removeCredential(context: RequestContext) -> None:
+        """Keep this kind of credential from reaching the backend (a header, a query parameter)."""
 
 
 class IRequestFilter(Interface):

@@ -34,7 +34,7 @@ from twisted.logger import (
     formatEventAsClassicLogText,
     globalLogPublisher,
 )
-from zope.interface import provider
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from .context import RequestContext
@@ -62,18 +62,22 @@ class Metrics:
         self.upstreamDuration = Histogram("txgateway_upstream_request_duration_seconds",
                                           "Time from sending an attempt to its response head.",
                                           ["upstream", "target"], buckets=LATENCY_BUCKETS, registry=r)
+        # multiprocess_mode only matters with workers (see render): how the
+        # workers' values of one gauge combine into the gateway's.
         self.targetHealthy = Gauge("txgateway_target_healthy", "1 when a target may receive traffic.",
-                                   ["upstream", "target"], registry=r)
+                                   ["upstream", "target"], multiprocess_mode="livemin", registry=r)
         self.circuitState = Gauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
-                                  ["upstream", "target"], registry=r)
+                                  ["upstream", "target"], multiprocess_mode="livemax", registry=r)
         self.rateLimited = Counter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
         self.retries = Counter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
         self.cacheRequests = Counter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
                                      registry=r)
         self.authFailures = Counter("txgateway_auth_failures", "Requests refused by access control.",
                                     ["route", "reason"], registry=r)
-        self.activeConnections = Gauge("txgateway_active_connections", "Open client connections.", registry=r)
-        self.inFlight = Gauge("txgateway_in_flight_requests", "Requests being handled now.", registry=r)
+        self.activeConnections = Gauge("txgateway_active_connections", "Open client connections.",
+                                       multiprocess_mode="livesum", registry=r)
+        self.inFlight = Gauge("txgateway_in_flight_requests", "Requests being handled now.",
+                              multiprocess_mode="livesum", registry=r)
         self.configReloads = Counter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
         self.storeFallbacks = Counter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
                                       ["store", "use"], registry=r)
@@ -101,7 +105,36 @@ class Metrics:
         dchild.observe(seconds)
 
     def render(self) -> bytes:
+        """
+        The exposition.  A worker (PROMETHEUS_MULTIPROC_DIR set by the
+        supervisor) reports the sum over every worker, so /metrics tells the
+        truth for the whole gateway whichever worker answers.
+        """
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged, path=directory)
+            return generate_latest(merged)
         return generate_latest(self.registry)
+
+    @staticmethod
+    def samples(family: Any) -> list[tuple[str, dict[str, str], float]]:
+        """
+        Every sample of one metric family as (name, labels, value).
+
+        For the admin status page, which reads the same numbers Prometheus
+        scrapes instead of keeping a second set of counters on the request path.
+        """
+        return [(s.name, s.labels, s.value) for metric in family.collect() for s in metric.samples]
+
+    def gaugeValue(self, gauge: Gauge) -> float:
+        """The value of an unlabelled gauge."""
+        for name, _, value in self.samples(gauge):
+            if not name.endswith("_created"):
+                return value
+        return 0.0
 
 
 _KNOWN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
@@ -120,15 +153,22 @@ def requestIdFrom(value: bytes | None) -> str:
     return os.urandom(16).hex()
 
 
-_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
 
 def parseTraceparent(value: bytes | None) -> tuple[str, str] | None:
-    """(trace id, flags) from a valid W3C traceparent, else None (a new trace starts)."""
+    """
+    (trace id, flags) from a valid W3C traceparent, else None (a new trace starts).
+
+    Version 00 must be exactly four fields; a later version may append
+    fields after the flags, which are ignored (trace context, section 3.2.4).
+    """
     if value is None:
         return None
     m = _TRACEPARENT.match(value.strip())
     if m is None or m.group(1) == b"ff" or m.group(2) == b"0" * 32 or m.group(3) == b"0" * 16:
+        return None
+    if m.group(1) == b"00" and m.group(5):
         return None
     return m.group(2).decode(), m.group(4).decode()
 
@@ -146,6 +186,23 @@ def newTraceId() -> str:
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
 
+# Fields of a log event copied into its JSON line, so that every line about
+# one request can be found by its request_id.
+_EVENT_FIELDS = ("request_id", "route", "upstream", "target", "client", "trace_id")
+
+# Credentials must never reach a log line, whatever a caller formats into a
+# message: a header name followed by its value (as text, key=value, or the
+# repr of a Headers object) loses the value.
+_SECRET = re.compile(
+    r"""(?i)\b((?:proxy-)?authorization|cookie|set-cookie|x-api-key)(['"]?\s*[:=,]\s*\[?\s*b?['"]?)([^'"\]\r\n]+)""")
+
+
+def redact(text: str) -> str:
+    """C{text} with the values of credential-bearing headers replaced."""
+    if not _SECRET.search(text):
+        return text
+    return _SECRET.sub(lambda m: m.group(1) + m.group(2) + "[redacted]", text)
+
 
 def _jsonSafe(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -156,22 +213,29 @@ def _jsonSafe(value: Any) -> Any:
 
 
 def jsonFormatter(level: str = "info") -> Callable[[dict[str, Any]], str | None]:
-    """One JSON object per line; events below C{level} are dropped."""
+    """
+    One JSON object per line; events below C{level} are dropped.
+
+    Access-log events are kept whatever the level: C{logging.access_log}
+    decides about those, so an operator who turns the level to C{warn} to
+    quieten the gateway keeps the one line per request.
+    """
     threshold = _LEVELS[level]
 
     def fmt(event: dict[str, Any]) -> str | None:
+        access = event.get("access")
+        if access is not None:
+            return json.dumps(access, separators=(",", ":")) + "\n"
         lvl = event.get("log_level", LogLevel.info)
         if lvl < threshold:
             return None
-        if "access" in event:
-            return json.dumps(event["access"], separators=(",", ":")) + "\n"
         out: dict[str, Any] = {
             "time": _iso(event.get("log_time", time.time())),
             "level": lvl.name,
             "logger": event.get("log_namespace", ""),
-            "message": eventAsText(event, includeTimestamp=False, includeSystem=False),
+            "message": redact(eventAsText(event, includeTimestamp=False, includeSystem=False)),
         }
-        for key in ("request_id", "upstream", "target", "route"):
+        for key in _EVENT_FIELDS:
             if key in event:
                 out[key] = _jsonSafe(event[key])
         return json.dumps(out, separators=(",", ":")) + "\n"
@@ -180,19 +244,40 @@ def jsonFormatter(level: str = "info") -> Callable[[dict[str, Any]], str | None]
 
 
 def textFormatter(level: str = "info") -> Callable[[dict[str, Any]], str | None]:
+    """Twisted's classic lines, with the same level and redaction rules as JSON."""
     threshold = _LEVELS[level]
 
     def fmt(event: dict[str, Any]) -> str | None:
+        access = event.get("access")
+        if access is not None:
+            return f"{access.get('time', _iso(event.get('log_time', time.time())))} [access] {accessText(access)}\n"
         lvl = event.get("log_level", LogLevel.info)
         if lvl < threshold:
             return None
-        if "access" in event:
-            a = event["access"]
-            line = " ".join(f"{k}={v}" for k, v in a.items() if v is not None)
-            return f"{_iso(event.get('log_time', time.time()))} [access] {line}\n"
-        return formatEventAsClassicLogText(event)
+        text = formatEventAsClassicLogText(event)
+        if text is None:
+            return None
+        rid = event.get("request_id")
+        if rid is not None and str(rid) not in text:
+            text = text.rstrip("\n") + f" request_id={rid}\n"
+        return redact(text)
 
     return fmt
+
+
+def accessText(entry: dict[str, Any]) -> str:
+    """An access entry as C{key=value} pairs (values with spaces quoted)."""
+    parts = []
+    for k, v in entry.items():
+        if v is None or k == "time":
+            continue
+        if isinstance(v, list):
+            v = ",".join(map(str, v))
+        v = str(v)
+        if not v or " " in v or '"' in v:
+            v = json.dumps(v)
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
 
 
 def _iso(t: float) -> str:
@@ -203,23 +288,56 @@ def formatterFor(level: str, format: str) -> Callable[[dict[str, Any]], str | No
     return jsonFormatter(level) if format == "json" else textFormatter(level)
 
 
-def adoptTwistdObservers(formatter: Callable[[dict[str, Any]], str | None]) -> int:
+def adoptTwistdObservers(formatter: Callable[[dict[str, Any]], str | None],
+                         publisher: Any = globalLogPublisher) -> int:
     """
     Make twistd's own log file speak our format and level.
 
-    twistd has installed its file observer before any service starts and
-    offers no hook from a plugin to replace it; re-pointing the formatter of
+    twistd installs its file observer after the plugin's C{makeService}
+    returns and offers no hook to replace it; re-pointing the formatter of
     the L{FileLogObserver}s already listening is the least intrusive way to
     get JSON lines and level filtering in C{twistd -n txgateway} without
     asking every user to pass C{--logger}.
     """
     count = 0
-    for observer in list(getattr(globalLogPublisher, "_observers", [])):
+    for observer in list(getattr(publisher, "_observers", [])):
         target = getattr(observer, "_observer", observer)  # unwrap filtering observers
         if isinstance(target, FileLogObserver):
             target.formatEvent = formatter  # type: ignore[attr-defined]
             count += 1
     return count
+
+
+@implementer(ILogObserver)
+class TwistdLogAdopter:
+    """
+    Adopts twistd's file observer as soon as it exists: at its first event.
+
+    Added to the publisher while the plugin builds its service, this
+    observer sits before the one twistd adds when it begins logging, so it
+    sees the first event (the replay of what was logged during start-up)
+    before the file does, and re-points the file's formatter in time for
+    twistd's own "starting up" lines to come out as JSON too.  After that
+    it is inert; L{detach} removes it (not from inside a log call: the
+    publisher is iterating over its observers then).
+    """
+
+    def __init__(self, formatter: Callable[[dict[str, Any]], str | None], publisher: Any = globalLogPublisher) -> None:
+        self.formatter = formatter
+        self.publisher = publisher
+        self.adopted = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.adopted:
+            self.adopted = adoptTwistdObservers(self.formatter, self.publisher)
+
+    def attach(self) -> None:
+        self.publisher.addObserver(self)
+
+    def detach(self) -> None:
+        if not self.adopted:
+            self.adopted = adoptTwistdObservers(self.formatter, self.publisher)
+        self.publisher.removeObserver(self)
 
 
 def jsonLogObserver(outFile: IO[str] | None = None) -> ILogObserver:
@@ -229,13 +347,15 @@ def jsonLogObserver(outFile: IO[str] | None = None) -> ILogObserver:
     return FileLogObserver(outFile or sys.stdout, jsonFormatter("debug"))
 
 
-@provider(ILogObserver)
-def _discard(event: dict[str, Any]) -> None:
-    pass
-
-
 class AccessLog:
-    """One line per request, through twisted.logger (or a file of its own)."""
+    """
+    One line per request, through twisted.logger (or a file of its own).
+
+    The entry carries no header values at all, only what the gateway
+    decided (route, target, status...): credentials cannot leak through it.
+    The path is the normalised one without its query string, which may
+    hold tokens too.
+    """
 
     def __init__(self, enabled: bool, outFile: IO[str] | None = None, format: str = "json") -> None:
         from twisted.logger import Logger
@@ -244,12 +364,11 @@ class AccessLog:
         self._log = Logger(namespace="txgateway.access")
         self._file = outFile
         self._format = format
+        self.worker: int | None = None  # the worker's index when running with server.workers
 
-    def record(self, context: RequestContext, duration: float) -> None:
-        if not self.enabled:
-            return
+    def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
         route = context.route
-        entry = {
+        return {
             "time": _iso(time.time()),
             "request_id": context.requestId,
             "client": context.clientIP,
@@ -264,22 +383,40 @@ class AccessLog:
             "status": context.status,
             "duration_ms": round(duration * 1000, 3),
             "bytes_in": _bytesIn(context),
-            "bytes": context.bytesOut,
+            "bytes_out": context.bytesOut,
             "cache": context.cacheStatus,
             "identity": context.identity,
             "outcome": context.outcome,
+            "trace_id": context.traceId,
+            "worker": self.worker,
         }
+
+    def record(self, context: RequestContext, duration: float) -> None:
+        if not self.enabled:
+            return
+        entry = self.entry(context, duration)
         if self._file is not None:
             if self._format == "json":
                 self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
             else:
-                self._file.write(" ".join(f"{k}={v}" for k, v in entry.items() if v is not None) + "\n")
+                self._file.write(f"{entry['time']} {accessText(entry)}\n")
             return
-        self._log.info("{access[method]} {access[path]} {access[status]}", access=entry)
+        self._log.info("{access[method]} {access[path]} {access[status]}", access=entry,
+                       request_id=context.requestId)
 
 
 def _bytesIn(context: RequestContext) -> int:
-    content = getattr(context.request, "content", None)
+    return int(getattr(context.request, "bytesIn", 0))
+
+
+def bodySize(request: Any) -> int:
+    """
+    The size of the request body the Site buffered.
+
+    Measured when the request is routed: Twisted closes the buffer before
+    the request's finish notification, where the access log is written.
+    """
+    content = getattr(request, "content", None)
     if content is None:
         return 0
     try:

@@ -33,8 +33,9 @@ from zope.interface import implementer
 from .cluster import Cluster, Endpoint, NoTarget
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
+    from .config import ServerConfig, UpstreamConfig
     from .context import RequestContext
+    from .interfaces import IRetryPolicy
     from .observe import Metrics
 
 # RFC 9110 §7.6.1: connection-specific fields never cross the proxy.
@@ -171,17 +172,67 @@ def _bodyProducer(request: Any) -> IBodyProducer | None:
         data = content.read()
         content.seek(0)
         return _BytesProducer(data)
-    return FileBodyProducer(content)
+    return FileBodyProducer(_BodyView(content))
+
+
+class _BodyView:
+    """
+    One attempt's reading position in the buffered request body.
+
+    C{FileBodyProducer} closes its file when done or stopped, and reads
+    from the file's shared position; over the Site's temp file that would
+    make a retry send nothing (closed file) or, while a cancelled attempt's
+    producer winds down, an interleaved body.  Each attempt gets its own
+    view, with its own offset, that never closes the client's body.
+    """
+
+    def __init__(self, content: Any) -> None:
+        self._content = content
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        content = self._content
+        content.seek(self._pos)
+        data: bytes = content.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self._pos = offset
+        elif whence == 1:
+            self._pos += offset
+        else:
+            self._pos = self._content.seek(0, 2) + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        pass
 
 
 def classify(failure: Failure) -> str:
-    """The retry condition a failed attempt stands for."""
-    if failure.check(netError.ConnectError, netError.DNSLookupError, netError.ConnectingCancelledError):
-        return "connect_failure"
-    if failure.check(DeferTimeout, netError.TimeoutError):
-        return "timeout"
-    if failure.check(CancelledError):
+    """
+    The retry condition a failed attempt stands for.
+
+    Cancellation is checked first: a client that went away cancels the
+    attempt, and the Agent reports that as a wrapped CancelledError (or a
+    ConnectingCancelledError while still connecting), which must neither
+    count against the target nor be retried.  Our own response deadline has
+    already turned its cancellation into a L{DeferTimeout} by then (see
+    L{_deadline}).  A connect timeout is a connect failure: nothing was sent.
+    """
+    if failure.check(CancelledError, netError.ConnectingCancelledError):
         return "cancelled"
+    reasons = getattr(failure.value, "reasons", None)  # the Agent's ResponseNeverReceived and kin
+    if reasons and any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons):
+        return "cancelled"
+    if failure.check(DeferTimeout):
+        return "timeout"
+    if failure.check(netError.ConnectError, netError.DNSLookupError):
+        return "connect_failure"
     return "reset"
 
 
@@ -276,9 +327,14 @@ class Forwarder:
         """
         The first acceptable response of up to 1 + retries.attempts tries.
 
-        The returned endpoint still counts the request as in flight: the
-        caller must call L{finished} once the body is relayed.  Raises
-        L{UpstreamFailure} with the status the client should get.
+        Each try asks L{Cluster.choose} for a target (breakers and health
+        are decided there, not here) and has its own response timeout, cut
+        short by the request's total deadline so that retries never make a
+        client wait longer than C{retries.total_timeout}.  The returned
+        endpoint still counts the request as in flight: the caller must call
+        L{finished} once the body is relayed.  Raises L{UpstreamFailure} with
+        the status the client should get, or CancelledError when the client
+        went away.
         """
         tried: list[Endpoint] = []
         policy = cluster.retryPolicy
@@ -286,6 +342,10 @@ class Forwarder:
             policy.recordRequest()
         context.upstream = cluster.name
         method = method or context.method
+        clock = self.clock
+        config = cluster.config
+        responseTimeout = config.timeouts.response
+        deadline = clock.seconds() + totalTimeout(config)
         while True:
             try:
                 endpoint = cluster.choose(context, tried)
@@ -301,51 +361,65 @@ class Forwarder:
             if context.attempts > 1:
                 self.metrics.retries.labels(cluster.name).inc()
             endpoint.inFlight += 1
-            sent = self.clock.seconds()
+            sent = clock.seconds()
             try:
-                response = await self._attempt(context, cluster, endpoint, method, extraHeaders)
+                response = await self._attempt(context, cluster, endpoint, method, extraHeaders,
+                                               min(responseTimeout, max(deadline - sent, 0.001)))
             except BaseException as e:
                 endpoint.inFlight -= 1
-                f = Failure(e)
-                outcome = classify(f)
-                if outcome == "cancelled":
+                outcome = classify(Failure(e)) if isinstance(e, Exception) else "cancelled"
+                if outcome == "cancelled" or getattr(context.request, "gone", False):
+                    # The client left: no verdict on the target, no retry for nobody.
                     if endpoint.breaker is not None:
                         endpoint.breaker.release()
-                    raise
+                    if isinstance(e, CancelledError) or not isinstance(e, Exception):
+                        raise
+                    raise CancelledError() from e
                 context.outcome = outcome
-                self._record(cluster, endpoint, outcome, False, self.clock.seconds() - sent)
-                delay = policy.shouldRetry(context, outcome, outcome != "connect_failure") if policy else None
+                now = clock.seconds()
+                self._record(cluster, endpoint, outcome, False, now - sent)
+                delay = self._retryDelay(policy, context, outcome, outcome != "connect_failure", deadline - now)
                 if delay is None:
                     raise UpstreamFailure(_statusFor(outcome), outcome) from None
                 if delay > 0:
-                    await deferLater(self.clock, delay)
+                    await deferLater(clock, delay)
                 continue
             code = response.code
             ok = code < 500
-            self._record(cluster, endpoint, code, ok, self.clock.seconds() - sent)
-            if not ok and policy is not None:
-                context.outcome = f"status_{code}"
-                delay = policy.shouldRetry(context, code, True)
-                if delay is not None:
-                    _discard(response)
-                    endpoint.inFlight -= 1
-                    if delay > 0:
-                        await deferLater(self.clock, delay)
-                    continue
-            context.outcome = None if ok else f"status_{code}"
-            return response, endpoint
+            now = clock.seconds()
+            self._record(cluster, endpoint, code, ok, now - sent)
+            if ok:
+                context.outcome = None
+                return response, endpoint
+            context.outcome = f"status_{code}"
+            delay = self._retryDelay(policy, context, code, True, deadline - now)
+            if delay is None:
+                return response, endpoint
+            _discard(response)
+            endpoint.inFlight -= 1
+            if delay > 0:
+                await deferLater(clock, delay)
+
+    @staticmethod
+    def _retryDelay(policy: IRetryPolicy | None, context: RequestContext, outcome: str | int, bodySent: bool,
+                    remaining: float) -> float | None:
+        if policy is None or remaining <= 0:
+            return None
+        return policy.shouldRetry(context, outcome, bodySent, remaining)
 
     def _attempt(self, context: RequestContext, cluster: Cluster, endpoint: Endpoint, method: bytes,
-                 extraHeaders: list[tuple[bytes, bytes]] | None) -> Deferred[IResponse]:
+                 extraHeaders: list[tuple[bytes, bytes]] | None, timeout: float) -> Deferred[IResponse]:
         headers = self.upstreamHeaders(context, endpoint)
         if extraHeaders:
             for k, v in extraHeaders:
                 headers.setRawHeaders(k, [v])
         agent = cluster.agent
         assert agent is not None, "cluster has no agent: was it started?"
+        # A fresh producer per attempt: _bodyProducer rewinds the buffered
+        # body, so a retry sends the client's body again from its start.
         d: Deferred[IResponse] = agent.request(method, self.upstreamURL(context, endpoint), headers,  # type: ignore[attr-defined]
                                                _bodyProducer(context.request))
-        return _deadline(d, cluster.config.timeouts.response, self.clock)
+        return _deadline(d, timeout, self.clock)
 
     def _record(self, cluster: Cluster, endpoint: Endpoint, outcome: str | int, ok: bool, seconds: float) -> None:
         breaker = endpoint.breaker
@@ -454,6 +528,18 @@ def _deadline(d: Deferred[IResponse], seconds: float, clock: IReactorTime) -> De
         return result
 
     return d.addBoth(settle)
+
+
+def totalTimeout(config: UpstreamConfig) -> float:
+    """
+    How long the upstream phase of one request may take, all attempts
+    included: C{retries.total_timeout}, or by default enough for every
+    attempt to use its full response timeout.
+    """
+    retries = config.retries
+    if retries.total_timeout is not None:
+        return retries.total_timeout
+    return config.timeouts.response * (retries.attempts + 1)
 
 
 def _statusFor(outcome: str) -> int:

@@ -11,12 +11,14 @@ unchanged, its connection pool.
 
 from __future__ import annotations
 
+import os
 import random as _random
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -109,17 +111,21 @@ def _breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Cal
 class _Listener(Service):
     """One listening endpoint; remembers its port so the drain can stop accepting."""
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, description: str, factory: Any, inheritedFd: int | None = None) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.inheritedFd = inheritedFd
         self.port: Any = None
         self.listening: Deferred[Any] | None = None
 
     def startService(self) -> None:
         super().startService()
-        endpoint = serverFromString(self.reactor, self.description)
-        self.listening = endpoint.listen(self.factory)
+        if self.inheritedFd is not None:
+            # A worker: the supervisor bound the socket (see workers.py).
+            self.listening = maybeDeferred(_adopt, self.reactor, self.inheritedFd, self.factory)
+        else:
+            self.listening = serverFromString(self.reactor, self.description).listen(self.factory)
 
         def listening(port: Any) -> Any:
             self.port = port
@@ -137,14 +143,25 @@ class _Listener(Service):
         return succeed(None)
 
 
+def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
+    sock = socket.socket(fileno=fd)
+    family = sock.family
+    sock.detach()
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)  # the port holds its own duplicate
+    return port
+
+
 class GatewayService(MultiService):
     """The whole gateway: listeners, runtime, reloads and the drain."""
 
     def __init__(self, config: GatewayConfig, reactor: Any, clock: IReactorTime | None = None,
                  configPath: str | None = None, environ: Mapping[str, str] | None = None,
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
-                 loadConfig: Callable[[str], GatewayConfig] = loadConfig) -> None:
+                 loadConfig: Callable[[str], GatewayConfig] = loadConfig,
+                 listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None) -> None:
         super().__init__()
+        self.workerId = workerId
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.configPath = configPath
@@ -156,10 +173,20 @@ class GatewayService(MultiService):
         self.shared: dict[str, Any] = {}
         self.accessLog = _accessLog(config)
         self.gateway = Gateway()
+        self.gateway.state.workerId = workerId
+        self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor)
-        self.listener = _Listener(reactor, config.server.listen, self.site)
+        self.listener = _Listener(reactor, config.server.listen, self.site, listenFd)
         self.listener.setServiceParent(self)
+        self.adminListener: _Listener | None = None
+        if config.admin is not None:
+            from .admin import makeAdminSite
+
+            startToken = config.admin.token
+            self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
+            self.adminListener = _Listener(reactor, config.admin.listen, self.adminSite, adminFd)
+            self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)
         self._checkers: dict[str, Any] = {}
@@ -173,6 +200,11 @@ class GatewayService(MultiService):
     @property
     def config(self) -> GatewayConfig:
         return self.gateway.runtime.config
+
+    def _adminToken(self, startToken: str | None) -> str | None:
+        """The admin token of the running config, so a reload can rotate it; never dropped by one."""
+        admin = self.config.admin
+        return admin.token if admin is not None and admin.token is not None else startToken
 
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
@@ -218,6 +250,12 @@ class GatewayService(MultiService):
             return None
 
         self.listener.listening.addCallbacks(up, failed)
+        if self.adminListener is not None and self.adminListener.listening is not None:
+            where = self.adminListener.description
+            # A busy admin port must not take client traffic down with it: say so loudly, keep serving.
+            self.adminListener.listening.addCallbacks(
+                lambda _: log.info("admin listener on {where}", where=where),
+                lambda f: log.failure("cannot listen on admin.listen {where}; no admin listener", f, where=where))
 
     def _exitAfterBindFailure(self) -> None:
         if self.reactor.running:
@@ -258,6 +296,8 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
+            if self.adminListener is not None:  # last: the status page shows the drain
+                waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():
                 pool = getattr(cluster, "pool", None)
                 if pool is not None:
@@ -318,9 +358,11 @@ class GatewayService(MultiService):
             self._recordReload("failure", [repr(e)])
             return [f"internal error building the config: {e!r}"]
         self.gateway.runtime = runtime
+        pa, na = previous.config.admin, config.admin
         for what, old, new in (("server.listen", previous.config.server.listen, config.server.listen),
-                               ("admin", previous.config.admin, config.admin),
+                               ("admin.listen", pa.listen if pa else None, na.listen if na else None),
                                ("server.workers", previous.config.server.workers, config.server.workers),
+                               ("logging settings", previous.config.logging, config.logging),
                                ("stores.redis", previous.config.stores.redis, config.stores.redis)):
             if old != new and (what != "stores.redis" or hadRedis):
                 log.warn("{what} changed; a restart is needed for that to take effect", what=what)

@@ -24,6 +24,10 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path to the gateway's YAML config."],
         ["workers", "w", None, "Worker processes: a number, or 'auto' for one per core (overrides server.workers)."],
+        # Set by the worker supervisor for the processes it starts; not for people.
+        ["worker-id", None, None, "(internal) this worker's index"],
+        ["listen-fd", None, None, "(internal) adopt this inherited listening socket"],
+        ["admin-fd", None, None, "(internal) adopt this inherited admin socket"],
     ]
 
 
@@ -37,7 +41,7 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from .observe import adoptTwistdObservers, formatterFor
+    from .observe import TwistdLogAdopter, formatterFor
     from .service import GatewayService
 
     try:
@@ -45,16 +49,55 @@ def makeService(options: Any) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"txgateway: the config was rejected:\n{e.render()}\n")
         raise SystemExit(1) from None
-    service = GatewayService(config, reactor, configPath=options["config"])
-    _installLogging(config, adoptTwistdObservers, formatterFor, reactor)
+    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format)), reactor)
+    if options["listen-fd"] is None:
+        supervisor = _supervisorFor(config, options, reactor)
+        if supervisor is not None:
+            return supervisor
+    service = GatewayService(config, reactor, configPath=options["config"],
+                             listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
+                             workerId=_int(options["worker-id"]))
     _installSignals(service, reactor)
     return service
 
 
-def _installLogging(config: GatewayConfig, adopt: Any, formatterFor: Any, reactor: Any) -> None:
-    # twistd begins logging after makeService returns: adopt its observers then.
-    fmt = formatterFor(config.logging.level, config.logging.format)
-    reactor.callWhenRunning(adopt, fmt)
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IService | None:
+    """With more than one worker, this process supervises instead of serving."""
+    from .workers import WorkerSetupError, WorkerSupervisor, installSignals, parseListen, workerCount
+
+    try:
+        count = workerCount(config.server.workers, options["workers"])
+        if count <= 1:
+            return None
+        parseListen(config.server.listen)
+        if config.admin is not None:
+            parseListen(config.admin.listen)
+    except (WorkerSetupError, ValueError) as e:
+        sys.stderr.write(f"txgateway: {e}\n")
+        raise SystemExit(1) from None
+    argv = []
+    parent = getattr(options, "parent", None)
+    logfile = parent.get("logfile") if parent is not None else None
+    argv.append(f"--logfile={logfile}" if logfile else "--logfile=-")
+    argv.append("txgateway")
+    if options["config"]:
+        argv += ["--config", os.path.abspath(options["config"])]
+    supervisor = WorkerSupervisor(reactor, reactor, count, config.server.listen, argv,
+                                  admin=config.admin.listen if config.admin is not None else None,
+                                  drain=config.server.timeouts.drain)
+    installSignals(supervisor, reactor)
+    return supervisor
+
+
+def _installLogging(adopter: Any, reactor: Any) -> None:
+    # twistd begins logging after makeService returns: the adopter takes
+    # over its file observer at the first event, and leaves once running.
+    adopter.attach()
+    reactor.callWhenRunning(adopter.detach)
 
 
 def _installSignals(service: Any, reactor: Any) -> None:

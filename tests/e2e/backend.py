@@ -18,6 +18,13 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /control/health?ok=0|1  toggles /health
   /count                  how many requests this process has seen
   /cache?cc=...&etag=...  a response with the given Cache-Control and ETag (304 on If-None-Match)
+  /jwks                   the JSON document last POSTed to /control/jwks (404 until then): a JWKS endpoint
+  /control/jwks           POST a JWKS document for /jwks to serve
+  /hangs                  JSON {"open", "cancelled", "total"}: hanging requests (/hang and hang mode)
+                          still open, those whose client closed the connection, and all of them
+  /control/mode?status=CODE   from now on every request except /control/*, /count and /hangs gets CODE
+  /control/mode?hang=1        ... or never answers (counted in /hangs)
+  /control/mode               back to normal behaviour
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 
-STATE: dict[str, Any] = {"healthy": True, "count": 0}
+STATE: dict[str, Any] = {"healthy": True, "count": 0, "jwks": None, "mode": None, "hangOpen": 0,
+                         "hangCancelled": 0, "hangTotal": 0}
+_EXEMPT = ("/count", "/hangs")
 
 
 class Origin(resource.Resource):
@@ -47,6 +56,12 @@ class Origin(resource.Resource):
         path = request.path.decode("latin-1")
         args = {k.decode(): v[0].decode() for k, v in request.args.items()}
         body = request.content.read() if request.content is not None else b""
+        mode = STATE["mode"]
+        if mode is not None and path not in _EXEMPT and not path.startswith("/control/"):
+            if mode == "hang":
+                return _hang(request)
+            request.setResponseCode(mode)
+            return f"status {mode} from {self.name} (mode)\n".encode()
         if path.startswith("/status/"):
             code = int(path.split("/")[2])
             request.setResponseCode(code)
@@ -55,7 +70,13 @@ class Origin(resource.Resource):
             reactor.callLater(int(args.get("ms", "100")) / 1000, _finish, request, b"slow " + self.name.encode() + b"\n")
             return server.NOT_DONE_YET
         if path == "/hang":
-            return server.NOT_DONE_YET
+            return _hang(request)
+        if path == "/hangs":
+            return json.dumps({"open": STATE["hangOpen"], "cancelled": STATE["hangCancelled"],
+                               "total": STATE["hangTotal"]}).encode()
+        if path == "/control/mode":
+            STATE["mode"] = "hang" if args.get("hang") == "1" else (int(args["status"]) if "status" in args else None)
+            return b"ok\n"
         if path == "/stream":
             request.setHeader(b"Content-Type", b"text/event-stream")
             _stream(request, int(args.get("chunks", "3")), int(args.get("ms", "100")) / 1000, 0)
@@ -88,6 +109,15 @@ class Origin(resource.Resource):
         if path == "/control/health":
             STATE["healthy"] = args.get("ok", "1") == "1"
             return b"ok\n"
+        if path == "/control/jwks":
+            STATE["jwks"] = body
+            return b"ok\n"
+        if path == "/jwks":
+            if STATE["jwks"] is None:
+                request.setResponseCode(404)
+                return b"no keys yet\n"
+            request.setHeader(b"Content-Type", b"application/json")
+            return bytes(STATE["jwks"])
         if path == "/count":
             return str(STATE["count"]).encode()
         if path == "/cache":
@@ -109,6 +139,19 @@ class Origin(resource.Resource):
             "headers": [[k.decode(), v.decode("latin-1")] for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
             "body": body.decode("latin-1"),
         }).encode()
+
+
+def _hang(request: server.Request) -> Any:
+    """Never answer; count the request, and count it again when its client gives up on it."""
+    STATE["hangOpen"] += 1
+    STATE["hangTotal"] += 1
+
+    def gone(_: Any) -> None:
+        STATE["hangOpen"] -= 1
+        STATE["hangCancelled"] += 1
+
+    request.notifyFinish().addErrback(gone)
+    return server.NOT_DONE_YET
 
 
 def _finish(request: server.Request, data: bytes) -> None:

@@ -1,0 +1,77 @@
+"""`server.workers`: several processes serve one port, supervised, with one view of metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from .harness import Backend, GatewayProcess, simpleConfig, waitFor
+
+
+def workersSeen(gw: GatewayProcess, want: int, tries: int = 400) -> dict[int, int]:
+    """worker id -> pid, from /ready over fresh connections (the kernel spreads them)."""
+    seen: dict[int, int] = {}
+    for _ in range(tries):
+        body = gw.request("GET", "/ready").json()
+        seen[body["worker"]] = body["pid"]
+        if len(seen) >= want:
+            break
+    return seen
+
+
+class WorkerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.backend = Backend("wb").start()
+        self.addCleanup(self.backend.stop)
+        config = simpleConfig([self.backend.url]).replace("  timeouts: {drain: 10s}", "  timeouts: {drain: 10s}\n  workers: 2")
+        self.gw = GatewayProcess(config).start()
+        self.addCleanup(self.gw.cleanup)
+
+    def test_twoWorkersServeOnePort(self) -> None:
+        """Both workers answer on the one listening port, each a process of its own."""
+        seen = workersSeen(self.gw, 2)
+        self.assertEqual(sorted(seen), [0, 1])
+        self.assertEqual(len(set(seen.values())), 2)
+
+    def test_metricsAddUpOverWorkers(self) -> None:
+        """/metrics from whichever worker answers counts the requests of both."""
+        workersSeen(self.gw, 2)
+        for _ in range(40):
+            self.assertEqual(self.gw.request("GET", "/echo").status, 200)
+        text = self.gw.request("GET", "/metrics").body.decode()
+        total = sum(float(v) for v in re.findall(r'txgateway_http_requests_total\{[^}]*route="all"[^}]*\} ([\d.e+]+)', text))
+        self.assertEqual(total, 40.0)
+
+    def test_aKilledWorkerIsReplacedAndNoRequestFails(self) -> None:
+        """After one worker is killed every request still succeeds, and a new worker takes its place."""
+        seen = workersSeen(self.gw, 2)
+        os.kill(seen[0], signal.SIGKILL)
+        for _ in range(60):
+            self.assertEqual(self.gw.request("GET", "/echo", timeout=15).status, 200)
+        replaced = waitFor(lambda: (s := workersSeen(self.gw, 2, tries=50)).get(0) not in (None, seen[0]) and s,
+                           what="worker 0 to be restarted")
+        self.assertNotEqual(replaced[0], seen[0])
+
+    def test_sigtermDrainsEveryWorker(self) -> None:
+        """SIGTERM to the supervisor lets in-flight requests on the workers finish, then exits 0."""
+        workersSeen(self.gw, 2)
+        results: list[Any] = []
+
+        def slow() -> None:
+            results.append(self.gw.request("GET", "/slow?ms=1200", timeout=20))
+
+        before = self.backend.count()
+        threads = [threading.Thread(target=slow) for _ in range(4)]
+        for t in threads:
+            t.start()
+        waitFor(lambda: self.backend.count() >= before + 5, what="slow requests to reach the backend")
+        self.gw.signal(signal.SIGTERM)
+        for t in threads:
+            t.join(20)
+        self.assertEqual([r.status for r in results], [200] * 4)
+        self.assertEqual(self.gw.stop(), 0)

@@ -1,0 +1,556 @@
+"""
+Metrics, request IDs, trace context, logs, /health and /ready: the gateway in memory.
+
+The gateway's own Site is fed raw HTTP over a StringTransport and its
+upstream agent is swapped for an in-memory one, so a whole request path runs
+under a L{MemoryReactorClock} whose time the test moves.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+from prometheus_client import REGISTRY
+from treq.testing import RequestTraversalAgent
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import FileLogObserver, Logger, LogLevel, LogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from txgateway.config import parseConfig
+from txgateway.observe import (
+    LATENCY_BUCKETS,
+    AccessLog,
+    Metrics,
+    TwistdLogAdopter,
+    jsonFormatter,
+    parseTraceparent,
+    redact,
+    requestIdFrom,
+    textFormatter,
+)
+from txgateway.service import GatewayService
+
+TARGETS = ("http://127.0.0.1:9101", "http://127.0.0.1:9102")
+
+
+def configText(targets: tuple[str, ...] = TARGETS, extra: str = "") -> str:
+    lines = "\n".join(f"      - {t}" for t in targets)
+    return f"""\
+server:
+  listen: "tcp:0:interface=127.0.0.1"
+upstreams:
+  app:
+    targets:
+{lines}
+routes:
+  - name: all
+    match: {{path_prefix: /}}
+    upstream: app
+{extra}
+"""
+
+
+class Origin(Resource):
+    """The backend: echoes the headers it got; C{?status=N}, C{?delay=S} (on the test's clock)."""
+
+    isLeaf = True
+
+    def __init__(self, clock: MemoryReactorClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.seen: list[dict[str, list[str]]] = []
+
+    def render(self, request: Any) -> Any:
+        headers = {k.decode().lower(): [v.decode() for v in vs] for k, vs in request.requestHeaders.getAllRawHeaders()}
+        self.seen.append(headers)
+        status = int(request.args.get(b"status", [b"200"])[0])
+        delay = float(request.args.get(b"delay", [b"0"])[0])
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        body = json.dumps({"headers": headers}).encode()
+        if delay:
+            def later() -> None:
+                request.write(body)
+                request.finish()
+
+            self.clock.callLater(delay, later)
+            return NOT_DONE_YET
+        return body
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parseReply(data: bytes, head: bool = False) -> Reply | None:
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    if head:
+        return Reply(status, headers, rest)
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        return Reply(status, headers, rest[:n]) if len(rest) >= n else None
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size, sep, rest = rest.partition(b"\r\n")
+            if not sep:
+                return None
+            n = int(size, 16)
+            if n == 0:
+                return Reply(status, headers, body)
+            body, rest = body + rest[:n], rest[n + 2:]
+    return Reply(status, headers, rest)
+
+
+class InMemoryGateway:
+    """A whole GatewayService with in-memory clients and backend."""
+
+    def __init__(self, text: str | None = None, metrics: Metrics | None = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.config = parseConfig(text or configText())
+        self.metrics = metrics or Metrics(processMetrics=False)
+        self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics)
+        self.service.accessLog.enabled = False
+        self.origin = Origin(self.clock)
+        self.agent = RequestTraversalAgent(self.origin)
+        self.patchAgents()
+        self.service.gateway.state.ready = True
+
+    @property
+    def gateway(self) -> Any:
+        return self.service.gateway
+
+    def patchAgents(self) -> None:
+        for cluster in self.service.gateway.runtime.clusters.values():
+            cluster.agent = self.agent
+
+    def open(self) -> tuple[Any, StringTransport]:
+        addr = IPv4Address("TCP", "127.0.0.1", 40000)
+        proto = self.service.site.buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def send(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None,
+             body: bytes = b"") -> tuple[Any, StringTransport]:
+        proto, transport = self.open()
+        lines = [f"{method} {path} HTTP/1.1", "Host: gw.example"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        self.agent.flush()
+        return proto, transport
+
+    def reply(self, transport: StringTransport, head: bool = False) -> Reply | None:
+        self.agent.flush()
+        return parseReply(transport.value(), head)
+
+    def request(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None,
+                body: bytes = b"") -> Reply:
+        proto, transport = self.send(method, path, headers, body)
+        reply = self.reply(transport, method == "HEAD")
+        assert reply is not None, f"no complete response: {transport.value()!r}"
+        proto.connectionLost(None)
+        return reply
+
+    def value(self, name: str, **labels: str) -> float:
+        v = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if v is None else v
+
+
+class MetricsTests(SynchronousTestCase):
+    def test_familiesHaveTheIssuesNamesAndLabels(self) -> None:
+        """Every metric family of the issue exists with its exact name, type and labels."""
+        m = Metrics(processMetrics=False)
+        want = {
+            "txgateway_http_requests": ("counter", ["route", "method", "status"]),
+            "txgateway_http_request_duration_seconds": ("histogram", ["route", "method"]),
+            "txgateway_upstream_requests": ("counter", ["upstream", "target", "status"]),
+            "txgateway_upstream_request_duration_seconds": ("histogram", ["upstream", "target"]),
+            "txgateway_target_healthy": ("gauge", ["upstream", "target"]),
+            "txgateway_circuit_state": ("gauge", ["upstream", "target"]),
+            "txgateway_rate_limited": ("counter", ["route"]),
+            "txgateway_retries": ("counter", ["upstream"]),
+            "txgateway_cache_requests": ("counter", ["route", "result"]),
+            "txgateway_active_connections": ("gauge", []),
+            "txgateway_in_flight_requests": ("gauge", []),
+            "txgateway_config_reloads": ("counter", ["result"]),
+        }
+        families = {f._name: f for f in (m.requests, m.requestDuration, m.upstreamRequests, m.upstreamDuration,
+                                         m.targetHealthy, m.circuitState, m.rateLimited, m.retries, m.cacheRequests,
+                                         m.activeConnections, m.inFlight, m.configReloads)}
+        for name, (kind, labels) in want.items():
+            self.assertEqual((families[name]._type, list(families[name]._labelnames)), (kind, labels), name)
+        self.assertEqual(LATENCY_BUCKETS[0], 0.001)
+        self.assertEqual(LATENCY_BUCKETS[-1], 10.0)
+
+    def test_registryIsPerGatewayNeverGlobal(self) -> None:
+        """Two Metrics never collide, and nothing lands in prometheus_client's global registry."""
+        a, b = Metrics(), Metrics()
+        a.retries.labels("x").inc()
+        self.assertEqual(a.registry.get_sample_value("txgateway_retries_total", {"upstream": "x"}), 1.0)
+        self.assertIsNone(b.registry.get_sample_value("txgateway_retries_total", {"upstream": "x"}))
+        self.assertFalse([n for n in REGISTRY._names_to_collectors if n.startswith("txgateway")])
+
+    def test_processMetricsExported(self) -> None:
+        """prometheus-client's process and Python metrics are in the gateway's registry."""
+        text = Metrics().render().decode()
+        self.assertIn("python_info", text)
+        self.assertIn("process_cpu_seconds_total", text)
+
+    def test_requestMetricsAfterKnownTraffic(self) -> None:
+        """Counts and latency buckets match exactly the requests sent; paths never become labels."""
+        gw = InMemoryGateway()
+        for _ in range(3):
+            self.assertEqual(gw.request("GET", "/secret-path-one").status, 200)
+        self.assertEqual(gw.request("POST", "/other?status=503", body=b"x").status, 503)
+        proto, transport = gw.send("GET", "/slow?delay=0.2")
+        gw.clock.advance(0.2)
+        self.assertEqual(gw.reply(transport).status, 200)  # type: ignore[union-attr]
+        gw.request("BREW", "/coffee")
+
+        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="GET", status="200"), 4)
+        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="POST", status="503"), 1)
+        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="OTHER", status="200"), 1)
+        hist = "txgateway_http_request_duration_seconds_bucket"
+        self.assertEqual(gw.value(hist, route="all", method="GET", le="0.1"), 3)
+        self.assertEqual(gw.value(hist, route="all", method="GET", le="0.25"), 4)
+        self.assertAlmostEqual(gw.value("txgateway_http_request_duration_seconds_sum", route="all", method="GET"), 0.2)
+        up = sum(gw.value("txgateway_upstream_requests_total", upstream="app", target=t, status="200") for t in TARGETS)
+        self.assertEqual(up, 5)
+        self.assertEqual(sum(gw.value("txgateway_upstream_requests_total", upstream="app", target=t, status="503")
+                             for t in TARGETS), 1)
+        self.assertEqual(sum(gw.value("txgateway_upstream_request_duration_seconds_count", upstream="app", target=t)
+                             for t in TARGETS), 6)
+        for family in gw.metrics.registry.collect():
+            for sample in family.samples:
+                for value in sample.labels.values():
+                    self.assertNotIn("secret-path", value)
+                    self.assertNotIn("coffee", value)
+
+    def test_targetGaugesSetWhenBuilt(self) -> None:
+        """Each target starts healthy (1) with a closed circuit (0), labelled by upstream and target."""
+        gw = InMemoryGateway()
+        for t in TARGETS:
+            self.assertEqual(gw.value("txgateway_target_healthy", upstream="app", target=t), 1)
+            self.assertEqual(gw.value("txgateway_circuit_state", upstream="app", target=t), 0)
+
+    def test_inFlightAndActiveConnections(self) -> None:
+        """While a request waits on its backend it is in flight on an open connection; after, neither."""
+        gw = InMemoryGateway()
+        proto, transport = gw.send("GET", "/slow?delay=1")
+        self.assertEqual(gw.value("txgateway_in_flight_requests"), 1)
+        self.assertEqual(gw.value("txgateway_active_connections"), 1)
+        self.assertEqual(gw.gateway.state.inFlight, 1)
+        gw.clock.advance(1)
+        self.assertEqual(gw.reply(transport).status, 200)  # type: ignore[union-attr]
+        self.assertEqual(gw.value("txgateway_in_flight_requests"), 0)
+        proto.connectionLost(None)
+        self.assertEqual(gw.value("txgateway_active_connections"), 0)
+
+    def test_metricsEndpointServesPrometheusText(self) -> None:
+        """/metrics answers GET with the text format, HEAD without a body, POST with 405."""
+        gw = InMemoryGateway()
+        gw.request("GET", "/x")
+        r = gw.request("GET", "/metrics")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("text/plain"))
+        self.assertIn(b'txgateway_http_requests_total{method="GET",route="all",status="200"} 1.0', r.body)
+        head = gw.request("HEAD", "/metrics")
+        self.assertEqual((head.status, head.body), (200, b""))
+        self.assertEqual(gw.request("POST", "/metrics").status, 405)
+
+
+class RequestIdTests(SynchronousTestCase):
+    def test_saneIdKept(self) -> None:
+        """A short plain X-Request-ID is kept as it is."""
+        self.assertEqual(requestIdFrom(b"abc-123_x.y:z"), "abc-123_x.y:z")
+
+    def test_insaneIdReplacedBy128BitId(self) -> None:
+        """Too long, empty or odd characters: a fresh 32-hex-digit (128-bit) id instead."""
+        for bad in (b"x" * 129, b"", b"a b", b"a\x00b", b"<script>", "é".encode(), None):
+            rid = requestIdFrom(bad)
+            self.assertRegex(rid, r"^[0-9a-f]{32}$")
+        self.assertNotEqual(requestIdFrom(None), requestIdFrom(None))
+
+    def test_idSentUpstreamAndReturned(self) -> None:
+        """The client's id reaches the backend and comes back on the response."""
+        gw = InMemoryGateway()
+        r = gw.request("GET", "/a", {"X-Request-ID": "req-42"})
+        self.assertEqual(r.headers["x-request-id"], "req-42")
+        self.assertEqual(gw.origin.seen[-1]["x-request-id"], ["req-42"])
+
+    def test_newIdOnLocalResponses(self) -> None:
+        """Gateway-made answers (404, 405, /health) carry a request id too; a bad one is replaced."""
+        gw = InMemoryGateway(configText(extra="  - name: only\n    match: {path: /only, methods: [GET]}\n"
+                                              "    upstream: app\n").replace("path_prefix: /}", "path_prefix: /p/}"))
+        r404 = gw.request("GET", "/nowhere", {"X-Request-ID": "bad id with spaces"})
+        self.assertEqual(r404.status, 404)
+        self.assertRegex(r404.headers["x-request-id"], r"^[0-9a-f]{32}$")
+        self.assertEqual(r404.json()["request_id"], r404.headers["x-request-id"])
+        r405 = gw.request("DELETE", "/only", {"X-Request-ID": "keep-me"})
+        self.assertEqual((r405.status, r405.headers["x-request-id"]), (405, "keep-me"))
+        self.assertIn("x-request-id", gw.request("GET", "/health").headers)
+
+
+class TraceContextTests(SynchronousTestCase):
+    PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    def test_parseTraceparent(self) -> None:
+        """Valid headers give (trace id, flags); malformed, all-zero and version ff start a new trace."""
+        self.assertEqual(parseTraceparent(self.PARENT.encode()), ("0af7651916cd43dd8448eb211c80319c", "01"))
+        self.assertEqual(parseTraceparent(b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-more"),
+                         ("0af7651916cd43dd8448eb211c80319c", "00"))
+        for bad in (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+                    b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+                    b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+                    b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+                    b"garbage", b""):
+            self.assertIsNone(parseTraceparent(bad), bad)
+
+    def test_traceContinuedWithGatewaySpanAsParent(self) -> None:
+        """The backend sees the caller's trace id and flags, the gateway's own span id, and tracestate."""
+        gw = InMemoryGateway()
+        gw.request("GET", "/t", {"traceparent": self.PARENT, "tracestate": "vendor=1"})
+        seen = gw.origin.seen[-1]
+        version, trace, span, flags = seen["traceparent"][0].split("-")
+        self.assertEqual((version, trace, flags), ("00", "0af7651916cd43dd8448eb211c80319c", "01"))
+        self.assertRegex(span, r"^[0-9a-f]{16}$")
+        self.assertNotEqual(span, "b7ad6b7169203331")
+        self.assertEqual(seen["tracestate"], ["vendor=1"])
+
+    def test_invalidTraceparentStartsNewTraceWithoutState(self) -> None:
+        """A malformed traceparent starts a new trace, and its tracestate is not forwarded."""
+        gw = InMemoryGateway()
+        gw.request("GET", "/t", {"traceparent": "00-nothex-b7ad6b7169203331-01", "tracestate": "vendor=1"})
+        seen = gw.origin.seen[-1]
+        self.assertRegex(seen["traceparent"][0], r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
+        self.assertNotIn("tracestate", seen)
+
+    def test_newTraceWhenNoneSent(self) -> None:
+        """Without a traceparent each request starts its own trace."""
+        gw = InMemoryGateway()
+        gw.request("GET", "/a")
+        gw.request("GET", "/b")
+        a, b = (s["traceparent"][0].split("-")[1] for s in gw.origin.seen)
+        self.assertNotEqual(a, b)
+
+
+class LogTests(SynchronousTestCase):
+    def accessLines(self, gw: InMemoryGateway) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+    def setUp(self) -> None:
+        self.out = io.StringIO()
+
+    def gatewayWithLog(self) -> InMemoryGateway:
+        gw = InMemoryGateway()
+        gw.service.accessLog = AccessLog(True, self.out, "json")
+        gw.gateway.runtime.accessLog = gw.service.accessLog
+        return gw
+
+    def test_oneAccessLineWithEveryField(self) -> None:
+        """Each request gives one JSON line naming request, route, target, timing and sizes."""
+        gw = self.gatewayWithLog()
+        proto, transport = gw.send("POST", "/p?delay=0.05", {"X-Request-ID": "rid-1"}, body=b"hello")
+        gw.clock.advance(0.05)
+        gw.reply(transport)
+        [line] = self.accessLines(gw)
+        for key in ("request_id", "client", "method", "host", "path", "route", "upstream", "target", "attempts",
+                    "status", "duration_ms", "bytes_in", "bytes_out", "cache"):
+            self.assertIn(key, line)
+        self.assertEqual((line["request_id"], line["method"], line["host"], line["path"], line["route"]),
+                         ("rid-1", "POST", "gw.example", "/p", "all"))
+        self.assertEqual((line["upstream"], line["attempts"], line["status"], line["bytes_in"]), ("app", 1, 200, 5))
+        self.assertIn(line["target"], TARGETS)
+        self.assertEqual(line["duration_ms"], 50.0)
+        self.assertGreater(line["bytes_out"], 0)
+        self.assertEqual(line["client"], "127.0.0.1")
+
+    def test_credentialsNeverLogged(self) -> None:
+        """Authorization and cookie values appear in no access line."""
+        gw = self.gatewayWithLog()
+        gw.request("GET", "/a?token=querysecret", {"Authorization": "Bearer topsecret1",
+                                                   "Cookie": "session=topsecret2", "Proxy-Authorization": "Basic x3"})
+        text = self.out.getvalue()
+        for secret in ("topsecret1", "topsecret2", "querysecret", "Basic x3"):
+            self.assertNotIn(secret, text)
+
+    def test_redactionOfFormattedMessages(self) -> None:
+        """A message that formats a header's value anyway loses the value, in JSON and text."""
+        headers = {b"Authorization": [b"Bearer abc"], b"Cookie": [b"s=1"]}
+        event = {"log_format": "got {h} and Authorization: Basic zzz", "h": headers, "log_level": LogLevel.warn,
+                 "log_namespace": "t", "log_time": 0.0}
+        for fmt in (jsonFormatter("info"), textFormatter("info")):
+            line = fmt(dict(event))
+            assert line is not None
+            for secret in ("Bearer abc", "s=1", "Basic zzz"):
+                self.assertNotIn(secret, line)
+        self.assertEqual(redact("nothing here"), "nothing here")
+        self.assertEqual(redact("cookie=abc"), "cookie=[redacted]")
+
+    def test_jsonFormatterLevelsAndFields(self) -> None:
+        """Events below the level are dropped; others are one JSON object with request_id when known."""
+        fmt = jsonFormatter("warn")
+        self.assertIsNone(fmt({"log_format": "x", "log_level": LogLevel.info, "log_time": 0.0}))
+        line = fmt({"log_format": "boom {n}", "n": 1, "log_level": LogLevel.error, "log_namespace": "txgateway",
+                    "log_time": 0.0, "request_id": "r1"})
+        assert line is not None
+        self.assertTrue(line.endswith("\n"))
+        obj = json.loads(line)
+        self.assertEqual((obj["level"], obj["message"], obj["request_id"], obj["logger"]),
+                         ("error", "boom 1", "r1", "txgateway"))
+        self.assertEqual(obj["time"], "1970-01-01T00:00:00.000Z")
+
+    def test_accessLinesKeptWhateverTheLevel(self) -> None:
+        """logging.access_log decides about access lines, not logging.level."""
+        event = {"access": {"request_id": "r", "status": 200}, "log_level": LogLevel.info, "log_time": 0.0}
+        self.assertEqual(json.loads(jsonFormatter("error")(event) or ""), {"request_id": "r", "status": 200})
+        self.assertIn("request_id=r status=200", textFormatter("error")(event) or "")
+
+    def test_accessLogThroughTwistedLogger(self) -> None:
+        """Without a file the access line is a twisted.logger event that the JSON formatter prints as is."""
+        gw = InMemoryGateway()
+        events: list[dict[str, Any]] = []
+        gw.service.accessLog.enabled = True
+        gw.service.accessLog._log = Logger(namespace="txgateway.access", observer=events.append)
+        gw.request("GET", "/x", {"X-Request-ID": "via-logger"})
+        [event] = events
+        line = json.loads(jsonFormatter("info")(event) or "")
+        self.assertEqual((line["request_id"], line["route"], line["status"]), ("via-logger", "all", 200))
+
+    def test_textAccessLog(self) -> None:
+        """format: text writes key=value pairs, quoting values with spaces."""
+        gw = InMemoryGateway()
+        gw.service.accessLog = gw.gateway.runtime.accessLog = AccessLog(True, self.out, "text")
+        gw.request("GET", "/x", {"X-Request-ID": "t-1"})
+        line = self.out.getvalue()
+        self.assertIn("request_id=t-1 ", line)
+        self.assertIn("route=all ", line)
+        self.assertIn("status=200 ", line)
+
+    def test_twistdObserverAdoptedAtFirstEvent(self) -> None:
+        """An observer added before twistd's file observer re-points it before the first line is written."""
+        publisher = LogPublisher()
+        adopter = TwistdLogAdopter(jsonFormatter("info"), publisher)
+        adopter.attach()
+        out = io.StringIO()
+        publisher.addObserver(FileLogObserver(out, lambda e: "classic text\n"))
+        Logger(namespace="twistd", observer=publisher).info("starting up")
+        adopter.detach()
+        Logger(namespace="twistd", observer=publisher).info("second")
+        lines = [json.loads(x) for x in out.getvalue().splitlines()]
+        self.assertEqual([x["message"] for x in lines], ["starting up", "second"])
+        self.assertNotIn(adopter, publisher._observers)
+
+
+class BrokenBreaker:
+    """A stand-in breaker in a fixed state (the breaker module belongs to another issue)."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def retryAfter(self) -> float:
+        return 5.0
+
+
+class HealthTests(SynchronousTestCase):
+    def test_healthyReport(self) -> None:
+        """200 and every upstream's targets with health, circuit state and in-flight count."""
+        gw = InMemoryGateway()
+        r = gw.request("GET", "/health")
+        self.assertEqual(r.status, 200)
+        doc = r.json()
+        self.assertEqual((doc["status"], doc["degraded"]), ("ok", []))
+        targets = doc["upstreams"]["app"]["targets"]
+        self.assertEqual([t["url"] for t in targets], list(TARGETS))
+        self.assertEqual({(t["healthy"], t["circuit"], t["in_flight"]) for t in targets}, {(True, "closed", 0)})
+
+    def test_degradedUpstreamNamed(self) -> None:
+        """One bad target of two: still 200, the upstream listed as degraded, the open circuit shown."""
+        gw = InMemoryGateway()
+        gw.gateway.runtime.clusters["app"].endpoints[0].breaker = BrokenBreaker("open")
+        r = gw.request("GET", "/health")
+        self.assertEqual(r.status, 200)
+        doc = r.json()
+        self.assertEqual((doc["status"], doc["degraded"]), ("degraded", ["app"]))
+        self.assertEqual(doc["upstreams"]["app"]["targets"][0]["circuit"], "open")
+
+    def test_unavailableWhenNoUpstreamUsable(self) -> None:
+        """503 once no upstream has a usable target."""
+        gw = InMemoryGateway()
+        for e in gw.gateway.runtime.clusters["app"].endpoints:
+            e.activeHealthy = False
+        r = gw.request("GET", "/health")
+        self.assertEqual((r.status, r.json()["status"]), (503, "unavailable"))
+
+    def test_methods(self) -> None:
+        """GET and HEAD only: HEAD has the headers and no body; anything else is 405 with Allow."""
+        gw = InMemoryGateway()
+        head = gw.request("HEAD", "/health")
+        self.assertEqual((head.status, head.body), (200, b""))
+        self.assertEqual(head.headers["content-type"], "application/json")
+        for method in ("POST", "PUT", "DELETE"):
+            r = gw.request(method, "/health")
+            self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD"))
+
+    def test_readyFollowsListeningAndDraining(self) -> None:
+        """/ready: 503 before listening, 200 once up, 503 while draining (HEAD too)."""
+        gw = InMemoryGateway()
+        gw.gateway.state.ready = False
+        self.assertEqual(gw.request("GET", "/ready").status, 503)
+        gw.gateway.state.ready = True
+        self.assertEqual(gw.request("GET", "/ready").status, 200)
+        self.assertEqual(gw.request("HEAD", "/ready").status, 200)
+        gw.gateway.state.draining = True
+        r = gw.request("GET", "/ready")
+        self.assertEqual((r.status, r.json()["status"]), (503, "draining"))
+
+    def test_endpointsFollowConfig(self) -> None:
+        """server.endpoints moves the gateway's own paths; the old path then goes to routing."""
+        gw = InMemoryGateway(configText().replace(
+            "server:\n", "server:\n  endpoints: {health: /_gw/health, metrics: /_gw/metrics}\n"))
+        self.assertIn("upstreams", gw.request("GET", "/_gw/health").json())
+        self.assertTrue(re.search(rb"txgateway_", gw.request("GET", "/_gw/metrics").body))
+        self.assertIn("headers", gw.request("GET", "/health").json())  # proxied to the backend
+
+
+class DashboardTests(SynchronousTestCase):
+    def test_dashboardAndDocsUseOnlyExportedMetrics(self) -> None:
+        """Every txgateway_ series named in the Grafana dashboard and the docs is one the gateway exports."""
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        exported: set[str] = set()
+        for family in Metrics(processMetrics=False).registry.collect():
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+            exported.update(family.name + s for s in suffixes)
+            exported.add(family.name)
+        dashboard = (root / "deploy" / "grafana-dashboard.json").read_text()
+        json.loads(dashboard)
+        for text in (dashboard, (root / "docs" / "observability.md").read_text()):
+            used = set(re.findall(r"\btxgateway_[a-z_]+", text))
+            self.assertTrue(used)
+            self.assertEqual(used - exported, set())
