@@ -66,18 +66,29 @@ _shared: dict[str, Any] = {}
 
 def shared() -> GatewayProcess:
     if not _shared:
-        a = Backend("a").start()
-        b = Backend("b").start()
-        gw = GatewayProcess(CONFIG.format(a=a.url, b=b.url)).start()
-        _shared.update(gw=gw, a=a, b=b)
+        started: list[Any] = []
 
         def cleanup() -> None:
-            gw.stop()
-            gw.cleanup()
-            a.stop()
-            b.stop()
+            for thing in reversed(started):
+                if isinstance(thing, GatewayProcess):
+                    thing.stop()
+                    thing.cleanup()
+                else:
+                    thing.stop()
 
+        # Registered before anything starts, so a gateway that fails to come
+        # up does not leave its origins running after the test run.
         atexit.register(cleanup)
+        a = Backend("a")
+        started.append(a)
+        a.start()
+        b = Backend("b")
+        started.append(b)
+        b.start()
+        gw = GatewayProcess(CONFIG.format(a=a.url, b=b.url))
+        started.append(gw)
+        gw.start()
+        _shared.update(gw=gw, a=a, b=b)
     gw: GatewayProcess = _shared["gw"]
     return gw
 
