@@ -55,31 +55,58 @@ def summary(config: GatewayConfig) -> str:
 
 
 def explain(config: GatewayConfig, url: str, method: str, headers: Sequence[str], out: TextIO) -> int:
+    """
+    Print which route C{url} takes and why each other route does not; exit 0
+    when a route matches, 1 when the gateway would answer 400, 404 or 405.
+    """
     from twisted.web.http_headers import Headers
 
     from .routing import PathError, RouteTable, compileRoutes, normalizeHost, normalizePath
 
+    if "://" not in url and not url.startswith("/"):
+        url = "http://" + url
     parts = urlsplit(url)
     h = Headers()
     for item in headers:
-        name, _, value = item.partition(":")
-        h.addRawHeader(name.strip().encode(), value.strip().encode())
-    host = normalizeHost(parts.netloc.rsplit("@", 1)[-1])
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            out.write(f"not a header (write 'Name: value'): {item!r}\n")
+            return 1
+        h.addRawHeader(name.strip().encode("latin-1"), value.strip().encode("utf-8"))
+    if parts.netloc:
+        h.setRawHeaders(b"host", [parts.netloc.rsplit("@", 1)[-1].encode("idna")])
+    host = normalizeHost(h.getRawHeaders(b"host", [b""])[0])
+    m = method.upper().encode("latin-1")
     try:
-        path = normalizePath((parts.path or "/").encode())
-    except PathError as e:
-        out.write(f"400: {e}\n")
+        path = normalizePath((parts.path or "/").encode("utf-8"))
+    except PathError as bad:
+        out.write(f"{method.upper()} host={host or '(none)'} path={parts.path or '/'}\n\n=> 400 bad request path: {bad}\n")
         return 1
+    query = f"?{parts.query}" if parts.query or url.endswith("?") else ""
+    out.write(f"{method.upper()} host={host or '(none)'} path={path}{query}\n")
+    ep = config.server.endpoints
+    own = {p: k for p, k in ((ep.health, "health"), (ep.ready, "ready"), (ep.metrics, "metrics")) if p}
+    if path in own:
+        out.write(f"\n=> answered by the gateway itself (server.endpoints.{own[path]}), before any route\n")
+        return 0
     table = RouteTable(compileRoutes(config.routes))
-    out.write(f"{method} host={host!r} path={path!r}\n\n")
-    for route, why in table.explain(method.upper().encode(), host, path, h):
+    out.write("\nroutes, most specific first:\n")
+    for route, why in table.explain(m, host, path, h):
         out.write(f"  {route.name:<16} {route.describe():<50} {why}\n")
-    match = table.match(method.upper().encode(), host, path, h)
+    match = table.match(m, host, path, h)
     if match.route is None:
-        out.write("\n=> 405 method not allowed\n" if match.allowed else "\n=> 404 no route\n")
+        if match.allowed:
+            allow = ", ".join(sorted(x.decode() for x in match.allowed))
+            out.write(f"\n=> 405 method not allowed (Allow: {allow})\n")
+        else:
+            out.write(f"\n=> 404 no route for host {host or '(none)'} and path {path}\n")
+        return 1
+    if "%2F" in path and not match.route.allowEncodedSlash:
+        out.write(f"\n=> 400: route {match.route.name} does not allow an encoded slash (%2F) "
+                  "(set allow_encoded_slash: true)\n")
         return 1
     out.write(f"\n=> route {match.route.name}, upstream {match.route.upstreamName}, "
-              f"backend path {match.route.upstreamPath(path)}\n")
+              f"backend path {match.route.upstreamPath(path)}{query}\n")
     return 0
 
 

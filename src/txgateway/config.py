@@ -247,6 +247,7 @@ class ServerConfig:
     endpoints: Endpoints = Endpoints()
     workers: int = 1
     via: str = "txgateway"
+    watch_config: float = 2.0  # seconds between checks of the config file; 0 turns the watcher off
 
 
 @dataclass(frozen=True)
@@ -633,7 +634,7 @@ class _Parser:
         p = "server"
         m = self.mapping(value, p, line, ["listen", "max_request_body", "max_header_bytes", "max_uri_bytes",
                                           "max_connections_per_ip", "timeouts", "trusted_proxies", "endpoints",
-                                          "workers", "via"])
+                                          "workers", "via", "watch_config"])
         if m is None:
             return ServerConfig()
         d = ServerConfig()
@@ -669,6 +670,7 @@ class _Parser:
             endpoints=endpoints,
             workers=self.get(m, "workers", p, workers, d.workers),
             via=self.get(m, "via", p, _viaPseudonym, d.via),
+            watch_config=self.get(m, "watch_config", p, _watchInterval, d.watch_config),
         )
 
     def optionalPath(self, m: _Map, key: str, path: str, default: str | None) -> str | None:
@@ -1111,8 +1113,11 @@ class _Parser:
         if hm is not None:
             rules = HeaderRules(self.headerOps(hm.get("request"), f"{path}.headers.request", hm.lines.get("request")),
                                 self.headerOps(hm.get("response"), f"{path}.headers.response", hm.lines.get("response")))
-        strip = self.get(m, "strip_prefix", path, urlPath, None)
-        rewrite = self.get(m, "rewrite_prefix", path, urlPath, None)
+        strip = self.get(m, "strip_prefix", path, _routePath, None)
+        rewrite = self.get(m, "rewrite_prefix", path, _routePath, None)
+        if strip is not None and rewrite is not None:
+            self.problem(path, m.lines.get("rewrite_prefix"),
+                         "give strip_prefix or rewrite_prefix, not both (rewrite_prefix already replaces the matched prefix)")
         return RouteConfig(
             name=name,
             index=index,
@@ -1143,13 +1148,13 @@ class _Parser:
             else:
                 for k, v in hv.items():
                     try:
-                        headers.append((headerName(k), headerValue(v)))
+                        headers.append((headerName(k), headerValue(_yamlText(v))))
                     except _Invalid as e:
                         self.problem(f"{path}.headers.{k}", _lines(hv).get(k), str(e))
         mc = MatchConfig(
             host=self.get(m, "host", path, _hostPattern, None),
-            path=self.get(m, "path", path, urlPath, None),
-            path_prefix=self.get(m, "path_prefix", path, urlPath, None),
+            path=self.get(m, "path", path, _routePath, None),
+            path_prefix=self.get(m, "path_prefix", path, _routePath, None),
             methods=self.seq(m, "methods", path, method),
             headers=tuple(headers),
         )
@@ -1344,6 +1349,34 @@ def _limitKey(value: Any) -> str:
     if text in ("client_ip", "route", "consumer") or re.fullmatch(r"header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+", text):
         return text
     raise _Invalid(f"{text!r} is not one of: client_ip, route, consumer, header:NAME (or several joined with +)")
+
+
+def _watchInterval(value: Any) -> float:
+    """C{2s}; C{false} or C{0} turns the config file watcher off."""
+    if value is False:
+        return 0.0
+    seconds = duration(value)
+    if 0 < seconds < 0.1:
+        raise _Invalid("check the file at most every 100ms (or write false to turn the watcher off)")
+    return seconds
+
+
+def _routePath(value: Any) -> str:
+    """A route's path, normalised as request paths are, so that it can match at all."""
+    from .routing import PathError, normalizeConfigPath
+
+    text = urlPath(value)
+    try:
+        return normalizeConfigPath(text)
+    except PathError as e:
+        raise _Invalid(f"{e}: {text!r}") from None
+
+
+def _yamlText(value: Any) -> Any:
+    """YAML reads C{true} as a boolean; a header value means the text C{true}, not C{True}."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def _hostPattern(value: Any) -> str:

@@ -202,8 +202,6 @@ class GatewayRoot(Resource):
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
         match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
-        if request.method == b"OPTIONS":
-            match = _preflightMatch(runtime, context, match)
         route = match.route
         if route is None:
             if match.allowed:
@@ -212,25 +210,10 @@ class GatewayRoot(Resource):
                                            allow=allow.decode()))
             return _Local(jsonResponse(context, 404, "no route", host=context.host, path=context.path))
         context.route = route
-        if slashy and not route.config.allow_encoded_slash:
+        if slashy and not route.allowEncodedSlash:
             return _refusePath(context, "encoded slash or backslash in the path")
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
-
-
-def _preflightMatch(runtime: Runtime, context: RequestContext, match: Any) -> Any:
-    """
-    A CORS preflight is routed as the request it announces: C{OPTIONS /x}
-    asking for POST belongs to the route that serves C{POST /x} when that
-    route has C{cors:} (which answers it), even if the route lists only POST.
-    """
-    requested = context.header(b"access-control-request-method")
-    if requested is None or context.header(b"origin") is None:
-        return match
-    announced = runtime.routes.match(requested.strip(), context.host, context.path, context.request.requestHeaders)
-    if announced.route is not None and announced.route.config.cors is not None:
-        return announced
-    return match
 
 
 def pathHazards(raw: bytes) -> tuple[str | None, bool]:

@@ -1,21 +1,22 @@
 """
 Routes: compiled once per config, matched per request.
 
-Matching is a handful of dict look-ups, not a scan: exact paths sit in one
-dict, prefixes in another keyed by the prefix itself, and a request path is
-walked from its longest segment-prefix to the root.  Within one prefix the
-routes are already sorted by precedence, so the first full match wins.
+Matching is a handful of dict look-ups, not a scan: routes are grouped by
+their path key (exact paths in one dict, prefixes in another, keyed by the
+prefix itself) and, inside a group, indexed by exact host.  A request path
+is walked from its longest segment-prefix to the root, and within each group
+the routes are already sorted by precedence, so the first full match wins.
 
 Precedence (the same wherever a route sits in the file): exact path over any
 prefix, longer prefix over shorter, then more matchers (host, headers,
-methods) over fewer, then the earlier route.
+methods) over fewer, then the more specific host (exact over wildcard, longer
+wildcard over shorter), then the earlier route.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import RouteConfig
@@ -29,8 +30,10 @@ class PathError(ValueError):
 
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_BAD_PCT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# Bytes that are never valid raw in a URI path: controls, space, DEL, non-ASCII.
+_RAW_UNSAFE = re.compile(rb"[^\x21-\x7e]")
 
 
 def _pctRepl(m: re.Match[bytes]) -> bytes:
@@ -40,25 +43,32 @@ def _pctRepl(m: re.Match[bytes]) -> bytes:
     return b"%" + m.group(1).upper()
 
 
+def _pctEncode(m: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % m.group()[0]
+
+
 def normalizePath(raw: bytes) -> str:
     """
     The one canonical form of a request path (RFC 3986 §6.2.2).
 
-    Unreserved characters are percent-decoded, other escapes upper-cased
-    (never decoded: C{%2F} stays data, not a separator), duplicate slashes
-    merged and dot segments resolved.  A path that climbs above the root is
-    refused rather than clamped, so C{/public/../../admin} cannot pose as
-    anything.  Idempotent: normalising a normalised path changes nothing.
+    Unreserved characters are percent-decoded and other escapes upper-cased
+    (never decoded: C{%2F} stays data, not a separator); raw bytes that a URI
+    may not carry (non-ASCII, controls) are percent-encoded, so C{/café} and
+    C{/caf%C3%A9} are one path.  Duplicate slashes are merged and dot
+    segments resolved.  A path that climbs above the root is refused rather
+    than clamped, so C{/public/../../admin} cannot pose as anything.
+    Idempotent: normalising a normalised path changes nothing.
     """
     if not raw.startswith(b"/"):
         raise PathError("the request path must start with '/'")
+    if _RAW_UNSAFE.search(raw) is not None:
+        raw = _RAW_UNSAFE.sub(_pctEncode, raw)
     if b"%" in raw:
-        for i in range(len(raw)):
-            if raw[i] == 0x25 and (i + 2 >= len(raw) or raw[i + 1] not in _HEX or raw[i + 2] not in _HEX):
-                raise PathError("malformed percent-encoding in the path")
+        if _BAD_PCT.search(raw) is not None:
+            raise PathError("malformed percent-encoding in the path")
         raw = _PCT.sub(_pctRepl, raw)
     if b"/." not in raw and b"//" not in raw:
-        return raw.decode("latin-1")
+        return raw.decode("ascii")
     out: list[bytes] = []
     segments = raw.split(b"/")[1:]
     last = len(segments) - 1
@@ -70,14 +80,27 @@ def normalizePath(raw: bytes) -> str:
                 out.append(b"")
             continue
         if seg == b"..":
-            if not out or out == [b""]:
+            if not out:
                 raise PathError("the path climbs above the root")
             out.pop()
             if i == last:
                 out.append(b"")
             continue
         out.append(seg)
-    return ("/" + "/".join(s.decode("latin-1") for s in out)) if out else "/"
+    return "/" + b"/".join(out).decode("ascii")
+
+
+def normalizeConfigPath(text: str) -> str:
+    """
+    A path written in the config, in the form request paths are matched in.
+
+    Users may write C{/café}, C{/a//b} or C{/%7Euser}; requests arrive
+    normalised, so a route path must be normalised the same way or it could
+    never match.
+    """
+    if "?" in text or "#" in text:
+        raise PathError("a route path has no query or fragment")
+    return normalizePath(text.encode("utf-8"))
 
 
 def normalizeHost(value: bytes | str | None) -> str:
@@ -100,38 +123,60 @@ def _prefixKey(prefix: str) -> str:
     return prefix.rstrip("/")
 
 
+def _segmentPrefix(path: str, prefix: str) -> bool:
+    return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/" or prefix == "")
+
+
 class CompiledRoute:
     """One route, ready to match, with its per-route chain attached later."""
 
     __slots__ = ("config", "name", "exact", "prefix", "host", "hostSuffix", "methods", "headers",
-                 "matcherCount", "order", "chain", "cluster", "upstreamName", "_strip", "_rewrite")
+                 "matcherCount", "order", "chain", "cluster", "upstreamName", "preflight", "allowEncodedSlash",
+                 "_strip", "_rewrite", "_rewriteBase")
 
     def __init__(self, config: RouteConfig) -> None:
         self.config = config
         self.name = config.name
         m = config.match
-        self.exact = m.path
-        self.prefix = _prefixKey(m.path_prefix) if m.path_prefix is not None else ("" if m.path is None else None)
-        host = m.host
+        # Normalised again here (config.py already does) so that a RouteConfig
+        # built by hand, e.g. in a test, cannot hold a path no request matches.
+        self.exact = normalizeConfigPath(m.path) if m.path is not None else None
+        self.prefix: str | None = None
+        if m.path_prefix is not None:
+            self.prefix = _prefixKey(normalizeConfigPath(m.path_prefix))
+        elif self.exact is None:
+            self.prefix = ""
+        host = m.host.lower().rstrip(".") if m.host is not None else None
         self.host: str | None = None
         self.hostSuffix: str | None = None
         if host is not None:
             if host.startswith("*."):
                 self.hostSuffix = host[1:]
+            elif ":" in host and not host.startswith("["):
+                self.host = f"[{host}]"  # requests carry IPv6 literals bracketed
             else:
                 self.host = host
-        self.methods = frozenset(x.encode() for x in m.methods) or None
-        if self.methods is not None and b"GET" in self.methods:
-            self.methods = self.methods | {b"HEAD"}
-        self.headers = tuple((k.encode(), v.encode()) for k, v in m.headers)
+        methods = frozenset(x.upper().encode() for x in m.methods)
+        if b"GET" in methods:
+            methods |= {b"HEAD"}
+        self.methods: frozenset[bytes] | None = methods or None
+        self.headers = tuple((k.encode("ascii"), v.encode("utf-8")) for k, v in m.headers)
         self.matcherCount = (host is not None) + len(self.headers) + (self.methods is not None)
-        self.order = (0 if self.exact is not None else 1, -len(self.exact or self.prefix or ""),
-                      -self.matcherCount, config.index)
+        pathLength = len(self.exact) if self.exact is not None else len(self.prefix or "")
+        hostRank = 0 if self.host is not None else (1 if self.hostSuffix is not None else 2)
+        self.order = (0 if self.exact is not None else 1, -pathLength, -self.matcherCount,
+                      hostRank, -len(self.hostSuffix or ""), config.index)
+        # A route with CORS must see the browser's preflight even when its
+        # methods do not list OPTIONS, or the preflight would fall through
+        # to a less specific route that knows nothing of its CORS policy.
+        self.preflight = config.cors is not None
+        self.allowEncodedSlash = config.allow_encoded_slash
         self.chain: Any = None
         self.cluster: Any = None
         self.upstreamName = config.upstream
-        self._strip = _prefixKey(config.strip_prefix) if config.strip_prefix else None
-        self._rewrite = config.rewrite_prefix
+        self._strip = _prefixKey(normalizeConfigPath(config.strip_prefix)) or None if config.strip_prefix else None
+        self._rewrite = normalizeConfigPath(config.rewrite_prefix) if config.rewrite_prefix is not None else None
+        self._rewriteBase = self._rewrite.rstrip("/") if self._rewrite is not None else ""
 
     def matchesHost(self, host: str) -> bool:
         if self.host is not None:
@@ -149,14 +194,31 @@ class CompiledRoute:
                 return False
         return True
 
+    def matchesPath(self, path: str) -> bool:
+        if self.exact is not None:
+            return path == self.exact
+        assert self.prefix is not None
+        return _segmentPrefix(path, self.prefix)
+
+    def allowsMethod(self, method: bytes, headers: Headers) -> bool:
+        if self.methods is None or method in self.methods:
+            return True
+        return self.preflight and method == b"OPTIONS" and headers.hasHeader(b"access-control-request-method")
+
     def upstreamPath(self, path: str) -> str:
-        """The path the backend sees: strip or rewrite the matched prefix."""
-        if self._rewrite is not None and self.prefix is not None:
-            rest = path[len(self.prefix):] if _segmentPrefix(path, self.prefix) else path
-            base = self._rewrite.rstrip("/")
-            if not rest:
+        """
+        The path the backend sees.
+
+        C{rewrite_prefix} replaces what the route matched (the exact path,
+        or the prefix with the rest of the path kept); C{strip_prefix}
+        removes a leading segment-prefix and leaves C{/} when nothing is left.
+        """
+        if self._rewrite is not None:
+            if self.exact is not None:
                 return self._rewrite
-            return base + rest
+            assert self.prefix is not None
+            rest = path[len(self.prefix):]
+            return self._rewriteBase + rest if rest else self._rewrite
         if self._strip is not None and _segmentPrefix(path, self._strip):
             return path[len(self._strip):] or "/"
         return path
@@ -175,77 +237,149 @@ class CompiledRoute:
             parts.append(f"header {k}={v}")
         return " ".join(parts) or "(matches everything)"
 
+    def __repr__(self) -> str:
+        return f"<CompiledRoute {self.name} {self.describe()}>"
 
-def _segmentPrefix(path: str, prefix: str) -> bool:
-    return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/" or prefix == "")
 
-
-@dataclass
 class Match:
-    route: CompiledRoute | None
-    allowed: frozenset[bytes] | None = None  # set when only the method failed: answer 405
+    """The outcome of matching: a route, or none and (for a 405) the methods that would have matched."""
+
+    __slots__ = ("route", "allowed")
+
+    def __init__(self, route: CompiledRoute | None, allowed: frozenset[bytes] | None = None) -> None:
+        self.route = route
+        self.allowed = allowed
+
+    def __repr__(self) -> str:
+        return f"<Match {self.route.name if self.route else None} allowed={self.allowed}>"
+
+
+def _order(r: CompiledRoute) -> tuple[int, ...]:
+    return r.order
+
+
+class _Group:
+    """
+    The routes sharing one path key, in precedence order, indexed by exact host.
+
+    C{byHost[h]} holds the routes for host C{h} (exact host C{h}, wildcard
+    and host-less routes, merged in order); any other host gets C{generic}.
+    A thousand virtual hosts behind one prefix stay one dict look-up away.
+    """
+
+    __slots__ = ("all", "generic", "byHost")
+
+    def __init__(self, routes: Sequence[CompiledRoute]) -> None:
+        self.all = tuple(sorted(routes, key=_order))
+        self.generic = tuple(r for r in self.all if r.host is None)
+        perHost: dict[str, list[CompiledRoute]] = {}
+        for r in self.all:
+            if r.host is not None:
+                perHost.setdefault(r.host, []).append(r)
+        self.byHost = {h: tuple(sorted(rs + list(self.generic), key=_order)) for h, rs in perHost.items()}
+
+    def forHost(self, host: str) -> tuple[CompiledRoute, ...]:
+        return self.byHost.get(host, self.generic)
 
 
 class RouteTable:
     """All routes of one config, indexed for matching."""
 
     def __init__(self, routes: Iterable[CompiledRoute]) -> None:
-        self.routes: tuple[CompiledRoute, ...] = tuple(sorted(routes, key=lambda r: r.order))
-        self._exact: dict[str, list[CompiledRoute]] = {}
-        self._prefix: dict[str, list[CompiledRoute]] = {}
+        self.routes: tuple[CompiledRoute, ...] = tuple(sorted(routes, key=_order))
+        exact: dict[str, list[CompiledRoute]] = {}
+        prefix: dict[str, list[CompiledRoute]] = {}
         for r in self.routes:
             if r.exact is not None:
-                self._exact.setdefault(r.exact, []).append(r)
+                exact.setdefault(r.exact, []).append(r)
             else:
                 assert r.prefix is not None
-                self._prefix.setdefault(r.prefix, []).append(r)
+                prefix.setdefault(r.prefix, []).append(r)
+        self._exact = {k: _Group(v) for k, v in exact.items()}
+        self._prefix = {k: _Group(v) for k, v in prefix.items()}
 
-    def candidates(self, path: str) -> Iterable[CompiledRoute]:
-        """Routes whose path matcher holds, most specific first."""
-        exact = self._exact.get(path)
-        if exact:
-            yield from exact
+    def _groups(self, path: str) -> Iterator[_Group]:
+        """The groups whose path key holds for C{path}, most specific first."""
+        group = self._exact.get(path)
+        if group is not None:
+            yield group
         prefixes = self._prefix
-        p = path.rstrip("/") if path != "/" else ""
+        p = path.rstrip("/")
         while True:
             group = prefixes.get(p)
-            if group:
-                yield from group
+            if group is not None:
+                yield group
             if not p:
                 return
             p = p[: p.rfind("/")]
 
+    def candidates(self, path: str) -> Iterator[CompiledRoute]:
+        """Routes whose path matcher holds, most specific first."""
+        for group in self._groups(path):
+            yield from group.all
+
     def match(self, method: bytes, host: str, path: str, headers: Headers) -> Match:
         allowed: set[bytes] | None = None
-        for r in self.candidates(path):
-            if not r.matchesHost(host) or not r.matchesHeaders(headers):
-                continue
-            if r.methods is not None and method not in r.methods:
-                allowed = (allowed or set()) | r.methods
-                continue
-            return Match(r)
+        for group in self._groups(path):
+            for r in group.forHost(host):
+                suffix = r.hostSuffix
+                if suffix is not None and not (host.endswith(suffix) and len(host) > len(suffix)):
+                    continue
+                if r.headers and not r.matchesHeaders(headers):
+                    continue
+                if r.methods is not None and method not in r.methods and not r.allowsMethod(method, headers):
+                    allowed = set(r.methods) if allowed is None else allowed | r.methods
+                    continue
+                return Match(r)
         return Match(None, frozenset(allowed) if allowed else None)
 
     def explain(self, method: bytes, host: str, path: str, headers: Headers) -> list[tuple[CompiledRoute, str]]:
         """For C{check --explain}: each route, in precedence order, and why it did or did not match."""
         winner = self.match(method, host, path, headers).route
-        cands = set(map(id, self.candidates(path)))
         out = []
         for r in self.routes:
             if r is winner:
                 why = "MATCHES (the most specific route that holds)"
-            elif id(r) not in cands:
-                why = "path does not match"
+            elif not r.matchesPath(path):
+                why = (f"path is not {r.exact}" if r.exact is not None
+                       else f"path is not under {r.prefix or '/'}")
             elif not r.matchesHost(host):
-                why = f"host {host!r} does not match"
+                why = f"host {host or '(none)'} is not {r.config.match.host}"
             elif not r.matchesHeaders(headers):
-                why = "a header matcher does not hold"
-            elif r.methods is not None and method not in r.methods:
-                why = f"method {method.decode()} not allowed"
+                why = "a header matcher does not hold: " + "; ".join(_headerMisses(r, headers))
+            elif not r.allowsMethod(method, headers):
+                assert r.methods is not None
+                why = f"method {method.decode('latin-1')} is not one of {', '.join(sorted(m.decode() for m in r.methods))}"
             else:
-                why = "matches, but a more specific route wins"
+                why = "matches too, but " + (_outranks(winner, r) if winner is not None else "?")
             out.append((r, why))
         return out
+
+
+def _outranks(winner: CompiledRoute, loser: CompiledRoute) -> str:
+    """Which precedence rule puts C{winner} before C{loser}, in words."""
+    w, lo = winner.order, loser.order
+    if w[0] != lo[0]:
+        return f"{winner.name} has an exact path, which beats any prefix"
+    if w[1] != lo[1]:
+        return f"{winner.name} has a longer path prefix"
+    if w[2] != lo[2]:
+        return f"{winner.name} has more matchers ({winner.matcherCount} against {loser.matcherCount})"
+    if w[3] != lo[3] or w[4] != lo[4]:
+        return f"{winner.name} has a more specific host"
+    return f"{winner.name} comes earlier in the file"
+
+
+def _headerMisses(route: CompiledRoute, headers: Headers) -> list[str]:
+    out = []
+    for name, want in route.headers:
+        values = headers.getRawHeaders(name)
+        label = name.decode("latin-1")
+        if not values:
+            out.append(f"header {label} is absent")
+        elif want != b"*" and want not in values:
+            out.append(f"header {label} is not {want.decode('latin-1')!r}")
+    return out
 
 
 def compileRoutes(configs: Sequence[RouteConfig]) -> list[CompiledRoute]:

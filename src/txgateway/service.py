@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -31,6 +31,7 @@ from .gateway import GatewayRoot, GatewayState, Runtime
 from .middleware import Deps, buildChain
 from .observe import AccessLog, Metrics
 from .proxy import Forwarder, makeAgent
+from .reloading import ConfigWatcher
 from .routing import RouteTable, compileRoutes
 
 log = Logger(namespace="txgateway")
@@ -197,6 +198,10 @@ class GatewayService(MultiService):
         self._checkers: dict[str, Any] = {}
         self._syncHealthCheckers(None)
         self.stopping: Deferred[None] | None = None
+        self.watcher: ConfigWatcher | None = None
+        if configPath is not None:
+            self.watcher = ConfigWatcher(configPath, self.reload, self.clock, config.server.watch_config)
+            self.watcher.setServiceParent(self)
 
     @property
     def config(self) -> GatewayConfig:
@@ -274,6 +279,8 @@ class GatewayService(MultiService):
         state.draining = True
         log.info("draining: {n} request(s) in flight", n=state.inFlight)
         Service.stopService(self)
+        if self.watcher is not None:
+            self.watcher.stopService()
         d = self.listener.stopService()
 
         def closeIdle(_: Any) -> Deferred[bool]:
@@ -325,15 +332,26 @@ class GatewayService(MultiService):
         """
         Swap in a new config atomically; return its problems (empty on success).
 
-        A config that does not load, parse or build is rejected whole and the
-        running one keeps serving.
+        Safe to call at any time from the reactor thread (file watcher,
+        SIGHUP, admin API).  A config that does not load, parse or build is
+        rejected whole and the running one keeps serving.  Requests already
+        routed keep the runtime they started with (their leaf holds it), so
+        they finish on their old routes and pools; new requests see the new
+        runtime from the moment C{gateway.runtime} is assigned.
         """
+        if self.stopping is not None or self.gateway.state.draining:
+            return ["the gateway is shutting down; reload refused"]
+        previous = self.gateway.runtime
         try:
             if config is None:
                 if self.configPath is None:
                     return ["no config file to reload (the gateway was configured from the environment)"]
+                if self.watcher is not None:
+                    self.watcher.sync()  # this content is being loaded now: not a change to reload again
                 config = self._loadConfig(self.configPath)
-            previous = self.gateway.runtime
+            hadRedis = self.redis is not None
+            if not hadRedis and _needsRedis(config):
+                self.redis = stores.makeRedis(config.stores, self.reactor)
             runtime = self._build(config, previous)
         except ConfigError as e:
             problems = [str(p) for p in e.problems]
@@ -345,28 +363,42 @@ class GatewayService(MultiService):
             log.failure("config reload failed while building; the running config keeps serving")
             self._recordReload("failure", [repr(e)])
             return [f"internal error building the config: {e!r}"]
-        if config.server.listen != previous.config.server.listen:
-            log.warn("server.listen changed; a restart is needed for that to take effect")
-        if (config.admin and config.admin.listen) != (previous.config.admin and previous.config.admin.listen):
-            log.warn("admin.listen changed; a restart is needed for that to take effect")
-        if config.logging != previous.config.logging:
-            log.warn("logging settings changed; a restart is needed for that to take effect")
         self.gateway.runtime = runtime
-        self._syncHealthCheckers(previous)
-        self._retire(previous, runtime)
+        pa, na = previous.config.admin, config.admin
+        for what, old, new in (("server.listen", previous.config.server.listen, config.server.listen),
+                               ("admin.listen", pa.listen if pa else None, na.listen if na else None),
+                               ("server.workers", previous.config.server.workers, config.server.workers),
+                               ("logging settings", previous.config.logging, config.logging),
+                               ("stores.redis", previous.config.stores.redis, config.stores.redis)):
+            if old != new and (what != "stores.redis" or hadRedis):
+                log.warn("{what} changed; a restart is needed for that to take effect", what=what)
+        try:
+            self._syncHealthCheckers(previous)
+            self._retire(previous, runtime)
+            if self.watcher is not None:
+                self.watcher.setInterval(config.server.watch_config)
+        except Exception:
+            # The new runtime already serves; what failed is housekeeping.
+            log.failure("after swapping in the new config, updating health checks or pools failed")
         self._recordReload("success", [])
         log.info("config reloaded: {routes} routes, {upstreams} upstreams",
                  routes=len(config.routes), upstreams=len(config.upstreams))
         return []
 
     def _retire(self, previous: Runtime, current: Runtime) -> None:
-        """Close the pools no current cluster uses, once the requests still on them finish."""
+        """
+        Close the idle connections of pools no current cluster uses.
+
+        Only idle connections close; one still carrying a request goes back
+        to its old pool when the request ends and closes after the pool's
+        idle timeout.  Waiting for the whole gateway to be idle instead would
+        never happen under steady load.
+        """
         inUse = {id(getattr(c, "pool", None)) for c in current.clusters.values()}
-        pools = [c.pool for c in previous.clusters.values()  # type: ignore[attr-defined]
-                 if getattr(c, "pool", None) is not None and id(c.pool) not in inUse]  # type: ignore[attr-defined]
-        if pools:
-            self.gateway.state.whenIdle().addCallback(
-                lambda _: gatherResults([p.closeCachedConnections() for p in pools]))
+        for c in previous.clusters.values():
+            pool = getattr(c, "pool", None)
+            if pool is not None and id(pool) not in inUse:
+                pool.closeCachedConnections()
 
     def _recordReload(self, result: str, problems: list[str]) -> None:
         self.metrics.configReloads.labels(result).inc()
