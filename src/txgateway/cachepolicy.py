@@ -30,9 +30,10 @@ MAX_DELTA = 2**31
 # §4.2.2 allows any heuristic; a day bounds what a long-unchanged resource can earn.
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_CAP = 86400.0
-# How long past its freshness a response with a validator is kept, so that a
-# later request can revalidate it (one small 304) instead of fetching it whole.
-VALIDATION_GRACE = 600.0
+# How long past its freshness a response is kept: a later request can then
+# revalidate it (one small 304) instead of fetching it whole, or use it stale
+# when the client allows (max-stale, a request's stale-if-error).
+STALE_RETENTION = 600.0
 
 # §4.2.2 / RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTIC_STATUS = frozenset((200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501))
@@ -471,13 +472,12 @@ def retention(entry: StoredResponse, now: float, maxTTL: float | None) -> float:
     """
     How long the store should keep the entry: its remaining freshness plus
     the longest window in which it may still be used stale (RFC 5861) or
-    revalidated (when it has a validator).
+    revalidated or served to a client's max-stale (L{STALE_RETENTION}).
     """
     cc = entry.cacheControl
     remaining = max(0.0, lifetimeOf(entry, maxTTL) - currentAge(entry, now))
-    extra = float(max(0, cc.seconds(b"stale-while-revalidate") or 0, cc.seconds(b"stale-if-error") or 0))
-    if hasValidator(entry.headers):
-        extra = max(extra, VALIDATION_GRACE)
+    extra = float(max(STALE_RETENTION, cc.seconds(b"stale-while-revalidate") or 0,
+                      cc.seconds(b"stale-if-error") or 0))
     return remaining + extra
 
 

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -96,13 +96,16 @@ class _Flight:
     with None as soon as it is known there will not be one.
     """
 
-    __slots__ = ("waiters", "released")
+    __slots__ = ("waiters", "released", "result")
 
     def __init__(self) -> None:
         self.waiters: list[Deferred[StoredResponse | None]] = []
         self.released = False
+        self.result: StoredResponse | None = None
 
     def wait(self, timeout: float, clock: IReactorTime) -> Deferred[StoredResponse | None]:
+        if self.released:  # the leader already knows; its body may still be streaming
+            return succeed(self.result)
         def cancel(d: Deferred[Any]) -> None:
             if d in self.waiters:
                 self.waiters.remove(d)
@@ -116,6 +119,7 @@ class _Flight:
         if self.released:
             return
         self.released = True
+        self.result = entry
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             if not d.called:
