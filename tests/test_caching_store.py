@@ -2,30 +2,26 @@
 The cache stores: bounded LRU memory store, Redis store and its fallback.
 
 The Redis round trips run against a real C{redis-server} started by the test
-on a free port (C{scripts/ensure-redis.sh} installs it); they are skipped when
-the binary is missing.  Fallback behaviour is driven with a scripted fake
+on a free port (tests/redisserver.py; C{scripts/ensure-redis.sh} installs it).  Fallback behaviour is driven with a scripted fake
 pool and a L{Clock}, so timeouts are exact.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet import defer, reactor
+from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock, deferLater
-from twisted.trial import unittest
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.redisserver import RedisServer, spin, waitUntil
+from txgateway import stores
 from txgateway.cachepolicy import StoredResponse
 from txgateway.cachestore import MemoryStore, RedisStore, VaryIndex, decodeRecord, encodeRecord
+from txgateway.config import StoresConfig
 from txgateway.interfaces import ICacheStore
 from txgateway.observe import Metrics
 
@@ -216,7 +212,7 @@ class RedisFallbackTests(SynchronousTestCase):
         self.successResultOf(self.store.get(b"k"))
         self.assertEqual(len(self.redis.calls), n)
         self.redis.mode = "ok"
-        self.clock.advance(self.store.retryAfter)
+        self.clock.advance(self.store.health.retryInterval)
         self.successResultOf(self.store.get(b"k"))
         self.assertEqual(len(self.redis.calls), n + 1)
         self.assertFalse(self.store.down)
@@ -230,9 +226,9 @@ class RedisFallbackTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.redis.mode = "error"
         for _ in range(3):
-            self.clock.advance(self.store.retryAfter)
+            self.clock.advance(self.store.health.retryInterval)
             self.successResultOf(self.store.get(b"k"))
-        warnings = [e for e in events if "redis unreachable" in e.get("log_format", "")]
+        warnings = [e for e in events if "unavailable for" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(self.fallbacks(), 3)
 
@@ -250,99 +246,50 @@ class RedisFallbackTests(SynchronousTestCase):
         self.assertIsNotNone(self.successResultOf(store.get(b"k")))
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A throwaway redis-server on a free port, in a temp dir."""
-
-    def __init__(self) -> None:
-        self.port = _freePort()
-        self.dir = tempfile.mkdtemp(prefix="txgw-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)  # waiting for a child process to listen, not for a timing assumption
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class RealRedisTests(unittest.TestCase):
-    """Round trips through txredisapi against a real redis-server."""
-
-    timeout = 30
+class RealRedisTests(SynchronousTestCase):
+    """Round trips through txredisapi against a real redis-server (tests/redisserver.py)."""
 
     def setUp(self) -> None:
-        if shutil.which("redis-server") is None:
-            raise unittest.SkipTest("redis-server not installed (bash scripts/ensure-redis.sh)")
-        import txredisapi
-
         self.server = RedisServer().start()
-        self.addCleanup(self.server.stop)
-        self.pool = txredisapi.lazyConnectionPool(host="127.0.0.1", port=self.server.port, poolsize=1,
-                                                  reconnect=True, convertNumbers=False)
-        self.addCleanup(self.pool.disconnect)
-        self.memory = MemoryStore(reactor, 1_000_000)  # type: ignore[arg-type]
-        self.store = RedisStore(self.pool, reactor, 2.0, self.memory, None, prefix=b"t:")  # type: ignore[arg-type]
+        self.addCleanup(self.server.cleanup)
+        self.pool = stores.makeRedis(StoresConfig(redis=self.server.url, redis_timeout=2.0), globalReactor)
+        self.addCleanup(lambda: spin(stores.closeRedis(self.pool)))
+        waitUntil(lambda: stores.isConnected(self.pool), what="redis pool connected")
+        self.memory = MemoryStore(globalReactor, 1_000_000)  # type: ignore[arg-type]
+        self.store = RedisStore(self.pool, globalReactor, 2.0, self.memory, None, prefix=b"t:")  # type: ignore[arg-type]
 
-    async def test_roundTripWithTtl(self) -> None:
+    def test_roundTripWithTtl(self) -> None:
         """An entry written to Redis reads back identical, binary body included, with a TTL set."""
         e = entry(b"\x00\xff binary \xc3\x28")
-        await self.store.set(b"k", e, 30)
-        got = await self.store.get(b"k")
+        spin(self.store.set(b"k", e, 30))
+        got = spin(self.store.get(b"k"))
         self.assertEqual((got.code, got.headers, got.body), (e.code, e.headers, e.body))
-        ttl = await self.pool.ttl(b"t:k")
-        self.assertTrue(0 < int(ttl) <= 30, ttl)
+        ttl = int(self.server.command("TTL", "t:k"))
+        self.assertTrue(0 < ttl <= 30, ttl)
         self.assertIsNone(self.memory.lookup(b"k"))
         self.assertFalse(self.store.down)
 
-    async def test_utf8BodyRoundTrip(self) -> None:
+    def test_utf8BodyRoundTrip(self) -> None:
         """A body that is valid UTF-8 (which txredisapi turns into str) reads back as the same bytes."""
         e = entry("caf\u00e9 \u2603".encode())
-        await self.store.set(b"k", e, 30)
-        self.assertEqual((await self.store.get(b"k")).body, e.body)
+        spin(self.store.set(b"k", e, 30))
+        self.assertEqual(spin(self.store.get(b"k")).body, e.body)
 
-    async def test_deleteAndExpiry(self) -> None:
+    def test_deleteAndExpiry(self) -> None:
         """delete removes the key; Redis expires it by itself after the TTL."""
-        await self.store.set(b"gone", entry(), 30)
-        await self.store.delete(b"gone")
-        self.assertIsNone(await self.store.get(b"gone"))
-        await self.store.set(b"short", entry(), 1)
-        self.assertIsNotNone(await self.store.get(b"short"))
-        for _ in range(100):  # poll with a deadline for Redis's own expiry
-            if await self.store.get(b"short") is None:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
-        self.assertIsNone(await self.store.get(b"short"))
+        spin(self.store.set(b"gone", entry(), 30))
+        spin(self.store.delete(b"gone"))
+        self.assertIsNone(spin(self.store.get(b"gone")))
+        spin(self.store.set(b"short", entry(), 1))
+        self.assertIsNotNone(spin(self.store.get(b"short")))
+        waitUntil(lambda: self.server.command("EXISTS", "t:short") == 0, what="redis expiry")
+        self.assertIsNone(spin(self.store.get(b"short")))
 
-    async def test_serverGoneFallsBackToMemory(self) -> None:
-        """With Redis stopped, the store answers from memory instead of failing."""
-        await self.store.set(b"k", entry(), 30)
-        self.server.stop()
-        self.store.timeout = 0.5
-        await self.store.set(b"m", entry(b"mem"), 30)
-        got = await self.store.get(b"m")
-        self.assertEqual(got.body, b"mem")
+    def test_serverGoneFallsBackToMemory(self) -> None:
+        """With Redis killed, the store answers from memory instead of failing or waiting."""
+        spin(self.store.set(b"k", entry(), 30))
+        self.server.kill()
+        waitUntil(lambda: not stores.isConnected(self.pool), what="pool notices redis is gone")
+        spin(self.store.set(b"m", entry(b"mem"), 30))
+        self.assertEqual(spin(self.store.get(b"m")).body, b"mem")
         self.assertTrue(self.store.down)
-
-
-# Keep the reactor import used for the real-Redis tests (trial runs them on it).
-_ = (defer, reactor)

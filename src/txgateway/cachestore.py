@@ -12,12 +12,14 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .cachepolicy import StoredResponse
 from .interfaces import ICacheStore
+from .stores import StoreHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -173,61 +175,59 @@ class RedisStore:
     """
     Entries in Redis (so replicas share them), expiring by Redis TTL.
 
-    Every call is bounded by C{timeout}.  When one fails, Redis is left
-    alone for C{retryAfter} seconds and the memory store answers instead;
-    the outage is logged once when it starts and once when it ends, and each
-    failed call counts in C{txgateway_store_fallbacks{store="redis",use="cache"}}.
-    Deletes always reach the memory store too, so an invalidation is never
-    undone by the fallback.
+    Every call is bounded by C{timeout}.  Whether Redis is usable is
+    L{txgateway.stores.StoreHealth}'s call (shared with the other Redis
+    users): while it says no (no connection, or a recent failure), the
+    memory store answers at once instead; the outage is logged once when it
+    starts and once when it ends, and every operation served by the memory
+    store because of it counts in
+    C{txgateway_store_fallbacks{store="redis",use="cache"}}.  Deletes always
+    reach the memory store too, so an invalidation is never undone by the
+    fallback.
     """
 
-    retryAfter = 1.0
-
     def __init__(self, redis: Any, clock: IReactorTime, timeout: float, fallback: MemoryStore,
-                 metrics: Metrics | None = None, prefix: bytes = b"txgateway:cache:") -> None:
+                 metrics: Metrics | None = None, prefix: bytes = b"txgateway:cache:",
+                 health: StoreHealth | None = None) -> None:
         self.redis = redis
         self.clock = clock
         self.timeout = timeout
         self.fallback = fallback
-        self.metrics = metrics
         self.prefix = prefix
-        self.downUntil = 0.0
-        self.down = False
+        self.health = health if health is not None else StoreHealth(clock, metrics, "redis", "cache", log=log)
 
-    def _usable(self) -> bool:
-        return self.redis is not None and self.clock.seconds() >= self.downUntil
+    @property
+    def down(self) -> bool:
+        return not self.health.healthy
 
-    def _failed(self, why: Any) -> None:
-        self.downUntil = self.clock.seconds() + self.retryAfter
-        if self.metrics is not None:
-            self.metrics.storeFallbacks.labels("redis", "cache").inc()
-        if not self.down:
-            self.down = True
-            log.warn("redis unreachable for the cache ({why}); using the in-memory store until it answers",
-                     why=getattr(why, "value", why))
-
-    def _ok(self) -> None:
-        if self.down:
-            self.down = False
-            log.info("redis answers again; the cache uses it")
+    def _try(self) -> bool:
+        if self.redis is not None and self.health.shouldTry(self.redis):
+            return True
+        self.health.fellBack()
+        return False
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         try:
             d: Deferred[Any] = getattr(self.redis, method)(*args, **kwargs)
         except Exception as e:  # a pool that raises synchronously is as down as one that errs
-            from twisted.internet.defer import fail
-
             return fail(e)
         d.addTimeout(self.timeout, self.clock)
         return d
 
+    def _failed(self, why: Failure) -> None:
+        if why.check(CancelledError):
+            self.health.abandoned()
+        else:
+            self.health.failed(why.value)
+        self.health.fellBack()
+
     def get(self, key: bytes) -> Deferred[Any]:
-        if not self._usable():
+        if not self._try():
             return self.fallback.get(key)
         result: Deferred[Any] = Deferred()
 
         def got(value: Any) -> None:
-            self._ok()
+            self.health.succeeded()
             if value is None:
                 result.callback(None)
                 return
@@ -235,7 +235,7 @@ class RedisStore:
                 value = value.encode("utf-8")
             result.callback(decodeRecord(value) if isinstance(value, bytes) else None)
 
-        def failed(why: Any) -> None:
+        def failed(why: Failure) -> None:
             self._failed(why)
             self.fallback.get(key).chainDeferred(result)
 
@@ -246,16 +246,16 @@ class RedisStore:
         seconds = int(ttl + 0.999)
         if seconds <= 0:
             return self.delete(key)
-        if not self._usable():
+        if not self._try():
             return self.fallback.set(key, entry, ttl)
         self.fallback.remove(key)  # the memory copy would otherwise outlive a newer Redis copy
         result: Deferred[None] = Deferred()
 
         def done(_: Any) -> None:
-            self._ok()
+            self.health.succeeded()
             result.callback(None)
 
-        def failed(why: Any) -> None:
+        def failed(why: Failure) -> None:
             self._failed(why)
             self.fallback.set(key, entry, ttl).chainDeferred(result)
 
@@ -264,16 +264,19 @@ class RedisStore:
 
     def delete(self, key: bytes) -> Deferred[None]:
         self.fallback.remove(key)
-        if not self._usable():
+        if self.redis is None or not self.health.shouldTry(self.redis):
             return succeed(None)
         result: Deferred[None] = Deferred()
 
         def done(_: Any) -> None:
-            self._ok()
+            self.health.succeeded()
             result.callback(None)
 
-        def failed(why: Any) -> None:
-            self._failed(why)
+        def failed(why: Failure) -> None:
+            if why.check(CancelledError):
+                self.health.abandoned()
+            else:
+                self.health.failed(why.value)
             result.callback(None)
 
         self._call("delete", self.prefix + key).addCallbacks(done, failed)

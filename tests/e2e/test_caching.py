@@ -7,15 +7,14 @@ gateway processes.  Each test names the RFC section it shows.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from typing import Any
 from urllib.parse import quote
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e.harness import Backend, GatewayProcess, Response, request, simpleConfig, waitFor
-from tests.test_caching_store import RedisServer
+from tests.redisserver import RedisServer
 
 
 def url(key: str, **params: Any) -> str:
@@ -211,14 +210,12 @@ class RedisSharedCacheTests(SynchronousTestCase):
     """store: redis shares entries between gateway replicas and survives Redis going away."""
 
     def setUp(self) -> None:
-        if shutil.which("redis-server") is None:
-            raise SkipTest("redis-server not installed (bash scripts/ensure-redis.sh)")
         self.redis = RedisServer().start()
-        self.addCleanup(self.redis.stop)
+        self.addCleanup(self.redis.cleanup)
         self.backend = Backend("origin").start()
         self.addCleanup(self.backend.stop)
         config = simpleConfig([self.backend.url], routeExtra="    cache: {store: redis}",
-                              extra=f'stores: {{redis: "redis://127.0.0.1:{self.redis.port}/0", redis_timeout: 200ms}}')
+                              extra=f'stores: {{redis: "{self.redis.url}", redis_timeout: 200ms}}')
         self.gateways = []
         for _ in range(2):
             gw = GatewayProcess(config)
@@ -235,7 +232,7 @@ class RedisSharedCacheTests(SynchronousTestCase):
         hit = b.request("GET", path)
         self.assertTrue(hit.header("Cache-Status").startswith("txgateway; hit"), hit.headers)
         self.assertEqual(hit.json()["n"], first.json()["n"])
-        self.redis.stop()
+        self.redis.kill()
         down = a.request("GET", url("after", cc="max-age=30"))
         self.assertEqual(down.status, 200)
         self.assertEqual(a.request("GET", url("after", cc="max-age=30")).header("Cache-Status")[:14],
