@@ -462,6 +462,16 @@ class ValidationTests(CacheTestCase):
         self.assertEqual(ex.cacheStatus, b"txgateway; fwd=stale; fwd-status=200; stored")
         self.assertEqual(self.get().body, b"new")
 
+    def test_unmatched304IsNotRelayedToAnUnconditionalClient(self) -> None:
+        """§4.3.4: a 304 whose validator matches nothing stored is not used; the request is sent again plainly."""
+        self.runtime.script(self.ok(b"max-age=10", (b"ETag", b'"v1"'), body=b"old"))
+        self.get()
+        self.clock.advance(20)
+        self.runtime.script(FakeResponse(304, [(b"ETag", b'"v9"')], b""), self.ok(b"max-age=10", body=b"new"))
+        ex = self.get()
+        self.assertEqual((ex.status, ex.body), (200, b"new"))
+        self.assertEqual(self.runtime.calls[2][2], {})
+
     def test_staleWithoutValidatorIsRefetched(self) -> None:
         """§4.3.1: without a validator the request is forwarded unconditionally."""
         self.runtime.script(self.ok(b"max-age=10, stale-if-error=600", body=b"old"), self.ok(body=b"new"))

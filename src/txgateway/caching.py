@@ -498,6 +498,13 @@ class ResponseCache:
                 if flight is not None:
                     flight.release(fresh if refusal is None else None)
                 return
+            if entry is not None and code == 304 and not self._clientConditional(context):
+                # §4.3.4: a 304 that matches nothing stored answers our validators,
+                # not the client's request: forget the entry and ask again plainly.
+                _discard(response)
+                self._forget(key)
+                await self._fetch(context, runtime, key, rules, fwd, None, flight)
+                return
             if entry is not None and code in policy.ERROR_STATUS and policy.staleIfError(
                     entry, rules, responseTime, self.maxTTL):
                 _discard(response)
@@ -539,6 +546,11 @@ class ResponseCache:
                     flight.release(stored)
         finally:
             runtime.forwarder.finished(endpoint)
+
+    @staticmethod
+    def _clientConditional(context: RequestContext) -> bool:
+        raw = context.request.requestHeaders.getRawHeaders
+        return raw(b"if-none-match") is not None or raw(b"if-modified-since") is not None
 
     async def _writeThrough(self, context: RequestContext, runtime: Any, fwd: str, result: str,
                             detail: str | None = None) -> None:
