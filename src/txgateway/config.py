@@ -436,6 +436,7 @@ class CacheConfig:
     max_bytes: int = 64 * 1024**2
     max_object_size: int = 1024**2
     store: str = "memory"
+    collapse_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -1212,7 +1213,7 @@ class _Parser:
     def cache(self, value: Any, path: str, line: int | None) -> CacheConfig | None:
         if value is True:
             return CacheConfig()
-        m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store"])
+        m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store", "collapse_timeout"])
         if m is None:
             return None
         d = CacheConfig()
@@ -1221,6 +1222,7 @@ class _Parser:
             max_bytes=self.get(m, "max_bytes", path, size, d.max_bytes),
             max_object_size=self.get(m, "max_object_size", path, size, d.max_object_size),
             store=self.get(m, "store", path, oneOf("memory", "redis"), d.store),
+            collapse_timeout=self.get(m, "collapse_timeout", path, duration, d.collapse_timeout),
         )
 
     def cors(self, value: Any, path: str, line: int | None) -> CorsConfig | None:

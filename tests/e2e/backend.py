@@ -26,6 +26,17 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /control/mode?hang=1        ... or never answers (counted in /hangs)
   /control/mode               back to normal behaviour
   /raw/KIND               these exact bytes, then close (see RAW below): broken framing, bad fields, a bare response
+  /cacheable?...          a cacheable-looking JSON answer shaped by parameters (all optional):
+                          cc (Cache-Control), etag (304 on a matching If-None-Match), lm=N (Last-Modified
+                          N s ago; 304 on If-Modified-Since when no etag), expires=N (Expires N s from now,
+                          may be negative), date=N (Date shifted N s), age=N (Age), vary (Vary, and the body
+                          echoes those request fields), cookie=1 (Set-Cookie), auth=1 (body says whether
+                          Authorization came), status, ms (delay), bytes=N (body padded to N bytes),
+                          key (counter name; default the path+query).  The body is JSON with "n", the
+                          number of requests this key has seen, so a test can tell a cached answer.
+                          POST/PUT/DELETE answer 201/200/204 (Location from loc=).
+  /cacheable-count?key=K  how many requests /cacheable saw for key K
+  /control/cacheable?key=K&status=S   from now on answer S for key K (status=0 restores)
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -40,8 +52,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 
 STATE: dict[str, Any] = {"healthy": True, "count": 0, "jwks": None, "mode": None, "hangOpen": 0,
-                         "hangCancelled": 0, "hangTotal": 0}
-_EXEMPT = ("/count", "/hangs")
+                         "hangCancelled": 0, "hangTotal": 0, "keys": {}, "fail": {}}
+_EXEMPT = ("/count", "/hangs", "/cacheable-count")
 
 
 class Origin(resource.Resource):
@@ -126,6 +138,13 @@ class Origin(resource.Resource):
             transport.write(RAW[path[5:]])
             transport.loseConnection()
             return server.NOT_DONE_YET
+        if path == "/cacheable":
+            return _cacheable(request, self.name, args)
+        if path == "/cacheable-count":
+            return str(STATE["keys"].get(args.get("key", ""), 0)).encode()
+        if path == "/control/cacheable":
+            STATE["fail"][args.get("key", "")] = int(args.get("status", "0"))
+            return b"ok\n"
         if path == "/cache":
             etag = args.get("etag")
             if etag:
@@ -173,6 +192,64 @@ RAW = {
     "conn-named": b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nX-Public: p\r\n"
                   b"Content-Length: 2\r\n\r\nok",
 }
+
+
+def _cacheable(request: server.Request, name: str, args: dict[str, str]) -> Any:
+    from email.utils import formatdate
+
+    key = args.get("key") or request.uri.decode("latin-1")
+    n = STATE["keys"][key] = STATE["keys"].get(key, 0) + 1
+    now = time.time()
+    method = request.method
+    if method in (b"POST", b"PUT", b"DELETE", b"PATCH"):
+        request.setResponseCode({b"POST": 201, b"DELETE": 204}.get(method, 200))
+        if "loc" in args:
+            request.setHeader(b"Location", args["loc"].encode())
+        return b"" if method == b"DELETE" else json.dumps({"n": n, "method": method.decode()}).encode()
+    failing = STATE["fail"].get(key, 0)
+    if failing:
+        request.setResponseCode(failing)
+        return f"failing with {failing}\n".encode()
+    if "date" in args:
+        request.setHeader(b"Date", formatdate(now + float(args["date"]), usegmt=True).encode())
+    if "age" in args:
+        request.setHeader(b"Age", args["age"].encode())
+    if "cc" in args:
+        request.setHeader(b"Cache-Control", args["cc"].encode())
+    if "expires" in args:
+        request.setHeader(b"Expires", formatdate(now + float(args["expires"]), usegmt=True).encode())
+    if "cookie" in args:
+        request.setHeader(b"Set-Cookie", b"session=" + str(n).encode() + b"; Path=/")
+    etag = args.get("etag")
+    lm = formatdate(now - float(args["lm"]), usegmt=True).encode() if "lm" in args else None
+    if lm is not None:
+        request.setHeader(b"Last-Modified", lm)
+    if etag:
+        request.setHeader(b"ETag", etag.encode())
+        inm = request.getHeader(b"if-none-match")
+        if inm is not None and etag.encode() in [t.strip() for t in inm.split(b",")]:
+            request.setResponseCode(304)
+            return b""
+    elif lm is not None and request.getHeader(b"if-modified-since") == lm:
+        request.setResponseCode(304)
+        return b""
+    body: dict[str, Any] = {"n": n, "backend": name, "key": key}
+    if "vary" in args:
+        request.setHeader(b"Vary", args["vary"].encode())
+        body["varied"] = {f.strip(): (request.getHeader(f.strip().encode()) or b"").decode("latin-1")
+                          for f in args["vary"].split(",") if f.strip() != "*"}
+    if "auth" in args:
+        body["authorized"] = request.getHeader(b"authorization") is not None
+    if "status" in args:
+        request.setResponseCode(int(args["status"]))
+    request.setHeader(b"Content-Type", b"application/json")
+    data = json.dumps(body).encode()
+    if "bytes" in args:
+        data = data + b" " * max(0, int(args["bytes"]) - len(data))
+    if "ms" in args:
+        reactor.callLater(int(args["ms"]) / 1000, _finish, request, data)
+        return server.NOT_DONE_YET
+    return data
 
 
 def _finish(request: server.Request, data: bytes) -> None:
