@@ -343,14 +343,17 @@ class ServiceReloadTests(FileMixin, SynchronousTestCase):
 
     def test_unchangedUpstreamKeepsEndpointsPoolsHealthAndBreakers(self) -> None:
         """An upstream that stays keeps its Endpoint objects (health, breaker, in-flight) and pool."""
-        service = self.makeService(configText(targets="http://127.0.0.1:9100, http://127.0.0.1:9101"))
+        probed = "    health: {active: {path: /health, interval: 5s}}"
+        service = self.makeService(configText(targets="http://127.0.0.1:9100, http://127.0.0.1:9101",
+                                              upstreamExtra=probed))
         old = service.gateway.runtime.clusters["app"]
         e0, e1 = old.endpoints
         e0.activeHealthy = False
         e0.inFlight = 3
         breaker = _FakeBreaker()
         e1.breaker = breaker  # type: ignore[assignment]
-        self.write(configText(ROUTE_A + "\n" + ROUTE_B, targets="http://127.0.0.1:9100, http://127.0.0.1:9101"))
+        self.write(configText(ROUTE_A + "\n" + ROUTE_B, targets="http://127.0.0.1:9100, http://127.0.0.1:9101",
+                              upstreamExtra=probed))
         self.assertEqual(service.reload(), [])
         new = service.gateway.runtime.clusters["app"]
         self.assertIsNot(new, old)

@@ -145,7 +145,8 @@ class RoutingE2ETests(SynchronousTestCase):
 
     def test_dotSegmentsCannotDodgeARoute(self) -> None:
         """/public/../admin is /admin: it takes admin's route, and the backend receives the normalised path."""
-        for raw in ("/public/../admin/x", "/public/%2e%2E/admin/x", "//admin//x", "/public/./../admin/./x"):
+        # (Dot segments spelled with escapes are refused outright: see the hardening tests.)
+        for raw in ("/public/../admin/x", "//admin//x", "/public/./../admin/./x"):
             data = echoed(get(raw))
             self.assertEqual((raw, data["backend"], data["uri"]), (raw, "b", "/admin/x"))
 
