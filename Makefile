@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-chromium.sh
-	$(BIN)/ruff check src tests twisted examples bench
+	$(BIN)/ruff check src tests twisted examples bench scripts
 	$(BIN)/mypy
 	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m twisted.trial --temp-directory=/tmp/_trial_temp_txgw tests
 	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m pytest -q tests

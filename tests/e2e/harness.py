@@ -9,7 +9,9 @@ deadline passes", never a sleep standing in for a timing assumption.
 
 from __future__ import annotations
 
+import atexit
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -100,20 +102,60 @@ def request(port: int, method: str = "GET", path: str = "/", headers: Mapping[st
         conn.close()
 
 
-def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send bytes as they are; return everything read until the server closes or goes quiet."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
+def readAll(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes or goes quiet; the socket is closed after."""
+    chunks = []
+    with s:
         try:
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except TimeoutError:
+        except OSError:
             pass
-        return b"".join(chunks)
+    return b"".join(chunks)
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes as they are; return everything read until the server closes or goes quiet."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    return readAll(s)
+
+
+def echoed(response: Response | bytes) -> dict[str, Any]:
+    """The JSON that tests/e2e/backend.py's /echo returns, plus C{h}: lower-cased name -> values."""
+    data: dict[str, Any] = json.loads(response.body if isinstance(response, Response) else response)
+    data["h"] = {}
+    for k, v in data["headers"]:
+        data["h"].setdefault(k.lower(), []).append(v)
+    return data
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def shared(key: str, start: Callable[[list[Any]], Any]) -> Any:
+    """
+    Processes started once per test run and stopped at exit.
+
+    C{start(started)} appends each Backend or GatewayProcess to C{started} as
+    it starts it; the cleanup is registered before, so a gateway that fails to
+    come up does not leave its origins running.
+    """
+    if key not in _SHARED:
+        started: list[Any] = []
+        atexit.register(_stopAll, started)
+        _SHARED[key] = start(started)
+    return _SHARED[key]
+
+
+def _stopAll(started: list[Any]) -> None:
+    for thing in reversed(started):
+        thing.stop()
+        if isinstance(thing, GatewayProcess):
+            thing.cleanup()
 
 
 class Backend:

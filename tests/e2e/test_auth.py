@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, Response, request, waitFor
+from .harness import Backend, GatewayProcess, Response, echoed, request, waitFor
 
 HS_SECRET = "e2e-hs256-secret-0123456789abcdef-0123456789abcdef"
 ALICE_KEY = "alice-e2e-key-8c1f"
@@ -99,10 +99,6 @@ def staffClaims(**extra: Any) -> dict[str, Any]:
     claims = {"sub": "carol", "iss": "https://auth.example.com/", "aud": "txgateway", "exp": int(time.time()) + 300}
     claims.update(extra)
     return claims
-
-
-def echoed(response: Response) -> dict[str, Any]:
-    return json.loads(response.body)  # type: ignore[no-any-return]
 
 
 def sentHeader(response: Response, name: str) -> list[str]:

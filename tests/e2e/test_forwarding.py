@@ -8,7 +8,6 @@ start their own.
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import http.client
 import json
@@ -18,36 +17,25 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, freePort, raw, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, echoed, freePort, raw, request, simpleConfig, waitFor
+from .harness import shared as sharedProcesses
 
-_shared: dict[str, Any] = {}
+
+def _start(started: list[Any]) -> tuple[GatewayProcess, Backend]:
+    backend = Backend("origin")
+    started.append(backend)
+    backend.start()
+    gw = GatewayProcess(simpleConfig(
+        [backend.url],
+        upstreamExtra="    timeouts: {connect: 1s, response: 2s}\n    retries: false",
+    ).replace("  listen:", "  max_request_body: 1KiB\n  max_header_bytes: 4KiB\n  trusted_proxies: [10.9.9.9/32]\n  listen:"))
+    started.append(gw)
+    gw.start()
+    return gw, backend
 
 
 def shared() -> tuple[GatewayProcess, Backend]:
-    if not _shared:
-        backend = Backend("origin").start()
-        gw = GatewayProcess(simpleConfig(
-            [backend.url],
-            upstreamExtra="    timeouts: {connect: 1s, response: 2s}\n    retries: false",
-            extra="",
-        ).replace("  listen:", "  max_request_body: 1KiB\n  max_header_bytes: 4KiB\n  trusted_proxies: [10.9.9.9/32]\n  listen:")).start()
-        _shared.update(gw=gw, backend=backend)
-
-        def cleanup() -> None:
-            gw.stop()
-            gw.cleanup()
-            backend.stop()
-
-        atexit.register(cleanup)
-    return _shared["gw"], _shared["backend"]
-
-
-def echoed(resp: Any) -> dict[str, Any]:
-    data = json.loads(resp.body)
-    data["h"] = {}
-    for k, v in data["headers"]:
-        data["h"].setdefault(k.lower(), []).append(v)
-    return data
+    return sharedProcesses("forwarding", _start)  # type: ignore[no-any-return]
 
 
 class ForwardingTests(SynchronousTestCase):

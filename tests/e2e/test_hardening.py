@@ -9,8 +9,6 @@ slowloris and connection-cap tests start their own.
 
 from __future__ import annotations
 
-import atexit
-import json
 import select
 import socket
 import time
@@ -18,18 +16,18 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, raw, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, echoed, raw, readAll, request, simpleConfig, waitFor
+from .harness import shared as sharedProcesses
 
-_shared: dict[str, Any] = {}
 
-
-def shared() -> tuple[GatewayProcess, Backend]:
-    if not _shared:
-        backend = Backend("origin").start()
-        config = simpleConfig(
-            [backend.url],
-            upstreamExtra="    timeouts: {connect: 1s, response: 3s}\n    retries: false",
-            routeExtra="""\
+def _start(started: list[Any]) -> tuple[GatewayProcess, Backend]:
+    backend = Backend("origin")
+    started.append(backend)
+    backend.start()
+    config = simpleConfig(
+        [backend.url],
+        upstreamExtra="    timeouts: {connect: 1s, response: 3s}\n    retries: false",
+        routeExtra="""\
   - name: files
     match: {path_prefix: /files}
     upstream: app
@@ -40,21 +38,19 @@ def shared() -> tuple[GatewayProcess, Backend]:
     upstream: app
     rewrite_prefix: /echo/api
 """,
-        ).replace("  timeouts: {drain: 10s}", """\
+    ).replace("  timeouts: {drain: 10s}", """\
   max_request_body: 1KiB
   max_uri_bytes: 500
   trusted_proxies: [127.0.0.1/32]
   timeouts: {drain: 10s, request_header: 1s, request_body: 1s}""")
-        gw = GatewayProcess(config).start()
-        _shared.update(gw=gw, backend=backend)
+    gw = GatewayProcess(config)
+    started.append(gw)
+    gw.start()
+    return gw, backend
 
-        def cleanup() -> None:
-            gw.stop()
-            gw.cleanup()
-            backend.stop()
 
-        atexit.register(cleanup)
-    return _shared["gw"], _shared["backend"]
+def shared() -> tuple[GatewayProcess, Backend]:
+    return sharedProcesses("hardening", _start)  # type: ignore[no-any-return]
 
 
 def status(data: bytes) -> int:
@@ -72,29 +68,6 @@ def split(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
         k, _, v = line.partition(b":")
         headers.setdefault(k.strip().lower(), []).append(v.strip())
     return status(data), headers, body
-
-
-def echoed(body: bytes) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(body)
-    data["h"] = {}
-    for k, v in data["headers"]:
-        data["h"].setdefault(k.lower(), []).append(v)
-    return data
-
-
-def readAll(s: socket.socket) -> bytes:
-    """Everything the server sends until it closes; the socket is closed after."""
-    chunks = []
-    with s:
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except OSError:
-            pass
-    return b"".join(chunks)
 
 
 def get(path: bytes = b"/echo", *headers: bytes, method: bytes = b"GET") -> bytes:

@@ -9,13 +9,12 @@ origins serve the whole module (started on first use, stopped at exit).
 
 from __future__ import annotations
 
-import atexit
-import json
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, Response
+from .harness import Backend, GatewayProcess, Response, echoed
+from .harness import shared as sharedProcesses
 
 CONFIG = """\
 server:
@@ -61,48 +60,25 @@ routes:
     allow_encoded_slash: true
 """
 
-_shared: dict[str, Any] = {}
+def _start(started: list[Any]) -> GatewayProcess:
+    a = Backend("a")
+    started.append(a)
+    a.start()
+    b = Backend("b")
+    started.append(b)
+    b.start()
+    gw = GatewayProcess(CONFIG.format(a=a.url, b=b.url))
+    started.append(gw)
+    gw.start()
+    return gw
 
 
 def shared() -> GatewayProcess:
-    if not _shared:
-        started: list[Any] = []
-
-        def cleanup() -> None:
-            for thing in reversed(started):
-                if isinstance(thing, GatewayProcess):
-                    thing.stop()
-                    thing.cleanup()
-                else:
-                    thing.stop()
-
-        # Registered before anything starts, so a gateway that fails to come
-        # up does not leave its origins running after the test run.
-        atexit.register(cleanup)
-        a = Backend("a")
-        started.append(a)
-        a.start()
-        b = Backend("b")
-        started.append(b)
-        b.start()
-        gw = GatewayProcess(CONFIG.format(a=a.url, b=b.url))
-        started.append(gw)
-        gw.start()
-        _shared.update(gw=gw, a=a, b=b)
-    gw: GatewayProcess = _shared["gw"]
-    return gw
+    return sharedProcesses("routing", _start)  # type: ignore[no-any-return]
 
 
 def get(path: str, headers: dict[str, str] | None = None, method: str = "GET", host: str = "h.test") -> Response:
     return shared().request(method, path, {"Host": host, **(headers or {})})
-
-
-def echoed(resp: Response) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(resp.body)
-    data["h"] = {}
-    for k, v in data["headers"]:
-        data["h"].setdefault(k.lower(), []).append(v)
-    return data
 
 
 class RoutingE2ETests(SynchronousTestCase):
