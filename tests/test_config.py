@@ -118,6 +118,7 @@ class ProblemTests(SynchronousTestCase):
         """An admin listener on every interface without a token is refused."""
         self.assertIn("admin.listen", problems(MINIMAL + "admin:\n  listen: tcp:8090\n")[0])
         parseConfig(MINIMAL + "admin:\n  listen: tcp:8090\n  token: s3cret\n")
+        self.assertIn("admin.token: is empty", problems(MINIMAL + "admin:\n  listen: tcp:8090\n  token: ' '\n")[0])
 
     def test_missingSecretFileIsNamed(self) -> None:
         """A secret_file that cannot be read is an error naming the key."""

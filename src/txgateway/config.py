@@ -699,6 +699,9 @@ class _Parser:
         tokenBytes = self.readFile(m, "token_file", "admin")
         if tokenBytes is not None:
             token = tokenBytes.decode("utf-8", "replace").strip()
+        if token is not None and not token.strip():
+            self.problem("admin.token", m.lines.get("token", m.lines.get("token_file")),
+                         "is empty: give a real token, or leave the key out")
         if token is None and not _loopbackOnly(listen):
             self.problem("admin.listen", m.lines.get("listen"),
                          "binds beyond loopback: set admin.token (or listen on interface=127.0.0.1)")
