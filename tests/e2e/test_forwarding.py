@@ -11,13 +11,18 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, echoed, freePort, raw, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, childEnv, echoed, freePort, raw, request, simpleConfig, waitFor
 from .harness import shared as sharedProcesses
 
 
@@ -293,3 +298,31 @@ def _refused(port: int) -> bool:
         return True
 
 
+
+
+class DaemonTests(SynchronousTestCase):
+    def test_daemonModeWritesPidfileAndLogfileAndServes(self) -> None:
+        """`twistd --pidfile --logfile txgateway` detaches, serves, logs to its file and removes the pidfile on stop."""
+        backend = Backend("daemon").start()
+        self.addCleanup(backend.stop)
+        gw = GatewayProcess(simpleConfig([backend.url]))
+        self.addCleanup(gw.cleanup)
+        gw.configPath.write_text(gw.config)
+        pidfile, logfile = gw.dir / "gw.pid", gw.dir / "gw.log"
+        twistd = str(Path(sys.executable).parent / "twistd")
+        subprocess.run([twistd, f"--pidfile={pidfile}", f"--logfile={logfile}", "txgateway", "--config",
+                        str(gw.configPath)], check=True, env=childEnv(), cwd=gw.dir, timeout=30)
+        pid = int(waitFor(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
+        self.addCleanup(lambda: _kill(pid))
+        waitFor(lambda: gw.request("GET", "/ready", timeout=1).status == 200, what="the daemon to be ready")
+        self.assertEqual(gw.request("GET", "/echo").header("X-Backend"), "daemon")
+        os.kill(pid, signal.SIGTERM)
+        waitFor(lambda: not pidfile.exists(), what="the daemon to stop and remove its pidfile")
+        self.assertIn('"route":"all"', logfile.read_text())
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
