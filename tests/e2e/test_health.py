@@ -9,16 +9,9 @@ backend dies and returns.
 
 from __future__ import annotations
 
-import random
 import threading
-from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-
-from txgateway.config import RetryConfig
-from txgateway.context import RequestContext
-from txgateway.retrying import RetryPolicy
 
 from .harness import Backend, GatewayProcess, request, simpleConfig, waitFor
 
@@ -29,20 +22,6 @@ UPSTREAM = """\
       active: {path: /health, interval: 100ms, timeout: 500ms, healthy_after: 2, unhealthy_after: 2}
       when_all_unhealthy: fail_open
     retries: {attempts: 2, on: [connect_failure, reset, 502, 503], backoff: 1ms, budget: 100%}"""
-
-
-def _policyRetriesResets() -> bool:
-    """
-    Whether this build's retry policy retries a GET that ended in a reset.
-
-    Killing a backend can catch a request on a kept-alive connection to it:
-    that attempt ends as a reset, and "none fails" holds only when resets
-    are retried.  The foundation policy retries connect failures only.
-    """
-    context: Any = RequestContext(object(), 0.0, "r", "127.0.0.1", "127.0.0.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
-    context.attempts = 1
-    policy = RetryPolicy(RetryConfig(attempts=2, on=("reset",), budget=1.0), Clock(), random.Random(0))
-    return policy.shouldRetry(context, "reset", True) is not None
 
 
 class Traffic:
@@ -158,10 +137,6 @@ class HealthEndToEndTests(SynchronousTestCase):
         metrics = self.gw.request("GET", "/metrics").body.decode()
         self.assertIn(f'txgateway_target_health_transitions_total{{target="{sick.url}",to="unhealthy",upstream="app"}} 1.0',
                       metrics)
-
-    if not _policyRetriesResets():
-        test_killedBackendIsTakenOutAndRejoinsOnRestart.skip = (  # type: ignore[attr-defined]
-            "the retry policy does not retry resets yet (resilience issue), so a kill can fail one request")
 
     def attempts(self, url: str) -> float:
         """Attempts the gateway sent to C{url}, over every outcome, from its /metrics."""
