@@ -18,7 +18,9 @@ import hashlib
 import hmac
 import html
 import json
+import os
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -551,6 +553,10 @@ class AdminResource(Resource):
             return self._json(request, 403, {"error": "cross-origin request refused"})
         log.info("config reload requested on the admin listener by {peer}", peer=_peer(request))
         problems = self.target.reload()
+        if not problems and getattr(self.target, "workerId", None) is not None:
+            # One worker took this request; the supervisor passes the reload
+            # on to every worker (this one reloads again, harmlessly).
+            os.kill(os.getppid(), signal.SIGHUP)
         return self._json(request, 200 if not problems else 422, {"ok": not problems, "problems": problems})
 
     # -- writing

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, freePort, request, simpleConfig, waitFor
 
 
 def workersSeen(gw: GatewayProcess, want: int, tries: int = 400) -> dict[int, int]:
@@ -75,3 +75,22 @@ class WorkerTests(SynchronousTestCase):
             t.join(20)
         self.assertEqual([r.status for r in results], [200] * 4)
         self.assertEqual(self.gw.stop(), 0)
+
+
+class WorkerReloadTests(SynchronousTestCase):
+    def test_adminReloadReachesEveryWorker(self) -> None:
+        """POST /api/config/reload on the admin listener, answered by one worker, reloads them all."""
+        backend = Backend("wr").start()
+        self.addCleanup(backend.stop)
+        adminPort = freePort()
+        base = simpleConfig([backend.url]).replace("  timeouts: {drain: 10s}",
+                                                   "  timeouts: {drain: 10s}\n  workers: 2\n  watch_config: false")
+        base += f'admin:\n  listen: "tcp:{adminPort}:interface=127.0.0.1"\n'
+        gw = GatewayProcess(base.replace("match: {path_prefix: /}", "match: {path_prefix: /old}")).start()
+        self.addCleanup(gw.cleanup)
+        workersSeen(gw, 2)
+        self.assertEqual(gw.request("GET", "/new/echo").status, 404)
+        gw.configPath.write_text(gw.config.replace("match: {path_prefix: /old}", "match: {path_prefix: /new}"))
+        self.assertEqual(request(adminPort, "POST", "/api/config/reload").status, 200)
+        waitFor(lambda: all(gw.request("GET", "/new/echo").status == 200 for _ in range(40)),
+                what="every worker to serve the new route")
