@@ -154,27 +154,19 @@ class _BodyCollector(Protocol):
     """Reads a body nobody is waiting for (background revalidation); None when too big or cut off."""
 
     def __init__(self, limit: int, done: Deferred[bytes | None]) -> None:
-        self.limit = limit
         self.done = done
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.overflow = False
+        self.tee = _Tee(limit, self._tooBig)
+
+    def _tooBig(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
-        if self.overflow:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.overflow = True
-            self.chunks = []
-            if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
-            return
-        self.chunks.append(data)
+        self.tee(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        complete = reason.check(ResponseDone, PotentialDataLoss) is not None and not self.overflow
-        self.done.callback(b"".join(self.chunks) if complete else None)
+        complete = reason.check(ResponseDone, PotentialDataLoss) is not None and not self.tee.overflow
+        self.done.callback(b"".join(self.tee.chunks) if complete else None)
 
 
 class _Discard(Protocol):
