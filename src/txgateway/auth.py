@@ -51,7 +51,6 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from .context import LocalResponse, RequestContext
-from .cors import corsFilter as _corsFilter
 from .interfaces import IAuthenticator, IRequestFilter
 from .middleware import jsonResponse
 
@@ -811,10 +810,5 @@ def authFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
     return AuthFilter(policy, authenticatorsFor(policy, resourcesFor(deps)), deps.metrics, route.name)
 
 
-def corsFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
-    """The route's CORS handling (preflights answered here, see L{txgateway.cors}), or None."""
-    return _corsFilter(route, deps)
-
-
 __all__ = ["AuthFilter", "AuthResources", "AuthResult", "ApiKeyAuthenticator", "BasicAuthenticator",
-           "JwksKeys", "JwtAuthenticator", "authFilter", "corsFilter"]
+           "JwksKeys", "JwtAuthenticator", "authFilter"]

@@ -101,9 +101,9 @@ FilterFactory = Callable[["CompiledRoute", Deps], "IRequestFilter | None"]
 
 def filterFactories() -> list[FilterFactory]:
     """The chain's builders, in order.  Each returns None when its route does not use it."""
-    from . import auth, limiting
+    from . import auth, cors, limiting
 
-    return [ipFilterFor, auth.corsFilter, auth.authFilter, limiting.rateLimitFilter]
+    return [ipFilterFor, cors.corsFilter, auth.authFilter, limiting.rateLimitFilter]
 
 
 def ipFilterFor(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
