@@ -37,11 +37,18 @@ def shift(text: str) -> str:
     return re.sub(r"(?m)^(#+) ", lambda m: "#" * max(2, len(m.group(1)) + delta) + " ", text)
 
 
+def relink(text: str) -> str:
+    """Links written from docs/config/ point one folder up, or at a sibling page now joined into this one."""
+    pages = "|".join(re.escape(n) for n in ORDER)
+    text = re.sub(rf"\]\((?:{pages})\.md(#[^)]*)\)", r"](\1)", text)
+    return re.sub(r"\]\(\.\./", "](", text)
+
+
 def build() -> str:
     parts = []
     titles = []
     for name in ORDER:
-        text = shift((DOCS / "config" / f"{name}.md").read_text().strip())
+        text = relink(shift((DOCS / "config" / f"{name}.md").read_text().strip()))
         parts.append(text)
         first = re.search(r"(?m)^## (.+)$", text)
         if first:
