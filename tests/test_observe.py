@@ -29,6 +29,7 @@ from txgateway.observe import (
     Metrics,
     TwistdLogAdopter,
     jsonFormatter,
+    jsonLine,
     parseTraceparent,
     redact,
     requestIdFrom,
@@ -447,6 +448,37 @@ class LogTests(SynchronousTestCase):
         self.assertIn("request_id=t-1 ", line)
         self.assertIn("route=all ", line)
         self.assertIn("status=200 ", line)
+
+    def test_jsonLineIsWhatJsonDumpsWrites(self) -> None:
+        """The access log's own JSON encoder writes exactly what json.dumps would."""
+        entries: list[dict[str, Any]] = [
+            {"time": "2024-01-01T00:00:00.000Z", "request_id": "r", "status": 200, "duration_ms": 1.25,
+             "targets_tried": None, "cache": None},
+            {"path": '/caf\u00e9/"q"\\/\x00\n\u2028', "targets_tried": ["http://a:1", 'http://"b"'],
+             "attempts": 0, "duration_ms": 0.0, "big": 10**20, "tiny": 1e-7, "flag": True, "off": False},
+            {"odd": {"nested": [1, 2]}, "nan": float("nan"), "mixed": [1, "a"], "uni\u00e9key": -3},
+        ]
+        for entry in entries:
+            self.assertEqual(jsonLine(entry), json.dumps(entry, separators=(",", ":")) + "\n")
+
+    def test_accessLogFileFlushedOncePerReactorTurn(self) -> None:
+        """With a clock, lines written in one reactor turn reach the file in one flush."""
+        flushes: list[str] = []
+
+        class Out(io.StringIO):
+            def flush(self) -> None:
+                flushes.append(self.getvalue())
+
+        clock = MemoryReactorClock()
+        out = Out()
+        gw = InMemoryGateway()
+        gw.service.accessLog = gw.gateway.runtime.accessLog = AccessLog(True, out, "json", clock)
+        gw.request("GET", "/x", {"X-Request-ID": "f-1"})
+        gw.request("GET", "/x", {"X-Request-ID": "f-2"})
+        self.assertEqual(flushes, [])
+        clock.advance(0)
+        self.assertEqual(len(flushes), 1)
+        self.assertEqual([json.loads(line)["request_id"] for line in flushes[0].splitlines()], ["f-1", "f-2"])
 
     def test_twistdObserverAdoptedAtFirstEvent(self) -> None:
         """An observer added before twistd's file observer re-points it before the first line is written."""
