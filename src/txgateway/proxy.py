@@ -163,7 +163,37 @@ class _StrictResponseParser(HTTPClientParser):
                     raise InvalidUpstreamResponse(f"unsupported Transfer-Encoding {b', '.join(te)[:60]!r}")
             for token in connectionTokens(conn):
                 self.headers.removeHeader(token)
-        super().allHeadersReceived()
+        # Twisted pauses the connection here until someone asks for the body,
+        # then resumes it: on epoll that is an unregister and a register of
+        # the socket (two syscalls) per response.  The gateway asks for the
+        # body while the response Deferred fires, so the pause is kept back
+        # and applied only if the body is still unclaimed when it has fired.
+        transport: Any = self.transport
+        recorder = _PauseRecorder(transport)
+        self.transport = recorder  # type: ignore[assignment]
+        try:
+            super().allHeadersReceived()
+        finally:
+            self.transport = transport
+        response = getattr(self, "response", None)
+        if recorder.paused and response is not None and getattr(response, "_state", "INITIAL") == "INITIAL":
+            transport.pauseProducing()
+
+
+class _PauseRecorder:
+    """Stands for the parser's transport while headers complete: notes a pause instead of pausing."""
+
+    __slots__ = ("_transport", "paused")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _StrictClientProtocol(HTTP11ClientProtocol):
