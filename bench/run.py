@@ -72,8 +72,8 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+def env(tree: Path = REPO) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "src"), str(tree)]))
 
 
 # -- /proc readings (of a process and the workers it started)
@@ -142,11 +142,11 @@ def ensureWrk() -> str:
 
 
 class Proc:
-    def __init__(self, cmd: list[str], cpu: str | None = None, cwd: Path | None = None) -> None:
+    def __init__(self, cmd: list[str], cpu: str | None = None, cwd: Path | None = None, tree: Path = REPO) -> None:
         if cpu is not None:
             cmd = ["taskset", "-c", cpu, *cmd]
         self.started = time.monotonic()
-        self.p = subprocess.Popen(cmd, env=env(), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.p = subprocess.Popen(cmd, env=env(tree), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @property
     def pid(self) -> int:
@@ -239,13 +239,13 @@ class Gateway(Proc):
     """txgateway under twistd with the realistic config, in its own temp directory."""
 
     def __init__(self, tmp: Path, targets: list[str], routes: int, workers: int = 1,
-                 cpu: str | None = PROXY_CPU) -> None:
+                 cpu: str | None = PROXY_CPU, tree: Path = REPO) -> None:
         self.port = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "gw.yaml"
         config.write_text(gatewayConfig(self.port, targets, routes, tmp / "access.log", workers))
         super().__init__([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null", "txgateway",
-                          "--config", str(config)], cpu=cpu, cwd=tmp)
+                          "--config", str(config)], cpu=cpu, cwd=tmp, tree=tree)
         self.coldStart = waitFor200(self.port, PATH, self)
 
 
