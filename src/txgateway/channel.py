@@ -172,6 +172,7 @@ class GatewayChannel(http.HTTPChannel):
     _expectRequestLine = True
     _deadline: IDelayedCall | None = None
     _peerHost: str | None = None
+    _localAddress: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -188,6 +189,14 @@ class GatewayChannel(http.HTTPChannel):
         self._disarm()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+    def getHost(self) -> Any:
+        # Every Request asks for it; the TCP transport answers with a
+        # getsockname(2) each time.  A connection's own address never changes.
+        host = self._localAddress
+        if host is None:
+            host = self._localAddress = super().getHost()
+        return host
 
     # -- deadlines
 
