@@ -105,6 +105,7 @@ class GatewayRequest(server.Request):
     _parsePOSTFormSubmission = False
     gone = False
     context: Any = None
+    _bodyBytes: int | None = None  # body bytes read so far; set once the head is in (gotLength)
 
     def gotLength(self, length: int | None) -> None:
         self._bodyBytes = 0
@@ -115,8 +116,8 @@ class GatewayRequest(server.Request):
         if channel is None or channel.refused:
             return
         limit = channel.site.limits.max_request_body
-        self._bodyBytes += len(data)
-        if self._bodyBytes > limit:
+        n = self._bodyBytes = (self._bodyBytes or 0) + len(data)
+        if n > limit:
             channel.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
             return
         super().handleContentChunk(data)

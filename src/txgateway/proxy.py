@@ -260,11 +260,14 @@ def _bodyProducer(request: Any) -> IBodyProducer | None:
     content = request.content
     if content is None:
         return None
-    content.seek(0, 2)
-    n = content.tell()
-    content.seek(0)
+    n = getattr(request, "_bodyBytes", None)  # GatewayRequest counts the body as it reads it
+    if not isinstance(n, int):
+        content.seek(0, 2)
+        n = content.tell()
+        content.seek(0)
     if n == 0:
         return None
+    content.seek(0)
     if n <= _SMALL_BODY or isinstance(content, io.BytesIO):
         data = content.read()
         content.seek(0)
@@ -682,7 +685,10 @@ class _Relay(Protocol):
             return
         request.registerProducer(self.transport, True)
         self.registered = True
-        request.notifyFinish().addErrback(self._clientGone)
+        if self.context.onGone is not None:
+            self.context.onGone.append(self._clientGone)
+        else:
+            request.notifyFinish().addErrback(self._clientGone)
 
     def _clientGone(self, reason: Failure) -> None:
         if self.transport is not None:
