@@ -86,7 +86,9 @@ class Runtime:
         e = config.server.endpoints
         self.endpoints = {p: kind for p, kind in ((e.health, "health"), (e.ready, "ready"), (e.metrics, "metrics"))
                           if p is not None}
-        self.trusted = AddressSet(config.server.trusted_proxies)
+        # One membership cache for trusted_proxies, shared with the forwarder.
+        trusted = getattr(forwarder, "trusted", None)
+        self.trusted = trusted if isinstance(trusted, AddressSet) else AddressSet(config.server.trusted_proxies)
         # This gateway's Via pseudonym: a request already carrying it has looped.
         self.viaName: bytes | None = config.server.via.lower().encode() or None
         self.globalAllow = AddressSet(config.access.ip_allow)
