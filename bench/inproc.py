@@ -115,7 +115,8 @@ def gatewaySite(clock: MemoryReactorClock, origins: OriginEndpoints, routes: int
     config = parseConfig(run.gatewayConfig(8080, targets, routes, tmp / "access.log"))
     service = GatewayService(config, clock, clock=clock, metrics=Metrics())
     for cluster in service.gateway.runtime.clusters.values():
-        cluster.agent = Agent.usingEndpointFactory(clock, origins, pool=cluster.pool)  # type: ignore[attr-defined]
+        # The gateway's own Agent and pool, connecting to the in-memory origins.
+        cluster.agent._endpointFactory = origins  # type: ignore[attr-defined]
     service.gateway.state.ready = True
     return service.site
 
