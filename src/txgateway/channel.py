@@ -253,9 +253,16 @@ class GatewayChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase == _IDLE and data:
-            # The first byte of the next request on a keep-alive connection.
+            # The first byte of the next request on a keep-alive connection:
+            # its head's deadline starts now.  It is armed after the bytes
+            # are parsed, at the same instant, and only if the head is still
+            # incomplete then; a head that arrives whole (nearly always)
+            # costs no timer to set and cancel.
             self._phase = _HEAD
-            self._arm(self.site.limits.timeouts.request_header, "request head")
+            super().dataReceived(data)
+            if self._phase == _HEAD and self._deadline is None and not self.refused and self.transport is not None:
+                self._arm(self.site.limits.timeouts.request_header, "request head")
+            return
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
