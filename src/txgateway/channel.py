@@ -174,6 +174,7 @@ class GatewayChannel(http.HTTPChannel):
     _deadline: IDelayedCall | None = None
     _peerHost: str | None = None
     _localAddress: Any = None
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -198,6 +199,17 @@ class GatewayChannel(http.HTTPChannel):
         if host is None:
             host = self._localAddress = super().getHost()
         return host
+
+    def isSecure(self) -> bool:
+        # Asked twice a request (twisted.web, X-Forwarded-Proto), each time a
+        # zope interface adaptation of the transport; a connection is TLS or
+        # not for its whole life.
+        secure = self._secure
+        if secure is None:
+            secure = bool(super().isSecure())
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     # -- deadlines
 
