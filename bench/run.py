@@ -29,7 +29,10 @@ Cases (the issue's list):
 Results go to bench/results/latest.json and a table is printed.  Traffic
 goes to 127.0.0.1 only; every run is bounded by --duration.
 
-python bench/run.py [--duration 10] [--connections 50] [--quick] [--cases tiny,64k,...]
+python bench/run.py [--duration 5] [--repeat 3] [--connections 50] [--quick] [--cases tiny,64k,...]
+
+Each side of a case is measured --repeat times, alternating with the other
+side, and the medians are reported (every run is kept in the JSON).
 """
 
 from __future__ import annotations
@@ -243,6 +246,7 @@ class Gateway(Proc):
         self.port = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "gw.yaml"
+        self.workers = workers
         config.write_text(gatewayConfig(self.port, targets, routes, tmp / "access.log", workers))
         super().__init__([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null", "txgateway",
                           "--config", str(config)], cpu=cpu, cwd=tmp, tree=tree)
@@ -302,10 +306,10 @@ class Sampler(threading.Thread):
 
 
 def measure(wrk: str, proxy: Proc, url: str, connections: int, duration: int,
-            loadCPU: str | None = LOAD_CPU) -> dict[str, Any]:
+            loadCPU: str | None = LOAD_CPU, warmup: int = 2) -> dict[str, Any]:
     start = rss(proxy.pids())
     # Warm up: connections pooled, code paths hot.
-    wrkRun(wrk, url, min(connections, 50), 2, cpu=loadCPU)
+    wrkRun(wrk, url, min(connections, 50), warmup, cpu=loadCPU)
     pids = proxy.pids()
     idle = rss(pids)
     cpu0 = cpuSeconds(pids)
@@ -326,6 +330,36 @@ def measure(wrk: str, proxy: Proc, url: str, connections: int, duration: int,
     return result
 
 
+def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-field median of several measurements (the runs themselves kept under "runs")."""
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and all(v is not None for v in values):
+            m = statistics.median(values)
+            out[key] = round(m, 2) if isinstance(m, float) else m
+        else:
+            out[key] = value
+    out["runs"] = runs
+    return out
+
+
+def alternate(wrk: str, sides: dict[str, tuple[Proc, str]], connections: int, duration: int, repeat: int,
+              loadCPU: str | None = LOAD_CPU) -> dict[str, dict[str, Any]]:
+    """
+    Measure every side C{repeat} times, alternating (a b, b a, a b ...), and
+    keep the medians: a machine that gets busier for a minute then weighs on
+    both sides alike, and one bad run does not make the figure.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    order = list(sides)
+    for i in range(repeat):
+        for name in (order if i % 2 == 0 else order[::-1]):
+            proc, url = sides[name]
+            runs[name].append(measure(wrk, proc, url, connections, duration, loadCPU, warmup=2 if i == 0 else 1))
+    return {name: median(rs) for name, rs in runs.items()}
+
+
 def ratios(gw: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
     return {
         "cpu_per_request": round(gw["cpu_us_per_request"] / ref["cpu_us_per_request"], 2),
@@ -337,25 +371,28 @@ def ratios(gw: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
 # -- cases
 
 def proxyCase(wrk: str, name: str, size: int, delay: float, routes: int, connections: int,
-              duration: int) -> dict[str, Any]:
+              duration: int, repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {"case": name, "response_bytes": size, "backend_delay_s": delay, "routes": routes,
-                           "connections": connections, "duration_s": duration}
-    with origins(size, delay) as targets:
-        ref = Reference(targets)
-        try:
-            out["reference"] = measure(wrk, ref, ref.url + PATH, connections, duration)
-        finally:
-            ref.stop()
-        tmp = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
-        try:
-            gw = Gateway(tmp, targets, routes)
+                           "connections": connections, "duration_s": duration, "repeat": repeat}
+    tmp = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
+    try:
+        with origins(size, delay) as targets:
+            # Both proxies run for the whole case (pinned to the same core);
+            # only the one under load uses it.
+            ref = Reference(targets)
+            gw: Gateway | None = None
             try:
+                gw = Gateway(tmp, targets, routes)
                 out["cold_start_s"] = round(gw.coldStart, 3)
-                out["txgateway"] = measure(wrk, gw, gw.url + PATH, connections, duration)
+                results = alternate(wrk, {"reference": (ref, ref.url + PATH), "txgateway": (gw, gw.url + PATH)},
+                                    connections, duration, repeat)
             finally:
-                gw.stop()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                ref.stop()
+                if gw is not None:
+                    gw.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.update(results)
     out["ratio"] = ratios(out["txgateway"], out["reference"])
     return out
 
@@ -376,7 +413,7 @@ def coldStartCase(launches: int = 3) -> dict[str, Any]:
             "median_s": round(statistics.median(times), 3)}
 
 
-def workersCase(wrk: str, connections: int, duration: int) -> dict[str, Any]:
+def workersCase(wrk: str, connections: int, duration: int, repeat: int) -> dict[str, Any]:
     """
     1 worker against server.workers: 2, with nothing pinned: the gateway,
     wrk and the origins all share both cores.  Throughput there is bounded
@@ -384,23 +421,26 @@ def workersCase(wrk: str, connections: int, duration: int) -> dict[str, Any]:
     over the supervisor and its workers) is reported too: it is what
     decides how far N workers scale once each has a core of its own.
     """
-    out: dict[str, Any] = {"case": "workers", "connections": connections, "duration_s": duration,
+    out: dict[str, Any] = {"case": "workers", "connections": connections, "duration_s": duration, "repeat": repeat,
                            "split": f"nothing pinned: gateway, wrk and origins share CPUs {ALL_CPUS}"}
-    with origins(13, 0.0, cpu=None) as targets:
-        for workers in (1, 2):
-            tmp = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
+    dirs = [Path(tempfile.mkdtemp(prefix="txgw-bench-")) for _ in range(2)]
+    gateways: list[Gateway] = []
+    try:
+        with origins(13, 0.0, cpu=None) as targets:
             try:
-                gw = Gateway(tmp, targets, 20, workers=workers, cpu=None)
-                try:
-                    if workers > 1:
-                        # Each worker answers /ready; the first 200 may come before both listen.
-                        time.sleep(1.0)
-                    out[f"workers_{workers}"] = measure(wrk, gw, gw.url + PATH, connections, duration, loadCPU=None)
-                    out[f"workers_{workers}"]["cold_start_s"] = round(gw.coldStart, 3)
-                finally:
-                    gw.stop()
+                for workers, tmp in zip((1, 2), dirs, strict=True):
+                    gateways.append(Gateway(tmp, targets, 20, workers=workers, cpu=None))
+                # Each worker answers on its own; the first 200 may come before both listen.
+                time.sleep(1.0)
+                results = alternate(wrk, {f"workers_{g.workers}": (g, g.url + PATH) for g in gateways},
+                                    connections, duration, repeat, loadCPU=None)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                for g in gateways:
+                    g.stop()
+    finally:
+        for tmp in dirs:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out.update(results)
     one, two = out["workers_1"], out["workers_2"]
     out["rps_ratio"] = round(two["rps"] / one["rps"], 2)
     # Capacity per core is 1e6 / cpu_us_per_request; N workers on N free cores
@@ -421,14 +461,14 @@ def table(report: dict[str, Any]) -> str:
                 ratio = c["ratio"] if side == "txgateway" else {}
                 rows.append((c["case"], side, f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                              f"{r['cpu_us_per_request']:.1f}", f"{r['rss_idle_mb']}", f"{r['rss_load_mb']}",
-                             str(r["open_files_peak"]), str(ratio.get("cpu_per_request", "")),
+                             str(round(r["open_files_peak"])), str(ratio.get("cpu_per_request", "")),
                              str(ratio.get("p99", ""))))
         elif c["case"] == "workers":
             for key in ("workers_1", "workers_2"):
                 r = c[key]
                 rows.append(("workers (unpinned)", key.replace("_", " "), f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
                              f"{r['p99_ms']:.2f}", f"{r['cpu_us_per_request']:.1f}", f"{r['rss_idle_mb']}",
-                             f"{r['rss_load_mb']}", str(r["open_files_peak"]), "", ""))
+                             f"{r['rss_load_mb']}", str(round(r["open_files_peak"])), "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -446,7 +486,8 @@ CASES = ("tiny", "64k", "routes1000", "slow", "coldstart", "workers")
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=5, help="seconds of load per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per side, alternating; medians reported")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="only the tiny-response case")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
@@ -457,14 +498,14 @@ def main() -> int:
     unknown = set(chosen) - set(CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
-    d, c = args.duration, args.connections
+    d, c, n = args.duration, args.connections, args.repeat
     runs = {
-        "tiny": lambda: proxyCase(wrk, "tiny, 20 routes", 13, 0.0, 20, c, d),
-        "64k": lambda: proxyCase(wrk, "64 KiB, 20 routes", 65536, 0.0, 20, c, d),
-        "routes1000": lambda: proxyCase(wrk, "tiny, 1000 routes", 13, 0.0, 1000, c, d),
-        "slow": lambda: proxyCase(wrk, "slow origin 50 ms, 1000 conns", 13, 0.05, 20, 1000, d),
+        "tiny": lambda: proxyCase(wrk, "tiny, 20 routes", 13, 0.0, 20, c, d, n),
+        "64k": lambda: proxyCase(wrk, "64 KiB, 20 routes", 65536, 0.0, 20, c, d, n),
+        "routes1000": lambda: proxyCase(wrk, "tiny, 1000 routes", 13, 0.0, 1000, c, d, n),
+        "slow": lambda: proxyCase(wrk, "slow origin 50 ms, 1000 conns", 13, 0.05, 20, 1000, d, n),
         "coldstart": lambda: coldStartCase(),
-        "workers": lambda: workersCase(wrk, c, d),
+        "workers": lambda: workersCase(wrk, c, d, n),
     }
     report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
