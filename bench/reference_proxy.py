@@ -74,7 +74,7 @@ def main() -> None:
     port = int(sys.argv[1])
     targets = [t.encode() for t in sys.argv[2:]]
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 100
+    pool.maxPersistentPerHost = 1000  # as txgateway's bench config (pool.max_per_target)
     pool.retryAutomatically = False
     site = server.Site(Proxy(Agent(reactor, pool=pool), targets))
     site.log = lambda request: None  # type: ignore[method-assign]

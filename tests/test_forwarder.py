@@ -18,12 +18,12 @@ from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -32,7 +32,7 @@ from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.gateway import Runtime
 from txgateway.observe import AccessLog, Metrics
-from txgateway.proxy import UpstreamFailure, _bodyProducer, classify, totalTimeout
+from txgateway.proxy import UpstreamFailure, _Agent, _bodyProducer, classify, totalTimeout
 from txgateway.service import buildRuntime
 
 PORTS = (9001, 9002, 9003)
@@ -596,3 +596,62 @@ class ClassifyTests(SynchronousTestCase):
     def test_fakeAgentIsAnAgent(self) -> None:
         """The test double honours IAgent."""
         self.assertTrue(verifyObject(IAgent, FakeAgent()))
+
+
+@implementer(IAgentEndpointFactory)
+class _RecordingEndpoints:
+    """Endpoints whose connections keep what the Agent writes."""
+
+    def __init__(self) -> None:
+        self.written: list[StringTransport] = []
+        self.asked: list[tuple[bytes, bytes, int]] = []
+
+    def endpointForURI(self, uri: Any) -> Any:
+        self.asked.append((uri.scheme, uri.host, uri.port))
+        return self
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.written.append(transport)
+        return succeed(proto)
+
+
+class AgentTests(SynchronousTestCase):
+    def _sent(self, agentClass: Any, url: bytes) -> bytes:
+        endpoints = _RecordingEndpoints()
+        agent = agentClass.usingEndpointFactory(MemoryReactorClock(), endpoints, pool=HTTPConnectionPool(
+            MemoryReactorClock(), persistent=False))
+        agent._origins = {}
+        agent.request(b"GET", url, Headers({b"x-a": [b"1"]}))
+        return endpoints.written[0].value()
+
+    def test_sendsWhatTheStockAgentSends(self) -> None:
+        """The forwarder's Agent puts the same bytes on the wire as Twisted's for every shape of URL."""
+        urls = [b"http://127.0.0.1:9101/", b"http://127.0.0.1:9101/a/b", b"http://127.0.0.1:9101/a?x=1&y=%2F",
+                b"http://127.0.0.1:9101/a;p=1?q", b"http://127.0.0.1:9101/a?", b"http://backend.example/a/",
+                b"http://[::1]:8080/v6?x", b"http://127.0.0.1:9101/a%3Bb?c?d"]
+        for url in urls:
+            self.assertEqual(self._sent(_Agent, url), self._sent(Agent, url), url)
+
+    def test_parsesEachTargetOnce(self) -> None:
+        """The endpoint of a target prefix is looked up once, then reused."""
+        endpoints = _RecordingEndpoints()
+        clock = MemoryReactorClock()
+        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
+        agent._origins = {}
+        for path in (b"/a", b"/b?x=1", b"/c"):
+            agent.request(b"GET", b"http://127.0.0.1:9101" + path)
+        agent.request(b"GET", b"http://127.0.0.1:9102/a")
+        self.assertEqual(endpoints.asked, [(b"http", b"127.0.0.1", 9101), (b"http", b"127.0.0.1", 9102)])
+        self.assertEqual(len(endpoints.written), 4)
+
+    def test_invalidURLFailsAsWithTheStockAgent(self) -> None:
+        """A URL Twisted refuses is refused the same way."""
+        endpoints = _RecordingEndpoints()
+        clock = MemoryReactorClock()
+        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
+        agent._origins = {}
+        with self.assertRaises(ValueError):
+            agent.request(b"GET", b"http://127.0.0.1:9101/a\x01b")

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -655,6 +656,35 @@ class UpstreamResponseTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertFalse(response.headers.hasHeader(b"x-internal"))
         self.assertEqual(response.headers.getRawHeaders(b"x-keep"), [b"k"])
+
+    def test_bodyClaimedAsTheResponseFiresNeverPausesTheConnection(self) -> None:
+        """A body asked for while the response fires is read without pausing the socket; an unclaimed one pauses it."""
+        calls, body = self._pausesAndBody(claim=True)
+        self.assertNotIn("pause", calls)
+        self.assertEqual(body, b"body")
+        calls, body = self._pausesAndBody(claim=False)
+        self.assertEqual(calls[:2], ["pause", "resume"])
+        self.assertEqual(body, b"body")
+
+    def _pausesAndBody(self, claim: bool) -> tuple[list[str], bytes]:
+        proto, transport, d = _clientProtocol()
+        calls: list[str] = []
+        transport.pauseProducing = lambda: calls.append("pause")  # type: ignore[method-assign]
+        transport.resumeProducing = lambda: calls.append("resume")  # type: ignore[method-assign]
+        got: list[bytes] = []
+
+        class Collect(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                got.append(data)
+
+        if claim:
+            d.addCallback(lambda r: r.deliverBody(Collect()))
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbo")
+        if not claim:
+            self.assertEqual(calls, ["pause"])
+            self.successResultOf(d).deliverBody(Collect())
+        proto.dataReceived(b"dy")
+        return calls, b"".join(got)
 
     def test_parserIsTheStrictOne(self) -> None:
         """The pooled protocol parses with the strict parser."""

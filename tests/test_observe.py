@@ -22,7 +22,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from txgateway import observe
 from txgateway.config import parseConfig
+from txgateway.context import RequestContext
 from txgateway.observe import (
     LATENCY_BUCKETS,
     AccessLog,
@@ -447,6 +449,49 @@ class LogTests(SynchronousTestCase):
         self.assertIn("request_id=t-1 ", line)
         self.assertIn("route=all ", line)
         self.assertIn("status=200 ", line)
+
+    def test_jsonLineIsWhatJsonDumpsWrites(self) -> None:
+        """The access log's JSON line is byte for byte json.dumps of its entry, whatever the field values."""
+
+        class Route:
+            name = 'r\u00e9"1'
+
+        class Request:
+            bytesIn = 7
+
+        plain = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
+        odd = RequestContext(Request(), 0.0, 'r"\\', "2001:db8::1", "::1", b"G\xe9T", "h\u00e9",  # type: ignore[arg-type]
+                             '/caf\u00e9/"q"\\/\x00\n\u2028', b"q=1")
+        odd.route = Route()  # type: ignore[assignment]
+        odd.upstream, odd.target, odd.attempts = "up", "http://t:1", 3
+        odd.targetsTried = ["http://a:1", 'http://"b"']
+        odd.status, odd.bytesOut, odd.cacheStatus, odd.identity = 502, 10**12, "hit", "\u00e9ve"
+        odd.outcome, odd.traceId = "status_502", "ab" * 16
+        self.patch(observe, "_iso", lambda t: "2024-01-01T00:00:00.000Z")  # one timestamp for both
+        for context, duration, worker in ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0)):
+            log = AccessLog(True)
+            log.worker = worker
+            self.assertEqual(log.jsonLine(context, duration),
+                             json.dumps(log.entry(context, duration), separators=(",", ":")) + "\n")
+
+    def test_accessLogFileFlushedOncePerReactorTurn(self) -> None:
+        """With a clock, lines written in one reactor turn reach the file in one flush."""
+        flushes: list[str] = []
+
+        class Out(io.StringIO):
+            def flush(self) -> None:
+                flushes.append(self.getvalue())
+
+        clock = MemoryReactorClock()
+        out = Out()
+        gw = InMemoryGateway()
+        gw.service.accessLog = gw.gateway.runtime.accessLog = AccessLog(True, out, "json", clock)
+        gw.request("GET", "/x", {"X-Request-ID": "f-1"})
+        gw.request("GET", "/x", {"X-Request-ID": "f-2"})
+        self.assertEqual(flushes, [])
+        clock.advance(0)
+        self.assertEqual(len(flushes), 1)
+        self.assertEqual([json.loads(line)["request_id"] for line in flushes[0].splitlines()], ["f-1", "f-2"])
 
     def test_twistdObserverAdoptedAtFirstEvent(self) -> None:
         """An observer added before twistd's file observer re-points it before the first line is written."""

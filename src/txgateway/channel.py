@@ -105,6 +105,7 @@ class GatewayRequest(server.Request):
     _parsePOSTFormSubmission = False
     gone = False
     context: Any = None
+    _bodyBytes: int | None = None  # body bytes read so far; set once the head is in (gotLength)
 
     def gotLength(self, length: int | None) -> None:
         self._bodyBytes = 0
@@ -115,8 +116,8 @@ class GatewayRequest(server.Request):
         if channel is None or channel.refused:
             return
         limit = channel.site.limits.max_request_body
-        self._bodyBytes += len(data)
-        if self._bodyBytes > limit:
+        n = self._bodyBytes = (self._bodyBytes or 0) + len(data)
+        if n > limit:
             channel.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
             return
         super().handleContentChunk(data)
@@ -172,6 +173,8 @@ class GatewayChannel(http.HTTPChannel):
     _expectRequestLine = True
     _deadline: IDelayedCall | None = None
     _peerHost: str | None = None
+    _localAddress: Any = None
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -188,6 +191,25 @@ class GatewayChannel(http.HTTPChannel):
         self._disarm()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+    def getHost(self) -> Any:
+        # Every Request asks for it; the TCP transport answers with a
+        # getsockname(2) each time.  A connection's own address never changes.
+        host = self._localAddress
+        if host is None:
+            host = self._localAddress = super().getHost()
+        return host
+
+    def isSecure(self) -> bool:
+        # Asked twice a request (twisted.web, X-Forwarded-Proto), each time a
+        # zope interface adaptation of the transport; a connection is TLS or
+        # not for its whole life.
+        secure = self._secure
+        if secure is None:
+            secure = bool(super().isSecure())
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     # -- deadlines
 
@@ -243,9 +265,16 @@ class GatewayChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase == _IDLE and data:
-            # The first byte of the next request on a keep-alive connection.
+            # The first byte of the next request on a keep-alive connection:
+            # its head's deadline starts now.  It is armed after the bytes
+            # are parsed, at the same instant, and only if the head is still
+            # incomplete then; a head that arrives whole (nearly always)
+            # costs no timer to set and cancel.
             self._phase = _HEAD
-            self._arm(self.site.limits.timeouts.request_header, "request head")
+            super().dataReceived(data)
+            if self._phase == _HEAD and self._deadline is None and not self.refused and self.transport is not None:
+                self._arm(self.site.limits.timeouts.request_header, "request head")
+            return
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:

@@ -101,6 +101,20 @@ class Cluster:
         """
         now = self.clock.seconds()
         endpoints = self.endpoints
+        if not tried:
+            # The usual case, checked without building the lists below: every
+            # target healthy, under its cap and with a closed (or no) breaker,
+            # so the balancer chooses among all of them.
+            cap = self.maxPerTarget
+            for e in endpoints:
+                if not (e.activeHealthy and now >= e.ejectedUntil and e.inFlight < cap
+                        and (e.breaker is None or e.breaker.state == "closed")):
+                    break
+            else:
+                if endpoints:
+                    choice = self.balancer.pick(endpoints, context) if len(endpoints) > 1 else endpoints[0]
+                    if choice is not None and (choice.breaker is None or choice.breaker.allow()):
+                        return choice
         healthy = [e for e in endpoints if e.healthy(now)]
         if not healthy:
             if not self.failOpen:

@@ -8,6 +8,7 @@ each stashing attributes on the Twisted request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class RequestContext:
         "request", "started", "requestId", "clientIP", "peerIP", "method", "host", "path", "query",
         "route", "upstreamPath", "identity", "upstream", "target", "attempts", "targetsTried",
         "cacheStatus", "status", "bytesOut", "responseHeaders", "forwardHeaders", "removeHeaders",
-        "traceId", "spanId", "traceFlags", "tracestate", "outcome", "bodySent", "extra",
+        "traceId", "spanId", "traceFlags", "tracestate", "outcome", "bodySent", "extra", "onGone",
     )
 
     def __init__(self, request: Request, started: float, requestId: str, clientIP: str, peerIP: str,
@@ -79,6 +80,10 @@ class RequestContext:
         self.outcome: str | None = None
         self.bodySent = False
         self.extra: dict[str, Any] | None = None
+        # Called, in order, when the client goes away before its response is
+        # finished.  None when nothing dispatches them (a request that did
+        # not come through GatewayRoot): then use request.notifyFinish().
+        self.onGone: list[Callable[[Any], object]] | None = None
 
     @property
     def headers(self) -> Any:

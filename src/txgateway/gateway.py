@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .context import LocalResponse, RequestContext
 from .middleware import AddressSet, jsonResponse
-from .observe import bodySize, newSpanId, newTraceId, parseTraceparent, requestIdFrom
+from .observe import IdSource, parseTraceparent, requestBodySize
 from .proxy import UpstreamFailure
 from .routing import PathError, normalizeHost, normalizePath
 
@@ -47,6 +48,7 @@ class GatewayState:
         self.draining = False
         self.inFlight = 0
         self.workerId: int | None = None  # set in a worker process (see workers.py)
+        self.ids = IdSource()
         self._idle: list[Deferred[None]] = []
 
     def requestStarted(self) -> None:
@@ -84,7 +86,9 @@ class Runtime:
         e = config.server.endpoints
         self.endpoints = {p: kind for p, kind in ((e.health, "health"), (e.ready, "ready"), (e.metrics, "metrics"))
                           if p is not None}
-        self.trusted = AddressSet(config.server.trusted_proxies)
+        # One membership cache for trusted_proxies, shared with the forwarder.
+        trusted = getattr(forwarder, "trusted", None)
+        self.trusted = trusted if isinstance(trusted, AddressSet) else AddressSet(config.server.trusted_proxies)
         # This gateway's Via pseudonym: a request already carrying it has looped.
         self.viaName: bytes | None = config.server.via.lower().encode() or None
         self.globalAllow = AddressSet(config.access.ip_allow)
@@ -160,19 +164,23 @@ class GatewayRoot(Resource):
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
         gw = self.gateway
         runtime: Runtime = gw.runtime
-        clock = runtime.clock
+        state: GatewayState = gw.state
+        headers = request.requestHeaders
         peer = _peerIP(request)
         context = RequestContext(
-            request, clock.seconds(), requestIdFrom(request.requestHeaders.getRawHeaders(b"x-request-id", (None,))[0]),
+            request, runtime.clock.seconds(), state.ids.requestId(headers.getRawHeaders(b"x-request-id", (None,))[0]),
             runtime.clientIP(peer, request), peer, request.method,
-            normalizeHost(request.requestHeaders.getRawHeaders(b"host", (b"",))[0]), "/", None,
+            normalizeHost(headers.getRawHeaders(b"host", (b"",))[0]), "/", None,
         )
+        # One finish notification per request: _requestDone calls these when
+        # the client leaves, instead of each stage asking for its own.
+        context.onGone = []
         request.context = context
-        request.bytesIn = bodySize(request)  # the body is gone by the time the access log is written
-        gw.state.requestStarted()
+        request.bytesIn = requestBodySize(request)  # the body is gone by the time the access log is written
+        state.requestStarted()
         runtime.metrics.inFlight.inc()
-        request.notifyFinish().addBoth(_requestDone, context, runtime, gw.state)
-        _trace(context)
+        request.notifyFinish().addBoth(_requestDone, context, runtime, state)
+        _trace(context, state.ids)
 
         raw = request.uri
         q = raw.find(b"?")
@@ -263,11 +271,11 @@ def _peerIP(request: Any) -> str:
     return host if isinstance(host, str) else "0.0.0.0"
 
 
-def _trace(context: RequestContext) -> None:
+def _trace(context: RequestContext, ids: IdSource) -> None:
     """W3C trace context: continue the caller's trace, with this hop as the new parent span."""
     parsed = parseTraceparent(context.header(b"traceparent"))
     if parsed is None:
-        context.traceId = newTraceId()
+        context.traceId = ids.traceId()
         # W3C: vendor state belongs to the trace it came with; a new trace
         # must not carry the old one's.
         if context.header(b"tracestate") is not None:
@@ -275,7 +283,7 @@ def _trace(context: RequestContext) -> None:
     else:
         context.traceId, context.traceFlags = parsed
         context.tracestate = context.header(b"tracestate")
-    context.spanId = newSpanId()
+    context.spanId = ids.spanId()
 
 
 def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: GatewayState) -> None:
@@ -290,6 +298,10 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
         runtime.accessLog.record(context, duration)
     except Exception:
         log.failure("writing the access log failed", request_id=context.requestId)
+    hooks = context.onGone
+    if hooks and isinstance(result, Failure):
+        for hook in hooks:
+            hook(result)
 
 
 # Reason phrases twisted.web does not know.
@@ -380,38 +392,67 @@ class RouteResource(Resource):
 
     def render(self, request: Any) -> Any:
         context: RequestContext = request.context
-        d = ensureDeferred(self.handle(context))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        chain = self.route.chain
+        if chain.cache is None:
+            # Filters that answer at once (the usual case: IP rules, a local
+            # rate limit, key or JWT checks) run as plain calls; only a filter
+            # that returns a Deferred puts the rest of the chain in a coroutine.
+            local = chain.runNow(context) if chain.filters else None
+            if local is None:
+                d = ensureDeferred(self.proxy(context))
+            elif isinstance(local, LocalResponse):
+                respond(context, local)
+                return NOT_DONE_YET
+            else:
+                d = ensureDeferred(self.handle(context, local))
+        else:
+            d = ensureDeferred(self.handle(context))
+        if context.onGone is not None:
+            context.onGone.append(lambda _: d.cancel())
+        else:
+            request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addErrback(self._failed, context)
         return NOT_DONE_YET
 
-    async def handle(self, context: RequestContext) -> None:
-        route = self.route
-        runtime = self.runtime
-        chain = route.chain
-        if chain.filters:
-            local = await chain.run(context)
+    async def handle(self, context: RequestContext, pending: Deferred[LocalResponse | None] | None = None) -> None:
+        """The chain (or the rest of it, C{pending}), then the cache or the forward."""
+        chain = self.route.chain
+        if pending is not None or chain.filters:
+            local = await (pending if pending is not None else chain.run(context))
             if local is not None:
                 respond(context, local)
                 return
-        try:
-            if chain.cache is not None:
-                await chain.cache.handle(context, runtime)
-                return
-            response, endpoint = await runtime.forward(context)
+        if chain.cache is not None:
             try:
-                runtime.forwarder.startResponse(context, response)
-                await runtime.forwarder.relay(context, response)
+                await chain.cache.handle(context, self.runtime)
+            except UpstreamFailure as e:
+                self.upstreamFailed(context, e)
+            return
+        await self.proxy(context)
+
+    async def proxy(self, context: RequestContext) -> None:
+        """Forward to the route's upstream and relay the answer."""
+        route = self.route
+        forwarder = self.runtime.forwarder
+        try:
+            response, endpoint = await forwarder.fetch(context, route.cluster)
+            try:
+                forwarder.startResponse(context, response)
+                await forwarder.relay(context, response)
             finally:
-                runtime.forwarder.finished(endpoint)
+                forwarder.finished(endpoint)
         except UpstreamFailure as e:
-            headers = []
-            if e.status == 503 and e.retryAfter:
-                headers.append((b"Retry-After", b"%d" % max(1, int(e.retryAfter + 0.999))))
-            message = {502: "bad gateway: the upstream failed", 503: "service unavailable",
-                       504: "gateway timeout: the upstream did not answer in time"}.get(e.status, "upstream error")
-            respond(context, jsonResponse(context, e.status, message, headers, reason=e.reason,
-                                          upstream=context.upstream))
+            self.upstreamFailed(context, e)
+
+    @staticmethod
+    def upstreamFailed(context: RequestContext, e: UpstreamFailure) -> None:
+        headers = []
+        if e.status == 503 and e.retryAfter:
+            headers.append((b"Retry-After", b"%d" % max(1, int(e.retryAfter + 0.999))))
+        message = {502: "bad gateway: the upstream failed", 503: "service unavailable",
+                   504: "gateway timeout: the upstream did not answer in time"}.get(e.status, "upstream error")
+        respond(context, jsonResponse(context, e.status, message, headers, reason=e.reason,
+                                      upstream=context.upstream))
 
     def _failed(self, failure: Any, context: RequestContext) -> None:
         if failure.check(CancelledError):

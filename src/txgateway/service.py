@@ -177,7 +177,7 @@ class GatewayService(MultiService):
         self._loadConfig = loadConfig
         self.redis = stores.makeRedis(config.stores, reactor) if _needsRedis(config) else None
         self.shared: dict[str, Any] = {}
-        self.accessLog = _accessLog(config)
+        self.accessLog = _accessLog(config, self.clock)
         self.gateway = Gateway()
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
@@ -313,6 +313,7 @@ class GatewayService(MultiService):
             return DeferredList(waits, consumeErrors=True)
 
         def cleanExit(_: Any) -> None:
+            self.accessLog.flush()
             # twistd re-raises the signal that stopped the reactor once it has
             # run, so a SIGTERM'd process would die "killed by SIGTERM" (143
             # in a container).  A completed drain is a clean stop: exit 0.
@@ -433,9 +434,11 @@ def _needsRedis(config: GatewayConfig) -> bool:
                for r in config.routes)
 
 
-def _accessLog(config: GatewayConfig) -> AccessLog:
+def _accessLog(config: GatewayConfig, clock: IReactorTime) -> AccessLog:
     lc = config.logging
     out = None
     if lc.access_log and lc.access_log_file:
-        out = open(lc.access_log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-    return AccessLog(lc.access_log, out, lc.format)
+        # Buffered: AccessLog flushes once per reactor turn (given the clock),
+        # not once per line.
+        out = open(lc.access_log_file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return AccessLog(lc.access_log, out, lc.format, clock)
