@@ -78,3 +78,26 @@ class ReferenceTests(SynchronousTestCase):
         commands = [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
         self.assertEqual(commands, ["make run", "make test"])
         self.assertIn("make test", (REPO / ".ci" / "run").read_text())
+
+
+def _anchors(text: str) -> set[str]:
+    return {re.sub(r"[^a-z0-9 \-_]", "", m.group(1).strip().lower()).replace(" ", "-")
+            for m in re.finditer(r"(?m)^#+ (.+)$", text)}
+
+
+class LinkTests(SynchronousTestCase):
+    def test_relativeLinksResolve(self) -> None:
+        """Every relative link in the README and docs/*.md names a file (and heading) that exists."""
+        broken = []
+        for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+            for m in re.finditer(r"\]\(([^)\s]+)\)", page.read_text()):
+                link = m.group(1)
+                if link.startswith(("http:", "https:", "mailto:")):
+                    continue
+                path, _, fragment = link.partition("#")
+                target = (page.parent / path).resolve() if path else page
+                if not target.exists():
+                    broken.append(f"{page.name}: {link}")
+                elif fragment and target.suffix == ".md" and fragment not in _anchors(target.read_text()):
+                    broken.append(f"{page.name}: {link} (no such heading)")
+        self.assertEqual(broken, [])

@@ -54,6 +54,10 @@ def makeService(options: Any) -> IService:
         supervisor = _supervisorFor(config, options, reactor)
         if supervisor is not None:
             return supervisor
+    if options["listen-fd"] is not None:
+        from .workers import followSupervisor
+
+        reactor.callWhenRunning(followSupervisor)
     service = GatewayService(config, reactor, configPath=options["config"],
                              listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
                              workerId=_int(options["worker-id"]))

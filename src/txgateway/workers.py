@@ -21,7 +21,7 @@ import re
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,8 @@ class WorkerSupervisor(Service):
         if self.adminSocket is not None:
             childFDs[4] = self.adminSocket.fileno()
             args += ["--admin-fd", "4"]
-        env = dict(self.environ, PROMETHEUS_MULTIPROC_DIR=self.metricsDir or "", TXGATEWAY_WORKER=str(index))
+        env = dict(self.environ, PROMETHEUS_MULTIPROC_DIR=self.metricsDir or "", TXGATEWAY_WORKER=str(index),
+                   TXGATEWAY_SUPERVISOR=str(os.getpid()))
         proto = _WorkerProtocol(self, index)
         self.protocols[index] = proto
         self.processes[index] = self.reactor.spawnProcess(proto, args[0], args, env=env, childFDs=childFDs)
@@ -194,6 +195,30 @@ class WorkerSupervisor(Service):
         # As in GatewayService: a completed drain is a clean stop, exit 0.
         if getattr(self.reactor, "_exitSignal", None) is not None:
             self.reactor._exitSignal = None
+
+
+def followSupervisor(environ: Mapping[str, str] | None = None) -> None:
+    """
+    In a worker: be sent SIGTERM (a drain) when the supervisor dies.
+
+    Without this a supervisor killed with SIGKILL leaves its workers serving
+    forever with nobody to stop them.  Linux's PR_SET_PDEATHSIG does it; if
+    the supervisor is already gone by the time we ask, drain now.
+    """
+    expected = (os.environ if environ is None else environ).get("TXGATEWAY_SUPERVISOR")
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal as _signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(_signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warn("cannot ask to be told when the supervisor dies; a killed supervisor leaves this worker running")
+        return
+    if str(os.getppid()) != expected:
+        os.kill(os.getpid(), _signal.SIGTERM)
 
 
 def installSignals(supervisor: WorkerSupervisor, reactor: Any, signalModule: Any = None,

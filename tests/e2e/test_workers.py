@@ -31,6 +31,7 @@ class WorkerTests(SynchronousTestCase):
         config = simpleConfig([self.backend.url]).replace("  timeouts: {drain: 10s}", "  timeouts: {drain: 10s}\n  workers: 2")
         self.gw = GatewayProcess(config).start()
         self.addCleanup(self.gw.cleanup)
+        self.addCleanup(self.gw.stop)
 
     def test_twoWorkersServeOnePort(self) -> None:
         """Both workers answer on the one listening port, each a process of its own."""
@@ -88,9 +89,35 @@ class WorkerReloadTests(SynchronousTestCase):
         base += f'admin:\n  listen: "tcp:{adminPort}:interface=127.0.0.1"\n'
         gw = GatewayProcess(base.replace("match: {path_prefix: /}", "match: {path_prefix: /old}")).start()
         self.addCleanup(gw.cleanup)
+        self.addCleanup(gw.stop)
         workersSeen(gw, 2)
         self.assertEqual(gw.request("GET", "/new/echo").status, 404)
         gw.configPath.write_text(gw.config.replace("match: {path_prefix: /old}", "match: {path_prefix: /new}"))
         self.assertEqual(request(adminPort, "POST", "/api/config/reload").status, 200)
         waitFor(lambda: all(gw.request("GET", "/new/echo").status == 200 for _ in range(40)),
                 what="every worker to serve the new route")
+
+
+class OrphanTests(SynchronousTestCase):
+    def test_workersStopWhenTheSupervisorIsKilled(self) -> None:
+        """A supervisor killed with SIGKILL takes its workers with it: nothing keeps serving unsupervised."""
+        backend = Backend("wo").start()
+        self.addCleanup(backend.stop)
+        config = simpleConfig([backend.url]).replace("  timeouts: {drain: 10s}", "  timeouts: {drain: 2s}\n  workers: 2")
+        gw = GatewayProcess(config).start()
+        self.addCleanup(gw.cleanup)
+        pids = set(workersSeen(gw, 2).values())
+        gw.signal(signal.SIGKILL)
+
+        def gone() -> bool:
+            return not any(os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid) for pid in pids)
+
+        waitFor(gone, what="the workers to stop after their supervisor died")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line for line in f if line.startswith("State:")), "").lower()
+    except OSError:
+        return "zombie"
