@@ -84,6 +84,11 @@ _H_CONNECTION = _canonicalName(b"Connection")
 _H_CONTENT_LENGTH = _canonicalName(b"Content-Length")
 
 
+_CORS_RESPONSE = frozenset((b"access-control-allow-origin", b"access-control-allow-credentials",
+                            b"access-control-expose-headers", b"access-control-allow-methods",
+                            b"access-control-allow-headers", b"access-control-max-age"))
+
+
 class _HeaderPlan:
     """
     A route's header work that does not depend on the request, done once.
@@ -102,6 +107,10 @@ class _HeaderPlan:
         response = rules.response if rules is not None else None
         self.requestDrop = HOP_BY_HOP | _REGENERATED | {h.lower().encode() for h in (request.remove if request else ())}
         self.responseDrop = HOP_BY_HOP | {h.lower().encode() for h in (response.remove if response else ())}
+        if route is not None and route.config.cors is not None:
+            # The route's CORS policy speaks for it: a backend's own answers
+            # would make a second Access-Control-Allow-Origin, which browsers refuse.
+            self.responseDrop = self.responseDrop | _CORS_RESPONSE
         self.requestSet = _stored(request.set if request else ())
         self.responseSet = _stored(response.set if response else ())
         self.preserveHost = route is None or route.config.preserve_host

@@ -25,6 +25,7 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /control/mode?status=CODE   from now on every request except /control/*, /count and /hangs gets CODE
   /control/mode?hang=1        ... or never answers (counted in /hangs)
   /control/mode               back to normal behaviour
+  ?acao=ORIGIN            (on any path) the answer carries Access-Control-Allow-Origin: ORIGIN
   /raw/KIND               these exact bytes, then close (see RAW below): broken framing, bad fields, a bare response
   /cacheable?...          a cacheable-looking JSON answer shaped by parameters (all optional):
                           cc (Cache-Control), etag (304 on a matching If-None-Match), lm=N (Last-Modified
@@ -69,6 +70,8 @@ class Origin(resource.Resource):
         path = request.path.decode("latin-1")
         args = {k.decode(): v[0].decode() for k, v in request.args.items()}
         body = request.content.read() if request.content is not None else b""
+        if "acao" in args:  # a backend with CORS headers of its own
+            request.setHeader(b"Access-Control-Allow-Origin", args["acao"].encode())
         mode = STATE["mode"]
         if mode is not None and path not in _EXEMPT and not path.startswith("/control/"):
             if mode == "hang":

@@ -168,6 +168,10 @@ class AccessControlE2E(SynchronousTestCase):
         self.assertEqual(actual.header("Access-Control-Allow-Origin"), "https://app.example.com")
         self.assertIn("Origin", actual.headerList("Vary"))
 
+        own = self.post("/batch_predict?acao=*", [("Origin", "https://app.example.com"), ("X-API-Key", ALICE_KEY)])
+        self.assertEqual(own.headerList("Access-Control-Allow-Origin"), ["https://app.example.com"],
+                         "the route's CORS policy replaces the backend's own CORS headers")
+
         refused = self.post("/batch_predict", [("Origin", "https://app.example.com")])
         self.assertEqual(refused.status, 401)
         self.assertEqual(refused.header("Access-Control-Allow-Origin"), "https://app.example.com")
