@@ -123,13 +123,8 @@ class Chain:
         self.cache = cache
 
     async def run(self, context: RequestContext) -> LocalResponse | None:
-        for f in self.filters:
-            result = f.filterRequest(context)
-            if isinstance(result, Deferred):
-                result = await result
-            if result is not None:
-                return result  # type: ignore[no-any-return]
-        return None
+        """The first filter's answer, or None when every filter lets the request through."""
+        return await self._rest(context, 0)
 
     def runNow(self, context: RequestContext) -> LocalResponse | Deferred[LocalResponse | None] | None:
         """
@@ -150,6 +145,9 @@ class Chain:
         result = await pending
         if result is not None:
             return result  # type: ignore[no-any-return]
+        return await self._rest(context, start)
+
+    async def _rest(self, context: RequestContext, start: int) -> LocalResponse | None:
         for f in self.filters[start:]:
             result = f.filterRequest(context)
             if isinstance(result, Deferred):
