@@ -173,3 +173,27 @@ class BreakerTests(SynchronousTestCase):
         """Nonsense settings fail loudly at build time, not on the request path."""
         self.assertRaises(ValueError, CircuitBreaker, 0, 1.0, 1, self.clock)
         self.assertRaises(ValueError, CircuitBreaker, 1, 1.0, 0, self.clock)
+
+
+class ScrapeTests(SynchronousTestCase):
+    def test_scrapeShowsAnExpiredOpenAsHalfOpen(self) -> None:
+        """/metrics settles the lazy open -> half-open transition: no stale 'open' after open_for has passed."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from txgateway.config import parseConfig
+        from txgateway.service import GatewayService
+
+        reactor = MemoryReactorClock()
+        config = parseConfig(
+            "upstreams:\n  app:\n    targets: [http://127.0.0.1:9]\n"
+            "    circuit_breaker: {failures: 1, open_for: 10s}\n"
+            "routes:\n  - {match: {path_prefix: /}, upstream: app}\n")
+        service = GatewayService(config, reactor)
+        endpoint = service.gateway.runtime.clusters["app"].endpoints[0]
+        assert endpoint.breaker is not None
+        self.assertTrue(endpoint.breaker.allow())
+        endpoint.breaker.recordFailure()
+        line = 'txgateway_circuit_state{target="http://127.0.0.1:9",upstream="app"}'
+        self.assertIn(f"{line} 1.0", service.metrics.render().decode())
+        reactor.advance(11)
+        self.assertIn(f"{line} 2.0", service.metrics.render().decode())

@@ -88,6 +88,7 @@ class Metrics:
                                           ["upstream", "target", "to"], registry=r)
         self.healthTransitions = Counter("txgateway_target_health_transitions", "Target health changes.",
                                          ["upstream", "target", "to"], registry=r)
+        self.beforeRender: Callable[[], None] | None = None
         self._requestChildren: dict[tuple[str, bytes, int], Any] = {}
         self._durationChildren: dict[tuple[str, bytes], Any] = {}
 
@@ -112,7 +113,13 @@ class Metrics:
         The exposition.  A worker (PROMETHEUS_MULTIPROC_DIR set by the
         supervisor) reports the sum over every worker, so /metrics tells the
         truth for the whole gateway whichever worker answers.
+
+        State that is computed lazily from the clock (a breaker's open ->
+        half-open) is settled first by C{beforeRender}, so a scrape never
+        shows a state that has already expired.
         """
+        if self.beforeRender is not None:
+            self.beforeRender()
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if directory:
             from prometheus_client import multiprocess

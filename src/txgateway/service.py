@@ -179,6 +179,7 @@ class GatewayService(MultiService):
         self.shared: dict[str, Any] = {}
         self.accessLog = _accessLog(config, self.clock)
         self.gateway = Gateway()
+        self.metrics.beforeRender = self._settleLazyState
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
@@ -211,6 +212,13 @@ class GatewayService(MultiService):
         """The admin token of the running config, so a reload can rotate it; never dropped by one."""
         admin = self.config.admin
         return admin.token if admin is not None and admin.token is not None else startToken
+
+    def _settleLazyState(self) -> None:
+        """Read every breaker's state: an expired open turns half-open (and says so) now."""
+        for cluster in self.gateway.runtime.clusters.values():
+            for endpoint in cluster.endpoints:
+                if endpoint.breaker is not None:
+                    endpoint.breaker.state  # noqa: B018 - reading settles the lazy transition
 
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
