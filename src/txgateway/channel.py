@@ -238,6 +238,8 @@ class GatewayChannel(http.HTTPChannel):
         self.setTimeout(None)  # the idle timer would close the connection a second time
         peer = self._peerHost or "?"
         log.info("refused a request from {peer}: {status} {message}", peer=peer, status=status, message=message)
+        # These never reach the resource tree, so the request metrics would not see them.
+        self.site.metrics.observeRefusal(status)
         self.transport.write(_rawResponse(status, reason, message))
         self.persistent = False
         self.loseConnection()
@@ -440,6 +442,7 @@ class GatewaySite(server.Site):
                 self._capped.add(host)
                 log.warn("{peer} holds {n} connections (server.max_connections_per_ip); refusing more",
                          peer=host, n=cap)
+            self.metrics.observeRefusal(503)
             return _TooManyConnections()
         return super().buildProtocol(addr)
 

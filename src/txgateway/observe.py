@@ -88,6 +88,9 @@ class Metrics:
                                           ["upstream", "target", "to"], registry=r)
         self.healthTransitions = Counter("txgateway_target_health_transitions", "Target health changes.",
                                          ["upstream", "target", "to"], registry=r)
+        self.refused = Counter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
+                               "large, too slow, too many connections), by status.", ["status"], registry=r)
+        self._refusedChildren: dict[int, Any] = {}
         self.beforeRender: Callable[[], None] | None = None
         self._requestChildren: dict[tuple[str, bytes, int], Any] = {}
         self._durationChildren: dict[tuple[str, bytes], Any] = {}
@@ -107,6 +110,12 @@ class Metrics:
             m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
             dchild = self._durationChildren[dkey] = self.requestDuration.labels(route, m)
         dchild.observe(seconds)
+
+    def observeRefusal(self, status: int) -> None:
+        child = self._refusedChildren.get(status)
+        if child is None:
+            child = self._refusedChildren[status] = self.refused.labels(str(status))
+        child.inc()
 
     def render(self) -> bytes:
         """

@@ -213,6 +213,8 @@ class ErrorStatusTests(SynchronousTestCase):
         gw, _ = shared()
         resp = gw.request("GET", "/echo", {"X-Big": "y" * 5000})
         self.assertEqual(resp.status, 431)
+        metrics = gw.request("GET", "/metrics").body.decode()
+        self.assertRegex(metrics, r'txgateway_refused_requests_total\{status="431"\} [1-9]')
 
 
 class DrainTests(SynchronousTestCase):
