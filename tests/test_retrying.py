@@ -32,12 +32,13 @@ class ConditionTests(SynchronousTestCase):
         """RetryPolicy implements IRetryPolicy."""
         self.assertTrue(verifyObject(IRetryPolicy, policy()))
 
-    def test_defaultsRetryOnlyConnectFailures(self) -> None:
-        """Out of the box only connect failures are retried: the one case that is always safe."""
+    def test_defaultsRetryConnectFailuresAndIdempotentResets(self) -> None:
+        """Out of the box: connect failures (nothing was sent) and resets of idempotent requests; not timeouts or statuses."""
         p = policy()
         self.assertIsNotNone(p.shouldRetry(context(), "connect_failure", False))
+        self.assertIsNotNone(p.shouldRetry(context(), "reset", True))
+        self.assertIsNone(p.shouldRetry(context(b"POST"), "reset", True))
         self.assertIsNone(p.shouldRetry(context(), "timeout", True))
-        self.assertIsNone(p.shouldRetry(context(), "reset", True))
         self.assertIsNone(p.shouldRetry(context(), 503, True))
 
     def test_listedStatusesAndConditionsAreRetried(self) -> None:

@@ -374,7 +374,10 @@ class BreakerConfig:
 @dataclass(frozen=True)
 class RetryConfig:
     attempts: int = 1
-    on: tuple[str | int, ...] = ("connect_failure",)
+    # reset too: a pooled keep-alive connection the backend closed just as a
+    # request went out fails that way, and for the idempotent methods (only
+    # those are retried after a reset) a 502 for that race is worse than a retry.
+    on: tuple[str | int, ...] = ("connect_failure", "reset")
     methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
     backoff: float = 0.025
     max_backoff: float = 1.0
