@@ -134,6 +134,9 @@ class Runtime:
                 targets.append({
                     "url": e.url,
                     "healthy": healthy,
+                    # Why not, when not: the active probe says so, or real traffic ejected it.
+                    "active_check": "passing" if e.activeHealthy else "failing",
+                    "ejected": now < e.ejectedUntil,
                     "circuit": circuit,
                     "usable": healthy and circuit != "open",
                     "in_flight": e.inFlight,
