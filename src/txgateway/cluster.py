@@ -9,7 +9,7 @@ new policy has exactly one place to plug in.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
@@ -83,7 +83,6 @@ class Cluster:
         self.maxPerTarget = config.pool.max_per_target
         self.failOpen = config.health.when_all_unhealthy == "fail_open"
         self.agent: object = None  # set by the proxy: the pooled Agent for this upstream
-        self.onStateChange: Callable[[Endpoint], None] | None = None
         balancer.setTargets(self.endpoints)
 
     def choose(self, context: RequestContext, tried: Sequence[Endpoint] = ()) -> Endpoint:

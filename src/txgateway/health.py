@@ -53,15 +53,9 @@ _PROBE_HEADERS = {b"User-Agent": [b"txgateway-health-check"]}
 
 
 def _publish(metrics: Metrics, cluster: Cluster, endpoint: Endpoint, to: str, now: float) -> None:
-    """One state change of one target: metrics, and whoever watches the cluster (admin API)."""
+    """One state change of one target, in the metrics."""
     metrics.targetHealthy.labels(cluster.name, endpoint.url).set(1 if endpoint.healthy(now) else 0)
     metrics.healthTransitions.labels(cluster.name, endpoint.url, to).inc()
-    watcher = cluster.onStateChange
-    if watcher is not None:
-        try:
-            watcher(endpoint)
-        except Exception:
-            log.failure("health state watcher failed for {target}", target=endpoint.url)
 
 
 # -- active

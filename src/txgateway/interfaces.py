@@ -162,13 +162,3 @@ class IRequestFilter(Interface):
         to answer without reaching the backend.  May return a Deferred.
         """
 
-
-class IMetricsSink(Interface):
-    """Where counters go (see L{txgateway.observe.Metrics})."""
-
-
-class IReloadable(Interface):
-    """A runtime part that survives a config reload and takes the new config."""
-
-    def reconfigure(config: Any) -> None:
-        """Adopt C{config}; keep state that still applies."""

@@ -192,14 +192,6 @@ def parseTraceparent(value: bytes | None) -> tuple[str, str] | None:
     return m.group(2).decode(), m.group(4).decode()
 
 
-def newSpanId() -> str:
-    return os.urandom(8).hex()
-
-
-def newTraceId() -> str:
-    return os.urandom(16).hex()
-
-
 class IdSource:
     """
     Request, trace and span ids from the OS's random source, read in blocks.
@@ -403,13 +395,6 @@ class TwistdLogAdopter:
         if not self.adopted:
             self.adopted = adoptTwistdObservers(self.formatter, self.publisher)
         self.publisher.removeObserver(self)
-
-
-def jsonLogObserver(outFile: IO[str] | None = None) -> ILogObserver:
-    """For C{twistd --logger txgateway.observe.jsonLogObserver}."""
-    import sys
-
-    return FileLogObserver(outFile or sys.stdout, jsonFormatter("debug"))
 
 
 class AccessLog:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import random as _random
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -162,7 +162,7 @@ class GatewayService(MultiService):
     """The whole gateway: listeners, runtime, reloads and the drain."""
 
     def __init__(self, config: GatewayConfig, reactor: Any, clock: IReactorTime | None = None,
-                 configPath: str | None = None, environ: Mapping[str, str] | None = None,
+                 configPath: str | None = None,
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
                  loadConfig: Callable[[str], GatewayConfig] = loadConfig,
                  listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None) -> None:
@@ -171,7 +171,6 @@ class GatewayService(MultiService):
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.configPath = configPath
-        self.environ = environ
         self.metrics = metrics if metrics is not None else Metrics()
         self.rng = rng or _random.Random()
         self._loadConfig = loadConfig
