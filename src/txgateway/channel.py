@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from .config import ServerConfig
     from .observe import Metrics
+    from .sending import WriteBatcher
 
 log = Logger(namespace="txgateway")
 
@@ -185,6 +186,8 @@ class GatewayChannel(http.HTTPChannel):
         self.MAX_LENGTH = max(limits.max_header_bytes, 1)
         self.totalHeadersSize = limits.max_header_bytes + 1
         self.site.connectionOpened(self)
+        if self.site.writes is not None:
+            self.site.writes.adopt(self.transport)
         self._arm(limits.timeouts.request_header, "request head")
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -266,6 +269,13 @@ class GatewayChannel(http.HTTPChannel):
     # -- parsing
 
     def dataReceived(self, data: bytes) -> None:
+        writes = self.site.writes
+        if writes is None:
+            self._receive(data)
+        else:
+            writes.run(self._receive, data)
+
+    def _receive(self, data: bytes) -> None:
         if self._phase == _IDLE and data:
             # The first byte of the next request on a keep-alive connection:
             # its head's deadline starts now.  It is armed after the bytes
@@ -421,11 +431,13 @@ class GatewaySite(server.Site):
     protocol = GatewayChannel  # type: ignore[assignment]
     displayTracebacks = False
 
-    def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None) -> None:
+    def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None,
+                 writes: WriteBatcher | None = None) -> None:
         from .middleware import AddressSet  # middleware imports this module
 
         super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
         self.limits = limits
+        self.writes = writes
         self.metrics = metrics
         self.channels: set[GatewayChannel] = set()
         self.perAddress: dict[str, int] = {}

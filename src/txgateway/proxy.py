@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .context import RequestContext
     from .interfaces import IRetryPolicy
     from .observe import Metrics
+    from .sending import WriteBatcher
 
 # RFC 9110 §7.6.1: connection-specific fields never cross the proxy.
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
@@ -289,6 +290,24 @@ class _PauseRecorder:
 class _StrictClientProtocol(HTTP11ClientProtocol):
     """The pooled client protocol, parsing responses with L{_StrictResponseParser}."""
 
+    def __init__(self, quiescentCallback: Callable[[Any], None] = lambda c: None,
+                 writes: WriteBatcher | None = None) -> None:
+        super().__init__(quiescentCallback)
+        self.writes = writes
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.writes is not None:
+            self.writes.adopt(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        writes = self.writes
+        if writes is None:
+            super().dataReceived(data)
+        else:
+            # The response relayed to the client leaves when this returns.
+            writes.run(super().dataReceived, data)
+
     def request(self, request: Any) -> Deferred[Any]:
         d: Deferred[Any] = super().request(request)
         parser = self._parser
@@ -302,13 +321,23 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
 
 class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # one "Starting factory" log line per upstream connection is noise
+    writes: WriteBatcher | None = None
 
     def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
-        return _StrictClientProtocol(self._quiescentCallback)
+        return _StrictClientProtocol(self._quiescentCallback, self.writes)
 
 
 class _Pool(HTTPConnectionPool):
     _factory = _QuietFactory
+    writes: WriteBatcher | None = None
+
+    def _newConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
+        def quiescent(protocol: HTTP11ClientProtocol) -> None:
+            self._putConnection(key, protocol)
+
+        factory = _QuietFactory(quiescent, repr(endpoint))
+        factory.writes = self.writes
+        return endpoint.connect(factory)  # type: ignore[return-value]
 
 
 _VALID_URI = re.compile(rb"[\x21-\x7e]+")  # as twisted.web's own check: no controls, spaces or non-ASCII
@@ -353,9 +382,10 @@ class _Agent(Agent):
         return self._requestWithEndpoint(key, endpoint, method, full, headers, bodyProducer, target)
 
 
-def makeAgent(reactor: Any, cluster: Cluster) -> tuple[Agent, HTTPConnectionPool]:
+def makeAgent(reactor: Any, cluster: Cluster, writes: WriteBatcher | None = None) -> tuple[Agent, HTTPConnectionPool]:
     """The pooled Agent of one upstream."""
     pool = _Pool(reactor, persistent=True)
+    pool.writes = writes
     pool.maxPersistentPerHost = cluster.config.pool.max_per_target
     pool.cachedConnectionTimeout = cluster.config.pool.idle_timeout  # type: ignore[assignment]
     # Our own retry policy decides and counts retries; the pool's silent

@@ -33,6 +33,7 @@ from .observe import AccessLog, Metrics
 from .proxy import Forwarder, makeAgent
 from .reloading import ConfigWatcher
 from .routing import RouteTable, compileRoutes
+from .sending import WriteBatcher
 
 log = Logger(namespace="txgateway")
 
@@ -53,13 +54,13 @@ class Gateway:
 def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, metrics: Metrics,
                  previous: Runtime | None = None, rng: _random.Random | None = None,
                  accessLog: AccessLog | None = None, redis: Any = None,
-                 shared: dict[str, Any] | None = None) -> Runtime:
+                 shared: dict[str, Any] | None = None, writes: WriteBatcher | None = None) -> Runtime:
     """Compile one config into a runtime, reusing what survives from C{previous}."""
     rng = rng or _random.Random()
     old = previous.clusters if previous is not None else {}
     clusters: dict[str, Cluster] = {}
     for name, upstream in config.upstreams.items():
-        clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng)
+        clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng, writes)
     routes = compileRoutes(config.routes)
     deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
                 shared=shared if shared is not None else {})
@@ -73,7 +74,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
 
 
 def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clock: IReactorTime,
-                  metrics: Metrics, rng: _random.Random) -> Cluster:
+                  metrics: Metrics, rng: _random.Random, writes: WriteBatcher | None = None) -> Cluster:
     endpoints = []
     for target in config.targets:
         e = old.endpointByURL(target.url) if old is not None else None
@@ -100,7 +101,7 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
         assert old is not None
         cluster.agent, cluster.pool = old.agent, old.pool  # type: ignore[attr-defined]
     else:
-        cluster.agent, cluster.pool = makeAgent(reactor, cluster)  # type: ignore[attr-defined]
+        cluster.agent, cluster.pool = makeAgent(reactor, cluster, writes)  # type: ignore[attr-defined]
     return cluster
 
 
@@ -177,12 +178,16 @@ class GatewayService(MultiService):
         self.redis = stores.makeRedis(config.stores, reactor) if _needsRedis(config) else None
         self.shared: dict[str, Any] = {}
         self.accessLog = _accessLog(config, self.clock)
+        # Shared by the client side and every upstream pool: each side's
+        # event writes to the other side's sockets.
+        self.writes = WriteBatcher()
         self.gateway = Gateway()
         self.metrics.beforeRender = self._settleLazyState
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
-        self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor)
+        self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
+                                writes=self.writes)
         self.listener = _Listener(reactor, config.server.listen, self.site, listenFd)
         self.listener.setServiceParent(self)
         self.adminListener: _Listener | None = None
@@ -222,7 +227,7 @@ class GatewayService(MultiService):
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
                             previous=previous, rng=self.rng, accessLog=self.accessLog, redis=self.redis,
-                            shared=self.shared)
+                            shared=self.shared, writes=self.writes)
 
     def _syncHealthCheckers(self, previous: Runtime | None) -> None:
         """Start checkers for new or changed upstreams, stop those of removed ones."""

@@ -1,0 +1,96 @@
+"""
+How bytes leave the gateway: what one reactor event wrote, sent when the event ends.
+
+Twisted never sends from C{transport.write}: it buffers, registers the socket
+for writability with epoll, sends on the next reactor turn and unregisters
+again.  For a proxied request that is four C{epoll_ctl} calls, two extra
+wake-ups and two extra event dispatches (one on the upstream side, one on
+the client side) for bytes the socket would have taken at once.
+
+A L{WriteBatcher} keeps Twisted's buffering but not the round trip: while a
+connection handles an event (bytes from a client, bytes from an upstream),
+the transports it writes to only note that they have something to send;
+when the event is handled, each is asked to send right away, the way the
+reactor would have a turn later.  Whatever the socket does not take (a slow
+reader, a large body) is left to the reactor as usual, so backpressure,
+producers and C{loseConnection} behave as before.  Everything written in
+one event still leaves in one C{send}: a response head and its body are not
+split.
+
+Writes made outside such an event (timers, Redis answers, health probes)
+take Twisted's usual path.  TLS connections are not adopted: their transport
+is a protocol over the socket, not the socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+
+
+class WriteBatcher:
+    """
+    One per process (the service makes it; the client-facing Site and every
+    upstream pool share it, because an upstream's bytes are written to a
+    client's transport and the other way round).
+    """
+
+    __slots__ = ("depth", "_pending")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._pending: dict[tcp.Connection, Callable[[], None]] = {}
+
+    def adopt(self, transport: Any) -> None:
+        """
+        Route C{transport}'s write scheduling through this batcher, and turn
+        off Nagle's algorithm on it: the gateway writes a whole message per
+        event, so there is nothing to gain from holding back a small last
+        segment until the previous one is acknowledged (up to 40 ms with
+        delayed ACKs, on every streamed response).
+        """
+        if not isinstance(transport, tcp.Connection):
+            return
+        try:
+            transport.setTcpNoDelay(True)
+        except OSError:  # not a TCP socket after all (a UNIX socket passed as one)
+            pass
+        schedule = transport.startWriting
+        pending = self._pending
+
+        def startWriting() -> None:
+            if self.depth:
+                pending[transport] = schedule
+            else:
+                schedule()
+
+        transport.startWriting = startWriting  # type: ignore[method-assign]
+
+    def run(self, handler: Callable[[bytes], None], data: bytes) -> None:
+        """Handle one event's bytes, then send what was written meanwhile."""
+        self.depth += 1
+        try:
+            handler(data)
+        finally:
+            self.depth -= 1
+            if not self.depth and self._pending:
+                self.flush()
+
+    def flush(self) -> None:
+        """Send what the event wrote; leave what the sockets do not take to the reactor."""
+        pending = self._pending
+        while pending:
+            transport, schedule = pending.popitem()
+            if not transport.connected or getattr(transport, "_aborting", False):
+                continue
+            if transport.disconnecting or transport._writeDisconnecting:
+                # Closing after the write: the reactor's doWrite both sends
+                # and closes, and reports the close through connectionLost.
+                schedule()
+                continue
+            if transport.doWrite() is not None or transport._tempDataLen or transport.dataBuffer:
+                # The socket took only part (or failed: the reactor's own
+                # doWrite will see the error again and close properly).
+                schedule()
