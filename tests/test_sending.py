@@ -1,0 +1,141 @@
+"""
+The WriteBatcher over real TCP sockets: what one event writes leaves when the
+event ends, in one piece, without the reactor's write round trip.
+
+The transports are Twisted's own TCP connections over a real loopback socket
+pair; the reactor they report to is a MemoryReactor, so a test can see
+whether a socket was handed to the reactor for writing.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase
+
+from txgateway.sending import WriteBatcher
+
+
+def _tcpPair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+class Batched(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactor()
+        ours, self.peer = _tcpPair()
+        self.peer.settimeout(5)
+        ours.setblocking(False)
+        self.transport = tcp.Connection(ours, Protocol(), self.reactor)
+        self.transport.connected = 1
+        self.batcher = WriteBatcher()
+        self.batcher.adopt(self.transport)
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+
+    def receive(self, n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            chunk = self.peer.recv(n - len(got))
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    def test_eventWritesLeaveWhenTheEventEnds(self) -> None:
+        """Head and body written in one event reach the peer as soon as it returns, no reactor turn needed."""
+        def handler(data: bytes) -> None:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            self.transport.write(b"ok")
+            # Nothing has left yet: the event is still running.
+            self.assertEqual(self.transport._tempDataLen, 40)
+
+        self.batcher.run(handler, b"")
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+        self.assertEqual(self.receive(40), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def test_noDelayIsOn(self) -> None:
+        """Nagle's algorithm would hold a streamed body's last small segment for a delayed ACK."""
+        sock = self.transport.getHandle()
+        self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def test_writesOutsideAnEventTakeTheReactorPath(self) -> None:
+        """A timer's write is left to the reactor, as Twisted does it."""
+        self.transport.write(b"late")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.transport.doWrite()
+        self.assertEqual(self.receive(4), b"late")
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_whatTheSocketDoesNotTakeIsLeftToTheReactor(self) -> None:
+        """A write larger than the socket buffer: the rest waits for writability, and all of it arrives in order."""
+        body = bytes(range(256)) * (64 * 1024)  # 16 MiB, far over any loopback buffer
+        self.batcher.run(lambda data: self.transport.write(body), b"")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        got = bytearray()
+        while len(got) < len(body):
+            got += self.peer.recv(1 << 20)
+            if self.transport in self.reactor.getWriters():
+                self.transport.doWrite()
+        self.assertEqual(bytes(got), body)
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_closeAfterWriteIsLeftToTheReactor(self) -> None:
+        """loseConnection in the event: the reactor's doWrite sends, then closes and reports it."""
+        def handler(data: bytes) -> None:
+            self.transport.write(b"bye")
+            self.transport.loseConnection()
+
+        self.batcher.run(handler, b"")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.transport.doWrite()
+        self.assertEqual(self.receive(3), b"bye")
+
+    def test_nestedEventsSendOnceTheOutermostEnds(self) -> None:
+        """An upstream event handled inside a client event (in-memory paths) does not send early."""
+        def inner(data: bytes) -> None:
+            self.transport.write(b"b")
+
+        def outer(data: bytes) -> None:
+            self.transport.write(b"a")
+            self.batcher.run(inner, b"")
+            self.assertEqual(self.transport._tempDataLen, 2)
+
+        self.batcher.run(outer, b"")
+        self.assertEqual(self.receive(2), b"ab")
+
+    def test_handlerErrorsStillSend(self) -> None:
+        """A handler that raises does not strand what it wrote before raising."""
+        def handler(data: bytes) -> None:
+            self.transport.write(b"partial")
+            raise ValueError("boom")
+
+        self.assertRaises(ValueError, self.batcher.run, handler, b"")
+        self.assertEqual(self.receive(7), b"partial")
+
+    def test_lostConnectionsAreSkipped(self) -> None:
+        """A connection lost during the event is not written to."""
+        def handler(data: bytes) -> None:
+            self.transport.write(b"x")
+            self.transport.connected = 0
+
+        self.batcher.run(handler, b"")
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_nonTcpTransportsAreLeftAlone(self) -> None:
+        """TLS and in-memory transports keep Twisted's own write path."""
+        class Other:
+            startWriting = None
+
+        other = Other()
+        self.batcher.adopt(other)
+        self.assertIsNone(other.startWriting)
