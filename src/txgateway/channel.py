@@ -176,6 +176,7 @@ class GatewayChannel(http.HTTPChannel):
     _peerHost: str | None = None
     _localAddress: Any = None
     _secure: bool | None = None
+    _validHost: bytes | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -318,7 +319,7 @@ class GatewayChannel(http.HTTPChannel):
         if len(target) > limit:
             self.refuse(414, b"URI Too Long", f"request-target over {limit} bytes")
             return False
-        if max(target, default=0) > 0x7E:
+        if not target.isascii() or b"\x7f" in target:
             # RFC 3986: a URI is ASCII; DEL and bytes above are never valid.
             self.refuse(400, b"Bad Request", "non-ASCII byte in the request-target")
             return False
@@ -369,8 +370,11 @@ class GatewayChannel(http.HTTPChannel):
             return "more than one Host header"
         if hosts is None and self._version == b"HTTP/1.1":
             return "missing Host header"
-        if hosts is not None and not validAuthority(hosts[0]):
-            return "invalid Host header"
+        if hosts is not None and hosts[0] != self._validHost:
+            if not validAuthority(hosts[0]):
+                return "invalid Host header"
+            # A keep-alive client sends the same Host on every request.
+            self._validHost = hosts[0]
         target = self._path
         if target[:1] == b"/" or (target == b"*" and self._command == b"OPTIONS"):
             return None
