@@ -95,16 +95,27 @@ def _split(draw: Callable[..., Any], data: bytes) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if b > a]
 
 
+class _RecordingRequest(GatewayRequest):
+    """Remembers its context: the gateway lets go of it once the request is done."""
+
+    recorded: Any = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "context" and value is not None:
+            object.__setattr__(self, "recorded", value)
+        super().__setattr__(name, value)
+
+
 class _Run:
     """One connection's worth of fuzzed bytes through a fresh gateway."""
 
     def __init__(self) -> None:
         self.wire = Wire()
         self.wire.agent.autoRespond = FakeResponse(200, [(b"X-Upstream", b"1")], b"upstream body")
-        self.requests: list[GatewayRequest] = []
+        self.requests: list[_RecordingRequest] = []
 
         def factory(channel: Any, queued: Any) -> GatewayRequest:
-            request = GatewayRequest(channel, queued)
+            request = _RecordingRequest(channel, queued)
             self.requests.append(request)
             return request
 
@@ -134,7 +145,7 @@ class _Run:
     def check(self, case: SynchronousTestCase) -> None:
         case.assertEqual(self.failures, [], "the gateway logged a failure")
         case.assertTrue(self.transport.disconnecting, "the connection outlived every deadline")
-        byId = {r.context.requestId: r for r in self.requests if r.context is not None}
+        byId = {r.recorded.requestId: r for r in self.requests if r.recorded is not None}
         for sent in self.wire.agent.sent:
             for name in _FRAMING:
                 case.assertEqual(sent.header(name), [], f"client framing field {name!r} forwarded")

@@ -305,6 +305,12 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     if hooks and isinstance(result, Failure):
         for hook in hooks:
             hook(result)
+    # The request and its context point at each other (and the hooks at the
+    # stages holding the context): cut the cycle so reference counting frees
+    # a request's ~40 objects now, instead of the garbage collector finding
+    # them in a gen-0 pass every few dozen requests.
+    context.onGone = None
+    request.context = None
 
 
 # Reason phrases twisted.web does not know.
