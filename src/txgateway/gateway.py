@@ -310,7 +310,7 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     # a request's ~40 objects now, instead of the garbage collector finding
     # them in a gen-0 pass every few dozen requests.
     context.onGone = None
-    request.context = None
+    request.context = None  # type: ignore[attr-defined]
 
 
 # Reason phrases twisted.web does not know.
