@@ -493,6 +493,18 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(r.header(b"server"), [])
         self.assertEqual(r.body, b"raw")
 
+    def test_dateComesFromTheGatewayClockUnlessTheOriginSentOne(self) -> None:
+        """RFC 9110 §6.6.1: every answer carries a Date, the origin's when it sent one, in whole seconds."""
+        wire = Wire()
+        wire.clock.advance(1_000_000_000.7)
+        responses, _ = wire.exchange(get(), FakeResponse(200, [], b"raw"))
+        self.assertEqual(responses[0].header(b"date"), [b"Sun, 09 Sep 2001 01:46:40 GMT"])
+        wire.clock.advance(1)
+        responses, _ = wire.exchange(get(b"/nowhere-else"), FakeResponse(200, [(b"Date", b"Mon, 01 Jan 2001 00:00:00 GMT")]))
+        self.assertEqual(responses[0].header(b"date"), [b"Mon, 01 Jan 2001 00:00:00 GMT"])
+        responses, _ = wire.exchange(get(b"*", method=b"OPTIONS"))
+        self.assertEqual(responses[0].header(b"date"), [b"Sun, 09 Sep 2001 01:46:41 GMT"])
+
     def test_optionsStarIsAnsweredWithoutServer(self) -> None:
         """RFC 9110 §9.3.7: OPTIONS * is answered by the gateway itself, without naming its software."""
         wire = Wire()

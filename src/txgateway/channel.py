@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
+from twisted.web.resource import getChildForRequest
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -127,6 +130,29 @@ class GatewayRequest(server.Request):
         self.gone = True
         super().connectionLost(reason)
 
+    def process(self) -> None:
+        """
+        twisted.web's C{process}, minus what the gateway would only undo.
+
+        No C{Server} header: the gateway does not advertise its software, and
+        every answer used to remove it again.  C{Date} comes from the Site,
+        formatted once a second rather than once a response.  The path is not
+        split into unquoted segments (C{postpath}) nor C{prepath} copied:
+        the root routes on the whole raw path in one step (see
+        L{txgateway.gateway.GatewayRoot}) and no resource reads them.
+        """
+        site = self.site = self.channel.site  # type: ignore[attr-defined]
+        self.responseHeaders._rawHeaders[_DATE] = [site.httpDate()]
+        if self.path == b"*":
+            self._handleStar()
+            return
+        self.prepath = []
+        self.postpath = [self.path[1:]]
+        try:
+            self.render(getChildForRequest(site.resource, self))
+        except BaseException:
+            self.processingFailed(Failure())
+
     def _handleStar(self) -> None:
         # "OPTIONS *" is the one request twisted.web answers itself; without
         # this it would carry "Server: TwistedWeb/<version>".
@@ -149,6 +175,16 @@ class GatewayRequest(server.Request):
         else:
             self.channel.transport.abortConnection()  # type: ignore[union-attr]
         return None
+
+
+def storedName(name: bytes) -> bytes:
+    """The key twisted.web's Headers files C{name} under (its own spelling rules, whatever the version)."""
+    h = Headers()
+    h.addRawHeader(name, b"")
+    return next(iter(h.getAllRawHeaders()))[0]
+
+
+_DATE = storedName(b"Date")
 
 
 # What the channel is reading or doing, for the deadlines.
@@ -446,8 +482,18 @@ class GatewaySite(server.Site):
         self.channels: set[GatewayChannel] = set()
         self.perAddress: dict[str, int] = {}
         self._trusted = AddressSet(limits.trusted_proxies)
+        self._dateSecond = -1
+        self._date = b""
         self._capped: set[str] = set()
         self._allClosed: list[Deferred[None]] = []
+
+    def httpDate(self) -> bytes:
+        """The C{Date} of a response sent now (RFC 9110 §6.6.1: whole seconds)."""
+        now = int(self.reactor.seconds())
+        if now != self._dateSecond:
+            self._dateSecond = now
+            self._date = http.datetimeToString(now)
+        return self._date
 
     def buildProtocol(self, addr: Any) -> Any:
         cap = self.limits.max_connections_per_ip

@@ -40,6 +40,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from .channel import storedName
 from .cluster import Cluster, Endpoint, NoTarget
 from .middleware import AddressSet
 
@@ -65,24 +66,17 @@ _NO_BODY_STATUS = frozenset((204, 304))
 _SMALL_BODY = 256 * 1024
 
 
-def _canonicalName(name: bytes) -> bytes:
-    """The key twisted.web's Headers files C{name} under (its own spelling rules, whatever the version)."""
-    h = Headers()
-    h.addRawHeader(name, b"")
-    return next(iter(h.getAllRawHeaders()))[0]
-
-
-_H_HOST = _canonicalName(b"Host")
-_H_DATE = _canonicalName(b"Date")
-_H_SERVER = _canonicalName(b"Server")
-_H_VIA = _canonicalName(b"Via")
-_H_XFF = _canonicalName(b"X-Forwarded-For")
-_H_XFP = _canonicalName(b"X-Forwarded-Proto")
-_H_XFH = _canonicalName(b"X-Forwarded-Host")
-_H_REQUEST_ID = _canonicalName(b"X-Request-ID")
-_H_TRACEPARENT = _canonicalName(b"traceparent")
-_H_CONNECTION = _canonicalName(b"Connection")
-_H_CONTENT_LENGTH = _canonicalName(b"Content-Length")
+_H_HOST = storedName(b"Host")
+_H_DATE = storedName(b"Date")
+_H_SERVER = storedName(b"Server")
+_H_VIA = storedName(b"Via")
+_H_XFF = storedName(b"X-Forwarded-For")
+_H_XFP = storedName(b"X-Forwarded-Proto")
+_H_XFH = storedName(b"X-Forwarded-Host")
+_H_REQUEST_ID = storedName(b"X-Request-ID")
+_H_TRACEPARENT = storedName(b"traceparent")
+_H_CONNECTION = storedName(b"Connection")
+_H_CONTENT_LENGTH = storedName(b"Content-Length")
 
 
 _CORS_RESPONSE = frozenset((b"access-control-allow-origin", b"access-control-allow-credentials",
@@ -122,7 +116,7 @@ def _stored(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[bytes, list[bytes]]
     out = []
     for k, v in pairs:
         h.setRawHeaders(k.encode(), [v.encode()])
-        out.append((_canonicalName(k.encode()), list(h.getRawHeaders(k.encode()) or ())))
+        out.append((storedName(k.encode()), list(h.getRawHeaders(k.encode()) or ())))
     return tuple(out)
 
 
@@ -130,7 +124,7 @@ def _addHeader(raw: dict[bytes, list[bytes]], name: bytes, value: bytes) -> None
     """C{Headers.addRawHeader}, for names the gateway itself writes (constant, valid tokens)."""
     key = _NAMES.get(name)
     if key is None:
-        key = _canonicalName(name)
+        key = storedName(name)
         if len(_NAMES) < 1024:
             _NAMES[name] = key
     if b"\r" in value or b"\n" in value:

@@ -229,6 +229,9 @@ class RedisSharedCacheTests(SynchronousTestCase):
         path = url("shared", cc="max-age=30")
         first = a.request("GET", path)
         self.assertIn("stored", first.header("Cache-Status"))
+        # The store to Redis follows the response to the client; shared means
+        # the other replica sees it once it has landed.
+        waitFor(lambda: self.redis.command("KEYS", "txgateway:cache:*"), what="the entry in Redis")
         hit = b.request("GET", path)
         self.assertTrue(hit.header("Cache-Status").startswith("txgateway; hit"), hit.headers)
         self.assertEqual(hit.json()["n"], first.json()["n"])
