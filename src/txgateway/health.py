@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import treq
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeout
@@ -160,7 +159,10 @@ class ActiveHealthChecker(Service):
         self._pool = pool
         agent = Agent.usingEndpointFactory(self.reactor, _EndpointFactory(self.reactor, self.config.timeout),
                                            pool=pool)
-        return treq.client.HTTPClient(agent)
+        # treq is loaded by the first active check, not by every gateway.
+        from treq.client import HTTPClient
+
+        return HTTPClient(agent)
 
     def _sync(self) -> None:
         endpoints = self._cluster.endpoints
@@ -277,7 +279,9 @@ def _loopDied(f: Failure, url: str) -> None:
 
 def _discardBody(response: Any) -> Deferred[int]:
     """Read the probe's body to the end (so the connection can be reused), keeping none of it."""
-    d: Deferred[Any] = treq.collect(response, _ignore)
+    from treq import collect
+
+    d: Deferred[Any] = collect(response, _ignore)
     return d.addCallback(lambda _: int(response.code))
 
 

@@ -101,9 +101,35 @@ FilterFactory = Callable[["CompiledRoute", Deps], "IRequestFilter | None"]
 
 def filterFactories() -> list[FilterFactory]:
     """The chain's builders, in order.  Each returns None when its route does not use it."""
-    from . import auth, cors, limiting
+    return [ipFilterFor, _corsFilter, _authFilter, _rateLimitFilter]
 
-    return [ipFilterFor, cors.corsFilter, auth.authFilter, limiting.rateLimitFilter]
+
+# A feature's module (and what it imports: pyjwt, redis scripts...) is loaded
+# only when some route uses the feature, so a gateway does not keep in memory
+# the code of features its config does not use.
+
+def _corsFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
+    if route.config.cors is None:
+        return None
+    from .cors import corsFilter
+
+    return corsFilter(route, deps)
+
+
+def _authFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
+    if route.config.auth is None:
+        return None
+    from .auth import authFilter
+
+    return authFilter(route, deps)
+
+
+def _rateLimitFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
+    if route.config.rate_limit is None:
+        return None
+    from .limiting import rateLimitFilter
+
+    return rateLimitFilter(route, deps)
 
 
 def ipFilterFor(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
@@ -158,7 +184,10 @@ class Chain:
 
 
 def buildChain(route: CompiledRoute, deps: Deps) -> Chain:
-    from . import caching
-
     filters = [f for f in (factory(route, deps) for factory in filterFactories()) if f is not None]
-    return Chain(filters, caching.cacheFor(route, deps))
+    cache = None
+    if route.config.cache is not None:
+        from .caching import cacheFor
+
+        cache = cacheFor(route, deps)
+    return Chain(filters, cache)

@@ -88,6 +88,8 @@ def _int(value: str | None) -> int | None:
 
 def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IService | None:
     """With more than one worker, this process supervises instead of serving."""
+    if options["workers"] is None and config.server.workers == 1:
+        return None  # the usual case; the supervisor's module stays unloaded
     from .workers import WorkerSetupError, WorkerSupervisor, installSignals, parseListen, workerCount
 
     try:
