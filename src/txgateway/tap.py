@@ -80,6 +80,26 @@ def _freezeStartupObjects() -> None:
 
     gc.collect()
     gc.freeze()
+    _returnFreedHeap()
+
+
+def _returnFreedHeap() -> None:
+    """
+    Hand the heap start-up freed back to the kernel (glibc only).
+
+    Loading the config, compiling modules that have no bytecode cache and
+    building the runtime leave freed chunks all over glibc's heap, which it
+    keeps; C{malloc_trim} releases them, about 1.5 MB of idle RSS when the
+    modules were compiled at start-up.  Elsewhere (musl, macOS) it does not
+    exist and nothing happens.
+    """
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _int(value: str | None) -> int | None:
