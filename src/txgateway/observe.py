@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    values,
 )
 from twisted.logger import (
     FileLogObserver,
@@ -45,6 +47,145 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _PlainValue:
+    """
+    A metric child's value without a lock: what L{values.MutexValue} is, minus the mutex.
+
+    The gateway updates its metrics from the reactor thread only, so the
+    lock prometheus-client takes around every increment guards nothing
+    here, and taking it was most of an increment's cost.  (A scrape reads
+    a float attribute, which the GIL keeps whole.)
+    """
+
+    __slots__ = ("_value", "_exemplar")
+
+    _multiprocess = False
+
+    def __init__(self, value: float = 0.0) -> None:
+        self._value = value
+        self._exemplar: Any = None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
+
+
+def _unlocked(value: Any) -> _PlainValue | None:
+    """
+    A lock-free replacement for C{value} if it is a plain in-process one, else None.
+
+    With workers (C{PROMETHEUS_MULTIPROC_DIR}), values are L{MmapedValue}s
+    that every worker's /metrics sums: those stay exactly as they are.
+    """
+    if type(value) is values.MutexValue:
+        return _PlainValue(value.get())
+    return None
+
+
+class FastCounter(Counter):
+    """
+    A Counter whose label children count without a lock in single-process mode.
+
+    Anything out of the ordinary (a negative amount, an exemplar, a parent
+    without label values, multiprocess mode) takes prometheus-client's own
+    path, so errors and the exposition stay exactly its own.
+    """
+
+    _plain: _PlainValue | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        plain = _unlocked(self._value)
+        if plain is not None:
+            self._value = self._plain = plain
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        plain = self._plain
+        if plain is not None and amount >= 0 and not exemplar:
+            plain._value += amount
+            return
+        super().inc(amount, exemplar)
+
+
+class FastGauge(Gauge):
+    """A Gauge updated without a lock in single-process mode (see L{FastCounter})."""
+
+    _plain: _PlainValue | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        # The most-recent modes time-stamp every set; leave those to the base class.
+        if self._multiprocess_mode not in self._MOST_RECENT_MODES:
+            plain = _unlocked(self._value)
+            if plain is not None:
+                self._value = self._plain = plain
+
+    def inc(self, amount: float = 1) -> None:
+        plain = self._plain
+        if plain is None:
+            super().inc(amount)
+        else:
+            plain._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        plain = self._plain
+        if plain is None:
+            super().dec(amount)
+        else:
+            plain._value -= amount
+
+    def set(self, value: float) -> None:
+        plain = self._plain
+        if plain is None:
+            super().set(value)
+        else:
+            plain._value = float(value)
+
+
+class FastHistogram(Histogram):
+    """
+    A Histogram observed without locks in single-process mode, its bucket found by bisection.
+
+    prometheus-client walks the bounds one by one (an observation in the
+    last buckets compares against all of them) and locks twice; the first
+    bound not below the amount is what C{bisect_left} finds.  NaN, which
+    no bucket takes, and exemplars go through the base class.
+    """
+
+    _plainBuckets: list[_PlainValue] | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        plainSum = _unlocked(self._sum)
+        if plainSum is None:
+            return
+        buckets = [_unlocked(b) for b in self._buckets]
+        if any(b is None for b in buckets):  # pragma: no cover - all or none are in-process
+            return
+        self._sum = plainSum
+        self._buckets = self._plainBuckets = buckets  # type: ignore[assignment]
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        buckets = self._plainBuckets
+        if buckets is None or exemplar or amount != amount:
+            super().observe(amount, exemplar)
+            return
+        self._sum._value += amount
+        buckets[bisect_left(self._upper_bounds, amount)]._value += 1
+
+
+
 class Metrics:
     """Every metric the gateway exports, in its own registry."""
 
@@ -55,61 +196,66 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = Counter("txgateway_http_requests", "Requests answered, by route, method and status.",
+        self.requests = FastCounter("txgateway_http_requests", "Requests answered, by route, method and status.",
                                 ["route", "method", "status"], registry=r)
-        self.requestDuration = Histogram("txgateway_http_request_duration_seconds",
+        self.requestDuration = FastHistogram("txgateway_http_request_duration_seconds",
                                          "Time from request head to last response byte.",
                                          ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstreamRequests = Counter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
+        self.upstreamRequests = FastCounter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
                                         ["upstream", "target", "status"], registry=r)
-        self.upstreamDuration = Histogram("txgateway_upstream_request_duration_seconds",
+        self.upstreamDuration = FastHistogram("txgateway_upstream_request_duration_seconds",
                                           "Time from sending an attempt to its response head.",
                                           ["upstream", "target"], buckets=LATENCY_BUCKETS, registry=r)
         # multiprocess_mode only matters with workers (see render): how the
         # workers' values of one gauge combine into the gateway's.
-        self.targetHealthy = Gauge("txgateway_target_healthy", "1 when a target may receive traffic.",
+        self.targetHealthy = FastGauge("txgateway_target_healthy", "1 when a target may receive traffic.",
                                    ["upstream", "target"], multiprocess_mode="livemin", registry=r)
-        self.circuitState = Gauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
+        self.circuitState = FastGauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
                                   ["upstream", "target"], multiprocess_mode="livemax", registry=r)
-        self.rateLimited = Counter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
-        self.retries = Counter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
-        self.cacheRequests = Counter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
+        self.rateLimited = FastCounter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
+        self.retries = FastCounter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
+        self.cacheRequests = FastCounter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
                                      registry=r)
-        self.authFailures = Counter("txgateway_auth_failures", "Requests refused by access control.",
+        self.authFailures = FastCounter("txgateway_auth_failures", "Requests refused by access control.",
                                     ["route", "reason"], registry=r)
-        self.activeConnections = Gauge("txgateway_active_connections", "Open client connections.",
+        self.activeConnections = FastGauge("txgateway_active_connections", "Open client connections.",
                                        multiprocess_mode="livesum", registry=r)
-        self.inFlight = Gauge("txgateway_in_flight_requests", "Requests being handled now.",
+        self.inFlight = FastGauge("txgateway_in_flight_requests", "Requests being handled now.",
                               multiprocess_mode="livesum", registry=r)
-        self.configReloads = Counter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
-        self.storeFallbacks = Counter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
+        self.configReloads = FastCounter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.storeFallbacks = FastCounter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
                                       ["store", "use"], registry=r)
-        self.breakerTransitions = Counter("txgateway_circuit_transitions", "Circuit breaker state changes.",
+        self.breakerTransitions = FastCounter("txgateway_circuit_transitions", "Circuit breaker state changes.",
                                           ["upstream", "target", "to"], registry=r)
-        self.healthTransitions = Counter("txgateway_target_health_transitions", "Target health changes.",
+        self.healthTransitions = FastCounter("txgateway_target_health_transitions", "Target health changes.",
                                          ["upstream", "target", "to"], registry=r)
-        self.refused = Counter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
+        self.refused = FastCounter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
                                "large, too slow, too many connections), by status.", ["status"], registry=r)
         self._refusedChildren: dict[int, Any] = {}
         self.beforeRender: Callable[[], None] | None = None
-        self._requestChildren: dict[tuple[str, bytes, int], Any] = {}
-        self._durationChildren: dict[tuple[str, bytes], Any] = {}
+        self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
 
     def observeRequest(self, route: str, method: bytes, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        child = self._requestChildren.get(key)
-        if child is None:
-            if len(self._requestChildren) > 10000:
-                self._requestChildren.clear()
-            m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
-            child = self._requestChildren[key] = self.requests.labels(route, m, str(status))
-        child.inc()
-        dkey = (route, method)
-        dchild = self._durationChildren.get(dkey)
-        if dchild is None:
-            m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
-            dchild = self._durationChildren[dkey] = self.requestDuration.labels(route, m)
-        dchild.observe(seconds)
+        children = self._requestChildren.get((route, method, status))
+        if children is None:
+            children = self._requestChildrenFor(route, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _requestChildrenFor(self, route: str, method: bytes, status: int) -> tuple[Any, Any]:
+        """
+        The counter and histogram children of one (route, method, status), looked up once.
+
+        Methods outside the standard ones share the label C{OTHER}, so a
+        client inventing methods cannot grow the series; the cache is
+        emptied if it ever holds more keys than any sane gateway sees.
+        """
+        if len(self._requestChildren) > 10000:
+            self._requestChildren.clear()
+        m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
+        children = self._requestChildren[(route, method, status)] = (
+            self.requests.labels(route, m, str(status)), self.requestDuration.labels(route, m))
+        return children
 
     def observeRefusal(self, status: int) -> None:
         child = self._refusedChildren.get(status)
