@@ -483,6 +483,9 @@ def _isoSecond(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
+_now = time.time  # the access log's clock, one name for a test to pin
+
+
 def _iso(t: float) -> str:
     return f"{_isoSecond(int(t))}.{int((t % 1) * 1000):03d}Z"
 
@@ -568,11 +571,19 @@ class AccessLog:
         self._clock = clock
         self._flushPending = False
         self.worker: int | None = None  # the worker's index when running with server.workers
+        self._jsonFile = outFile is not None and format == "json"
+        # The start of the time field for the current second, made once a second.
+        self._second = -1
+        self._timePrefix = ""
+        # The JSON of strings from small sets (route, upstream and target
+        # names, methods, cache results, outcomes), encoded once each.
+        self._encoded: dict[str, str] = {}
+        self._methods: dict[bytes, str] = {}
 
     def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
         route = context.route
         return {
-            "time": _iso(time.time()),
+            "time": _iso(_now()),
             "request_id": context.requestId,
             "client": context.clientIP,
             "method": context.method.decode("latin-1"),
@@ -598,47 +609,90 @@ class AccessLog:
         if not self.enabled:
             return
         out = self._file
-        if out is not None:
-            if self._format == "json":
-                try:
-                    line = self.jsonLine(context, duration)
-                except TypeError:  # a field of an unexpected type: let json say what it makes of it
-                    line = json.dumps(self.entry(context, duration), separators=(",", ":")) + "\n"
-                out.write(line)
-            else:
-                entry = self.entry(context, duration)
-                out.write(f"{entry['time']} {accessText(entry)}\n")
-            if self._clock is not None and not self._flushPending:
-                self._flushPending = True
-                self._clock.callLater(0, self.flush)
+        if out is None:
+            entry = self.entry(context, duration)
+            self._log.info("{access[method]} {access[path]} {access[status]}", access=entry,
+                           request_id=context.requestId)
             return
-        entry = self.entry(context, duration)
-        self._log.info("{access[method]} {access[path]} {access[status]}", access=entry,
-                       request_id=context.requestId)
+        if self._jsonFile:
+            try:
+                line = self.jsonLine(context, duration)
+            except TypeError:  # a field of an unexpected type: let json say what it makes of it
+                line = json.dumps(self.entry(context, duration), separators=(",", ":")) + "\n"
+            out.write(line)
+        else:
+            entry = self.entry(context, duration)
+            out.write(f"{entry['time']} {accessText(entry)}\n")
+        if not self._flushPending and self._clock is not None:
+            self._flushPending = True
+            self._clock.callLater(0, self.flush)
 
     def jsonLine(self, context: RequestContext, duration: float) -> str:
         """
         C{json.dumps(self.entry(context, duration), separators=(",", ":"))}
         and a newline, without the dict: the fields are known, so each is
-        encoded in place with json's own (C) string encoder.  A test holds
-        the two to the same bytes.
+        encoded in place with json's own (C) string encoder, and strings
+        that repeat from request to request (route, upstream, target,
+        method, cache, outcome) are encoded once and looked up after.
+        A test holds the two to the same bytes.
         """
-        enc = _encodeString
         c = context
+        t = _now()
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._timePrefix = '{"time":"' + _isoSecond(second) + "."
+        enc = _encodeString
+        known = self._encoded
+        get = known.get
         route = c.route
+        upstream = c.upstream
+        target = c.target
         tried = c.targetsTried
+        cache = c.cacheStatus
+        outcome = c.outcome
+        identity = c.identity
+        traceId = c.traceId
         worker = self.worker
+        if tried:
+            if len(tried) == 1:
+                t0 = tried[0]
+                triedJson = "[" + (get(t0) or self._encode(t0)) + "]"
+            else:
+                triedJson = "[" + ",".join([get(x) or self._encode(x) for x in tried]) + "]"
+        else:
+            triedJson = "null"
         return (
-            f'{{"time":"{_iso(time.time())}","request_id":{enc(c.requestId)},"client":{enc(c.clientIP)},'
-            f'"method":{enc(c.method.decode("latin-1"))},"host":{enc(c.host)},"path":{enc(c.path)},'
-            f'"route":{"null" if route is None else enc(route.name)},"upstream":{_optional(c.upstream)},'
-            f'"target":{_optional(c.target)},"attempts":{c.attempts!r},'
-            f'"targets_tried":{"[" + ",".join([enc(t) for t in tried]) + "]" if tried else "null"},'
-            f'"status":{c.status!r},"duration_ms":{round(duration * 1000, 3)!r},"bytes_in":{_bytesIn(c)!r},'
-            f'"bytes_out":{c.bytesOut!r},"cache":{_optional(c.cacheStatus)},"identity":{_optional(c.identity)},'
-            f'"outcome":{_optional(c.outcome)},"trace_id":{_optional(c.traceId)},'
+            f'{self._timePrefix}{int((t % 1) * 1000):03d}Z","request_id":{enc(c.requestId)},'
+            f'"client":{enc(c.clientIP)},"method":{self._methods.get(c.method) or self._encodeMethod(c.method)},'
+            f'"host":{enc(c.host)},"path":{enc(c.path)},'
+            f'"route":{"null" if route is None else get(route.name) or self._encode(route.name)},'
+            f'"upstream":{"null" if upstream is None else get(upstream) or self._encode(upstream)},'
+            f'"target":{"null" if target is None else get(target) or self._encode(target)},'
+            f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
+            f'"duration_ms":{round(duration * 1000, 3)!r},'
+            f'"bytes_in":{int(getattr(c.request, "bytesIn", 0))!r},"bytes_out":{c.bytesOut!r},'
+            f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
+            f'"identity":{"null" if identity is None else enc(identity)},'
+            f'"outcome":{"null" if outcome is None else get(outcome) or self._encode(outcome)},'
+            f'"trace_id":{"null" if traceId is None else enc(traceId)},'
             f'"worker":{"null" if worker is None else repr(worker)}}}\n'
         )
+
+    def _encode(self, value: str) -> str:
+        """The JSON of a string from a small set, remembered (a bounded number of them)."""
+        encoded = _encodeString(value)  # raises TypeError for what is not a string
+        known = self._encoded
+        if len(known) >= 4096:
+            known.clear()
+        known[value] = encoded
+        return encoded
+
+    def _encodeMethod(self, method: bytes) -> str:
+        encoded = _encodeString(method.decode("latin-1"))
+        if method in _KNOWN_METHODS:  # a client's invented methods are not kept
+            self._methods[method] = encoded
+        return encoded
 
     def flush(self) -> None:
         """Write out the lines buffered this reactor turn (also called by the drain)."""
@@ -655,10 +709,6 @@ class AccessLog:
 
 
 _encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
-
-
-def _optional(value: str | None) -> str:
-    return "null" if value is None else _encodeString(value)
 
 
 def _bytesIn(context: RequestContext) -> int:
