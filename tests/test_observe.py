@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from typing import Any
 
@@ -28,6 +29,7 @@ from txgateway.context import RequestContext
 from txgateway.observe import (
     LATENCY_BUCKETS,
     AccessLog,
+    IdSource,
     Metrics,
     TwistdLogAdopter,
     jsonFormatter,
@@ -292,6 +294,29 @@ class RequestIdTests(SynchronousTestCase):
             rid = requestIdFrom(bad)
             self.assertRegex(rid, r"^[0-9a-f]{32}$")
         self.assertNotEqual(requestIdFrom(None), requestIdFrom(None))
+
+    def test_idSourceGivesFreshHexIdsAcrossBlocks(self) -> None:
+        """IdSource: 32-digit request and trace ids, 16-digit span ids, never repeated, also past a block's end."""
+
+        class SmallBlocks(IdSource):
+            __slots__ = ()
+            BLOCK = 40  # a refill every few ids
+
+        reads: list[int] = []
+        urandom = os.urandom
+        self.patch(observe.os, "urandom", lambda n: reads.append(n) or urandom(n))
+        for source in (IdSource(), SmallBlocks()):
+            reads.clear()
+            ids = []
+            for _ in range(50):
+                ids += [source.requestId(None), source.traceId(), source.spanId()]
+                self.assertEqual(source.requestId(b"kept-1"), "kept-1")
+            self.assertEqual([len(i) for i in ids], [32, 32, 16] * 50)
+            for i in ids:
+                self.assertRegex(i, r"^[0-9a-f]+$")
+            self.assertEqual(len(set(ids)), len(ids))
+            # 80 hex digits a round: one read in all for 4 KiB blocks, one a round for 40-byte ones.
+            self.assertEqual(reads, [4096] if source.BLOCK == 4096 else [40] * 50)
 
     def test_idSentUpstreamAndReturned(self) -> None:
         """The client's id reaches the backend and comes back on the response."""

@@ -343,39 +343,43 @@ class IdSource:
     Request, trace and span ids from the OS's random source, read in blocks.
 
     A request can need three ids; C{os.urandom} per id is a getrandom(2)
-    syscall each.  Reading a few kilobytes at a time and slicing gives the
-    same unpredictable bytes for a fraction of the cost.  One per process
-    (L{GatewayState}); a worker is its own process with its own buffer.
+    syscall each.  Reading a few kilobytes at a time, turned into hex once,
+    and slicing gives the same unpredictable ids for a fraction of the cost.
+    One per process (L{GatewayState}); a worker is its own process with its
+    own buffer.
     """
 
-    __slots__ = ("_buffer", "_pos")
+    __slots__ = ("_hex", "_pos")
 
-    BLOCK = 4096
+    BLOCK = 4096  # random bytes read at a time: 8192 hex digits
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._hex = ""
         self._pos = 0
 
-    def _take(self, n: int) -> bytes:
+    def _digits(self, n: int) -> str:
+        """The next C{n} hex digits (C{n} // 2 random bytes), each digit used once."""
         pos = self._pos
         end = pos + n
-        if end > len(self._buffer):
-            self._buffer = os.urandom(self.BLOCK)
+        if end > len(self._hex):
+            self._hex = os.urandom(self.BLOCK).hex()
             pos, end = 0, n
         self._pos = end
-        return self._buffer[pos:end]
+        return self._hex[pos:end]
 
     def requestId(self, value: bytes | None) -> str:
         """As L{requestIdFrom}: the client's id if short and plain, else a fresh 128-bit one."""
         if value is not None and _SANE_ID.fullmatch(value):
             return value.decode("ascii")
-        return self._take(16).hex()
+        return self._digits(32)
 
     def traceId(self) -> str:
-        return self._take(16).hex()
+        """A fresh 128-bit trace id (32 hex digits)."""
+        return self._digits(32)
 
     def spanId(self) -> str:
-        return self._take(8).hex()
+        """A fresh 64-bit span id (16 hex digits)."""
+        return self._digits(16)
 
 
 # ---------------------------------------------------------------------------
