@@ -489,6 +489,10 @@ def _isoSecond(second: int) -> str:
 
 _now = time.time  # the access log's clock, one name for a test to pin
 
+# The milliseconds of a timestamp as written, "000" to "999" ("1000" for a
+# fraction that rounds up to a whole second, as the format spec wrote it).
+_MILLIS = [f"{i:03d}" for i in range(1001)]
+
 
 def _iso(t: float) -> str:
     return f"{_isoSecond(int(t))}.{int((t % 1) * 1000):03d}Z"
@@ -666,15 +670,26 @@ class AccessLog:
                 triedJson = "[" + ",".join([get(x) or self._encode(x) for x in tried]) + "]"
         else:
             triedJson = "null"
+        # repr(round(ms, 3)), as json.dumps writes it, without the costly
+        # round trip through a float: for up to 15 significant digits the
+        # shortest repr of the rounded float is the 3-decimal text less its
+        # trailing zeros (both round with the same correctly rounded dtoa).
+        ms = duration * 1000
+        if 0.0 <= ms < 1e12:
+            durationJson = f"{ms:.3f}".rstrip("0")
+            if durationJson[-1] == ".":
+                durationJson += "0"
+        else:
+            durationJson = repr(round(ms, 3))
         return (
-            f'{self._timePrefix}{int((t % 1) * 1000):03d}Z","request_id":{enc(c.requestId)},'
+            f'{self._timePrefix}{_MILLIS[int((t % 1) * 1000)]}Z","request_id":{enc(c.requestId)},'
             f'"client":{enc(c.clientIP)},"method":{self._methods.get(c.method) or self._encodeMethod(c.method)},'
             f'"host":{enc(c.host)},"path":{enc(c.path)},'
             f'"route":{"null" if route is None else get(route.name) or self._encode(route.name)},'
             f'"upstream":{"null" if upstream is None else get(upstream) or self._encode(upstream)},'
             f'"target":{"null" if target is None else get(target) or self._encode(target)},'
             f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
-            f'"duration_ms":{round(duration * 1000, 3)!r},'
+            f'"duration_ms":{durationJson},'
             f'"bytes_in":{int(getattr(c.request, "bytesIn", 0))!r},"bytes_out":{c.bytesOut!r},'
             f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
             f'"identity":{"null" if identity is None else enc(identity)},'
