@@ -4,7 +4,8 @@ Observability: metrics, logs, request IDs and trace context.
 Metrics live in a registry owned by one gateway (never the global one), so
 tests and reloads cannot collide.  Label children are looked up once per
 route and target and cached on those objects, keeping the per-request cost
-to an increment.
+to an increment, and in a single process that increment takes no lock (the
+reactor thread is the only writer; see L{FastCounter}).
 """
 
 from __future__ import annotations
