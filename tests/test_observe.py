@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from typing import Any
 
@@ -28,6 +29,7 @@ from txgateway.context import RequestContext
 from txgateway.observe import (
     LATENCY_BUCKETS,
     AccessLog,
+    IdSource,
     Metrics,
     TwistdLogAdopter,
     jsonFormatter,
@@ -293,6 +295,29 @@ class RequestIdTests(SynchronousTestCase):
             self.assertRegex(rid, r"^[0-9a-f]{32}$")
         self.assertNotEqual(requestIdFrom(None), requestIdFrom(None))
 
+    def test_idSourceGivesFreshHexIdsAcrossBlocks(self) -> None:
+        """IdSource: 32-digit request and trace ids, 16-digit span ids, never repeated, also past a block's end."""
+
+        class SmallBlocks(IdSource):
+            __slots__ = ()
+            BLOCK = 40  # a refill every few ids
+
+        reads: list[int] = []
+        urandom = os.urandom
+        self.patch(observe.os, "urandom", lambda n: reads.append(n) or urandom(n))
+        for source in (IdSource(), SmallBlocks()):
+            reads.clear()
+            ids = []
+            for _ in range(50):
+                ids += [source.requestId(None), source.traceId(), source.spanId()]
+                self.assertEqual(source.requestId(b"kept-1"), "kept-1")
+            self.assertEqual([len(i) for i in ids], [32, 32, 16] * 50)
+            for i in ids:
+                self.assertRegex(i, r"^[0-9a-f]+$")
+            self.assertEqual(len(set(ids)), len(ids))
+            # 80 hex digits a round: one read in all for 4 KiB blocks, one a round for 40-byte ones.
+            self.assertEqual(reads, [4096] if source.BLOCK == 4096 else [40] * 50)
+
     def test_idSentUpstreamAndReturned(self) -> None:
         """The client's id reaches the backend and comes back on the response."""
         gw = InMemoryGateway()
@@ -467,12 +492,37 @@ class LogTests(SynchronousTestCase):
         odd.targetsTried = ["http://a:1", 'http://"b"']
         odd.status, odd.bytesOut, odd.cacheStatus, odd.identity = 502, 10**12, "hit", "\u00e9ve"
         odd.outcome, odd.traceId = "status_502", "ab" * 16
-        self.patch(observe, "_iso", lambda t: "2024-01-01T00:00:00.000Z")  # one timestamp for both
-        for context, duration, worker in ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0)):
-            log = AccessLog(True)
-            log.worker = worker
-            self.assertEqual(log.jsonLine(context, duration),
-                             json.dumps(log.entry(context, duration), separators=(",", ":")) + "\n")
+        one = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"BREW", "h", "/", None)  # type: ignore[arg-type]
+        one.route, one.upstream, one.target, one.targetsTried = Route(), "up", "http://t:1", ["http://t:1"]  # type: ignore[assignment]
+        one.outcome, one.cacheStatus = "client_gone", "miss"
+        times = iter([1700000000.0, 1700000000.9996, 1700000001.0015, 1700000059.5, 1e9 + 0.25, 1700000000.0])
+        now: list[float] = []
+        self.patch(observe, "_now", lambda: now[0])  # one timestamp for both
+        log = AccessLog(True)
+        cases = ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0), (one, 0.0004, None))
+        for t in times:  # the same log again and again: its remembered strings and second change nothing
+            now[:] = [t]
+            for context, duration, worker in cases:
+                log.worker = worker
+                self.assertEqual(log.jsonLine(context, duration),
+                                 json.dumps(log.entry(context, duration), separators=(",", ":")) + "\n")
+
+    def test_accessLogFieldOfUnexpectedTypeWrittenAsJsonDoes(self) -> None:
+        """A field that is not a string (a number for a name, say) still makes a JSON line, as json.dumps writes it."""
+
+        class Request:
+            bytesIn = 0
+
+        self.patch(observe, "_now", lambda: 1700000000.5)
+        context = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
+        context.upstream, context.target, context.targetsTried = 5, "http://t:1", [1.5]  # type: ignore[assignment]
+        out = io.StringIO()
+        log = AccessLog(True, out, "json")
+        log.record(context, 0.001)
+        line = out.getvalue()
+        self.assertEqual(line, json.dumps(log.entry(context, 0.001), separators=(",", ":")) + "\n")
+        self.assertEqual((json.loads(line)["upstream"], json.loads(line)["targets_tried"]), (5, [1.5]))
+        self.assertEqual(json.loads(line)["time"], "2023-11-14T22:13:20.500Z")
 
     def test_accessLogFileFlushedOncePerReactorTurn(self) -> None:
         """With a clock, lines written in one reactor turn reach the file in one flush."""

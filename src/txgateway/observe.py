@@ -4,7 +4,8 @@ Observability: metrics, logs, request IDs and trace context.
 Metrics live in a registry owned by one gateway (never the global one), so
 tests and reloads cannot collide.  Label children are looked up once per
 route and target and cached on those objects, keeping the per-request cost
-to an increment.
+to an increment, and in a single process that increment takes no lock (the
+reactor thread is the only writer; see L{FastCounter}).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    values,
 )
 from twisted.logger import (
     FileLogObserver,
@@ -45,6 +48,145 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _PlainValue:
+    """
+    A metric child's value without a lock: what L{values.MutexValue} is, minus the mutex.
+
+    The gateway updates its metrics from the reactor thread only, so the
+    lock prometheus-client takes around every increment guards nothing
+    here, and taking it was most of an increment's cost.  (A scrape reads
+    a float attribute, which the GIL keeps whole.)
+    """
+
+    __slots__ = ("_value", "_exemplar")
+
+    _multiprocess = False
+
+    def __init__(self, value: float = 0.0) -> None:
+        self._value = value
+        self._exemplar: Any = None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
+
+
+def _unlocked(value: Any) -> _PlainValue | None:
+    """
+    A lock-free replacement for C{value} if it is a plain in-process one, else None.
+
+    With workers (C{PROMETHEUS_MULTIPROC_DIR}), values are L{MmapedValue}s
+    that every worker's /metrics sums: those stay exactly as they are.
+    """
+    if type(value) is values.MutexValue:
+        return _PlainValue(value.get())
+    return None
+
+
+class FastCounter(Counter):
+    """
+    A Counter whose label children count without a lock in single-process mode.
+
+    Anything out of the ordinary (a negative amount, an exemplar, a parent
+    without label values, multiprocess mode) takes prometheus-client's own
+    path, so errors and the exposition stay exactly its own.
+    """
+
+    _plain: _PlainValue | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        plain = _unlocked(self._value)
+        if plain is not None:
+            self._value = self._plain = plain
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        plain = self._plain
+        if plain is not None and amount >= 0 and not exemplar:
+            plain._value += amount
+            return
+        super().inc(amount, exemplar)
+
+
+class FastGauge(Gauge):
+    """A Gauge updated without a lock in single-process mode (see L{FastCounter})."""
+
+    _plain: _PlainValue | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        # The most-recent modes time-stamp every set; leave those to the base class.
+        if self._multiprocess_mode not in self._MOST_RECENT_MODES:
+            plain = _unlocked(self._value)
+            if plain is not None:
+                self._value = self._plain = plain
+
+    def inc(self, amount: float = 1) -> None:
+        plain = self._plain
+        if plain is None:
+            super().inc(amount)
+        else:
+            plain._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        plain = self._plain
+        if plain is None:
+            super().dec(amount)
+        else:
+            plain._value -= amount
+
+    def set(self, value: float) -> None:
+        plain = self._plain
+        if plain is None:
+            super().set(value)
+        else:
+            plain._value = float(value)
+
+
+class FastHistogram(Histogram):
+    """
+    A Histogram observed without locks in single-process mode, its bucket found by bisection.
+
+    prometheus-client walks the bounds one by one (an observation in the
+    last buckets compares against all of them) and locks twice; the first
+    bound not below the amount is what C{bisect_left} finds.  NaN, which
+    no bucket takes, and exemplars go through the base class.
+    """
+
+    _plainBuckets: list[_PlainValue] | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        plainSum = _unlocked(self._sum)
+        if plainSum is None:
+            return
+        buckets = [_unlocked(b) for b in self._buckets]
+        if any(b is None for b in buckets):  # pragma: no cover - all or none are in-process
+            return
+        self._sum = plainSum
+        self._buckets = self._plainBuckets = buckets  # type: ignore[assignment]
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        buckets = self._plainBuckets
+        if buckets is None or exemplar or amount != amount:
+            super().observe(amount, exemplar)
+            return
+        self._sum._value += amount
+        buckets[bisect_left(self._upper_bounds, amount)]._value += 1
+
+
+
 class Metrics:
     """Every metric the gateway exports, in its own registry."""
 
@@ -55,61 +197,66 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = Counter("txgateway_http_requests", "Requests answered, by route, method and status.",
+        self.requests = FastCounter("txgateway_http_requests", "Requests answered, by route, method and status.",
                                 ["route", "method", "status"], registry=r)
-        self.requestDuration = Histogram("txgateway_http_request_duration_seconds",
+        self.requestDuration = FastHistogram("txgateway_http_request_duration_seconds",
                                          "Time from request head to last response byte.",
                                          ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstreamRequests = Counter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
+        self.upstreamRequests = FastCounter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
                                         ["upstream", "target", "status"], registry=r)
-        self.upstreamDuration = Histogram("txgateway_upstream_request_duration_seconds",
+        self.upstreamDuration = FastHistogram("txgateway_upstream_request_duration_seconds",
                                           "Time from sending an attempt to its response head.",
                                           ["upstream", "target"], buckets=LATENCY_BUCKETS, registry=r)
         # multiprocess_mode only matters with workers (see render): how the
         # workers' values of one gauge combine into the gateway's.
-        self.targetHealthy = Gauge("txgateway_target_healthy", "1 when a target may receive traffic.",
+        self.targetHealthy = FastGauge("txgateway_target_healthy", "1 when a target may receive traffic.",
                                    ["upstream", "target"], multiprocess_mode="livemin", registry=r)
-        self.circuitState = Gauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
+        self.circuitState = FastGauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
                                   ["upstream", "target"], multiprocess_mode="livemax", registry=r)
-        self.rateLimited = Counter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
-        self.retries = Counter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
-        self.cacheRequests = Counter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
+        self.rateLimited = FastCounter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
+        self.retries = FastCounter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
+        self.cacheRequests = FastCounter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
                                      registry=r)
-        self.authFailures = Counter("txgateway_auth_failures", "Requests refused by access control.",
+        self.authFailures = FastCounter("txgateway_auth_failures", "Requests refused by access control.",
                                     ["route", "reason"], registry=r)
-        self.activeConnections = Gauge("txgateway_active_connections", "Open client connections.",
+        self.activeConnections = FastGauge("txgateway_active_connections", "Open client connections.",
                                        multiprocess_mode="livesum", registry=r)
-        self.inFlight = Gauge("txgateway_in_flight_requests", "Requests being handled now.",
+        self.inFlight = FastGauge("txgateway_in_flight_requests", "Requests being handled now.",
                               multiprocess_mode="livesum", registry=r)
-        self.configReloads = Counter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
-        self.storeFallbacks = Counter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
+        self.configReloads = FastCounter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.storeFallbacks = FastCounter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
                                       ["store", "use"], registry=r)
-        self.breakerTransitions = Counter("txgateway_circuit_transitions", "Circuit breaker state changes.",
+        self.breakerTransitions = FastCounter("txgateway_circuit_transitions", "Circuit breaker state changes.",
                                           ["upstream", "target", "to"], registry=r)
-        self.healthTransitions = Counter("txgateway_target_health_transitions", "Target health changes.",
+        self.healthTransitions = FastCounter("txgateway_target_health_transitions", "Target health changes.",
                                          ["upstream", "target", "to"], registry=r)
-        self.refused = Counter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
+        self.refused = FastCounter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
                                "large, too slow, too many connections), by status.", ["status"], registry=r)
         self._refusedChildren: dict[int, Any] = {}
         self.beforeRender: Callable[[], None] | None = None
-        self._requestChildren: dict[tuple[str, bytes, int], Any] = {}
-        self._durationChildren: dict[tuple[str, bytes], Any] = {}
+        self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
 
     def observeRequest(self, route: str, method: bytes, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        child = self._requestChildren.get(key)
-        if child is None:
-            if len(self._requestChildren) > 10000:
-                self._requestChildren.clear()
-            m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
-            child = self._requestChildren[key] = self.requests.labels(route, m, str(status))
-        child.inc()
-        dkey = (route, method)
-        dchild = self._durationChildren.get(dkey)
-        if dchild is None:
-            m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
-            dchild = self._durationChildren[dkey] = self.requestDuration.labels(route, m)
-        dchild.observe(seconds)
+        children = self._requestChildren.get((route, method, status))
+        if children is None:
+            children = self._requestChildrenFor(route, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _requestChildrenFor(self, route: str, method: bytes, status: int) -> tuple[Any, Any]:
+        """
+        The counter and histogram children of one (route, method, status), looked up once.
+
+        Methods outside the standard ones share the label C{OTHER}, so a
+        client inventing methods cannot grow the series; the cache is
+        emptied if it ever holds more keys than any sane gateway sees.
+        """
+        if len(self._requestChildren) > 10000:
+            self._requestChildren.clear()
+        m = method.decode("latin-1") if method in _KNOWN_METHODS else "OTHER"
+        children = self._requestChildren[(route, method, status)] = (
+            self.requests.labels(route, m, str(status)), self.requestDuration.labels(route, m))
+        return children
 
     def observeRefusal(self, status: int) -> None:
         child = self._refusedChildren.get(status)
@@ -197,39 +344,43 @@ class IdSource:
     Request, trace and span ids from the OS's random source, read in blocks.
 
     A request can need three ids; C{os.urandom} per id is a getrandom(2)
-    syscall each.  Reading a few kilobytes at a time and slicing gives the
-    same unpredictable bytes for a fraction of the cost.  One per process
-    (L{GatewayState}); a worker is its own process with its own buffer.
+    syscall each.  Reading a few kilobytes at a time, turned into hex once,
+    and slicing gives the same unpredictable ids for a fraction of the cost.
+    One per process (L{GatewayState}); a worker is its own process with its
+    own buffer.
     """
 
-    __slots__ = ("_buffer", "_pos")
+    __slots__ = ("_hex", "_pos")
 
-    BLOCK = 4096
+    BLOCK = 4096  # random bytes read at a time: 8192 hex digits
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._hex = ""
         self._pos = 0
 
-    def _take(self, n: int) -> bytes:
+    def _digits(self, n: int) -> str:
+        """The next C{n} hex digits (C{n} // 2 random bytes), each digit used once."""
         pos = self._pos
         end = pos + n
-        if end > len(self._buffer):
-            self._buffer = os.urandom(self.BLOCK)
+        if end > len(self._hex):
+            self._hex = os.urandom(self.BLOCK).hex()
             pos, end = 0, n
         self._pos = end
-        return self._buffer[pos:end]
+        return self._hex[pos:end]
 
     def requestId(self, value: bytes | None) -> str:
         """As L{requestIdFrom}: the client's id if short and plain, else a fresh 128-bit one."""
         if value is not None and _SANE_ID.fullmatch(value):
             return value.decode("ascii")
-        return self._take(16).hex()
+        return self._digits(32)
 
     def traceId(self) -> str:
-        return self._take(16).hex()
+        """A fresh 128-bit trace id (32 hex digits)."""
+        return self._digits(32)
 
     def spanId(self) -> str:
-        return self._take(8).hex()
+        """A fresh 64-bit span id (16 hex digits)."""
+        return self._digits(16)
 
 
 # ---------------------------------------------------------------------------
@@ -337,6 +488,13 @@ def _isoSecond(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
+_now = time.time  # the access log's clock, one name for a test to pin
+
+# The milliseconds of a timestamp as written, "000" to "999" ("1000" for a
+# fraction that rounds up to a whole second, as the format spec wrote it).
+_MILLIS = [f"{i:03d}" for i in range(1001)]
+
+
 def _iso(t: float) -> str:
     return f"{_isoSecond(int(t))}.{int((t % 1) * 1000):03d}Z"
 
@@ -422,11 +580,19 @@ class AccessLog:
         self._clock = clock
         self._flushPending = False
         self.worker: int | None = None  # the worker's index when running with server.workers
+        self._jsonFile = outFile is not None and format == "json"
+        # The start of the time field for the current second, made once a second.
+        self._second = -1
+        self._timePrefix = ""
+        # The JSON of strings from small sets (route, upstream and target
+        # names, methods, cache results, outcomes), encoded once each.
+        self._encoded: dict[str, str] = {}
+        self._methods: dict[bytes, str] = {}
 
     def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
         route = context.route
         return {
-            "time": _iso(time.time()),
+            "time": _iso(_now()),
             "request_id": context.requestId,
             "client": context.clientIP,
             "method": context.method.decode("latin-1"),
@@ -452,47 +618,101 @@ class AccessLog:
         if not self.enabled:
             return
         out = self._file
-        if out is not None:
-            if self._format == "json":
-                try:
-                    line = self.jsonLine(context, duration)
-                except TypeError:  # a field of an unexpected type: let json say what it makes of it
-                    line = json.dumps(self.entry(context, duration), separators=(",", ":")) + "\n"
-                out.write(line)
-            else:
-                entry = self.entry(context, duration)
-                out.write(f"{entry['time']} {accessText(entry)}\n")
-            if self._clock is not None and not self._flushPending:
-                self._flushPending = True
-                self._clock.callLater(0, self.flush)
+        if out is None:
+            entry = self.entry(context, duration)
+            self._log.info("{access[method]} {access[path]} {access[status]}", access=entry,
+                           request_id=context.requestId)
             return
-        entry = self.entry(context, duration)
-        self._log.info("{access[method]} {access[path]} {access[status]}", access=entry,
-                       request_id=context.requestId)
+        if self._jsonFile:
+            try:
+                line = self.jsonLine(context, duration)
+            except TypeError:  # a field of an unexpected type: let json say what it makes of it
+                line = json.dumps(self.entry(context, duration), separators=(",", ":")) + "\n"
+            out.write(line)
+        else:
+            entry = self.entry(context, duration)
+            out.write(f"{entry['time']} {accessText(entry)}\n")
+        if not self._flushPending and self._clock is not None:
+            self._flushPending = True
+            self._clock.callLater(0, self.flush)
 
     def jsonLine(self, context: RequestContext, duration: float) -> str:
         """
         C{json.dumps(self.entry(context, duration), separators=(",", ":"))}
         and a newline, without the dict: the fields are known, so each is
-        encoded in place with json's own (C) string encoder.  A test holds
-        the two to the same bytes.
+        encoded in place with json's own (C) string encoder, and strings
+        that repeat from request to request (route, upstream, target,
+        method, cache, outcome) are encoded once and looked up after.
+        A test holds the two to the same bytes.
         """
-        enc = _encodeString
         c = context
+        t = _now()
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._timePrefix = '{"time":"' + _isoSecond(second) + "."
+        enc = _encodeString
+        known = self._encoded
+        get = known.get
         route = c.route
+        upstream = c.upstream
+        target = c.target
         tried = c.targetsTried
+        cache = c.cacheStatus
+        outcome = c.outcome
+        identity = c.identity
+        traceId = c.traceId
         worker = self.worker
+        if tried:
+            if len(tried) == 1:
+                t0 = tried[0]
+                triedJson = "[" + (get(t0) or self._encode(t0)) + "]"
+            else:
+                triedJson = "[" + ",".join([get(x) or self._encode(x) for x in tried]) + "]"
+        else:
+            triedJson = "null"
+        # repr(round(ms, 3)), as json.dumps writes it, without the costly
+        # round trip through a float: for up to 15 significant digits the
+        # shortest repr of the rounded float is the 3-decimal text less its
+        # trailing zeros (both round with the same correctly rounded dtoa).
+        ms = duration * 1000
+        if 0.0 <= ms < 1e12:
+            durationJson = f"{ms:.3f}".rstrip("0")
+            if durationJson[-1] == ".":
+                durationJson += "0"
+        else:
+            durationJson = repr(round(ms, 3))
         return (
-            f'{{"time":"{_iso(time.time())}","request_id":{enc(c.requestId)},"client":{enc(c.clientIP)},'
-            f'"method":{enc(c.method.decode("latin-1"))},"host":{enc(c.host)},"path":{enc(c.path)},'
-            f'"route":{"null" if route is None else enc(route.name)},"upstream":{_optional(c.upstream)},'
-            f'"target":{_optional(c.target)},"attempts":{c.attempts!r},'
-            f'"targets_tried":{"[" + ",".join([enc(t) for t in tried]) + "]" if tried else "null"},'
-            f'"status":{c.status!r},"duration_ms":{round(duration * 1000, 3)!r},"bytes_in":{_bytesIn(c)!r},'
-            f'"bytes_out":{c.bytesOut!r},"cache":{_optional(c.cacheStatus)},"identity":{_optional(c.identity)},'
-            f'"outcome":{_optional(c.outcome)},"trace_id":{_optional(c.traceId)},'
+            f'{self._timePrefix}{_MILLIS[int((t % 1) * 1000)]}Z","request_id":{enc(c.requestId)},'
+            f'"client":{enc(c.clientIP)},"method":{self._methods.get(c.method) or self._encodeMethod(c.method)},'
+            f'"host":{enc(c.host)},"path":{enc(c.path)},'
+            f'"route":{"null" if route is None else get(route.name) or self._encode(route.name)},'
+            f'"upstream":{"null" if upstream is None else get(upstream) or self._encode(upstream)},'
+            f'"target":{"null" if target is None else get(target) or self._encode(target)},'
+            f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
+            f'"duration_ms":{durationJson},'
+            f'"bytes_in":{int(getattr(c.request, "bytesIn", 0))!r},"bytes_out":{c.bytesOut!r},'
+            f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
+            f'"identity":{"null" if identity is None else enc(identity)},'
+            f'"outcome":{"null" if outcome is None else get(outcome) or self._encode(outcome)},'
+            f'"trace_id":{"null" if traceId is None else enc(traceId)},'
             f'"worker":{"null" if worker is None else repr(worker)}}}\n'
         )
+
+    def _encode(self, value: str) -> str:
+        """The JSON of a string from a small set, remembered (a bounded number of them)."""
+        encoded = _encodeString(value)  # raises TypeError for what is not a string
+        known = self._encoded
+        if len(known) >= 4096:
+            known.clear()
+        known[value] = encoded
+        return encoded
+
+    def _encodeMethod(self, method: bytes) -> str:
+        encoded = _encodeString(method.decode("latin-1"))
+        if method in _KNOWN_METHODS:  # a client's invented methods are not kept
+            self._methods[method] = encoded
+        return encoded
 
     def flush(self) -> None:
         """Write out the lines buffered this reactor turn (also called by the drain)."""
@@ -509,10 +729,6 @@ class AccessLog:
 
 
 _encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
-
-
-def _optional(value: str | None) -> str:
-    return "null" if value is None else _encodeString(value)
 
 
 def _bytesIn(context: RequestContext) -> int:
