@@ -211,6 +211,7 @@ class GatewayChannel(http.HTTPChannel):
     _deadline: IDelayedCall | None = None
     _peerHost: str | None = None
     _localAddress: Any = None
+    _peerAddress: Any = None
     _secure: bool | None = None
     _validHost: bytes | None = None
 
@@ -239,6 +240,16 @@ class GatewayChannel(http.HTTPChannel):
         if host is None:
             host = self._localAddress = super().getHost()
         return host
+
+    def getPeer(self) -> Any:
+        # Every Request asks for it; the TCP transport builds a new address
+        # object each time.  A connection's peer never changes.
+        peer = self._peerAddress
+        if peer is None:
+            peer = super().getPeer()
+            if self.transport is not None:
+                self._peerAddress = peer
+        return peer
 
     def isSecure(self) -> bool:
         # Asked twice a request (twisted.web, X-Forwarded-Proto), each time a
