@@ -11,6 +11,7 @@ well-formed request reaches the backend exactly as it was sent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -197,3 +198,29 @@ class FuzzTests(SynchronousTestCase):
         run = _Run()
         run.feed([raw], [])
         run.check(self)
+
+
+def _seen(run: _Run) -> tuple[list[Any], list[Any]]:
+    """What the client and the upstream got, without the per-request random ids."""
+    ids = re.compile(rb'"request_id":"[0-9a-f]+"')
+    client = [(r.status, [h for h in r.headers if h[0].lower() != b"x-request-id"], ids.sub(b"", r.body))
+              for r in parseResponses(run.transport.value())]
+    upstream = [(s.method, s.uri, s.body,
+                 sorted((k, v) for k, vs in s.headers.getAllRawHeaders() for v in vs
+                        if k.lower() not in (b"x-request-id", b"traceparent")))
+                for s in run.wire.agent.sent]
+    return client, upstream
+
+
+class WholeHeadTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.one_of(validRequest().map(lambda r: r[0]), mutated()))
+    def test_aHeadInOneReadIsTakenAsLineByLine(self, raw: bytes) -> None:
+        """A request head read whole (the channel's shortcut) gets exactly what it gets read a byte at a time."""
+        whole, bytewise = _Run(), _Run()
+        whole.feed([raw], [])
+        bytewise.feed([raw[i:i + 1] for i in range(len(raw))], [0.0] * len(raw))
+        whole.check(self)
+        bytewise.check(self)
+        self.assertEqual(_seen(whole), _seen(bytewise))

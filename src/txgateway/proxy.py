@@ -40,7 +40,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .channel import storedName
+from .channel import _TCHAR, storedName
 from .cluster import Cluster, Endpoint, NoTarget
 from .middleware import AddressSet
 
@@ -206,7 +206,6 @@ class InvalidUpstreamResponse(Exception):
     """An upstream response head we will not relay: its framing or a field is unsafe."""
 
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 class _StrictResponseParser(HTTPClientParser):
