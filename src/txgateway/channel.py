@@ -340,11 +340,13 @@ class GatewayChannel(http.HTTPChannel):
             # incomplete then; a head that arrives whole (nearly always)
             # costs no timer to set and cancel.
             self._phase = _HEAD
-            super().dataReceived(data)
-            if self._phase == _HEAD and self._deadline is None and not self.refused and self.transport is not None:
-                self._arm(self.site.limits.timeouts.request_header, "request head")
-            return
         super().dataReceived(data)
+        if self._phase == _IDLE and self._buffer and self.line_mode:
+            # The bytes held a whole request, answered at once, and the start
+            # of another: that one's head deadline starts now too.
+            self._phase = _HEAD
+        if self._phase == _HEAD and self._deadline is None and not self.refused and self.transport is not None:
+            self._arm(self.site.limits.timeouts.request_header, "request head")
 
     def _wholeHead(self, data: bytes) -> bool:
         """
