@@ -7,8 +7,12 @@ when a test advances the C{MemoryReactorClock} the GatewaySite was given.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgateway.channel import GatewayChannel, GatewayRequest, GatewaySite
@@ -247,3 +251,30 @@ class ConnectionCapTests(SynchronousTestCase):
         proto, _ = wire.connect("203.0.113.9")
         self.assertEqual(proto._peerHost, "203.0.113.9")
         self.assertEqual(wire.site.perAddress, {"203.0.113.9": 1})
+
+
+class WhenDoneTests(SynchronousTestCase):
+    """GatewayRequest.whenDone: the request-done hook the access log and metrics hang on."""
+
+    def request(self) -> tuple[GatewayRequest, list[Any]]:
+        from twisted.web.test.requesthelper import DummyChannel
+
+        request = GatewayRequest(DummyChannel())
+        calls: list[Any] = []
+        request.whenDone(lambda result, tag: calls.append((result, tag)), "t")
+        return request, calls
+
+    def test_finishedResponseCallsItOnceWithNone(self) -> None:
+        """A finished response reports success once, even if the connection closes later."""
+        request, calls = self.request()
+        request.finish()
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(calls, [(None, "t")])
+
+    def test_clientGoneCallsItOnceWithTheReason(self) -> None:
+        """A client that leaves first is reported with the reason, once."""
+        request, calls = self.request()
+        reason = Failure(ConnectionDone())
+        request.connectionLost(reason)
+        self.assertEqual(calls, [(reason, "t")])
+        self.assertTrue(request.gone)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -126,9 +127,32 @@ class GatewayRequest(server.Request):
             return
         super().handleContentChunk(data)
 
+    _onDone: tuple[Callable[..., None], tuple[Any, ...]] | None = None
+
+    def whenDone(self, hook: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{hook(result, *args)} once: C{result} is None when the response
+        is finished, the reason (a Failure) when the client left first.
+
+        What C{notifyFinish().addBoth(hook, *args)} does, as one plain call
+        instead of a Deferred made, chained and fired for every request.
+        """
+        self._onDone = (hook, args)
+
+    def _done(self, result: Failure | None) -> None:
+        onDone = self._onDone
+        if onDone is not None:
+            self._onDone = None
+            onDone[0](result, *onDone[1])
+
+    def finish(self) -> None:
+        super().finish()
+        self._done(None)
+
     def connectionLost(self, reason: Any) -> None:
         self.gone = True
         super().connectionLost(reason)
+        self._done(reason)
 
     def process(self) -> None:
         """

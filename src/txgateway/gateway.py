@@ -182,7 +182,11 @@ class GatewayRoot(Resource):
         request.bytesIn = requestBodySize(request)  # the body is gone by the time the access log is written
         state.requestStarted()
         runtime.metrics.inFlight.inc()
-        request.notifyFinish().addBoth(_requestDone, context, runtime, state)
+        whenDone = getattr(request, "whenDone", None)
+        if whenDone is not None:
+            whenDone(_requestDone, context, runtime, state)
+        else:  # a plain twisted.web Request (tests, embedding)
+            request.notifyFinish().addBoth(_requestDone, context, runtime, state)
         _trace(context, state.ids)
 
         raw = request.uri
