@@ -63,6 +63,13 @@ class Batched(SynchronousTestCase):
         self.assertNotIn(self.transport, self.reactor.getWriters())
         self.assertEqual(self.receive(40), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
+    def test_sequencesLeaveAsOneString(self) -> None:
+        """A head handed over in pieces is buffered as one string, bytes unchanged; non-bytes still refused."""
+        pieces = [b"HTTP/1.1", b" ", b"200", b" ", b"OK", b"\r\n", b"A", b": ", b"b", b"\r\n", b"\r\n"]
+        self.batcher.run(lambda data: self.transport.writeSequence(pieces), b"")
+        self.assertEqual(self.receive(len(b"".join(pieces))), b"".join(pieces))
+        self.assertRaises(TypeError, self.transport.writeSequence, [b"a", "b"])
+
     def test_noDelayIsOn(self) -> None:
         """Nagle's algorithm would hold a streamed body's last small segment for a delayed ACK."""
         sock = self.transport.getHandle()

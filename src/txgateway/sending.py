@@ -45,8 +45,8 @@ class WriteBatcher:
 
     def adopt(self, transport: Any) -> None:
         """
-        Route C{transport}'s write scheduling through this batcher, and turn
-        off Nagle's algorithm on it: the gateway writes a whole message per
+        Route C{transport}'s write scheduling through this batcher, join what
+        is written as a sequence, and turn off Nagle's algorithm on it: the gateway writes a whole message per
         event, so there is nothing to gain from holding back a small last
         segment until the previous one is acknowledged (up to 40 ms with
         delayed ACKs, on every streamed response).
@@ -67,6 +67,18 @@ class WriteBatcher:
                 schedule()
 
         transport.startWriting = startWriting  # type: ignore[method-assign]
+
+        # twisted.web and the Agent hand over messages as sequences of small
+        # pieces (four per header field), which the TCP transport checks one
+        # by one to be bytes, buffers, and joins when it sends; joining them
+        # first is the same bytes for a fifth of the work (2.6 -> 0.5 us for
+        # a 10-field head).
+        write = transport.write
+
+        def writeSequence(pieces: Any) -> None:
+            write(b"".join(pieces))
+
+        transport.writeSequence = writeSequence  # type: ignore[method-assign]
 
     def run(self, handler: Callable[[bytes], None], data: bytes) -> None:
         """Handle one event's bytes, then send what was written meanwhile."""
