@@ -21,7 +21,7 @@ from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -33,6 +33,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
     ResponseDone,
     _HTTP11ClientFactory,
+    _RetryingHTTP11ClientProtocol,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
@@ -321,8 +322,78 @@ class _QuietFactory(_HTTP11ClientFactory):
 
 
 class _Pool(HTTPConnectionPool):
+    """
+    Twisted's connection pool, with idle connections expired by one timer.
+
+    C{HTTPConnectionPool} schedules a timer each time a connection goes back
+    to the pool and cancels it when the connection is taken again: a timer
+    made and cancelled for every proxied request.  Here a pooled connection
+    only notes when it went idle; one timer per pool closes the connections
+    idle for C{cachedConnectionTimeout} (C{pool.idle_timeout}) and sets
+    itself for the next one due.
+    """
+
     _factory = _QuietFactory
     writes: WriteBatcher | None = None
+
+    def __init__(self, reactor: Any, persistent: bool = True) -> None:
+        super().__init__(reactor, persistent)
+        self._idleSince: dict[Any, float] = {}
+        self._sweeper: IDelayedCall | None = None
+
+    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
+        connections = self._connections.get(key)
+        while connections:
+            connection = connections.pop(0)
+            self._idleSince.pop(connection, None)
+            if connection.state == "QUIESCENT":
+                if self.retryAutomatically:
+                    def again() -> Deferred[HTTP11ClientProtocol]:
+                        return self._newConnection(key, endpoint)
+
+                    connection = _RetryingHTTP11ClientProtocol(connection, again)
+                return succeed(connection)
+        return self._newConnection(key, endpoint)
+
+    def _putConnection(self, key: Any, connection: HTTP11ClientProtocol) -> None:
+        if connection.state != "QUIESCENT":
+            super()._putConnection(key, connection)  # logs the bug, keeps nothing
+            return
+        connections = self._connections.setdefault(key, [])
+        if len(connections) == self.maxPersistentPerHost:
+            dropped = connections.pop(0)
+            self._idleSince.pop(dropped, None)
+            dropped.transport.loseConnection()  # type: ignore[union-attr]
+        connections.append(connection)
+        self._idleSince[connection] = self._reactor.seconds()
+        if self._sweeper is None:
+            self._sweeper = self._reactor.callLater(self.cachedConnectionTimeout, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self._reactor.seconds()
+        timeout = self.cachedConnectionTimeout
+        due: float | None = None
+        for connections in self._connections.values():
+            for connection in list(connections):
+                since = self._idleSince.get(connection)
+                if since is None:
+                    continue
+                if now - since >= timeout:
+                    connections.remove(connection)
+                    del self._idleSince[connection]
+                    connection.transport.loseConnection()
+                elif due is None or since + timeout < due:
+                    due = since + timeout
+        if due is not None:
+            self._sweeper = self._reactor.callLater(due - now, self._sweep)
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        self._idleSince.clear()
+        return super().closeCachedConnections()  # type: ignore[no-any-return]
 
     def _newConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
         def quiescent(protocol: HTTP11ClientProtocol) -> None:
