@@ -179,6 +179,40 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.disconnecting)
 
+    def test_idleTimeCountsFromTheLastAnswer(self) -> None:
+        """A request at 40s keeps the connection: it closes 60s after that answer, not 60s after the first."""
+        wire = Wire()
+        wire.agent.autoRespond = FakeResponse(200, [], b"ok")
+        proto, transport = wire.send(get())
+        wire.clock.advance(40)
+        proto.dataReceived(get())
+        wire.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        wire.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_slowUpstreamIsNotAnIdleConnection(self) -> None:
+        """A request waiting 100s on its upstream is not cut by the 60s idle timeout; idleness starts with the answer."""
+        wire = Wire(config=BASE_CONFIG.format(extra="").replace(
+            "    retries: false", "    retries: false\n    timeouts: {response: 200s}"))
+        proto, transport = wire.send(get())
+        wire.clock.advance(100)
+        self.assertFalse(transport.disconnecting)
+        wire.agent.sent[0].deferred.callback(FakeResponse(200, [], b"late"))
+        self.assertEqual(_status(transport), b"HTTP/1.1 200 OK")
+        wire.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        wire.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_closedConnectionLeavesNoIdleTimer(self) -> None:
+        """A connection that goes away does not keep its idle timer (and itself) on the reactor."""
+        wire = Wire()
+        wire.agent.autoRespond = FakeResponse(200, [], b"ok")
+        proto, transport = wire.send(get())
+        proto.connectionLost(None)
+        self.assertEqual(wire.clock.getDelayedCalls(), [])
+
     def test_clientThatNeverReadsIsAbortedAfterRefusal(self) -> None:
         """A refused client that does not read our answer is aborted, not kept forever."""
         wire = Wire()

@@ -242,6 +242,8 @@ class GatewayChannel(http.HTTPChannel):
     _peerHost: str | None = None
     _localAddress: Any = None
     _peerAddress: Any = None
+    _idleCall: IDelayedCall | None = None
+    _idleFrom = 0.0
     _secure: bool | None = None
     _validHost: bytes | None = None
 
@@ -260,8 +262,51 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
+        idle, self._idleCall = self._idleCall, None
+        if idle is not None and idle.active():
+            idle.cancel()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+    # -- the idle timeout (server.timeouts.idle), kept lazily
+
+    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
+        """
+        TimeoutMixin's idle timeout, with one timer kept across requests.
+
+        twisted.web turns the idle timeout off while a request is handled and
+        on again once it is answered: a timer cancelled and another made for
+        every request.  Here turning it off only records that; the timer
+        stays, and when it fires it looks at when the connection was last
+        active (and whether the timeout is on) before closing anything,
+        setting itself again for what is left.
+        """
+        previous = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]
+        if period is not None:
+            self._idleFrom = now = self.site.reactor.seconds()
+            call = self._idleCall
+            if call is None:
+                self._idleCall = self.callLater(period, self._idleCheck)
+            elif call.getTime() > now + period:
+                call.reset(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None and self._idleCall is not None:
+            self._idleFrom = self.site.reactor.seconds()
+
+    def _idleCheck(self) -> None:
+        self._idleCall = None
+        period = self.timeOut
+        if period is None:
+            return  # a request is being handled; setTimeout sets a timer again when it is done
+        now = self.site.reactor.seconds()
+        due = self._idleFrom + period
+        if now >= due:
+            self.timeoutConnection()
+        else:
+            self._idleCall = self.callLater(due - now, self._idleCheck)
 
     def getHost(self) -> Any:
         # Every Request asks for it; the TCP transport answers with a
