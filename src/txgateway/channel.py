@@ -209,6 +209,8 @@ def storedName(name: bytes) -> bytes:
 
 
 _DATE = storedName(b"Date")
+_HOST = storedName(b"Host")
+_CONNECTION = storedName(b"Connection")
 
 
 # RFC 9110 §5.6.2 token characters, the only ones a field name may use.
@@ -544,7 +546,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def _checkHost(self, req: Any) -> str | None:
         """RFC 9112 §3.2: exactly one valid Host; absolute-form targets override it."""
-        hosts = req.requestHeaders.getRawHeaders(b"host")
+        hosts = req.requestHeaders._rawHeaders.get(_HOST)
         if hosts is not None and len(hosts) > 1:
             return "more than one Host header"
         if hosts is None and self._version == b"HTTP/1.1":
@@ -572,7 +574,7 @@ class GatewayChannel(http.HTTPChannel):
         # "x, close" would keep the connection open; RFC 9110 §7.6.1 lists
         # comma-separated tokens.
         close = False
-        for value in request.requestHeaders.getRawHeaders(b"connection", ()):
+        for value in request.requestHeaders._rawHeaders.get(_CONNECTION, ()):
             if b"close" in (t.strip(b" \t").lower() for t in value.split(b",")):
                 close = True
         if version == b"HTTP/1.1" and not close:

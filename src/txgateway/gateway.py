@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from .context import LocalResponse, RequestContext
 from .middleware import AddressSet, jsonResponse
 from .observe import IdSource, parseTraceparent, requestBodySize
-from .proxy import UpstreamFailure
+from .proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRACESTATE, _H_VIA, UpstreamFailure
 from .routing import PathError, normalizeHost, normalizePath
 
 if TYPE_CHECKING:
@@ -168,12 +168,12 @@ class GatewayRoot(Resource):
         gw = self.gateway
         runtime: Runtime = gw.runtime
         state: GatewayState = gw.state
-        headers = request.requestHeaders
+        raw = request.requestHeaders._rawHeaders  # Headers' own dict: no name encoding per lookup
         peer = _peerIP(request)
         context = RequestContext(
-            request, runtime.clock.seconds(), state.ids.requestId(headers.getRawHeaders(b"x-request-id", (None,))[0]),
+            request, runtime.clock.seconds(), state.ids.requestId(raw.get(_H_REQUEST_ID, (None,))[0]),
             runtime.clientIP(peer, request), peer, request.method,
-            normalizeHost(headers.getRawHeaders(b"host", (b"",))[0]), "/", None,
+            normalizeHost(raw.get(_H_HOST, (b"",))[0]), "/", None,
         )
         # One finish notification per request: _requestDone calls these when
         # the client leaves, instead of each stage asking for its own.
@@ -187,13 +187,13 @@ class GatewayRoot(Resource):
             whenDone(_requestDone, context, runtime, state)
         else:  # a plain twisted.web Request (tests, embedding)
             request.notifyFinish().addBoth(_requestDone, context, runtime, state)
-        _trace(context, state.ids)
+        _trace(context, raw, state.ids)
 
-        raw = request.uri
-        q = raw.find(b"?")
-        rawPath = raw if q == -1 else raw[:q]
+        uri = request.uri
+        q = uri.find(b"?")
+        rawPath = uri if q == -1 else uri[:q]
         if q != -1:
-            context.query = raw[q + 1:]
+            context.query = uri[q + 1:]
         try:
             context.path = normalizePath(rawPath)
         except PathError as e:
@@ -206,7 +206,7 @@ class GatewayRoot(Resource):
         if kind is not None:
             return _OwnEndpoint(kind, runtime, gw.state)
 
-        if runtime.viaName is not None and _looped(request.requestHeaders.getRawHeaders(b"via"), runtime.viaName):
+        if runtime.viaName is not None and _looped(raw.get(_H_VIA), runtime.viaName):
             log.warn("request {request_id} already passed through this gateway ({via}): refused as a loop",
                      request_id=context.requestId, via=runtime.viaName.decode())
             return _Local(jsonResponse(context, 508, "loop detected: the request already passed through this gateway"))
@@ -278,18 +278,20 @@ def _peerIP(request: Any) -> str:
     return host if isinstance(host, str) else "0.0.0.0"
 
 
-def _trace(context: RequestContext, ids: IdSource) -> None:
+def _trace(context: RequestContext, raw: dict[bytes, list[bytes]], ids: IdSource) -> None:
     """W3C trace context: continue the caller's trace, with this hop as the new parent span."""
-    parsed = parseTraceparent(context.header(b"traceparent"))
+    parent = raw.get(_H_TRACEPARENT)
+    parsed = parseTraceparent(parent[0]) if parent else None
+    state = raw.get(_H_TRACESTATE)
     if parsed is None:
         context.traceId = ids.traceId()
         # W3C: vendor state belongs to the trace it came with; a new trace
         # must not carry the old one's.
-        if context.header(b"tracestate") is not None:
+        if state:
             context.removeHeaders.append(b"tracestate")
     else:
         context.traceId, context.traceFlags = parsed
-        context.tracestate = context.header(b"tracestate")
+        context.tracestate = state[0] if state else None
     context.spanId = ids.spanId()
 
 

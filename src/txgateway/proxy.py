@@ -76,6 +76,8 @@ _H_XFP = storedName(b"X-Forwarded-Proto")
 _H_XFH = storedName(b"X-Forwarded-Host")
 _H_REQUEST_ID = storedName(b"X-Request-ID")
 _H_TRACEPARENT = storedName(b"traceparent")
+_H_TRACESTATE = storedName(b"tracestate")
+_H_TRANSFER_ENCODING = storedName(b"Transfer-Encoding")
 _H_CONNECTION = storedName(b"Connection")
 _H_CONTENT_LENGTH = storedName(b"Content-Length")
 
@@ -238,9 +240,9 @@ class _StrictResponseParser(HTTPClientParser):
     def allHeadersReceived(self) -> None:
         if not 100 <= self.response.code < 200:
             conn = self.connHeaders
-            te = conn.getRawHeaders(b"transfer-encoding")
+            te = conn._rawHeaders.get(_H_TRANSFER_ENCODING)
             if te is not None:
-                if conn.hasHeader(b"content-length"):
+                if _H_CONTENT_LENGTH in conn._rawHeaders:
                     raise InvalidUpstreamResponse("both Content-Length and Transfer-Encoding")
                 if self.response.version < (b"HTTP", 1, 1):
                     raise InvalidUpstreamResponse("Transfer-Encoding in an HTTP/1.0 response")
