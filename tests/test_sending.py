@@ -146,3 +146,19 @@ class Batched(SynchronousTestCase):
         other = Other()
         self.batcher.adopt(other)
         self.assertIsNone(other.startWriting)
+
+    def test_aFailingProducerDoesNotStrandOtherSockets(self) -> None:
+        """A producer that raises when resumed is logged and left to the reactor; the event's caller is not hit."""
+        class Broken:
+            def resumeProducing(self) -> None:
+                raise RuntimeError("broken producer")
+
+            def stopProducing(self) -> None:
+                pass
+
+        self.transport.registerProducer(Broken(), True)
+        self.transport.producerPaused = True  # as after a full buffer: doWrite resumes it once drained
+        self.batcher.run(lambda data: self.transport.write(b"x"), b"")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.assertEqual(self.receive(1), b"x")

@@ -28,6 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.logger import Logger
+
+log = Logger(namespace="txgateway.sending")
 
 
 class WriteBatcher:
@@ -102,7 +105,15 @@ class WriteBatcher:
                 # and closes, and reports the close through connectionLost.
                 schedule()
                 continue
-            if transport.doWrite() is not None or transport._tempDataLen or transport.dataBuffer:
+            try:
+                failed = transport.doWrite() is not None
+            except Exception:
+                # A producer resumed by doWrite raised: the reactor's own
+                # doWrite will meet it again and close that connection
+                # properly, not the one whose event this was.
+                log.failure("sending on {transport} failed", transport=transport)
+                failed = True
+            if failed or transport._tempDataLen or transport.dataBuffer:
                 # The socket took only part (or failed: the reactor's own
                 # doWrite will see the error again and close properly).
                 schedule()
