@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -283,6 +286,28 @@ class LeastConnectionsTests(SynchronousTestCase):
             held.append(e)
             loads = [x.inFlight for x in eps]
             self.assertLessEqual(max(loads) - min(loads), 1)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(1, 4), min_size=1, max_size=5),
+           st.lists(st.tuples(st.integers(1, 31), st.lists(st.integers(0, 3), min_size=5, max_size=5)),
+                    max_size=30))
+    def test_picksTheFirstLeastLoadedAfterTheLastPick(self, weights: list[int],
+                                                      steps: list[tuple[int, list[int]]]) -> None:
+        """Any subset, any loads: the least loaded per weight, the first of equals after the last pick in config order."""
+        eps = endpoints(*weights)
+        position = {e: i for i, e in enumerate(eps)}
+        b = LeastConnections()
+        b.setTargets(eps)
+        last = -1
+        for mask, loads in steps:
+            eligible = [e for i, e in enumerate(eps) if mask >> i & 1] or eps
+            for e, load in zip(eps, loads, strict=False):
+                e.inFlight = load
+            after = [i for i, e in enumerate(eligible) if position[e] > last]
+            start = after[0] if after else 0
+            expected = min(eligible[start:] + eligible[:start], key=lambda e: Fraction(e.inFlight, e.weight))
+            self.assertIs(b.pick(eligible, ctx()), expected)
+            last = position[expected]
 
     def test_slowTargetGetsLess(self) -> None:
         """A target whose requests never finish stops getting new ones."""

@@ -283,6 +283,22 @@ class BoundTests(SynchronousTestCase):
                 clock.advance(d.retryAfter)
             self.assertTrue(limiter.check("k").allowed)
 
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(1, 20), st.integers(1, 10), st.floats(0.0, 5.0))
+    def test_remainingIsNeverNegative(self, count: int, burst: int, start: float) -> None:
+        """Admitted just as the token comes back (a hair under whole), a bucket reports 0 remaining, not -1."""
+        clock = Clock()
+        clock.advance(500.5 + start)
+        limiter = TokenBucketLimiter(float(count), burst, clock)
+        d = limiter.check("k")
+        while d.allowed:
+            self.assertGreaterEqual(d.remaining, 0)
+            d = limiter.check("k")
+        clock.advance(d.retryAfter)
+        d = limiter.check("k")
+        self.assertTrue(d.allowed)
+        self.assertEqual(d.remaining, 0)
+
 
 class MemoryTests(SynchronousTestCase):
     def test_lruCapEvictsLeastRecentlyUsed(self) -> None:
@@ -330,10 +346,52 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(list(limiter.state), ["new"])
 
 
+def _lookingEveryCheck(limiter: Any) -> Any:
+    """C{limiter}, made to look at its cold end on every check (as it did before C{_collectAt})."""
+    collect = limiter._collect
+
+    def always(now: float) -> None:
+        collect(now)
+        limiter._collectAt = float("-inf")
+
+    limiter._collect = always
+    return limiter
+
+
+class CollectionScheduleTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([0.0, 0.001, 0.1, 0.5, 1.0, 1.999, 2.0, 3.0]), st.integers(0, 6)),
+                    max_size=60),
+           st.sampled_from(["token_bucket", "sliding_window"]), st.integers(2, 5))
+    def test_collectionSkippedOnlyWhenNothingIsIdle(self, steps: list[tuple[float, int]], algorithm: str,
+                                                     maxKeys: int) -> None:
+        """Looking at the cold end only from its idle time on collects, evicts and answers exactly as looking at every check."""
+        clock = Clock()
+        clock.advance(1000.25)
+        config = limitConfig(algorithm, "1/s", 2)
+        fast = limiting.localLimiter(config, clock)
+        slow = _lookingEveryCheck(limiting.localLimiter(config, clock))
+        fast.maxKeys = slow.maxKeys = maxKeys
+        for gap, k in steps:
+            clock.advance(gap)
+            a, b = fast.check(f"k{k}"), slow.check(f"k{k}")
+            self.assertEqual((a.allowed, a.remaining, a.resetSeconds, a.retryAfter),
+                             (b.allowed, b.remaining, b.resetSeconds, b.retryAfter))
+            self.assertEqual(list(fast.state), list(slow.state))
+            self.assertEqual((fast.collected, fast.evictions), (slow.collected, slow.evictions))
+
+
 class KeyTests(SynchronousTestCase):
     def test_clientIP(self) -> None:
         """client_ip keys on the resolved client address."""
         self.assertEqual(keyFunction(("client_ip",), "r")(makeContext("198.51.100.7")), "198.51.100.7")
+
+    def test_clientIPKeyIsBoundedLikeOtherKeys(self) -> None:
+        """An over-long client_ip key is digested exactly as a header key with the same text would be."""
+        ip = "x" * 200
+        header = keyFunction(("header:X-Client",), "r")(makeContext(headers={"X-Client": ip}))
+        self.assertEqual(keyFunction(("client_ip",), "r")(makeContext(ip)), header)
+        self.assertLessEqual(len(header), 40)
 
     def test_headerMissingIsAnonymous(self) -> None:
         """Requests without the key's header share one anonymous bucket."""
@@ -395,6 +453,17 @@ class FilterTests(SynchronousTestCase):
         self.assertIsNone(self.filter.filterRequest(context))
         self.assertEqual(context.responseHeaders, [(b"RateLimit-Limit", b"2"), (b"RateLimit-Remaining", b"1"),
                                                    (b"RateLimit-Reset", b"1")])
+
+    def test_headersAreTheDecisionsHeaders(self) -> None:
+        """The filter adds exactly Decision.headers(), whatever limit each decision carries."""
+        decisions = [Decision(True, 5, 4, 0.2, 0.0), Decision(True, 5, 3, 0.0000001, 0.0),
+                     Decision(False, 7, 0, 2.5, 1.5), Decision(True, 5, 0, 1.0, 0.0)]
+        limiter = _Scripted(decisions)
+        f = RateLimitFilter(limiter, lambda context: "k", _Counter())
+        for d in decisions:
+            context = makeContext()
+            f.filterRequest(context)
+            self.assertEqual(context.responseHeaders, d.headers())
 
     def test_overTheLimitIs429(self) -> None:
         """Over the limit: 429 JSON with Retry-After, the RateLimit-* headers, and the metric."""
@@ -458,6 +527,21 @@ class FilterTests(SynchronousTestCase):
         f = RateLimitFilter(_FailingLimiter(), lambda c: "k", Metrics(processMetrics=False).rateLimited.labels("r"))
         self.assertIsNone(self.successResultOf(f.filterRequest(makeContext())))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Scripted:
+    """A limiter answering the given decisions in turn."""
+
+    def __init__(self, decisions: list[Decision]) -> None:
+        self.decisions = list(decisions)
+
+    def check(self, key: str) -> Decision:
+        return self.decisions.pop(0)
+
+
+class _Counter:
+    def inc(self) -> None:
+        pass
 
 
 class _FailingLimiter:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -120,7 +122,57 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(p.shouldRetry(context(attempts=2), "connect_failure", False), expected.uniform(0, 0.2))
 
 
+class _ReferenceBudget:
+    """The budget's meaning, written plainly: counts per slot, summed over the last C{buckets} slots."""
+
+    def __init__(self, ratio: float, window: float, minPerSecond: float, clock: Clock, buckets: int) -> None:
+        self.ratio, self.reserve, self.clock, self.n = ratio, minPerSecond * window, clock, buckets
+        self.width = window / buckets
+        self.counts: dict[int, list[int]] = {}
+        self.current = int(clock.seconds() // self.width)
+
+    def _now(self) -> int:
+        # The slot never moves back: a clock stepping back counts in the latest slot.
+        self.current = max(self.current, int(self.clock.seconds() // self.width))
+        return self.current
+
+    def deposit(self) -> None:
+        self.counts.setdefault(self._now(), [0, 0])[0] += 1
+
+    def available(self) -> float:
+        now = self._now()
+        live = [c for i, c in self.counts.items() if now - self.n < i <= now]
+        return self.ratio * sum(c[0] for c in live) + self.reserve - sum(c[1] for c in live)
+
+    def withdraw(self) -> bool:
+        if self.available() < 1:
+            return False
+        self.counts.setdefault(self.current, [0, 0])[1] += 1
+        return True
+
+
 class BudgetTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([0.0, 0.0, 0.25, 0.999, 1.0, 3.5, 9.0, 10.0, 25.0, -0.5, -3.0]),
+                              st.sampled_from(["deposit", "deposit", "withdraw", "available"])), max_size=80),
+           st.sampled_from([0.1, 0.5, 1.0]), st.sampled_from([0.0, 0.2]), st.sampled_from([1, 3, 10]))
+    def test_budgetMatchesItsPlainMeaning(self, steps: list[tuple[float, str]], ratio: float,
+                                          minPerSecond: float, buckets: int) -> None:
+        """Over any schedule (the clock stepping back too), the ring answers as counts summed over the last slots."""
+        clock = Clock()
+        clock.advance(1000.0)
+        budget = RetryBudget(ratio, 10.0, minPerSecond, clock, buckets)
+        reference = _ReferenceBudget(ratio, 10.0, minPerSecond, clock, buckets)
+        for gap, op in steps:
+            clock.rightNow += gap
+            if op == "deposit":
+                budget.deposit()
+                reference.deposit()
+            elif op == "withdraw":
+                self.assertEqual(budget.withdraw(), reference.withdraw())
+            self.assertAlmostEqual(budget.available(), reference.available())
+
+
     def test_budgetStopsRetriesBeyondItsShare(self) -> None:
         """With budget 20% and no reserve, 10 requests allow 2 retries and no third."""
         clock = Clock()

@@ -174,14 +174,18 @@ class LeastConnections:
         n = len(eligible)
         if n == 0:
             return None
-        start = self._rotation.startIndex(eligible)
+        rotation = self._rotation
+        # Everyone eligible (the usual case): startIndex's shortcut, inline.
+        start = (rotation.last + 1) % n if n == rotation.count else rotation.startIndex(eligible)
         best = eligible[start]
-        for k in range(1, n):
-            e = eligible[(start + k) % n]
+        load, weight = best.inFlight, best.weight
+        for k in range(start + 1, start + n):
+            e = eligible[k % n]
             # inFlight/weight compared without division: a < b  <=>  a.i*b.w < b.i*a.w
-            if e.inFlight * best.weight < best.inFlight * e.weight:
+            if e.inFlight * weight < load * e.weight:
                 best = e
-        self._rotation.mark(best)
+                load, weight = e.inFlight, e.weight
+        rotation.last = rotation.positions.get(best, rotation.last)  # rotation.mark(best), inline
         return best
 
 

@@ -52,11 +52,16 @@ EPSILON = 1e-9
 MAX_KEY_LENGTH = 128
 # How many least-recently-used entries each check looks at for idle state.
 COLLECT_PER_CHECK = 2
+# How much earlier than its computed idle time the cold end is looked at:
+# float rounding must never make collection later than an exact test.
+_COLLECT_SLACK = 1e-6
+# Float dust ignored when a delay is rounded up to whole seconds.
+_DUST = 1e-6
 
 
 def wholeSeconds(seconds: float) -> int:
     """Round a delay up to whole seconds (HTTP delta-seconds), ignoring float dust."""
-    return max(0, math.ceil(seconds - 1e-6))
+    return max(0, math.ceil(seconds - _DUST))
 
 
 class Decision:
@@ -117,6 +122,15 @@ class _KeyedState:
     entry when a new key would exceed C{maxKeys}.  Evicting an idle entry is
     free; evicting a busy one forgets a client's debt, which is why the cap
     should be sized above the number of keys active within a refill period.
+
+    The cold end is only looked at from C{_collectAt} on, the time its
+    entry becomes idle (a hair early, against float rounding), so the usual
+    check skips collection with one comparison.  Entries behind it were
+    checked later and become idle no sooner, and a hit or an eviction only
+    moves a later entry to the cold end, so nothing there is idle before
+    then: what is collected, and when, is the same as looking every time.
+    (If the clock steps back, the cold end may be passed a little later:
+    memory only, since an idle entry answers exactly as a fresh one.)
     """
 
     def __init__(self, clock: IReactorTime, maxKeys: int) -> None:
@@ -125,6 +139,7 @@ class _KeyedState:
         self.state: OrderedDict[str, Any] = OrderedDict()
         self.evictions = 0
         self.collected = 0
+        self._collectAt = -math.inf
 
     def __len__(self) -> int:
         return len(self.state)
@@ -132,10 +147,14 @@ class _KeyedState:
     def _idle(self, entry: Any, now: float) -> bool:
         raise NotImplementedError
 
+    def _idleAt(self, entry: Any) -> float:
+        """When C{entry} becomes idle if it is not checked again."""
+        raise NotImplementedError
+
     def _fresh(self, now: float) -> Any:
         raise NotImplementedError
 
-    def _entry(self, key: str, now: float) -> Any:
+    def _collect(self, now: float) -> None:
         state = self.state
         for _ in range(COLLECT_PER_CHECK):
             if not state:
@@ -145,6 +164,13 @@ class _KeyedState:
                 break
             del state[oldest]
             self.collected += 1
+        # An empty table looks again at the next check (when it has an entry).
+        self._collectAt = self._idleAt(state[next(iter(state))]) - _COLLECT_SLACK if state else -math.inf
+
+    def _entry(self, key: str, now: float) -> Any:
+        state = self.state
+        if now >= self._collectAt:
+            self._collect(now)
         entry = state.get(key)
         if entry is None:
             entry = state[key] = self._fresh(now)
@@ -178,6 +204,9 @@ class TokenBucketLimiter(_KeyedState):
     def _idle(self, entry: _Bucket, now: float) -> bool:
         return now - entry.last >= self._fillTime
 
+    def _idleAt(self, entry: _Bucket) -> float:
+        return entry.last + self._fillTime
+
     def check(self, key: str) -> Decision:
         now = self.clock.seconds()
         b = self._entry(key, now)
@@ -192,7 +221,8 @@ class TokenBucketLimiter(_KeyedState):
         if tokens >= 1 - EPSILON:
             tokens -= 1
             b.tokens = tokens
-            return Decision(True, burst, max(0, int(tokens + EPSILON)), (burst - tokens) / rate, 0.0)
+            # tokens >= -EPSILON here and int() truncates toward zero: never negative.
+            return Decision(True, burst, int(tokens + EPSILON), (burst - tokens) / rate, 0.0)
         b.tokens = tokens
         retry = (1 - tokens) / rate
         return Decision(False, burst, 0, (burst - tokens) / rate, retry)
@@ -216,6 +246,9 @@ class SlidingWindowLimiter(_KeyedState):
 
     def _idle(self, entry: _Window, now: float) -> bool:
         return math.floor(now / self.per) >= entry.index + 2
+
+    def _idleAt(self, entry: _Window) -> float:
+        return (entry.index + 2) * self.per
 
     def check(self, key: str) -> Decision:
         now = self.clock.seconds()
@@ -410,6 +443,8 @@ class RedisRateLimiter:
 
 def keyFunction(parts: tuple[str, ...], routeName: str) -> Callable[[RequestContext], str]:
     """What C{rate_limit.key} means, compiled once per route."""
+    if parts == ("client_ip",):
+        return _clientIPKey  # the default key, read without the generic wrapping below
     getters: list[Callable[[RequestContext], str]] = []
     for part in parts:
         if part == "client_ip":
@@ -431,6 +466,11 @@ def keyFunction(parts: tuple[str, ...], routeName: str) -> Callable[[RequestCont
 
 def _clientIP(context: RequestContext) -> str:
     return context.clientIP
+
+
+def _clientIPKey(context: RequestContext) -> str:
+    key = context.clientIP
+    return key if len(key) <= MAX_KEY_LENGTH else _bounded(key)
 
 
 def _constant(value: str) -> Callable[[RequestContext], str]:
@@ -462,12 +502,15 @@ def _bounded(key: str) -> str:
 class RateLimitFilter:
     """Adds the RateLimit-* headers to every response of the route, answers 429 when over."""
 
-    __slots__ = ("limiter", "keyOf", "rateLimited")
+    __slots__ = ("limiter", "keyOf", "rateLimited", "_limit", "_limitHeader")
 
     def __init__(self, limiter: IRateLimiter, keyOf: Callable[[RequestContext], str], rateLimited: Any) -> None:
         self.limiter = limiter
         self.keyOf = keyOf
         self.rateLimited = rateLimited
+        # RateLimit-Limit is the same on every answer of a limiter: made once, not per request.
+        self._limit = -1
+        self._limitHeader = (b"RateLimit-Limit", b"")
 
     def filterRequest(self, context: RequestContext) -> Deferred[LocalResponse | None] | LocalResponse | None:
         decision = self.limiter.check(self.keyOf(context))
@@ -476,7 +519,14 @@ class RateLimitFilter:
         return self._apply(decision, context)
 
     def _apply(self, decision: Decision, context: RequestContext) -> LocalResponse | None:
-        context.responseHeaders.extend(decision.headers())
+        # The same headers as Decision.headers(), without a list per request.
+        limit = decision.limit
+        if limit != self._limit:
+            self._limitHeader = (b"RateLimit-Limit", b"%d" % limit)
+            self._limit = limit
+        reset = math.ceil(decision.resetSeconds - _DUST)  # wholeSeconds, inline
+        context.responseHeaders += (self._limitHeader, (b"RateLimit-Remaining", b"%d" % decision.remaining),
+                                    (b"RateLimit-Reset", b"%d" % (reset if reset > 0 else 0)))
         if decision.allowed:
             return None
         self.rateLimited.inc()

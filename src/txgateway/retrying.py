@@ -42,7 +42,8 @@ class RetryBudget:
     precise enough for a safety limit.
     """
 
-    __slots__ = ("ratio", "window", "reserve", "clock", "_width", "_n", "_requests", "_retries", "_current")
+    __slots__ = ("ratio", "window", "reserve", "clock", "_width", "_n", "_requests", "_retries", "_current",
+                 "_slot")
 
     def __init__(self, ratio: float, window: float, minPerSecond: float, clock: IReactorTime,
                  buckets: int = 10) -> None:
@@ -54,14 +55,14 @@ class RetryBudget:
         self._width = window / buckets
         self._requests = [0] * buckets
         self._retries = [0] * buckets
-        self._current = self._index()
+        self._current = int(clock.seconds() // self._width)
+        # The ring position of _current, kept so the usual deposit (in the
+        # same slot as the last one) is a division, a comparison and an add.
+        self._slot = self._current % buckets
 
-    def _index(self) -> int:
-        return int(self.clock.seconds() // self._width)
-
-    def _slot(self) -> int:
-        """The ring slot for now, after emptying the slots that slid out of the window."""
-        index = self._index()
+    def _advance(self) -> None:
+        """Move to the slot for now, after emptying the slots that slid out of the window."""
+        index = int(self.clock.seconds() // self._width)
         gap = index - self._current
         if gap > 0:
             n = self._n
@@ -70,22 +71,24 @@ class RetryBudget:
                 self._requests[s] = 0
                 self._retries[s] = 0
             self._current = index
-        return self._current % self._n
+            self._slot = index % n
 
     def deposit(self) -> None:
         """One first attempt was made."""
-        self._requests[self._slot()] += 1
+        if self.clock.seconds() // self._width > self._current:
+            self._advance()
+        self._requests[self._slot] += 1
 
     def available(self) -> float:
         """How many more retries the budget allows right now."""
-        self._slot()
+        self._advance()
         return self.ratio * sum(self._requests) + self.reserve - sum(self._retries)
 
     def withdraw(self) -> bool:
         """Spend one retry if the budget has room for it."""
         if self.available() < 1:
             return False
-        self._retries[self._current % self._n] += 1
+        self._retries[self._slot] += 1
         return True
 
 
