@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, ResponseFailed
+from twisted.web._newclient import Request as _Request
 from twisted.web.client import (
     URI,
     Agent,
@@ -343,19 +344,26 @@ class _Pool(HTTPConnectionPool):
         self._idleSince: dict[Any, float] = {}
         self._sweeper: IDelayedCall | None = None
 
-    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
+    def takeIdle(self, key: Any) -> HTTP11ClientProtocol | None:
+        """An idle connection to C{key} that is still open, taken out of the pool; None if there is none."""
         connections = self._connections.get(key)
         while connections:
             connection = connections.pop(0)
             self._idleSince.pop(connection, None)
             if connection.state == "QUIESCENT":
-                if self.retryAutomatically:
-                    def again() -> Deferred[HTTP11ClientProtocol]:
-                        return self._newConnection(key, endpoint)
+                return connection  # type: ignore[no-any-return]
+        return None
 
-                    connection = _RetryingHTTP11ClientProtocol(connection, again)
-                return succeed(connection)
-        return self._newConnection(key, endpoint)
+    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[HTTP11ClientProtocol]:
+        connection = self.takeIdle(key)
+        if connection is None:
+            return self._newConnection(key, endpoint)
+        if self.retryAutomatically:
+            def again() -> Deferred[HTTP11ClientProtocol]:
+                return self._newConnection(key, endpoint)
+
+            return succeed(_RetryingHTTP11ClientProtocol(connection, again))  # type: ignore[arg-type]
+        return succeed(connection)
 
     def _putConnection(self, key: Any, connection: HTTP11ClientProtocol) -> None:
         if connection.state != "QUIESCENT":
@@ -445,6 +453,15 @@ class _Agent(Agent):
         target = uri[cut:]
         path, _, query = target.partition(b"?")
         full = URI(parsed.scheme, parsed.netloc, parsed.host, parsed.port, path, b"", query, b"")
+        pool: Any = self._pool
+        if headers is not None and _H_HOST in headers._rawHeaders and not pool.retryAutomatically:
+            # A pooled connection is there to take: ask it directly, without
+            # the connection Deferred, its callback and the chaining of the
+            # request's Deferred onto it that _requestWithEndpoint goes through.
+            connection = pool.takeIdle(key)
+            if connection is not None:
+                return connection.request(_Request._construct(method, target, headers, bodyProducer,
+                                                              persistent=pool.persistent, parsedURI=full))
         return self._requestWithEndpoint(key, endpoint, method, full, headers, bodyProducer, target)
 
 
