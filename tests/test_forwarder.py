@@ -32,7 +32,7 @@ from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.gateway import Runtime
 from txgateway.observe import AccessLog, Metrics
-from txgateway.proxy import UpstreamFailure, _Agent, _bodyProducer, classify, totalTimeout
+from txgateway.proxy import UpstreamFailure, _Agent, _bodyProducer, _Pool, classify, totalTimeout
 from txgateway.service import buildRuntime
 
 PORTS = (9001, 9002, 9003)
@@ -604,6 +604,7 @@ class _RecordingEndpoints:
 
     def __init__(self) -> None:
         self.written: list[StringTransport] = []
+        self.protocols: list[Any] = []
         self.asked: list[tuple[bytes, bytes, int]] = []
 
     def endpointForURI(self, uri: Any) -> Any:
@@ -615,6 +616,7 @@ class _RecordingEndpoints:
         transport = StringTransport()
         proto.makeConnection(transport)
         self.written.append(transport)
+        self.protocols.append(proto)
         return succeed(proto)
 
 
@@ -634,6 +636,32 @@ class AgentTests(SynchronousTestCase):
                 b"http://[::1]:8080/v6?x", b"http://127.0.0.1:9101/a%3Bb?c?d"]
         for url in urls:
             self.assertEqual(self._sent(_Agent, url), self._sent(Agent, url), url)
+
+    def test_pooledConnectionGetsWhatTheStockAgentSends(self) -> None:
+        """A request sent straight on an idle pooled connection carries the stock Agent's bytes, and reuses it."""
+        endpoints = _RecordingEndpoints()
+        clock = MemoryReactorClock()
+        pool = _Pool(clock, persistent=True)
+        pool.retryAutomatically = False
+        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=pool)
+        agent._origins = {}
+        for url in (b"http://127.0.0.1:9101/a?x=1", b"http://127.0.0.1:9101/b/c"):
+            d = agent.request(b"GET", url, Headers({b"x-a": [b"1"], b"host": [b"h.example"]}))
+            [transport] = endpoints.written
+            sent = transport.value()
+            transport.clear()
+            stock = self._sentWith(url, {b"x-a": [b"1"], b"host": [b"h.example"]})
+            self.assertEqual(sent, stock.replace(b"Connection: close\r\n", b""), url)
+            endpoints.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(len(endpoints.written), 1)
+
+    def _sentWith(self, url: bytes, headers: dict[bytes, list[bytes]]) -> bytes:
+        endpoints = _RecordingEndpoints()
+        agent = Agent.usingEndpointFactory(MemoryReactorClock(), endpoints, pool=HTTPConnectionPool(
+            MemoryReactorClock(), persistent=False))
+        agent.request(b"GET", url, Headers(headers))
+        return endpoints.written[0].value()
 
     def test_parsesEachTargetOnce(self) -> None:
         """The endpoint of a target prefix is looked up once, then reused."""

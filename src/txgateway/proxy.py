@@ -454,11 +454,13 @@ class _Agent(Agent):
         path, _, query = target.partition(b"?")
         full = URI(parsed.scheme, parsed.netloc, parsed.host, parsed.port, path, b"", query, b"")
         pool: Any = self._pool
-        if headers is not None and _H_HOST in headers._rawHeaders and not pool.retryAutomatically:
+        takeIdle = getattr(pool, "takeIdle", None)
+        if takeIdle is not None and headers is not None and _H_HOST in headers._rawHeaders \
+                and not pool.retryAutomatically:
             # A pooled connection is there to take: ask it directly, without
             # the connection Deferred, its callback and the chaining of the
             # request's Deferred onto it that _requestWithEndpoint goes through.
-            connection = pool.takeIdle(key)
+            connection = takeIdle(key)
             if connection is not None:
                 return connection.request(_Request._construct(method, target, headers, bodyProducer,
                                                               persistent=pool.persistent, parsedURI=full))
