@@ -74,25 +74,37 @@ def _ours(o: Any, addr: IPv4Address) -> bool:
     return isinstance(o, GatewayRequest) and o.client == addr
 
 
+class KeepAliveClient:
+    """
+    One keep-alive client of an in-memory gateway (the real Site, tree,
+    forwarder, Agent and pool) whose upstream connections end in L{_Origins}.
+    """
+
+    def __init__(self, port: int = 40000) -> None:
+        self.clock = MemoryReactorClock()
+        service = GatewayService(parseConfig(CONFIG), self.clock, clock=self.clock,
+                                 metrics=Metrics(processMetrics=False))
+        self.origins = _Origins()
+        for cluster in service.gateway.runtime.clusters.values():
+            cluster.agent._endpointFactory = self.origins  # type: ignore[attr-defined]
+        service.gateway.state.ready = True
+        self.addr = IPv4Address("TCP", "127.0.0.1", port)
+        self.channel = service.site.buildProtocol(self.addr)
+        self.transport = StringTransport(peerAddress=self.addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        self.channel.makeConnection(self.transport)
+
+    def get(self) -> None:
+        """One GET, answered by the origin, the reactor turned."""
+        self.channel.dataReceived(b"GET /api/x HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+        self.origins.answer()
+        self.clock.advance(0)
+
+
 class RequestCycles(SynchronousTestCase):
     def test_proxiedRequestsLeaveNoGarbage(self) -> None:
         """Keep-alive requests answered 200 leave nothing for the garbage collector to find."""
-        clock = MemoryReactorClock()
-        service = GatewayService(parseConfig(CONFIG), clock, clock=clock, metrics=Metrics(processMetrics=False))
-        origins = _Origins()
-        for cluster in service.gateway.runtime.clusters.values():
-            cluster.agent._endpointFactory = origins  # type: ignore[attr-defined]
-        service.gateway.state.ready = True
-        addr = IPv4Address("TCP", "127.0.0.1", 40321)
-        channel = service.site.buildProtocol(addr)
-        client = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
-        channel.makeConnection(client)
-
-        def one() -> None:
-            channel.dataReceived(b"GET /api/x HTTP/1.1\r\nHost: gw.example\r\n\r\n")
-            origins.answer()
-            clock.advance(0)
-
+        gw = KeepAliveClient(40321)
+        client, addr, one = gw.transport, gw.addr, gw.get
         for _ in range(5):  # pool, caches and metric children made
             one()
         wasEnabled = gc.isenabled()

@@ -115,28 +115,10 @@ class IdleExpiry(SynchronousTestCase):
 class Reuse(SynchronousTestCase):
     def test_sequentialRequestsReuseOnePooledConnectionPerTarget(self) -> None:
         """Keep-alive traffic through the real Agent opens one upstream connection per target, then reuses it."""
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from .test_garbage import KeepAliveClient
 
-        from txgateway.config import parseConfig
-        from txgateway.observe import Metrics
-        from txgateway.service import GatewayService
-
-        from .test_garbage import CONFIG, _Origins
-
-        clock = MemoryReactorClock()
-        service = GatewayService(parseConfig(CONFIG), clock, clock=clock, metrics=Metrics(processMetrics=False))
-        origins = _Origins()
-        for cluster in service.gateway.runtime.clusters.values():
-            cluster.agent._endpointFactory = origins  # type: ignore[attr-defined]
-        service.gateway.state.ready = True
-        addr = IPv4Address("TCP", "127.0.0.1", 40000)
-        channel = service.site.buildProtocol(addr)
-        client = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
-        channel.makeConnection(client)
+        gw = KeepAliveClient()
         for _ in range(10):
-            channel.dataReceived(b"GET /api/x HTTP/1.1\r\nHost: gw.example\r\n\r\n")
-            origins.answer()
-            clock.advance(0)
-        self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 10)
-        self.assertLessEqual(len(origins.waiting), 2)  # the config's two targets
+            gw.get()
+        self.assertEqual(gw.transport.value().count(b"HTTP/1.1 200 OK"), 10)
+        self.assertLessEqual(len(gw.origins.waiting), 2)  # the config's two targets
