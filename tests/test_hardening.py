@@ -627,6 +627,8 @@ class UpstreamResponseTests(SynchronousTestCase):
             (b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b\r\n\r\n", True),
             (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", True),
             (b"HTTP/1.1 200 O\rK\r\n\r\n", True),
+            (b"HTTP/1.1 200 O\x01K\r\n\r\n", True),
+            (b"HTTP/1.1 200 O\x1fK\r\n\r\n", True),
         ]
         for head, ours in heads:
             proto, transport, d = _clientProtocol()

@@ -212,6 +212,10 @@ class InvalidUpstreamResponse(Exception):
 
 
 
+# Bytes a reason phrase may not hold (RFC 9112 §4: HTAB, SP, VCHAR, obs-text).
+_PHRASE_CONTROLS = bytes(c for c in range(0x20) if c != 0x09)
+
+
 class _StrictResponseParser(HTTPClientParser):
     """
     Twisted's response parser, refusing what a proxy must not pass on.
@@ -228,7 +232,7 @@ class _StrictResponseParser(HTTPClientParser):
     def statusReceived(self, status: bytes) -> None:
         super().statusReceived(status)
         phrase = self.response.phrase
-        if any(c < 0x20 and c != 0x09 for c in phrase):
+        if len(phrase.translate(None, _PHRASE_CONTROLS)) != len(phrase):
             raise InvalidUpstreamResponse("control character in the reason phrase")
 
     def headerReceived(self, name: bytes, value: bytes) -> None:
