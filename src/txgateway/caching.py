@@ -584,7 +584,6 @@ class ResponseCache:
         code = 304 if notModified else entry.code
         request.setResponseCode(code, None if notModified else (entry.phrase or None))
         out: Headers = request.responseHeaders
-        out.removeHeader(b"server")
         out.removeHeader(b"date")
         route = context.route
         rules = route.config.headers.response if route is not None else None

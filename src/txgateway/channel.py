@@ -158,8 +158,9 @@ class GatewayRequest(server.Request):
         """
         twisted.web's C{process}, minus what the gateway would only undo.
 
-        No C{Server} header: the gateway does not advertise its software, and
-        every answer used to remove it again.  C{Date} comes from the Site,
+        No C{Server} header: the gateway does not advertise its software, so
+        this is the one place that would have set it (nothing downstream has
+        to remove it again).  C{Date} comes from the Site,
         formatted once a second rather than once a response.  The path is not
         split into unquoted segments (C{postpath}) nor C{prepath} copied:
         the root routes on the whole raw path in one step (see
@@ -168,7 +169,7 @@ class GatewayRequest(server.Request):
         site = self.site = self.channel.site  # type: ignore[attr-defined]
         self.responseHeaders._rawHeaders[_DATE] = [site.httpDate()]
         if self.path == b"*":
-            self._handleStar()
+            self._handleStar()  # type: ignore[no-untyped-call]
             return
         self.prepath = []
         self.postpath = [self.path[1:]]
@@ -176,12 +177,6 @@ class GatewayRequest(server.Request):
             self.render(getChildForRequest(site.resource, self))
         except BaseException:
             self.processingFailed(Failure())
-
-    def _handleStar(self) -> None:
-        # "OPTIONS *" is the one request twisted.web answers itself; without
-        # this it would carry "Server: TwistedWeb/<version>".
-        self.responseHeaders.removeHeader(b"server")
-        super()._handleStar()  # type: ignore[no-untyped-call]
 
     def processingFailed(self, reason: Any) -> None:
         # Never Twisted's HTML traceback page: log, then a JSON 500.
@@ -191,7 +186,6 @@ class GatewayRequest(server.Request):
         if not self.startedWriting:
             body = errorBody(500, "internal gateway error")
             self.setResponseCode(500)
-            self.responseHeaders.removeHeader(b"server")
             self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
             self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
             self.write(body)

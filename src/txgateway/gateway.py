@@ -330,7 +330,6 @@ def respond(context: RequestContext, response: LocalResponse, forwarder: Any = N
         return
     request.setResponseCode(response.code, _REASONS.get(response.code))
     headers = request.responseHeaders
-    headers.removeHeader(b"server")
     for k, v in response.headers:
         headers.addRawHeader(k, v)
     headers.setRawHeaders(b"X-Request-ID", [context.requestId.encode()])

@@ -70,7 +70,6 @@ _SMALL_BODY = 256 * 1024
 
 _H_HOST = storedName(b"Host")
 _H_DATE = storedName(b"Date")
-_H_SERVER = storedName(b"Server")
 _H_VIA = storedName(b"Via")
 _H_XFF = storedName(b"X-Forwarded-For")
 _H_XFP = storedName(b"X-Forwarded-Proto")
@@ -817,7 +816,6 @@ class Forwarder:
         out: Headers = request.responseHeaders
         o = out._rawHeaders
         date = o.get(_H_DATE)
-        o.pop(_H_SERVER, None)
         o.pop(_H_DATE, None)
         src: Headers = response.headers
         s = src._rawHeaders
