@@ -42,6 +42,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from .channel import _CONNECTION as _H_CONNECTION
+from .channel import _DATE as _H_DATE
+from .channel import _HOST as _H_HOST
 from .channel import _TCHAR, storedName
 from .cluster import Cluster, Endpoint, NoTarget
 from .middleware import AddressSet
@@ -68,8 +71,6 @@ _NO_BODY_STATUS = frozenset((204, 304))
 _SMALL_BODY = 256 * 1024
 
 
-_H_HOST = storedName(b"Host")
-_H_DATE = storedName(b"Date")
 _H_VIA = storedName(b"Via")
 _H_XFF = storedName(b"X-Forwarded-For")
 _H_XFP = storedName(b"X-Forwarded-Proto")
@@ -78,7 +79,6 @@ _H_REQUEST_ID = storedName(b"X-Request-ID")
 _H_TRACEPARENT = storedName(b"traceparent")
 _H_TRACESTATE = storedName(b"tracestate")
 _H_TRANSFER_ENCODING = storedName(b"Transfer-Encoding")
-_H_CONNECTION = storedName(b"Connection")
 _H_CONTENT_LENGTH = storedName(b"Content-Length")
 
 
