@@ -31,7 +31,13 @@ from txgateway.channel import GatewaySite, splitAbsoluteForm, validAuthority
 from txgateway.config import parseConfig
 from txgateway.gateway import GatewayRoot, pathHazards
 from txgateway.observe import Metrics, requestIdFrom
-from txgateway.proxy import InvalidUpstreamResponse, _StrictClientProtocol, _StrictResponseParser, classify
+from txgateway.proxy import (
+    InvalidUpstreamResponse,
+    _BytesProducer,
+    _StrictClientProtocol,
+    _StrictResponseParser,
+    classify,
+)
 from txgateway.service import Gateway, buildRuntime
 
 # ---------------------------------------------------------------------------
@@ -701,9 +707,15 @@ class UpstreamResponseTests(SynchronousTestCase):
         return calls, b"".join(got)
 
     def test_parserIsTheStrictOne(self) -> None:
-        """The pooled protocol parses with the strict parser."""
+        """The pooled protocol parses with the strict parser, whether or not the request was sent the short way."""
         proto, _, _ = _clientProtocol()
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\n")  # not a whole response: parsed the stock way
         self.assertIsInstance(proto._parser, _StrictResponseParser)
+        withBody = _StrictClientProtocol()
+        withBody.makeConnection(StringTransport())
+        withBody.request(ClientRequest(b"POST", b"/", Headers({b"host": [b"b"]}), _BytesProducer(b"x"),
+                                       persistent=True))
+        self.assertIsInstance(withBody._parser, _StrictResponseParser)
 
     def test_invalidUpstreamResponseIs502(self) -> None:
         """RFC 9112 §6.3: the client gets 502 when the upstream's response was invalid."""

@@ -25,7 +25,16 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, I
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, ResponseFailed
+from twisted.web._newclient import (
+    HEADER,
+    STATUS,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+    HTTPParser,
+    Response,
+    ResponseFailed,
+    TransportProxyProducer,
+)
 from twisted.web._newclient import Request as _Request
 from twisted.web.client import (
     URI,
@@ -213,6 +222,21 @@ class InvalidUpstreamResponse(Exception):
 
 # Bytes a reason phrase may not hold (RFC 9112 §4: HTAB, SP, VCHAR, obs-text).
 _PHRASE_CONTROLS = bytes(c for c in range(0x20) if c != 0x09)
+# Response fields the stock parser files apart from the end-to-end ones.
+_CONNECTION_FIELDS = frozenset(storedName(n) for n in HTTPParser.CONNECTION_CONTROL_HEADERS)
+# How a response field name is filed (the stock parser lowercases, then Headers canonicalises).
+_FIELD_KEYS: dict[bytes, bytes] = {}
+
+
+def _fieldKey(name: bytes) -> bytes:
+    key = storedName(name.lower())
+    if len(_FIELD_KEYS) < 1024:
+        _FIELD_KEYS[name] = key
+    return key
+
+
+# Every complete body ends with this reason; one instance serves them all.
+_BODY_DONE = Failure(ResponseDone("Response body fully received"))
 
 
 class _StrictResponseParser(HTTPClientParser):
@@ -227,6 +251,56 @@ class _StrictResponseParser(HTTPClientParser):
     third hop-by-hop.  Raising here makes the client protocol drop the
     connection and fail the request, which the forwarder answers with 502.
     """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == STATUS and self.line_mode and not self._buffer and not self._busyReceiving \
+                and not self.paused:
+            end = data.find(b"\r\n\r\n")
+            if 0 < end < self.MAX_LENGTH and self._wholeHead(data, end):
+                return
+        super().dataReceived(data)
+
+    def _wholeHead(self, data: bytes, end: int) -> bool:
+        """
+        Take a response whose head arrived whole, in one read: nearly every
+        response from a backend on a pooled connection.
+
+        The stock parser splits the head into lines and runs each through
+        LineReceiver's loop and a state dispatch, joining and splitting every
+        field again on the way (several microseconds a response).  Here the
+        lines are checked first, and a head the line-by-line path would treat
+        specially (obs-fold, a bare LF, a line without a colon) returns False
+        before any state changes, to be parsed that way.  What is taken makes
+        the same calls in the same order as the line-by-line path:
+        C{statusReceived}, C{headerReceived} per field, C{allHeadersReceived}
+        with the bytes after the head left in the line buffer (where a
+        bodiless response's C{clearLineBuffer} finds them), then the rest as
+        the body.  A test holds the two paths to the same results.
+        """
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        if head.count(b"\n") != len(lines) - 1:
+            return False
+        fields = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or line[:1] in b" \t":
+                return False
+            fields.append((name, value.strip()))
+        self._everReceivedData = True
+        self._busyReceiving = True
+        try:
+            self.statusReceived(lines[0])
+            self.state = HEADER
+            for name, value in fields:
+                self.headerReceived(name, value)
+            self._buffer = data[end + 4:]
+            self.allHeadersReceived()
+        finally:
+            self._busyReceiving = False
+        if self._buffer:
+            HTTPParser.dataReceived(self, b"")  # the body, as LineReceiver's loop would go on with it
+        return True
 
     def statusReceived(self, status: bytes) -> None:
         super().statusReceived(status)
@@ -288,7 +362,21 @@ class _PauseRecorder:
 
 
 class _StrictClientProtocol(HTTP11ClientProtocol):
-    """The pooled client protocol, parsing responses with L{_StrictResponseParser}."""
+    """
+    The pooled client protocol, parsing responses with L{_StrictResponseParser}.
+
+    A request without a body is sent the short way: its head is written and
+    the response awaited without the parser, transport proxy, second
+    Deferred and callbacks that C{HTTP11ClientProtocol.request} sets up for
+    it.  A response that then arrives whole in one read, framed by one
+    Content-Length and with nothing unusual in its head (nearly every small
+    response from a keep-alive backend), is handed over directly.  Anything
+    else first makes the stock state, exactly as C{request} would have made
+    it after writing the head, and goes the stock way from there: a partial
+    or unusual response, a lost connection, a cancellation.
+    """
+
+    _short = False  # a request sent the short way awaits its response; no parser made yet
 
     def __init__(self, quiescentCallback: Callable[[Any], None] = lambda c: None,
                  writes: WriteBatcher | None = None) -> None:
@@ -303,13 +391,41 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
     def dataReceived(self, data: bytes) -> None:
         writes = self.writes
         if writes is None:
-            super().dataReceived(data)
+            self._receive(data)
         else:
             # The response relayed to the client leaves when this returns.
-            writes.run(super().dataReceived, data)
+            writes.run(self._receive, data)
+
+    def _receive(self, data: bytes) -> None:
+        if self._short:
+            if self._wholeResponse(data):
+                return
+            self._unshort()
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._short:
+            self._unshort()
+        super().connectionLost(reason)
 
     def request(self, request: Any) -> Deferred[Any]:
-        d: Deferred[Any] = super().request(request)
+        if request.bodyProducer is None and self._state == "QUIESCENT" and request.persistent \
+                and request.method != b"HEAD":
+            self._state = "TRANSMITTING"
+            try:
+                # A bodiless request is written at once, or raises before a
+                # byte is written (bad headers): the stock way then fails it.
+                request.writeTo(self.transport)
+            except BaseException:
+                self._state = "QUIESCENT"
+            else:
+                self._state = "WAITING"
+                self._short = True
+                self._currentRequest = request
+                d: Deferred[Any] = Deferred(self._cancelShort)
+                self._finishedRequest = d
+                return d
+        d = super().request(request)
         parser = self._parser
         if parser is not None and type(parser) is HTTPClientParser:
             # HTTP11ClientProtocol names its parser class inline; the fresh
@@ -317,6 +433,108 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             # behaviour here is the same as having constructed one.
             parser.__class__ = _StrictResponseParser
         return d
+
+    def _unshort(self) -> None:
+        """The state C{HTTP11ClientProtocol.request} leaves once the head is written, made now."""
+        self._short = False
+        proxy = self._transportProxy = TransportProxyProducer(self.transport)
+        parser = self._parser = _StrictResponseParser(self._currentRequest, self._finishResponse)
+        parser.makeConnection(proxy)
+        self._responseDeferred = parser._responseDeferred
+        self._responseDeferred.chainDeferred(self._finishedRequest)  # type: ignore[arg-type]
+
+    def _cancelShort(self, d: Deferred[Any]) -> None:
+        # HTTP11ClientProtocol.request's canceller, for a request fully written.
+        if self._short:
+            self._unshort()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._disconnectParser(Failure(CancelledError()))
+
+    def _quiesce(self, proxy: TransportProxyProducer) -> None:
+        """C{_finishResponse_WAITING}, for a persistent response read in full: back to the pool."""
+        self._state = "QUIESCENT"
+        self._currentRequest = None
+        self._finishedRequest = None
+        proxy.stopProxying()
+        transport: Any = self.transport
+        transport.resumeProducing()  # if the body's consumer paused it meanwhile
+        try:
+            self._quiescentCallback(self)
+        except Exception:
+            self._log.failure("while invoking quiescent callback:")
+            transport.loseConnection()
+
+    def _wholeResponse(self, data: bytes) -> bool:
+        """
+        Hand over a response that arrived whole: a plain head, then exactly
+        the Content-Length bytes of body.  Returns False, having changed
+        nothing, for anything else.
+
+        What follows is what the stock path does for such a response, in its
+        order: the Deferred fires with the response (the forwarder asks for
+        the body there), the body is delivered, the connection goes back to
+        the pool, and the body's protocol learns the body is complete.
+        """
+        end = data.find(b"\r\n\r\n")
+        if end == -1:
+            return False
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        if head.count(b"\n") != len(lines) - 1:
+            return False
+        status = lines[0].split(b" ", 2)
+        if len(status) < 2 or status[0] != b"HTTP/1.1":
+            return False
+        codeBytes = status[1]
+        if len(codeBytes) != 3 or not codeBytes.isdigit():
+            return False
+        code = int(codeBytes)
+        phrase = status[2] if len(status) == 3 else b""
+        if code < 200 or code in _NO_BODY_STATUS or len(phrase.translate(None, _PHRASE_CONTROLS)) != len(phrase):
+            return False
+        headers = Headers()
+        raw = headers._rawHeaders
+        length = -1
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or not _TCHAR.issuperset(name):
+                return False
+            value = value.strip()
+            if b"\x00" in value or b"\r" in value:
+                return False
+            key = _FIELD_KEYS.get(name)
+            if key is None:
+                key = _fieldKey(name)
+            if key in _CONNECTION_FIELDS:
+                if key != _H_CONTENT_LENGTH or length != -1 or not value.isdigit():
+                    return False  # framing or connection options: the stock parser reads those
+                length = int(value)
+                continue
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value]
+            else:
+                values.append(value)
+        body = data[end + 4:]
+        if length != len(body):
+            return False
+
+        self._short = False
+        finished: Any = self._finishedRequest
+        proxy = TransportProxyProducer(self.transport)
+        response = Response._construct((b"HTTP", 1, 1), code, phrase, headers, proxy, self._currentRequest)
+        response.length = length
+        if length:
+            finished.callback(response)
+            response._bodyDataReceived(body)
+            self._quiesce(proxy)
+            response._bodyDataFinished(_BODY_DONE)
+        else:
+            # As the stock parser does with an empty body: all done before the response is handed over.
+            self._quiesce(proxy)
+            response._bodyDataFinished(_BODY_DONE)
+            finished.callback(response)
+        return True
 
 
 class _QuietFactory(_HTTP11ClientFactory):
