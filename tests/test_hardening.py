@@ -33,7 +33,6 @@ from txgateway.gateway import GatewayRoot, pathHazards
 from txgateway.observe import Metrics, requestIdFrom
 from txgateway.proxy import (
     InvalidUpstreamResponse,
-    _BytesProducer,
     _StrictClientProtocol,
     _StrictResponseParser,
     classify,
@@ -607,6 +606,24 @@ class ClientAddressTests(SynchronousTestCase):
 # Upstream responses
 
 
+class _StreamedBody:
+    """A body producer that streams (a large upload): the stock way sends it."""
+
+    length = 1
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        return Deferred()
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def _clientProtocol() -> tuple[_StrictClientProtocol, StringTransport, Deferred[Any]]:
     proto = _StrictClientProtocol()
     transport = StringTransport()
@@ -713,7 +730,7 @@ class UpstreamResponseTests(SynchronousTestCase):
         self.assertIsInstance(proto._parser, _StrictResponseParser)
         withBody = _StrictClientProtocol()
         withBody.makeConnection(StringTransport())
-        withBody.request(ClientRequest(b"POST", b"/", Headers({b"host": [b"b"]}), _BytesProducer(b"x"),
+        withBody.request(ClientRequest(b"POST", b"/", Headers({b"host": [b"b"]}), _StreamedBody(),
                                        persistent=True))
         self.assertIsInstance(withBody._parser, _StrictResponseParser)
 

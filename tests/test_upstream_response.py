@@ -62,7 +62,7 @@ class _Exchange:
         self.proto.makeConnection(self.transport)
         self.claim = claim
         self.response: Any = None
-        body = _BytesProducer(b"abc") if method == b"POST" else None
+        body = _BytesProducer(b"abc") if method == b"POST" else None  # the forwarder's in-memory body
         self.d = self.proto.request(ClientRequest(method, b"/x", Headers({b"host": [b"b"]}), body, persistent=True))
         self.d.addCallbacks(self._got, lambda f: self.events.append(("failed", _describe(f))))
 
@@ -116,8 +116,8 @@ def _responses(draw: Any) -> bytes:
               for n, v in draw(st.lists(st.tuples(st.sampled_from(_NAMES[:4] if plain else _NAMES),
                                                   st.sampled_from(_VALUES)), max_size=4))]
     body = draw(st.binary(max_size=24))
-    framing = "length" if plain else draw(st.sampled_from(["length", "none", "short", "long", "twice",
-                                                             "conflict", "bad", "chunked"]))
+    framing = draw(st.sampled_from(["length", "length", "short", "long"] if plain else
+                                   ["length", "none", "short", "long", "twice", "conflict", "bad", "chunked"]))
     if framing == "chunked":
         fields.append(b"Transfer-Encoding: chunked")
         body = (b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n") if body else b"0\r\n\r\n"
@@ -142,7 +142,11 @@ def _cuts(raw: bytes) -> dict[str, list[bytes]]:
     end = raw.find(b"\r\n\r\n")
     cuts = {"whole": [raw], "bytewise": [raw[i:i + 1] for i in range(len(raw))]}
     if end != -1:
-        cuts["head, then body"] = [raw[:end + 4], raw[end + 4:]]
+        body = end + 4
+        half = body + (len(raw) - body) // 2
+        cuts["head, then body"] = [raw[:body], raw[body:]]
+        cuts["head and half the body, then the rest"] = [raw[:half], raw[half:]]
+        cuts["head and a byte, then a byte at a time"] = [raw[:body + 1]] + [raw[i:i + 1] for i in range(body + 1, len(raw))]
     return cuts
 
 
@@ -170,7 +174,7 @@ class ShortWayTests(SynchronousTestCase):
 
     def test_requestBytesAreTheStockOnes(self) -> None:
         """The short way writes the same request head as the stock way."""
-        for method in (b"GET", b"DELETE", b"PUT"):
+        for method in (b"GET", b"DELETE", b"PUT", b"POST"):
             short, stock = _Exchange(_StrictClientProtocol, method), _Exchange(_StockWay, method)
             self.assertEqual(short.transport.value(), stock.transport.value())
 

@@ -46,7 +46,7 @@ from twisted.web.client import (
     _RetryingHTTP11ClientProtocol,
 )
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss
+from twisted.web.http import PotentialDataLoss, _IdentityTransferDecoder
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -365,18 +365,21 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
     """
     The pooled client protocol, parsing responses with L{_StrictResponseParser}.
 
-    A request without a body is sent the short way: its head is written and
-    the response awaited without the parser, transport proxy, second
-    Deferred and callbacks that C{HTTP11ClientProtocol.request} sets up for
-    it.  A response that then arrives whole in one read, framed by one
-    Content-Length and with nothing unusual in its head (nearly every small
-    response from a keep-alive backend), is handed over directly.  Anything
-    else first makes the stock state, exactly as C{request} would have made
-    it after writing the head, and goes the stock way from there: a partial
-    or unusual response, a lost connection, a cancellation.
+    A request without a body, or with one already in memory, is sent the
+    short way: its head (and body) are written and the response awaited
+    without the parser, transport proxy, second Deferred and callbacks that
+    C{HTTP11ClientProtocol.request} sets up for it.  A response whose head
+    arrives whole in one read, framed by one Content-Length and with nothing
+    unusual in it (nearly every response from a keep-alive backend), is
+    handed over directly, and its body, whole or in pieces, is counted out
+    to it.  Anything else first makes the state the stock way would be in at
+    that point, and goes the stock way from there: an unusual or partial
+    head, a lost connection, a cancellation, bytes beyond the body.
     """
 
     _short = False  # a request sent the short way awaits its response; no parser made yet
+    _remaining = 0  # a response taken the short way still has this many body bytes to come
+    _response: Response | None = None
 
     def __init__(self, quiescentCallback: Callable[[Any], None] = lambda c: None,
                  writes: WriteBatcher | None = None) -> None:
@@ -397,8 +400,25 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             writes.run(self._receive, data)
 
     def _receive(self, data: bytes) -> None:
-        if self._short:
-            if self._wholeResponse(data):
+        remaining = self._remaining
+        if remaining:
+            response: Any = self._response
+            n = len(data)
+            if n < remaining:
+                if n:
+                    self._remaining = remaining - n
+                    response._bodyDataReceived(data)
+                return
+            if n == remaining:
+                self._remaining = 0
+                self._response = None
+                response._bodyDataReceived(data)
+                self._quiesce()
+                response._bodyDataFinished(_BODY_DONE)
+                return
+            self._stockBody()
+        elif self._short:
+            if self._shortResponse(data):
                 return
             self._unshort()
         super().dataReceived(data)
@@ -406,16 +426,24 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._short:
             self._unshort()
+        elif self._remaining:
+            self._stockBody()
         super().connectionLost(reason)
 
     def request(self, request: Any) -> Deferred[Any]:
-        if request.bodyProducer is None and self._state == "QUIESCENT" and request.persistent \
+        body = request.bodyProducer
+        if (body is None or type(body) is _BytesProducer) and self._state == "QUIESCENT" and request.persistent \
                 and request.method != b"HEAD":
             self._state = "TRANSMITTING"
+            transport: Any = self.transport
             try:
-                # A bodiless request is written at once, or raises before a
-                # byte is written (bad headers): the stock way then fails it.
-                request.writeTo(self.transport)
+                # Written at once, or raising before a byte is written (bad
+                # headers): the stock way then fails the request.
+                if body is None:
+                    request.writeTo(transport)
+                else:
+                    request._writeHeaders(transport, b"Content-Length: %d\r\n" % body.length)
+                    transport.write(body._data)
             except BaseException:
                 self._state = "QUIESCENT"
             else:
@@ -435,13 +463,26 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         return d
 
     def _unshort(self) -> None:
-        """The state C{HTTP11ClientProtocol.request} leaves once the head is written, made now."""
+        """The state C{HTTP11ClientProtocol.request} leaves once the request is written, made now."""
         self._short = False
         proxy = self._transportProxy = TransportProxyProducer(self.transport)
         parser = self._parser = _StrictResponseParser(self._currentRequest, self._finishResponse)
         parser.makeConnection(proxy)
         self._responseDeferred = parser._responseDeferred
         self._responseDeferred.chainDeferred(self._finishedRequest)  # type: ignore[arg-type]
+
+    def _stockBody(self) -> None:
+        """The state the stock parser is in partway through a Content-Length body, made now."""
+        response: Any = self._response
+        remaining = self._remaining
+        self._response = None
+        self._remaining = 0
+        parser = self._parser = _StrictResponseParser(self._currentRequest, self._finishResponse)
+        parser.makeConnection(self._transportProxy)
+        parser._everReceivedData = True
+        parser.response = response
+        del parser._responseDeferred  # fired: the stock parser drops it then
+        parser.switchToBodyMode(_IdentityTransferDecoder(remaining, response._bodyDataReceived, parser._finished))
 
     def _cancelShort(self, d: Deferred[Any]) -> None:
         # HTTP11ClientProtocol.request's canceller, for a request fully written.
@@ -450,11 +491,13 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
         self._disconnectParser(Failure(CancelledError()))
 
-    def _quiesce(self, proxy: TransportProxyProducer) -> None:
+    def _quiesce(self) -> None:
         """C{_finishResponse_WAITING}, for a persistent response read in full: back to the pool."""
         self._state = "QUIESCENT"
         self._currentRequest = None
         self._finishedRequest = None
+        proxy: Any = self._transportProxy
+        self._transportProxy = None
         proxy.stopProxying()
         transport: Any = self.transport
         transport.resumeProducing()  # if the body's consumer paused it meanwhile
@@ -464,16 +507,18 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             self._log.failure("while invoking quiescent callback:")
             transport.loseConnection()
 
-    def _wholeResponse(self, data: bytes) -> bool:
+    def _shortResponse(self, data: bytes) -> bool:
         """
-        Hand over a response that arrived whole: a plain head, then exactly
-        the Content-Length bytes of body.  Returns False, having changed
-        nothing, for anything else.
+        Take a response whose head is whole in C{data}: a plain HTTP/1.1
+        head with one Content-Length, and no more body than that.  Returns
+        False, having changed nothing, for anything else.
 
-        What follows is what the stock path does for such a response, in its
+        What follows is what the stock path does with such a response, in its
         order: the Deferred fires with the response (the forwarder asks for
-        the body there), the body is delivered, the connection goes back to
-        the pool, and the body's protocol learns the body is complete.
+        the body there; if nobody does, the connection is paused until
+        someone does), the body is delivered, and once all of it is in, the
+        connection goes back to the pool and the body's protocol learns the
+        body is complete.
         """
         end = data.find(b"\r\n\r\n")
         if end == -1:
@@ -516,24 +561,31 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             else:
                 values.append(value)
         body = data[end + 4:]
-        if length != len(body):
-            return False
+        if length < len(body):
+            return False  # no length, or bytes beyond the body
 
         self._short = False
         finished: Any = self._finishedRequest
-        proxy = TransportProxyProducer(self.transport)
+        proxy = self._transportProxy = TransportProxyProducer(self.transport)
         response = Response._construct((b"HTTP", 1, 1), code, phrase, headers, proxy, self._currentRequest)
         response.length = length
-        if length:
+        if length == 0:
+            # As the stock parser does with an empty body: all done before the response is handed over.
+            self._quiesce()
+            response._bodyDataFinished(_BODY_DONE)
             finished.callback(response)
+            return True
+        finished.callback(response)
+        if response._state == "INITIAL":
+            proxy.pauseProducing()  # as the strict parser: nobody has asked for the body yet
+        if body:
             response._bodyDataReceived(body)
-            self._quiesce(proxy)
+        if len(body) == length:
+            self._quiesce()
             response._bodyDataFinished(_BODY_DONE)
         else:
-            # As the stock parser does with an empty body: all done before the response is handed over.
-            self._quiesce(proxy)
-            response._bodyDataFinished(_BODY_DONE)
-            finished.callback(response)
+            self._response = response
+            self._remaining = length - len(body)
         return True
 
 
