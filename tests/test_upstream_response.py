@@ -26,7 +26,7 @@ from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web.http_headers import Headers
 
-from txgateway.proxy import _BytesProducer, _StrictClientProtocol, _StrictResponseParser
+from txgateway.proxy import _BytesProducer, _StrictClientProtocol, _StrictResponseParser, _UpstreamRequest
 
 
 class _LineByLineParser(_StrictResponseParser):
@@ -224,3 +224,26 @@ class ShortWayTests(SynchronousTestCase):
         x.d.cancel()
         self.assertFalse(x.transport.disconnecting)
         self.assertNotIsInstance(x.d.result if hasattr(x.d, "result") else None, CancelledError)
+
+
+class UpstreamRequestHeadTests(SynchronousTestCase):
+    def test_sameBytesAsTheStockRequest(self) -> None:
+        """The forwarded request's one-join head is byte for byte the stock Request's."""
+        headers = Headers({b"host": [b"backend:8080"], b"accept": [b"a", b"b"], b"x-request-id": [b"1"]})
+        for method in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"FROB"):
+            for body in (None, _BytesProducer(b"{}")):
+                for persistent in (True, False):
+                    ours, stock = StringTransport(), StringTransport()
+                    _UpstreamRequest(method, b"/p?q=1", headers, body, persistent).writeTo(ours)
+                    ClientRequest(method, b"/p?q=1", headers, body, persistent).writeTo(stock)
+                    self.assertEqual(ours.value(), stock.value(), (method, body, persistent))
+
+    def test_badHeadersAreRefusedAsByTheStockRequest(self) -> None:
+        """No Host, two Hosts or a method that is not a token: the stock checks still refuse them."""
+        for method, hosts in ((b"GET", []), (b"GET", [b"a", b"b"]), (b"G T", [b"a"])):
+            headers = Headers({b"host": hosts} if hosts else {})
+            with self.assertRaises(Exception) as ours:
+                _UpstreamRequest(method, b"/", headers, None, True).writeTo(StringTransport())
+            with self.assertRaises(Exception) as stock:
+                ClientRequest(method, b"/", headers, None, True).writeTo(StringTransport())
+            self.assertEqual(type(ours.exception), type(stock.exception))
