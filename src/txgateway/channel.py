@@ -25,6 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import _parseRequestLine  # type: ignore[attr-defined]
 from twisted.web.http_headers import Headers
 from twisted.web.resource import getChildForRequest
 
@@ -452,7 +453,7 @@ class GatewayChannel(http.HTTPChannel):
         request = self.requestFactory(self, len(self.requests))
         self.requests.append(request)
         try:
-            self._command, self._path, self._version = http._parseRequestLine(first)  # type: ignore[attr-defined]
+            self._command, self._path, self._version = _parseRequestLine(first)
         except ValueError:
             self._respondToBadRequestAndDisconnect()
             return True
