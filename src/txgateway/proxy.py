@@ -525,8 +525,9 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             return False
         head = data[:end]
         lines = head.split(b"\r\n")
-        if head.count(b"\n") != len(lines) - 1:
-            return False
+        breaks = len(lines) - 1
+        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
+            return False  # a bare LF or CR, or a NUL, somewhere: the stock parser judges those
         status = lines[0].split(b" ", 2)
         if len(status) < 2 or status[0] != b"HTTP/1.1":
             return False
@@ -542,14 +543,14 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         length = -1
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or not _TCHAR.issuperset(name):
+            if not sep:
                 return False
-            value = value.strip()
-            if b"\x00" in value or b"\r" in value:
-                return False
-            key = _FIELD_KEYS.get(name)
+            key = _FIELD_KEYS.get(name)  # names in there are valid tokens
             if key is None:
+                if not name or not _TCHAR.issuperset(name):
+                    return False
                 key = _fieldKey(name)
+            value = value.strip()
             if key in _CONNECTION_FIELDS:
                 if key != _H_CONTENT_LENGTH or length != -1 or not value.isdigit():
                     return False  # framing or connection options: the stock parser reads those
