@@ -262,8 +262,9 @@ class _StrictResponseParser(HTTPClientParser):
 
     def _wholeHead(self, data: bytes, end: int) -> bool:
         """
-        Take a response whose head arrived whole, in one read: nearly every
-        response from a backend on a pooled connection.
+        Take a response whose head arrived whole, in one read, among those
+        the client protocol's short way leaves to the parser (chunked or
+        connection options, a streamed request body, HEAD...).
 
         The stock parser splits the head into lines and runs each through
         LineReceiver's loop and a state dispatch, joining and splitting every
@@ -284,7 +285,7 @@ class _StrictResponseParser(HTTPClientParser):
         fields = []
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or line[:1] in b" \t":
+            if not sep or line[:1] in (b" ", b"\t"):
                 return False
             fields.append((name, value.strip()))
         self._everReceivedData = True
