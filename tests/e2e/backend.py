@@ -11,6 +11,7 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
   /stream?chunks=N&ms=M   N chunks (SSE events), one every M ms
   /sse-hold               one event, then the stream stays open
   /big?bytes=N            N bytes of body, produced as the client reads
+  /split?bytes=N&ms=M     N bytes with a Content-Length: the head and half the body, the rest M ms later
   /gzip                   a gzip-encoded body with Content-Encoding: gzip
   /redirect               302 to /echo
   /cookie                 Set-Cookie twice; echoes the Cookie it got
@@ -100,6 +101,12 @@ class Origin(resource.Resource):
         if path == "/sse-hold":
             request.setHeader(b"Content-Type", b"text/event-stream")
             request.write(b"data: first\n\n")
+            return server.NOT_DONE_YET
+        if path == "/split":
+            n = int(args.get("bytes", "1000"))
+            request.setHeader(b"Content-Length", b"%d" % n)
+            request.write(b"a" * (n // 2))
+            reactor.callLater(int(args.get("ms", "50")) / 1000, _finish, request, b"b" * (n - n // 2))
             return server.NOT_DONE_YET
         if path == "/big":
             n = int(args.get("bytes", "1048576"))
@@ -194,6 +201,7 @@ RAW = {
     "bare": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbare",
     "conn-named": b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nX-Public: p\r\n"
                   b"Content-Length: 2\r\n\r\nok",
+    "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
 }
 
 

@@ -124,6 +124,15 @@ class ForwardingTests(SynchronousTestCase):
         assert made is not None
         self.assertEqual(len(made), 32)
 
+    def test_bodyArrivingInPiecesIsRelayedWhole(self) -> None:
+        """A body whose second half comes 50 ms after its head reaches the client complete, on a reused connection too."""
+        gw, _ = shared()
+        for _ in range(3):
+            resp = gw.request("GET", "/split?bytes=20000&ms=50")
+            self.assertEqual(resp.status, 200)
+            self.assertEqual(resp.header("Content-Length"), "20000")
+            self.assertEqual(resp.body, b"a" * 10000 + b"b" * 10000)
+
     def test_largeDownloadStreamsWithoutGrowingMemory(self) -> None:
         """256 MiB pass through while the gateway's resident memory stays flat."""
         gw, _ = shared()
