@@ -606,22 +606,13 @@ class ClientAddressTests(SynchronousTestCase):
 # Upstream responses
 
 
-class _StreamedBody:
+class _StreamedBody(_NullProducer):
     """A body producer that streams (a large upload): the stock way sends it."""
 
     length = 1
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         return Deferred()
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def _clientProtocol() -> tuple[_StrictClientProtocol, StringTransport, Deferred[Any]]:
