@@ -25,7 +25,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as generateOpenMetrics
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.observe import LATENCY_BUCKETS, FastCounter, FastGauge, FastHistogram, Metrics, _PlainValue
+from txgateway.observe import (
+    LATENCY_BUCKETS,
+    FastCounter,
+    FastGauge,
+    FastHistogram,
+    Metrics,
+    _MmapValue,
+    _PlainValue,
+)
 
 Kinds = tuple[type[Counter], type[Gauge], type[Histogram]]
 STOCK: Kinds = (Counter, Gauge, Histogram)
@@ -239,13 +247,32 @@ class MultiprocessTests(SynchronousTestCase):
             f = families(kinds, CollectorRegistry())
             traffic(f)
             if kinds is OURS:
+                # Written straight to the mmap file, but still a multiprocess value.
                 child = f["requests"].labels("api", "GET", "200")
-                self.assertNotIsInstance(child._value, _PlainValue)
+                self.assertIsInstance(child._value, _MmapValue)
                 self.assertTrue(child._value._multiprocess)
-                self.assertTrue(all(not isinstance(b, _PlainValue) for b in f["duration"].labels("api")._buckets))
-                self.assertNotIsInstance(f["inFlight"]._value, _PlainValue)
+                self.assertTrue(all(isinstance(b, _MmapValue) for b in f["duration"].labels("api")._buckets))
+                self.assertIsInstance(f["inFlight"]._value, _MmapValue)
+                self.assertNotIsInstance(f["recent"].labels("x")._value, _MmapValue)  # time-stamped: stock
             out.append(self.merged(directory))
         self.assertIn(b't_requests_total{method="GET",route="api",status="200"} 5.0', out[0])
+        self.assertEqual(out[1], out[0])
+
+    def test_mmapValuesWrittenAfterTheFileGrows(self) -> None:
+        """Enough children to grow (and remap) the worker's file: every value still lands where stock puts it."""
+        out = []
+        for kinds in (STOCK, OURS):
+            directory = self.multiprocessDirectory()
+            f = families(kinds, CollectorRegistry())
+            first = f["requests"].labels("first", "GET", "200")
+            first.inc()
+            for i in range(1000):  # 15 samples of ~140 bytes each: past the file's first 1 MiB
+                f["duration"].labels(f"route-{i}").observe(0.01)
+            first.inc(2)
+            self.assertGreater(max(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory)),
+                               1 << 20)
+            out.append(self.merged(directory))
+        self.assertIn(b't_requests_total{method="GET",route="first",status="200"} 3.0', out[0])
         self.assertEqual(out[1], out[0])
 
     def test_gatewayRenderSumsTheWorkersFiles(self) -> None:
