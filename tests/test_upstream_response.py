@@ -100,9 +100,12 @@ class _Exchange:
 
 _CODES = [b"200", b"201", b"404", b"503", b"204", b"304", b"100", b"101", b"099", b"20", b"2000", b"+20", b"2x0"]
 _PHRASES = [b" OK", b"", b" ", b" Not Found", b" a\tb", b" x\x01y"]
-_NAMES = [b"Content-Type", b"content-type", b"X-A", b"Set-Cookie", b"Connection", b"Keep-Alive",
-          b"Transfer-Encoding", b"Upgrade", b"X-B"]
-_VALUES = [b"text/plain", b" spaced ", b"a, b", b"close", b"keep-alive", b"chunked", b"", b"x-b", b"1\x0b"]
+# The first seven are what plain responses carry (Connection options included: many servers send
+# "Connection: keep-alive"); the rest only the others.
+_NAMES = [b"Content-Type", b"content-type", b"X-A", b"Set-Cookie", b"Connection", b"Keep-Alive", b"X-B",
+          b"Transfer-Encoding", b"Upgrade", b"TE"]
+_VALUES = [b"text/plain", b" spaced ", b"a, b", b"close", b"keep-alive", b"chunked", b"", b"x-b", b"1\x0b",
+           b"X-A, keep-alive", b"Close", b"timeout=5", b"a b", b"set-cookie", b"x-b,,close"]
 
 
 @st.composite
@@ -113,7 +116,7 @@ def _responses(draw: Any) -> bytes:
     code = draw(st.sampled_from(_CODES[:4] if plain else _CODES))
     status = version + b" " + code + draw(st.sampled_from(_PHRASES[:4] if plain else _PHRASES))
     fields = [n + b":" + draw(st.sampled_from([b" ", b"", b"\t"])) + v
-              for n, v in draw(st.lists(st.tuples(st.sampled_from(_NAMES[:4] if plain else _NAMES),
+              for n, v in draw(st.lists(st.tuples(st.sampled_from(_NAMES[:7] if plain else _NAMES),
                                                   st.sampled_from(_VALUES)), max_size=4))]
     body = draw(st.binary(max_size=24))
     framing = draw(st.sampled_from(["length", "length", "short", "long"] if plain else

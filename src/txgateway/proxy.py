@@ -89,6 +89,7 @@ _H_TRACEPARENT = storedName(b"traceparent")
 _H_TRACESTATE = storedName(b"tracestate")
 _H_TRANSFER_ENCODING = storedName(b"Transfer-Encoding")
 _H_CONTENT_LENGTH = storedName(b"Content-Length")
+_H_KEEP_ALIVE = storedName(b"Keep-Alive")
 
 
 _CORS_RESPONSE = frozenset((b"access-control-allow-origin", b"access-control-allow-credentials",
@@ -163,8 +164,12 @@ class UpstreamFailure(Exception):
 
 def connectionTokens(headers: Headers) -> set[bytes]:
     """Field names listed in C{Connection}, minus the protected ones."""
+    return _optionTokens(headers.getRawHeaders(b"connection", ()))
+
+
+def _optionTokens(values: Sequence[bytes]) -> set[bytes]:
     tokens: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", ()):
+    for value in values:
         for tok in value.split(b","):
             tok = tok.strip().lower()
             if tok and tok not in PROTECTED:
@@ -542,6 +547,7 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         headers = Headers()
         raw = headers._rawHeaders
         length = -1
+        options: list[bytes] | None = None
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep:
@@ -553,9 +559,16 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
                 key = _fieldKey(name)
             value = value.strip()
             if key in _CONNECTION_FIELDS:
-                if key != _H_CONTENT_LENGTH or length != -1 or not value.isdigit():
-                    return False  # framing or connection options: the stock parser reads those
-                length = int(value)
+                if key == _H_CONTENT_LENGTH:
+                    if length != -1 or not value.isdigit():
+                        return False  # repeated or odd framing: the stock parser judges it
+                    length = int(value)
+                elif key == _H_CONNECTION:
+                    if options is None:
+                        options = []
+                    options.append(value)
+                elif key != _H_KEEP_ALIVE:
+                    return False  # chunked, an upgrade...: the stock parser reads those
                 continue
             values = raw.get(key)
             if values is None:
@@ -565,6 +578,17 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         body = data[end + 4:]
         if length < len(body):
             return False  # no length, or bytes beyond the body
+        if options is not None:
+            # "Connection: keep-alive" (many servers send it) is fine; a
+            # close, or an option that is not a field name, goes the stock way.
+            for value in options:
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token == b"close" or (token and not _TCHAR.issuperset(token)):
+                        return False
+            # As the strict parser: the fields the options name are hop-by-hop.
+            for token in _optionTokens(options):
+                raw.pop(_FIELD_KEYS.get(token) or _fieldKey(token), None)
 
         self._short = False
         finished: Any = self._finishedRequest
