@@ -515,9 +515,9 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
 
     def _shortResponse(self, data: bytes) -> bool:
         """
-        Take a response whose head is whole in C{data}: a plain HTTP/1.1
-        head with one Content-Length, and no more body than that.  Returns
-        False, having changed nothing, for anything else.
+        Take a response whose plain head (see L{_plainHead}) is whole in
+        C{data}, with no more body than its Content-Length.  Returns False,
+        having changed nothing, for anything else.
 
         What follows is what the stock path does with such a response, in its
         order: the Deferred fires with the response (the forwarder asks for
@@ -526,69 +526,13 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         connection goes back to the pool and the body's protocol learns the
         body is complete.
         """
-        end = data.find(b"\r\n\r\n")
-        if end == -1:
+        head = _plainHead(data)
+        if head is None:
             return False
-        head = data[:end]
-        lines = head.split(b"\r\n")
-        breaks = len(lines) - 1
-        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
-            return False  # a bare LF or CR, or a NUL, somewhere: the stock parser judges those
-        status = lines[0].split(b" ", 2)
-        if len(status) < 2 or status[0] != b"HTTP/1.1":
-            return False
-        codeBytes = status[1]
-        if len(codeBytes) != 3 or not codeBytes.isdigit():
-            return False
-        code = int(codeBytes)
-        phrase = status[2] if len(status) == 3 else b""
-        if code < 200 or code in _NO_BODY_STATUS or len(phrase.translate(None, _PHRASE_CONTROLS)) != len(phrase):
-            return False
-        headers = Headers()
-        raw = headers._rawHeaders
-        length = -1
-        options: list[bytes] | None = None
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                return False
-            key = _FIELD_KEYS.get(name)  # names in there are valid tokens
-            if key is None:
-                if not name or not _TCHAR.issuperset(name):
-                    return False
-                key = _fieldKey(name)
-            value = value.strip()
-            if key in _CONNECTION_FIELDS:
-                if key == _H_CONTENT_LENGTH:
-                    if length != -1 or not value.isdigit():
-                        return False  # repeated or odd framing: the stock parser judges it
-                    length = int(value)
-                elif key == _H_CONNECTION:
-                    if options is None:
-                        options = []
-                    options.append(value)
-                elif key != _H_KEEP_ALIVE:
-                    return False  # chunked, an upgrade...: the stock parser reads those
-                continue
-            values = raw.get(key)
-            if values is None:
-                raw[key] = [value]
-            else:
-                values.append(value)
-        body = data[end + 4:]
+        end, code, phrase, headers, length = head
+        body = data[end:]
         if length < len(body):
-            return False  # no length, or bytes beyond the body
-        if options is not None:
-            # "Connection: keep-alive" (many servers send it) is fine; a
-            # close, or an option that is not a field name, goes the stock way.
-            for value in options:
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token == b"close" or (token and not _TCHAR.issuperset(token)):
-                        return False
-            # As the strict parser: the fields the options name are hop-by-hop.
-            for token in _optionTokens(options):
-                raw.pop(_FIELD_KEYS.get(token) or _fieldKey(token), None)
+            return False  # bytes beyond the body: the stock parser decides what they are
 
         self._short = False
         finished: Any = self._finishedRequest
@@ -613,6 +557,83 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             self._response = response
             self._remaining = length - len(body)
         return True
+
+
+def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int] | None:
+    """
+    The response head at the start of C{data} if it is whole and plain:
+    C{(where the body starts, code, phrase, end-to-end fields, Content-Length)}.
+    None for anything the stock parser should judge instead.
+
+    Plain is what nearly every backend sends: HTTP/1.1, a 2xx-5xx status
+    that has a body, valid field names, no stray CR, LF or NUL, exactly one
+    Content-Length, and no connection field but C{Connection} (without
+    C{close}) and C{Keep-Alive}.  The fields are filed as the strict parser
+    files them: connection fields apart, names as twisted.web's Headers
+    spells them, values stripped, and what a Connection option names dropped.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end == -1:
+        return None
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    breaks = len(lines) - 1
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
+        return None  # a bare LF or CR, or a NUL, somewhere
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or status[0] != b"HTTP/1.1":
+        return None
+    codeBytes = status[1]
+    if len(codeBytes) != 3 or not codeBytes.isdigit():
+        return None
+    code = int(codeBytes)
+    phrase = status[2] if len(status) == 3 else b""
+    if code < 200 or code in _NO_BODY_STATUS or len(phrase.translate(None, _PHRASE_CONTROLS)) != len(phrase):
+        return None
+    headers = Headers()
+    raw = headers._rawHeaders
+    length = -1
+    options: list[bytes] | None = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            return None
+        key = _FIELD_KEYS.get(name)  # names in there are valid tokens
+        if key is None:
+            if not name or not _TCHAR.issuperset(name):
+                return None
+            key = _fieldKey(name)
+        value = value.strip()
+        if key in _CONNECTION_FIELDS:
+            if key == _H_CONTENT_LENGTH:
+                if length != -1 or not value.isdigit():
+                    return None  # repeated or odd framing
+                length = int(value)
+            elif key == _H_CONNECTION:
+                if options is None:
+                    options = []
+                options.append(value)
+            elif key != _H_KEEP_ALIVE:
+                return None  # chunked, an upgrade...
+            continue
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+    if length == -1:
+        return None
+    if options is not None:
+        # "Connection: keep-alive" (many servers send it) is fine; a close,
+        # or an option that is not a field name, is for the stock parser.
+        for value in options:
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close" or (token and not _TCHAR.issuperset(token)):
+                    return None
+        for token in _optionTokens(options):
+            raw.pop(_FIELD_KEYS.get(token) or _fieldKey(token), None)
+    return end + 4, code, phrase, headers, length
 
 
 class _QuietFactory(_HTTP11ClientFactory):
