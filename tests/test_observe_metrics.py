@@ -33,6 +33,7 @@ from txgateway.observe import (
     Metrics,
     _MmapValue,
     _PlainValue,
+    _unlocked,
 )
 
 Kinds = tuple[type[Counter], type[Gauge], type[Histogram]]
@@ -257,6 +258,15 @@ class MultiprocessTests(SynchronousTestCase):
             out.append(self.merged(directory))
         self.assertIn(b't_requests_total{method="GET",route="api",status="200"} 5.0', out[0])
         self.assertEqual(out[1], out[0])
+
+    def test_anotherValueLayoutIsLeftAlone(self) -> None:
+        """A multiprocess value laid out otherwise (another prometheus-client) keeps its own, locked path."""
+
+        class Other:
+            _multiprocess = True
+            _value = 0.0
+
+        self.assertIsNone(_unlocked(Other()))
 
     def test_mmapValuesWrittenAfterTheFileGrows(self) -> None:
         """Enough children to grow (and remap) the worker's file: every value still lands where stock puts it."""

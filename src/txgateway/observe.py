@@ -113,6 +113,7 @@ class _MmapValue:
         self._file = stock._file  # the MmapedDict of this metric type, shared by its values
         self._pos = stock._file._positions[stock._key]  # allocated when the stock value read its start
         self._v = float(stock._value)
+        _TWO_DOUBLES.unpack_from(self._file._m, self._pos)  # the layout is the one written to below
 
     @property
     def _value(self) -> float:
@@ -149,8 +150,11 @@ def _unlocked(value: Any) -> _PlainValue | _MmapValue | None:
     """
     if type(value) is values.MutexValue:
         return _PlainValue(value.get())
-    if getattr(value, "_multiprocess", False) and hasattr(value, "_file") and hasattr(value, "_key"):
-        return _MmapValue(value)
+    if getattr(value, "_multiprocess", False):
+        try:
+            return _MmapValue(value)
+        except (AttributeError, KeyError, TypeError):
+            return None  # a prometheus-client whose values are laid out otherwise: its own value stays
     return None
 
 
