@@ -510,6 +510,11 @@ class GatewayChannel(http.HTTPChannel):
         if self.refused:
             return False
         name, sep, value = line.partition(b":")
+        if b"\x00" in value or b"\r" in value:
+            # RFC 9110 §5.5.  Twisted's own NUL check (twisted#12228) came after
+            # 24.7, the oldest release setup.cfg allows: a NUL must never reach a backend.
+            self.refuse(400, b"Bad Request", "CR or NUL in a field value")
+            return False
         # RFC 9112 §6.1: chunked is the only coding we decode; Twisted would
         # also take "identity" and read the body as the next request.  An
         # HTTP/1.0 message has no transfer codings at all.
