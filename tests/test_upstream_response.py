@@ -70,15 +70,18 @@ class _Exchange:
         self.response = response
         self.events.append(("response", response.version, response.code, response.phrase,
                             sorted(response.headers.getAllRawHeaders()), response.length))
-        if self.claim == "now":
+        if self.claim in ("now", "raising"):
             self.claimBody()
 
     def claimBody(self) -> None:
         events = self.events
+        raising = self.claim == "raising"
 
         class Collect(Protocol):
             def dataReceived(self, data: bytes) -> None:
                 events.append(("body", data))
+                if raising:
+                    raise RuntimeError("a consumer bug")
 
             def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
                 events.append(("end", _describe(reason)))
@@ -159,12 +162,13 @@ _SETTINGS = settings(max_examples=400, deadline=None, database=None,
 
 class ShortWayTests(SynchronousTestCase):
     @_SETTINGS
-    @given(_responses(), st.sampled_from([b"GET", b"HEAD", b"POST"]), st.sampled_from(["now", "later"]))
+    @given(_responses(), st.sampled_from([b"GET", b"HEAD", b"POST"]), st.sampled_from(["now", "later", "raising"]))
     def test_sameAsTheStockWay(self, raw: bytes, method: bytes, claim: str) -> None:
-        """Whatever the response and however it is cut, the short ways end exactly as the stock way does."""
+        """Whatever the response, however it is cut and even if its consumer fails, the short ways end as the stock way."""
         for name, pieces in _cuts(raw).items():
             stock = _Exchange(_StockWay, method, claim).feed(pieces).events
             short = _Exchange(_StrictClientProtocol, method, claim).feed(pieces).events
+            self.flushLoggedErrors(RuntimeError)
             self.assertEqual(short, stock, f"{name}: {raw!r}")
 
     def test_aWholeResponseTakesTheShortWay(self) -> None:

@@ -412,15 +412,15 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             n = len(data)
             if n < remaining:
                 if n:
-                    self._remaining = remaining - n
-                    response._bodyDataReceived(data)
+                    self._remaining = remaining - n  # counted first, as the stock decoder does
+                    self._deliver(response, data, False)
                 return
             if n == remaining:
                 self._remaining = 0
                 self._response = None
-                response._bodyDataReceived(data)
-                self._quiesce()
-                response._bodyDataFinished(_BODY_DONE)
+                if self._deliver(response, data, True):
+                    self._quiesce()
+                    self._bodyDone(response)
                 return
             self._stockBody()
         elif self._short:
@@ -490,6 +490,39 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         del parser._responseDeferred  # fired: the stock parser drops it then
         parser.switchToBodyMode(_IdentityTransferDecoder(remaining, response._bodyDataReceived, parser._finished))
 
+    def _deliver(self, response: Any, data: bytes, last: bool) -> bool:
+        """
+        Body bytes to the response; False if its consumer raised, which ends
+        the exchange as the stock way does: the connection is dropped, and
+        the consumer hears the body failed (or, if these were its last
+        bytes, that it ended).
+        """
+        try:
+            response._bodyDataReceived(data)
+        except BaseException:
+            failure = Failure()
+            if last:
+                transport: Any = self.transport
+                transport.loseConnection()
+                self._currentRequest = None
+                self._finishedRequest = None
+                proxy: Any = self._transportProxy
+                self._transportProxy = None
+                proxy.stopProxying()
+                self._bodyDone(response)
+            else:
+                self._stockBody()
+                self._giveUp(failure)
+            return False
+        return True
+
+    def _bodyDone(self, response: Any) -> None:
+        try:
+            response._bodyDataFinished(_BODY_DONE)
+        except Exception:
+            # As the stock parser: the body's consumer failing here is logged, not raised.
+            self._log.failure("while interacting with body decoder:")
+
     def _cancelShort(self, d: Deferred[Any]) -> None:
         # HTTP11ClientProtocol.request's canceller, for a request fully written.
         if self._short:
@@ -548,14 +581,10 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         finished.callback(response)
         if response._state == "INITIAL":
             proxy.pauseProducing()  # as the strict parser: nobody has asked for the body yet
+        self._response = response
+        self._remaining = length
         if body:
-            response._bodyDataReceived(body)
-        if len(body) == length:
-            self._quiesce()
-            response._bodyDataFinished(_BODY_DONE)
-        else:
-            self._response = response
-            self._remaining = length - len(body)
+            self._receive(body)  # the body counted out as any later bytes are
         return True
 
 
