@@ -122,11 +122,21 @@ def _responses(draw: Any) -> bytes:
               for n, v in draw(st.lists(st.tuples(st.sampled_from(_NAMES[:7] if plain else _NAMES),
                                                   st.sampled_from(_VALUES)), max_size=4))]
     body = draw(st.binary(max_size=24))
-    framing = draw(st.sampled_from(["length", "length", "short", "long"] if plain else
-                                   ["length", "none", "short", "long", "twice", "conflict", "bad", "chunked"]))
-    if framing == "chunked":
-        fields.append(b"Transfer-Encoding: chunked")
-        body = (b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n") if body else b"0\r\n\r\n"
+    framing = draw(st.sampled_from(["length", "length", "short", "long", "chunked", "chunked-cut"] if plain else
+                                   ["length", "none", "short", "long", "twice", "conflict", "bad", "chunked",
+                                    "chunked-bad"]))
+    if framing.startswith("chunked"):
+        fields.insert(draw(st.integers(0, len(fields))),
+                      b"Transfer-Encoding: " + draw(st.sampled_from([b"chunked", b"Chunked", b"chunked "])))
+        cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=3)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True) if b > a]
+        ext = draw(st.sampled_from([b"", b";a=1"]))
+        trailer = draw(st.sampled_from([b"", b"X-T: 1\r\n"]))
+        body = b"".join(b"%x%s\r\n%s\r\n" % (len(x), ext, x) for x in pieces) + b"0\r\n" + trailer + b"\r\n"
+        if framing == "chunked-cut":
+            body = body[:draw(st.integers(0, len(body)))]  # the origin closes partway
+        elif framing == "chunked-bad":
+            body = b"zz\r\n" + body
     elif framing != "none":
         n = {"length": len(body), "short": max(len(body) - 1, 0), "long": len(body) + 1}.get(framing, len(body))
         fields.insert(draw(st.integers(0, len(fields))), b"Content-Length: %d" % n)

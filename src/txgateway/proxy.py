@@ -46,7 +46,7 @@ from twisted.web.client import (
     _RetryingHTTP11ClientProtocol,
 )
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss, _IdentityTransferDecoder
+from twisted.web.http import PotentialDataLoss, _ChunkedTransferDecoder, _IdentityTransferDecoder
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -375,16 +375,19 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
     short way: its head (and body) are written and the response awaited
     without the parser, transport proxy, second Deferred and callbacks that
     C{HTTP11ClientProtocol.request} sets up for it.  A response whose head
-    arrives whole in one read, framed by one Content-Length and with nothing
-    unusual in it (nearly every response from a keep-alive backend), is
-    handed over directly, and its body, whole or in pieces, is counted out
-    to it.  Anything else first makes the state the stock way would be in at
-    that point, and goes the stock way from there: an unusual or partial
-    head, a lost connection, a cancellation, bytes beyond the body.
+    arrives whole in one read, framed by one Content-Length or chunked and
+    with nothing unusual in it (nearly every response from a keep-alive
+    backend), is handed over directly, and its body, whole or in pieces, is
+    counted out to it (a chunked one through Twisted's own decoder).
+    Anything else first makes the state the stock way would be in at that
+    point, and goes the stock way from there: an unusual or partial head, a
+    lost connection, a cancellation, bytes beyond the body, bad chunk
+    framing, a body consumer that raises.
     """
 
     _short = False  # a request sent the short way awaits its response; no parser made yet
     _remaining = 0  # a response taken the short way still has this many body bytes to come
+    _decoder: _ChunkedTransferDecoder | None = None  # ... or is chunked, and this reads its framing
     _response: Response | None = None
 
     def __init__(self, quiescentCallback: Callable[[Any], None] = lambda c: None,
@@ -423,6 +426,17 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
                     self._bodyDone(response)
                 return
             self._stockBody()
+        elif self._decoder is not None:
+            try:
+                self._decoder.dataReceived(data)
+            except BaseException:
+                # As the stock parser: bad framing, or a consumer that
+                # raised, drops the connection and fails the body.
+                failure = Failure()
+                if self._decoder is not None:
+                    self._stockBody()
+                self._giveUp(failure)
+            return
         elif self._short:
             if self._shortResponse(data):
                 return
@@ -432,7 +446,7 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._short:
             self._unshort()
-        elif self._remaining:
+        elif self._remaining or self._decoder is not None:
             self._stockBody()
         super().connectionLost(reason)
 
@@ -478,17 +492,30 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         self._responseDeferred.chainDeferred(self._finishedRequest)  # type: ignore[arg-type]
 
     def _stockBody(self) -> None:
-        """The state the stock parser is in partway through a Content-Length body, made now."""
+        """The state the stock parser is in partway through a body, made now."""
         response: Any = self._response
-        remaining = self._remaining
-        self._response = None
-        self._remaining = 0
         parser = self._parser = _StrictResponseParser(self._currentRequest, self._finishResponse)
         parser.makeConnection(self._transportProxy)
         parser._everReceivedData = True
         parser.response = response
         del parser._responseDeferred  # fired: the stock parser drops it then
-        parser.switchToBodyMode(_IdentityTransferDecoder(remaining, response._bodyDataReceived, parser._finished))
+        decoder: Any = self._decoder
+        if decoder is None:
+            decoder = _IdentityTransferDecoder(self._remaining, response._bodyDataReceived, parser._finished)
+        else:
+            decoder.finishCallback = parser._finished  # the chunked decoder as it stands, ending the stock way
+        self._response = None
+        self._remaining = 0
+        self._decoder = None
+        parser.switchToBodyMode(decoder)
+
+    def _chunkedEnd(self, rest: bytes) -> None:
+        """The chunked body's last chunk and trailers are in: back to the pool, and the body ends."""
+        response: Any = self._response
+        self._response = None
+        self._decoder = None
+        self._quiesce()
+        self._bodyDone(response)
 
     def _deliver(self, response: Any, data: bytes, last: bool) -> bool:
         """
@@ -564,13 +591,23 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
             return False
         end, code, phrase, headers, length = head
         body = data[end:]
-        if length < len(body):
+        if length is not None and length < len(body):
             return False  # bytes beyond the body: the stock parser decides what they are
 
         self._short = False
         finished: Any = self._finishedRequest
         proxy = self._transportProxy = TransportProxyProducer(self.transport)
         response = Response._construct((b"HTTP", 1, 1), code, phrase, headers, proxy, self._currentRequest)
+        if length is None:
+            # Chunked: Twisted's own decoder reads the framing, as it does the stock way.
+            finished.callback(response)
+            if response._state == "INITIAL":
+                proxy.pauseProducing()
+            self._response = response
+            self._decoder = _ChunkedTransferDecoder(response._bodyDataReceived, self._chunkedEnd)
+            if body:
+                self._receive(body)
+            return True
         response.length = length
         if length == 0:
             # As the stock parser does with an empty body: all done before the response is handed over.
@@ -588,16 +625,17 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
         return True
 
 
-def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int] | None:
+def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int | None] | None:
     """
     The response head at the start of C{data} if it is whole and plain:
-    C{(where the body starts, code, phrase, end-to-end fields, Content-Length)}.
-    None for anything the stock parser should judge instead.
+    C{(where the body starts, code, phrase, end-to-end fields, Content-Length
+    or None for a chunked body)}.  None for anything the stock parser should
+    judge instead.
 
     Plain is what nearly every backend sends: HTTP/1.1, a 2xx-5xx status
     that has a body, valid field names, no stray CR, LF or NUL, exactly one
-    Content-Length, and no connection field but C{Connection} (without
-    C{close}) and C{Keep-Alive}.  The fields are filed as the strict parser
+    Content-Length or one C{Transfer-Encoding: chunked}, and no other
+    connection field but C{Connection} (without C{close}) and C{Keep-Alive}.  The fields are filed as the strict parser
     files them: connection fields apart, names as twisted.web's Headers
     spells them, values stripped, and what a Connection option names dropped.
     """
@@ -622,6 +660,7 @@ def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int] | None:
     headers = Headers()
     raw = headers._rawHeaders
     length = -1
+    chunked = False
     options: list[bytes] | None = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
@@ -642,16 +681,23 @@ def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int] | None:
                 if options is None:
                     options = []
                 options.append(value)
+            elif key == _H_TRANSFER_ENCODING:
+                if chunked or value.lower() != b"chunked":
+                    return None  # repeated, or a coding we do not decode
+                chunked = True
             elif key != _H_KEEP_ALIVE:
-                return None  # chunked, an upgrade...
+                return None  # an upgrade, TE, trailers...
             continue
         values = raw.get(key)
         if values is None:
             raw[key] = [value]
         else:
             values.append(value)
-    if length == -1:
-        return None
+    if chunked:
+        if length != -1:
+            return None  # both framings: the strict parser refuses it
+    elif length == -1:
+        return None  # read to the close: the stock parser does that
     if options is not None:
         # "Connection: keep-alive" (many servers send it) is fine; a close,
         # or an option that is not a field name, is for the stock parser.
@@ -662,7 +708,7 @@ def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int] | None:
                     return None
         for token in _optionTokens(options):
             raw.pop(_FIELD_KEYS.get(token) or _fieldKey(token), None)
-    return end + 4, code, phrase, headers, length
+    return end + 4, code, phrase, headers, (None if chunked else length)
 
 
 class _QuietFactory(_HTTP11ClientFactory):
