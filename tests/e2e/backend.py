@@ -202,6 +202,7 @@ RAW = {
     "conn-named": b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nX-Public: p\r\n"
                   b"Content-Length: 2\r\n\r\nok",
     "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
+    "chunked-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
 }
 
 

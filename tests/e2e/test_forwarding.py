@@ -124,6 +124,14 @@ class ForwardingTests(SynchronousTestCase):
         assert made is not None
         self.assertEqual(len(made), 32)
 
+    def test_chunkedStreamIsRelayedWhole(self) -> None:
+        """Chunks sent 50 ms apart all reach the client, in order, twice over the same pooled connection."""
+        gw, _ = shared()
+        for _ in range(2):
+            resp = gw.request("GET", "/stream?chunks=3&ms=50")
+            self.assertEqual(resp.status, 200)
+            self.assertEqual(resp.body, b"data: event 0\n\ndata: event 1\n\ndata: event 2\n\n")
+
     def test_bodyArrivingInPiecesIsRelayedWhole(self) -> None:
         """A body whose second half comes 50 ms after its head reaches the client complete, on a reused connection too."""
         gw, _ = shared()
