@@ -576,8 +576,8 @@ class _StrictClientProtocol(HTTP11ClientProtocol):
     def _shortResponse(self, data: bytes) -> bool:
         """
         Take a response whose plain head (see L{_plainHead}) is whole in
-        C{data}, with no more body than its Content-Length.  Returns False,
-        having changed nothing, for anything else.
+        C{data}, with no more body than its Content-Length (or chunked).
+        Returns False, having changed nothing, for anything else.
 
         What follows is what the stock path does with such a response, in its
         order: the Deferred fires with the response (the forwarder asks for
