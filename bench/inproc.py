@@ -13,7 +13,7 @@ recv, epoll), which the gateway cannot change much anyway.
 It also runs bench/reference_proxy.py's resource the same way, so the
 result is a ratio as in run.py.
 
-python bench/inproc.py [--requests 5000] [--rounds 7] [--routes 20] [--size 13] [--side gateway|reference|both]
+python bench/inproc.py [--requests 5000] [--rounds 7] [--routes 20] [--size 13] [--chunks 0] [--side gateway|reference|both]
 
 Run it with PYTHONPATH pointing at another tree's src to time that tree
 (bench/compare.py --inproc does that, alternating).
@@ -46,7 +46,7 @@ import run  # noqa: E402
 class OriginTransport(StringTransport):
     """The origin's side of one pooled connection: a request head in, a canned response out."""
 
-    def __init__(self, response: bytes, pending: list[OriginTransport]) -> None:
+    def __init__(self, response: bytes | list[bytes], pending: list[OriginTransport]) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 9000),
                          hostAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         self.response = response
@@ -67,7 +67,7 @@ class OriginTransport(StringTransport):
 
 @implementer(IAgentEndpointFactory)
 class OriginEndpoints:
-    def __init__(self, response: bytes) -> None:
+    def __init__(self, response: bytes | list[bytes]) -> None:
         self.response = response
         self.pending: list[OriginTransport] = []
 
@@ -84,12 +84,23 @@ class OriginEndpoints:
     def pump(self) -> None:
         while self.pending:
             t = self.pending.pop(0)
-            t.protocol.dataReceived(t.response)
+            if isinstance(t.response, list):  # a stream: each piece its own read
+                for piece in t.response:
+                    t.protocol.dataReceived(piece)
+            else:
+                t.protocol.dataReceived(t.response)
 
 
 def originResponse(size: int) -> bytes:
     body = (b"hello, world\n" * (size // 13 + 1))[:size]
     return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def streamResponse(size: int, chunks: int) -> list[bytes]:
+    """A chunked event stream: the head, then C{chunks} chunks of C{size} bytes, each arriving alone."""
+    event = (b"data: token\n\n" * (size // 13 + 1))[:size]
+    return ([b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"]
+            + [b"%x\r\n%s\r\n" % (len(event), event)] * chunks + [b"0\r\n\r\n"])
 
 
 class Client:
@@ -136,9 +147,9 @@ def referenceSite(clock: MemoryReactorClock, origins: OriginEndpoints) -> Any:
     return site
 
 
-def timeSide(side: str, requests: int, rounds: int, routes: int, size: int) -> dict[str, Any]:
+def timeSide(side: str, requests: int, rounds: int, routes: int, size: int, chunks: int = 0) -> dict[str, Any]:
     clock = MemoryReactorClock()
-    origins = OriginEndpoints(originResponse(size))
+    origins = OriginEndpoints(streamResponse(size, chunks) if chunks else originResponse(size))
     with tempfile.TemporaryDirectory(prefix="txgw-inproc-") as tmp:
         site = gatewaySite(clock, origins, routes, Path(tmp)) if side == "gateway" else referenceSite(clock, origins)
         client = Client(site)
@@ -174,12 +185,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--routes", type=int, default=20)
     parser.add_argument("--size", type=int, default=13)
+    parser.add_argument("--chunks", type=int, default=0,
+                        help="a chunked stream of this many chunks of --size bytes, each its own read (0: one plain response)")
     parser.add_argument("--side", choices=("gateway", "reference", "both"), default="both")
     parser.add_argument("--json", action="store_true", help="print one JSON object per side")
     parser.add_argument("--show-response", action="store_true")
     args = parser.parse_args()
     sides = ("reference", "gateway") if args.side == "both" else (args.side,)
-    results = {s: timeSide(s, args.requests, args.rounds, args.routes, args.size) for s in sides}
+    results = {s: timeSide(s, args.requests, args.rounds, args.routes, args.size, args.chunks) for s in sides}
     for r in results.values():
         if args.json:
             print(json.dumps(r))
