@@ -174,9 +174,7 @@ class LeastConnections:
         n = len(eligible)
         if n == 0:
             return None
-        rotation = self._rotation
-        # Everyone eligible (the usual case): startIndex's shortcut, inline.
-        start = (rotation.last + 1) % n if n == rotation.count else rotation.startIndex(eligible)
+        start = self._rotation.startIndex(eligible)
         best = eligible[start]
         load, weight = best.inFlight, best.weight
         for k in range(start + 1, start + n):
@@ -185,7 +183,7 @@ class LeastConnections:
             if e.inFlight * weight < load * e.weight:
                 best = e
                 load, weight = e.inFlight, e.weight
-        rotation.last = rotation.positions.get(best, rotation.last)  # rotation.mark(best), inline
+        self._rotation.mark(best)
         return best
 
 
