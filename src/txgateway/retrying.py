@@ -42,8 +42,7 @@ class RetryBudget:
     precise enough for a safety limit.
     """
 
-    __slots__ = ("ratio", "window", "reserve", "clock", "_width", "_n", "_requests", "_retries", "_current",
-                 "_slot")
+    __slots__ = ("ratio", "window", "reserve", "clock", "_width", "_n", "_requests", "_retries", "_current")
 
     def __init__(self, ratio: float, window: float, minPerSecond: float, clock: IReactorTime,
                  buckets: int = 10) -> None:
@@ -56,12 +55,9 @@ class RetryBudget:
         self._requests = [0] * buckets
         self._retries = [0] * buckets
         self._current = int(clock.seconds() // self._width)
-        # The ring position of _current, kept so the usual deposit (in the
-        # same slot as the last one) is a division, a comparison and an add.
-        self._slot = self._current % buckets
 
-    def _advance(self) -> None:
-        """Move to the slot for now, after emptying the slots that slid out of the window."""
+    def _slot(self) -> int:
+        """The ring slot for now, after emptying the slots that slid out of the window."""
         index = int(self.clock.seconds() // self._width)
         gap = index - self._current
         if gap > 0:
@@ -71,24 +67,22 @@ class RetryBudget:
                 self._requests[s] = 0
                 self._retries[s] = 0
             self._current = index
-            self._slot = index % n
+        return self._current % self._n
 
     def deposit(self) -> None:
         """One first attempt was made."""
-        if self.clock.seconds() // self._width > self._current:
-            self._advance()
-        self._requests[self._slot] += 1
+        self._requests[self._slot()] += 1
 
     def available(self) -> float:
         """How many more retries the budget allows right now."""
-        self._advance()
+        self._slot()
         return self.ratio * sum(self._requests) + self.reserve - sum(self._retries)
 
     def withdraw(self) -> bool:
         """Spend one retry if the budget has room for it."""
         if self.available() < 1:
             return False
-        self._retries[self._slot] += 1
+        self._retries[self._current % self._n] += 1  # available() just moved to now
         return True
 
 
