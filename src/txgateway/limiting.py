@@ -502,15 +502,12 @@ def _bounded(key: str) -> str:
 class RateLimitFilter:
     """Adds the RateLimit-* headers to every response of the route, answers 429 when over."""
 
-    __slots__ = ("limiter", "keyOf", "rateLimited", "_limit", "_limitHeader")
+    __slots__ = ("limiter", "keyOf", "rateLimited")
 
     def __init__(self, limiter: IRateLimiter, keyOf: Callable[[RequestContext], str], rateLimited: Any) -> None:
         self.limiter = limiter
         self.keyOf = keyOf
         self.rateLimited = rateLimited
-        # RateLimit-Limit is the same on every answer of a limiter: made once, not per request.
-        self._limit = -1
-        self._limitHeader = (b"RateLimit-Limit", b"")
 
     def filterRequest(self, context: RequestContext) -> Deferred[LocalResponse | None] | LocalResponse | None:
         decision = self.limiter.check(self.keyOf(context))
@@ -519,14 +516,7 @@ class RateLimitFilter:
         return self._apply(decision, context)
 
     def _apply(self, decision: Decision, context: RequestContext) -> LocalResponse | None:
-        # The same headers as Decision.headers(), without a list per request.
-        limit = decision.limit
-        if limit != self._limit:
-            self._limitHeader = (b"RateLimit-Limit", b"%d" % limit)
-            self._limit = limit
-        reset = math.ceil(decision.resetSeconds - _DUST)  # wholeSeconds, inline
-        context.responseHeaders += (self._limitHeader, (b"RateLimit-Remaining", b"%d" % decision.remaining),
-                                    (b"RateLimit-Reset", b"%d" % (reset if reset > 0 else 0)))
+        context.responseHeaders += decision.headers()
         if decision.allowed:
             return None
         self.rateLimited.inc()
