@@ -756,7 +756,7 @@ class AccessLog:
             f'"target":{"null" if target is None else get(target) or self._encode(target)},'
             f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
             f'"duration_ms":{durationJson},'
-            f'"bytes_in":{int(getattr(c.request, "bytesIn", 0))!r},"bytes_out":{c.bytesOut!r},'
+            f'"bytes_in":{_bytesIn(c)!r},"bytes_out":{c.bytesOut!r},'
             f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
             f'"identity":{"null" if identity is None else enc(identity)},'
             f'"outcome":{"null" if outcome is None else get(outcome) or self._encode(outcome)},'
