@@ -511,8 +511,8 @@ class GatewayChannel(http.HTTPChannel):
             return False
         name, sep, value = line.partition(b":")
         if b"\x00" in value or b"\r" in value:
-            # RFC 9110 §5.5.  Twisted's own NUL check (twisted#12228) came after
-            # 24.7, the oldest release setup.cfg allows: a NUL must never reach a backend.
+            # RFC 9110 §5.5.  Twisted checks for NUL itself only since twisted#12228
+            # (after 24.7): a NUL must never reach a backend, whatever the release.
             self.refuse(400, b"Bad Request", "CR or NUL in a field value")
             return False
         # RFC 9112 §6.1: chunked is the only coding we decode; Twisted would

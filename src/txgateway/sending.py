@@ -49,10 +49,11 @@ class WriteBatcher:
     def adopt(self, transport: Any) -> None:
         """
         Route C{transport}'s write scheduling through this batcher, join what
-        is written as a sequence, and turn off Nagle's algorithm on it: the gateway writes a whole message per
-        event, so there is nothing to gain from holding back a small last
-        segment until the previous one is acknowledged (up to 40 ms with
-        delayed ACKs, on every streamed response).
+        is written as a sequence, and turn off Nagle's algorithm on it: the
+        gateway writes a whole message per event, so there is nothing to gain
+        from holding back a small last segment until the previous one is
+        acknowledged (up to 40 ms with delayed ACKs, on every streamed
+        response).
         """
         if not isinstance(transport, tcp.Connection):
             return
