@@ -1,9 +1,8 @@
 """
 The pooled client protocol's short ways, held to the stock one.
 
-A bodiless request is sent without the parser set-up, and a response that
-arrives whole is handed over without the line-by-line parser; a head that
-arrives in one read skips the line machinery.  Whatever the upstream sends
+A request is sent without the parser set-up, and a plain response is
+handed over without the line-by-line parser.  Whatever the upstream sends
 and however its bytes are cut, what the forwarder sees must be what the
 stock HTTP11ClientProtocol (with the strict parser) makes of the same bytes:
 the same response or failure, the same body and end, the connection pooled
@@ -22,27 +21,20 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web.http_headers import Headers
 
 from txgateway.proxy import _BytesProducer, _StrictClientProtocol, _StrictResponseParser, _UpstreamRequest
 
 
-class _LineByLineParser(_StrictResponseParser):
-    """The strict parser without its whole-head shortcut."""
-
-    def dataReceived(self, data: bytes) -> None:
-        HTTPClientParser.dataReceived(self, data)
-
-
 class _StockWay(_StrictClientProtocol):
-    """The pooled protocol as it was: every request the stock way, every head line by line."""
+    """The pooled protocol without its short way: every request and response the stock way."""
 
     def request(self, request: Any) -> Any:
         d = HTTP11ClientProtocol.request(self, request)
         if self._parser is not None:
-            self._parser.__class__ = _LineByLineParser
+            self._parser.__class__ = _StrictResponseParser
         return d
 
 

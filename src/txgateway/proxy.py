@@ -26,8 +26,6 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
-    HEADER,
-    STATUS,
     HTTP11ClientProtocol,
     HTTPClientParser,
     HTTPParser,
@@ -256,57 +254,6 @@ class _StrictResponseParser(HTTPClientParser):
     third hop-by-hop.  Raising here makes the client protocol drop the
     connection and fail the request, which the forwarder answers with 502.
     """
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.state == STATUS and self.line_mode and not self._buffer and not self._busyReceiving \
-                and not self.paused:
-            end = data.find(b"\r\n\r\n")
-            if 0 < end < self.MAX_LENGTH and self._wholeHead(data, end):
-                return
-        super().dataReceived(data)
-
-    def _wholeHead(self, data: bytes, end: int) -> bool:
-        """
-        Take a response whose head arrived whole, in one read, among those
-        the client protocol's short way leaves to the parser (chunked or
-        connection options, a streamed request body, HEAD...).
-
-        The stock parser splits the head into lines and runs each through
-        LineReceiver's loop and a state dispatch, joining and splitting every
-        field again on the way (several microseconds a response).  Here the
-        lines are checked first, and a head the line-by-line path would treat
-        specially (obs-fold, a bare LF, a line without a colon) returns False
-        before any state changes, to be parsed that way.  What is taken makes
-        the same calls in the same order as the line-by-line path:
-        C{statusReceived}, C{headerReceived} per field, C{allHeadersReceived}
-        with the bytes after the head left in the line buffer (where a
-        bodiless response's C{clearLineBuffer} finds them), then the rest as
-        the body.  A test holds the two paths to the same results.
-        """
-        head = data[:end]
-        lines = head.split(b"\r\n")
-        if head.count(b"\n") != len(lines) - 1:
-            return False
-        fields = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or line[:1] in (b" ", b"\t"):
-                return False
-            fields.append((name, value.strip()))
-        self._everReceivedData = True
-        self._busyReceiving = True
-        try:
-            self.statusReceived(lines[0])
-            self.state = HEADER
-            for name, value in fields:
-                self.headerReceived(name, value)
-            self._buffer = data[end + 4:]
-            self.allHeadersReceived()
-        finally:
-            self._busyReceiving = False
-        if self._buffer:
-            HTTPParser.dataReceived(self, b"")  # the body, as LineReceiver's loop would go on with it
-        return True
 
     def statusReceived(self, status: bytes) -> None:
         super().statusReceived(status)
