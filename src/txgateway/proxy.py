@@ -131,13 +131,23 @@ def _stored(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[bytes, list[bytes]]
     return tuple(out)
 
 
+# Field names as twisted.web's Headers files them (whatever the case they
+# came in), remembered: the gateway's own names and those backends send.
+# Bounded; only valid tokens go in.
+_KEYS: dict[bytes, bytes] = {}
+
+
+def _storedKey(name: bytes) -> bytes:
+    """C{storedName(name)} for a valid token, remembered."""
+    key = storedName(name)
+    if len(_KEYS) < 1024:
+        _KEYS[name] = key
+    return key
+
+
 def _addHeader(raw: dict[bytes, list[bytes]], name: bytes, value: bytes) -> None:
     """C{Headers.addRawHeader}, for names the gateway itself writes (constant, valid tokens)."""
-    key = _NAMES.get(name)
-    if key is None:
-        key = storedName(name)
-        if len(_NAMES) < 1024:
-            _NAMES[name] = key
+    key = _KEYS.get(name) or _storedKey(name)
     if b"\r" in value or b"\n" in value:
         value = b" ".join(value.splitlines())
     values = raw.get(key)
@@ -145,9 +155,6 @@ def _addHeader(raw: dict[bytes, list[bytes]], name: bytes, value: bytes) -> None
         raw[key] = [value]
     else:
         values.append(value)
-
-
-_NAMES: dict[bytes, bytes] = {}
 
 
 class UpstreamFailure(Exception):
@@ -221,22 +228,10 @@ class InvalidUpstreamResponse(Exception):
     """An upstream response head we will not relay: its framing or a field is unsafe."""
 
 
-
-
 # Bytes a reason phrase may not hold (RFC 9112 §4: HTAB, SP, VCHAR, obs-text).
 _PHRASE_CONTROLS = bytes(c for c in range(0x20) if c != 0x09)
 # Response fields the stock parser files apart from the end-to-end ones.
 _CONNECTION_FIELDS = frozenset(storedName(n) for n in HTTPParser.CONNECTION_CONTROL_HEADERS)
-# How a response field name is filed (the stock parser lowercases, then Headers canonicalises).
-_FIELD_KEYS: dict[bytes, bytes] = {}
-
-
-def _fieldKey(name: bytes) -> bytes:
-    key = storedName(name.lower())
-    if len(_FIELD_KEYS) < 1024:
-        _FIELD_KEYS[name] = key
-    return key
-
 
 # Every complete body ends with this reason; one instance serves them all.
 _BODY_DONE = Failure(ResponseDone("Response body fully received"))
@@ -613,11 +608,11 @@ def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int | None] | Non
         name, sep, value = line.partition(b":")
         if not sep:
             return None
-        key = _FIELD_KEYS.get(name)  # names in there are valid tokens
+        key = _KEYS.get(name)  # names in there are valid tokens
         if key is None:
             if not name or not _TCHAR.issuperset(name):
                 return None
-            key = _fieldKey(name)
+            key = _storedKey(name)
         value = value.strip()
         if key in _CONNECTION_FIELDS:
             if key == _H_CONTENT_LENGTH:
@@ -654,7 +649,7 @@ def _plainHead(data: bytes) -> tuple[int, int, bytes, Headers, int | None] | Non
                 if token == b"close" or (token and not _TCHAR.issuperset(token)):
                     return None
         for token in _optionTokens(options):
-            raw.pop(_FIELD_KEYS.get(token) or _fieldKey(token), None)
+            raw.pop(_KEYS.get(token) or _storedKey(token), None)
     return end + 4, code, phrase, headers, (None if chunked else length)
 
 
