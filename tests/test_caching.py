@@ -22,9 +22,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.test.requesthelper import DummyChannel
 
-from txgateway import caching
-from txgateway.cachestore import MemoryStore, RedisStore
-from txgateway.channel import GatewayRequest
+from txgateway.caching import flow as caching
+from txgateway.caching.stores import MemoryStore, RedisStore
 from txgateway.config import (
     CacheConfig,
     GatewayConfig,
@@ -36,9 +35,10 @@ from txgateway.config import (
     StoresConfig,
 )
 from txgateway.context import RequestContext
+from txgateway.http.channel import GatewayRequest
+from txgateway.http.proxy import Forwarder, UpstreamFailure
 from txgateway.middleware import Deps
 from txgateway.observe import Metrics
-from txgateway.proxy import Forwarder, UpstreamFailure
 from txgateway.routing import CompiledRoute
 
 T0 = 1_700_000_000.0

@@ -1,5 +1,5 @@
 """
-The pure RFC 9111 / RFC 5861 / RFC 9211 rules of L{txgateway.cachepolicy}.
+The pure RFC 9111 / RFC 5861 / RFC 9211 rules of L{txgateway.caching.policy}.
 
 Every test names the section it checks.  Time comes from a L{Clock} set to a
 realistic epoch, so that HTTP dates and the cache's clock agree.
@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 
-from txgateway import cachepolicy as p
-from txgateway.cachepolicy import StoredResponse
+from txgateway.caching.flow import policy as p
+from txgateway.caching.policy import StoredResponse
 
 T0 = 1_700_000_000.0
 

@@ -19,8 +19,8 @@ from zope.interface.verify import verifyObject
 
 from tests.redisserver import RedisServer, spin, waitUntil
 from txgateway import stores
-from txgateway.cachepolicy import StoredResponse
-from txgateway.cachestore import MemoryStore, RedisStore, VaryIndex, decodeRecord, encodeRecord
+from txgateway.caching.policy import StoredResponse
+from txgateway.caching.stores import MemoryStore, RedisStore, VaryIndex, decodeRecord, encodeRecord
 from txgateway.config import StoresConfig
 from txgateway.interfaces import ICacheStore
 from txgateway.observe import Metrics

@@ -15,8 +15,8 @@ REFERENCE = REPO / "docs" / "configuration.md"
 
 
 def parserKeys() -> set[str]:
-    """Every key named in a known-keys list of a mapping() call in config.py."""
-    source = (REPO / "src" / "txgateway" / "config.py").read_text()
+    """Every key named in a known-keys list of a mapping() call in the config package."""
+    source = "\n".join(p.read_text() for p in sorted((REPO / "src" / "txgateway" / "config").glob("*.py")))
     keys: set[str] = set()
     for call in re.finditer(r"self\.mapping\(", source):
         window = source[call.end(): call.end() + 600]

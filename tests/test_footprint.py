@@ -60,8 +60,8 @@ prefixes = ("txgateway.", "jwt", "treq", "OpenSSL")
 print(json.dumps(sorted(m for m in sys.modules if m.startswith(prefixes))))
 """
 
-OPTIONAL = {"txgateway.auth", "txgateway.cors", "txgateway.caching", "txgateway.cachepolicy",
-            "txgateway.cachestore", "txgateway.admin", "txgateway.workers", "jwt", "treq"}
+OPTIONAL = {"txgateway.auth", "txgateway.cors", "txgateway.caching.flow", "txgateway.caching.policy",
+            "txgateway.caching.stores", "txgateway.admin", "txgateway.workers", "jwt", "treq"}
 
 
 def loadedModules(config: str) -> set[str]:
@@ -81,6 +81,6 @@ class LoadedModulesTests(SynchronousTestCase):
     def test_featuresLoadTheirModulesWhenConfigured(self) -> None:
         """A config that uses auth, CORS, caching and active checks loads what they need."""
         loaded = loadedModules(FEATURES)
-        for module in ("txgateway.auth", "txgateway.cors", "txgateway.caching", "jwt", "treq"):
+        for module in ("txgateway.auth", "txgateway.cors", "txgateway.caching.flow", "jwt", "treq"):
             self.assertIn(module, loaded)
         self.assertNotIn("txgateway.limiting", loaded)

@@ -31,8 +31,8 @@ from txgateway.cluster import Cluster, NoTarget
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.gateway import Runtime
+from txgateway.http.proxy import UpstreamFailure, _Agent, _bodyProducer, _Pool, classify, totalTimeout
 from txgateway.observe import AccessLog, Metrics
-from txgateway.proxy import UpstreamFailure, _Agent, _bodyProducer, _Pool, classify, totalTimeout
 from txgateway.service import buildRuntime
 
 PORTS = (9001, 9002, 9003)

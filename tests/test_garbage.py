@@ -21,9 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from txgateway.channel import GatewayRequest
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
+from txgateway.http.channel import GatewayRequest
 from txgateway.observe import Metrics
 from txgateway.service import GatewayService
 

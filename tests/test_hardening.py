@@ -27,16 +27,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-from txgateway.channel import GatewaySite, splitAbsoluteForm, validAuthority
 from txgateway.config import parseConfig
 from txgateway.gateway import GatewayRoot, pathHazards
-from txgateway.observe import Metrics, requestIdFrom
-from txgateway.proxy import (
+from txgateway.http.channel import GatewaySite, splitAbsoluteForm, validAuthority
+from txgateway.http.proxy import (
     InvalidUpstreamResponse,
     _StrictClientProtocol,
     _StrictResponseParser,
     classify,
 )
+from txgateway.observe import Metrics, requestIdFrom
 from txgateway.service import Gateway, buildRuntime
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.proxy import _Pool
+from txgateway.http.proxy import _Pool
 
 KEY = (b"http", b"127.0.0.1", 9000)
 

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.sending import WriteBatcher
+from txgateway.http.sending import WriteBatcher
 
 
 def _tcpPair() -> tuple[socket.socket, socket.socket]:

@@ -25,7 +25,7 @@ from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web.http_headers import Headers
 
-from txgateway.proxy import _BytesProducer, _StrictClientProtocol, _StrictResponseParser, _UpstreamRequest
+from txgateway.http.proxy import _BytesProducer, _StrictClientProtocol, _StrictResponseParser, _UpstreamRequest
 
 
 class _StockWay(_StrictClientProtocol):

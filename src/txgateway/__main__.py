@@ -1,5 +1,5 @@
 """C{python -m txgateway}: the same as the C{txgateway} console script."""
 
-from .cli import main
+from txgateway.cli import main
 
 raise SystemExit(main())

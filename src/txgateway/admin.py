@@ -33,11 +33,11 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from . import __version__
-from .observe import LATENCY_BUCKETS, Metrics
+from txgateway import __version__
+from txgateway.observe import LATENCY_BUCKETS, Metrics
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from txgateway.service import Gateway
 
 log = Logger(namespace="txgateway.admin")
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
-from .config import ConfigError, Problem
-from .interfaces import IBalancer
+from txgateway.config import ConfigError, Problem
+from txgateway.interfaces import IBalancer
 
 if TYPE_CHECKING:
-    from .cluster import Endpoint
-    from .config import UpstreamConfig
-    from .context import RequestContext
+    from txgateway.cluster import Endpoint
+    from txgateway.config import UpstreamConfig
+    from txgateway.context import RequestContext
 
 # Ring points per unit of weight: with 160 points a target's share of the
 # ring is within a few percent of its fair share, so one target leaving moves

@@ -21,8 +21,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .config import BreakerConfig
-from .interfaces import IBreaker
+from txgateway.config import BreakerConfig
+from txgateway.interfaces import IBreaker
 
 log = Logger(namespace="txgateway")
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from .config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
+from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
 
 
 def summary(config: GatewayConfig) -> str:
@@ -44,7 +44,7 @@ def summary(config: GatewayConfig) -> str:
         if extras:
             lines.append(f"  {'':<16} {'; '.join(extras)}")
     lines += ["", "routes (most specific first):"]
-    from .routing import RouteTable, compileRoutes
+    from txgateway.routing import RouteTable, compileRoutes
 
     for r in RouteTable(compileRoutes(config.routes)).routes:
         c = r.config
@@ -61,7 +61,7 @@ def explain(config: GatewayConfig, url: str, method: str, headers: Sequence[str]
     """
     from twisted.web.http_headers import Headers
 
-    from .routing import PathError, RouteTable, compileRoutes, normalizeHost, normalizePath
+    from txgateway.routing import PathError, RouteTable, compileRoutes, normalizeHost, normalizePath
 
     if "://" not in url and not url.startswith("/"):
         url = "http://" + url

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 
-from .config import Target, UpstreamConfig
+from txgateway.config import Target, UpstreamConfig
 
 if TYPE_CHECKING:
-    from .context import RequestContext
-    from .interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy
+    from txgateway.context import RequestContext
+    from txgateway.interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy
 
 
 class Endpoint:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
-    from .routing import CompiledRoute
+    from txgateway.routing import CompiledRoute
 
 
 class LocalResponse:

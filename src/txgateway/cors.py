@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
-from .context import LocalResponse, RequestContext
-from .interfaces import IRequestFilter
-from .middleware import jsonResponse
+from txgateway.context import LocalResponse, RequestContext
+from txgateway.interfaces import IRequestFilter
+from txgateway.middleware import jsonResponse
 
 if TYPE_CHECKING:
-    from .config import CorsConfig
-    from .middleware import Deps
-    from .observe import Metrics
-    from .routing import CompiledRoute
+    from txgateway.config import CorsConfig
+    from txgateway.middleware import Deps
+    from txgateway.observe import Metrics
+    from txgateway.routing import CompiledRoute
 
 _VARY_ORIGIN = (b"Vary", b"Origin")
 _VARY_PREFLIGHT = (b"Vary", b"Access-Control-Request-Method, Access-Control-Request-Headers")

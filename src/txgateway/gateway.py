@@ -22,20 +22,20 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .context import LocalResponse, RequestContext
-from .middleware import AddressSet, jsonResponse
-from .observe import IdSource, parseTraceparent, requestBodySize
-from .proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRACESTATE, _H_VIA, UpstreamFailure
-from .routing import PathError, normalizeHost, normalizePath
+from txgateway.context import LocalResponse, RequestContext
+from txgateway.http.proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRACESTATE, _H_VIA, UpstreamFailure
+from txgateway.middleware import AddressSet, jsonResponse
+from txgateway.observe import IdSource, parseTraceparent, requestBodySize
+from txgateway.routing import PathError, normalizeHost, normalizePath
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from .cluster import Cluster
-    from .config import GatewayConfig
-    from .observe import AccessLog, Metrics
-    from .proxy import Forwarder
-    from .routing import CompiledRoute, RouteTable
+    from txgateway.cluster import Cluster
+    from txgateway.config import GatewayConfig
+    from txgateway.http.proxy import Forwarder
+    from txgateway.observe import AccessLog, Metrics
+    from txgateway.routing import CompiledRoute, RouteTable
 
 log = Logger(namespace="txgateway")
 

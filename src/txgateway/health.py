@@ -32,15 +32,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .interfaces import IHealthCheck, IPassiveHealth
+from txgateway.interfaces import IHealthCheck, IPassiveHealth
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
     from twisted.internet.interfaces import IReactorTime
 
-    from .cluster import Cluster, Endpoint
-    from .config import ActiveHealth, PassiveHealth
-    from .observe import Metrics
+    from txgateway.cluster import Cluster, Endpoint
+    from txgateway.config import ActiveHealth, PassiveHealth
+    from txgateway.observe import Metrics
 
 log = Logger(namespace="txgateway.health")
 
@@ -152,7 +152,7 @@ class ActiveHealthChecker(Service):
         # Imported here: proxy.py imports this module's siblings, not this one.
         from twisted.web.client import Agent
 
-        from .proxy import _EndpointFactory, _Pool
+        from txgateway.http.proxy import _EndpointFactory, _Pool
 
         pool = _Pool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = 1

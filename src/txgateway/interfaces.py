@@ -17,8 +17,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from .cluster import Endpoint
-    from .context import RequestContext
+    from txgateway.cluster import Endpoint
+    from txgateway.context import RequestContext
 
 
 class IBalancer(Interface):

@@ -28,16 +28,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import stores
-from .interfaces import IRateLimiter, IRequestFilter
-from .middleware import jsonResponse
-from .stores import RedisScript, StoreHealth
+from txgateway import stores
+from txgateway.interfaces import IRateLimiter, IRequestFilter
+from txgateway.middleware import jsonResponse
+from txgateway.stores import RedisScript, StoreHealth
 
 if TYPE_CHECKING:
-    from .config import RateLimitConfig
-    from .context import LocalResponse, RequestContext
-    from .middleware import Deps
-    from .routing import CompiledRoute
+    from txgateway.config import RateLimitConfig
+    from txgateway.context import LocalResponse, RequestContext
+    from txgateway.middleware import Deps
+    from txgateway.routing import CompiledRoute
 
 log = Logger(namespace="txgateway.limiting")
 

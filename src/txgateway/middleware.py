@@ -5,7 +5,7 @@ Order matters and is fixed here, in one place: IP rules first (cheapest, and
 a denied client learns nothing more), then CORS (a browser's preflight
 carries no credentials, so it must be answered before auth), then auth
 (which sets the identity), then rate limiting (which may key on that
-identity).  Caching wraps the forward itself (see L{txgateway.caching}).
+identity).  Caching wraps the forward itself (see L{txgateway.caching.flow}).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from .channel import errorBody
-from .config import GatewayConfig, IPNetwork
-from .context import LocalResponse, RequestContext
-from .interfaces import IRequestFilter
+from txgateway.config import GatewayConfig, IPNetwork
+from txgateway.context import LocalResponse, RequestContext
+from txgateway.http.channel import errorBody
+from txgateway.interfaces import IRequestFilter
 
 if TYPE_CHECKING:
-    from .observe import Metrics
-    from .routing import CompiledRoute
+    from txgateway.observe import Metrics
+    from txgateway.routing import CompiledRoute
 
 
 @dataclass
@@ -111,7 +111,7 @@ def filterFactories() -> list[FilterFactory]:
 def _corsFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
     if route.config.cors is None:
         return None
-    from .cors import corsFilter
+    from txgateway.cors import corsFilter
 
     return corsFilter(route, deps)
 
@@ -119,7 +119,7 @@ def _corsFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
 def _authFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
     if route.config.auth is None:
         return None
-    from .auth import authFilter
+    from txgateway.auth import authFilter
 
     return authFilter(route, deps)
 
@@ -127,7 +127,7 @@ def _authFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
 def _rateLimitFilter(route: CompiledRoute, deps: Deps) -> IRequestFilter | None:
     if route.config.rate_limit is None:
         return None
-    from .limiting import rateLimitFilter
+    from txgateway.limiting import rateLimitFilter
 
     return rateLimitFilter(route, deps)
 
@@ -187,7 +187,7 @@ def buildChain(route: CompiledRoute, deps: Deps) -> Chain:
     filters = [f for f in (factory(route, deps) for factory in filterFactories()) if f is not None]
     cache = None
     if route.config.cache is not None:
-        from .caching import cacheFor
+        from txgateway.caching.flow import cacheFor
 
         cache = cacheFor(route, deps)
     return Chain(filters, cache)

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from .config import RetryConfig
-from .interfaces import IRetryPolicy
+from txgateway.config import RetryConfig
+from txgateway.interfaces import IRetryPolicy
 
 if TYPE_CHECKING:
-    from .context import RequestContext
+    from txgateway.context import RequestContext
 
 
 class RetryBudget:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import RouteConfig
+from txgateway.config import RouteConfig
 
 if TYPE_CHECKING:
     from twisted.web.http_headers import Headers

@@ -23,17 +23,17 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from . import balancing, breaking, health, retrying, stores
-from .channel import GatewaySite
-from .cluster import Cluster, Endpoint
-from .config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
-from .gateway import GatewayRoot, GatewayState, Runtime
-from .middleware import Deps, buildChain
-from .observe import AccessLog, Metrics
-from .proxy import Forwarder, makeAgent
-from .reloading import ConfigWatcher
-from .routing import RouteTable, compileRoutes
-from .sending import WriteBatcher
+from txgateway import balancing, breaking, health, retrying, stores
+from txgateway.cluster import Cluster, Endpoint
+from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
+from txgateway.gateway import GatewayRoot, GatewayState, Runtime
+from txgateway.http.channel import GatewaySite
+from txgateway.http.proxy import Forwarder, makeAgent
+from txgateway.http.sending import WriteBatcher
+from txgateway.middleware import Deps, buildChain
+from txgateway.observe import AccessLog, Metrics
+from txgateway.reloading import ConfigWatcher
+from txgateway.routing import RouteTable, compileRoutes
 
 log = Logger(namespace="txgateway")
 
@@ -192,7 +192,7 @@ class GatewayService(MultiService):
         self.listener.setServiceParent(self)
         self.adminListener: _Listener | None = None
         if config.admin is not None:
-            from .admin import makeAdminSite
+            from txgateway.admin import makeAdminSite
 
             startToken = config.admin.token
             self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)

@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
-from .config import StoresConfig
+from txgateway.config import StoresConfig
 
 # Reconnect backoff of the pool: txredisapi's defaults (1s growing to 10s)
 # leave a recovered Redis unused for up to 10s; reconnecting a local TCP

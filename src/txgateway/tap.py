@@ -14,7 +14,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from .config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
+from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
 
 
 class Options(usage.Options):
@@ -41,8 +41,8 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from .observe import TwistdLogAdopter, formatterFor
-    from .service import GatewayService
+    from txgateway.observe import TwistdLogAdopter, formatterFor
+    from txgateway.service import GatewayService
 
     try:
         config = loadFromOptions(options)
@@ -55,7 +55,7 @@ def makeService(options: Any) -> IService:
         if supervisor is not None:
             return supervisor
     if options["listen-fd"] is not None:
-        from .workers import followSupervisor
+        from txgateway.workers import followSupervisor
 
         reactor.callWhenRunning(followSupervisor)
     service = GatewayService(config, reactor, configPath=options["config"],
@@ -110,7 +110,7 @@ def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IServic
     """With more than one worker, this process supervises instead of serving."""
     if options["workers"] is None and config.server.workers == 1:
         return None  # the usual case; the supervisor's module stays unloaded
-    from .workers import WorkerSetupError, WorkerSupervisor, installSignals, parseListen, workerCount
+    from txgateway.workers import WorkerSetupError, WorkerSupervisor, installSignals, parseListen, workerCount
 
     try:
         count = workerCount(config.server.workers, options["workers"])

@@ -32,9 +32,9 @@ from twisted.web.resource import getChildForRequest
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from .config import ServerConfig
-    from .observe import Metrics
-    from .sending import WriteBatcher
+    from txgateway.config import ServerConfig
+    from txgateway.http.sending import WriteBatcher
+    from txgateway.observe import Metrics
 
 log = Logger(namespace="txgateway")
 
@@ -618,7 +618,7 @@ class GatewaySite(server.Site):
 
     def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None,
                  writes: WriteBatcher | None = None) -> None:
-        from .middleware import AddressSet  # middleware imports this module
+        from txgateway.middleware import AddressSet  # middleware imports this module
 
         super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
         self.limits = limits

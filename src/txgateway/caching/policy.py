@@ -4,7 +4,7 @@ The rules of a shared HTTP cache (RFC 9111, RFC 5861, RFC 9211), as pure functio
 Nothing here does I/O or reads a clock: every decision is a function of the
 request (its parsed directives and a header lookup), the stored response and
 C{now}, so each rule can be tested exhaustively with plain numbers and the
-cache in L{txgateway.caching} only wires the decisions to the network.
+cache in L{txgateway.caching.flow} only wires the decisions to the network.
 
 The gateway is a I{shared} cache: C{s-maxage} and C{proxy-revalidate} apply,
 C{private} responses are never stored, and a request carrying
@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 from twisted.web.http import datetimeToString, stringToDatetime
 
-from .routing import PathError, normalizeHost, normalizePath
+from txgateway.routing import PathError, normalizeHost, normalizePath
 
 HeaderPairs = Sequence[tuple[bytes, bytes]]
 HeaderLookup = Callable[[bytes], "Sequence[bytes] | None"]

@@ -30,7 +30,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.logger import Logger
 
-log = Logger(namespace="txgateway.sending")
+log = Logger(namespace="txgateway.http.sending")
 
 
 class WriteBatcher:

@@ -44,7 +44,7 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from .context import RequestContext
+    from txgateway.context import RequestContext
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

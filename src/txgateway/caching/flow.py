@@ -8,8 +8,8 @@ conditionally, or once for many concurrent requests) and store what may be
 stored while it streams to the client.
 
 Every rule about what may be stored and reused lives in
-L{txgateway.cachepolicy} (pure functions); where entries live is
-L{txgateway.cachestore}.  This module is the I/O between them.
+L{txgateway.caching.policy} (pure functions); where entries live is
+L{txgateway.caching.stores}.  This module is the I/O between them.
 
 Why not hishel: its sans-I/O core (2.x) is a good private-cache state
 machine, but it reads the wall clock itself (no injectable clock, so no
@@ -35,20 +35,20 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from . import cachepolicy as policy
-from .cachepolicy import StoredResponse
-from .cachestore import MemoryStore, RedisStore, VaryIndex
-from .context import RequestContext
-from .proxy import UpstreamFailure
+from txgateway.caching import policy
+from txgateway.caching.policy import StoredResponse
+from txgateway.caching.stores import MemoryStore, RedisStore, VaryIndex
+from txgateway.context import RequestContext
+from txgateway.http.proxy import UpstreamFailure
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from .config import CacheConfig
-    from .interfaces import ICacheStore
-    from .middleware import Deps
-    from .observe import Metrics
-    from .routing import CompiledRoute
+    from txgateway.config import CacheConfig
+    from txgateway.interfaces import ICacheStore
+    from txgateway.middleware import Deps
+    from txgateway.observe import Metrics
+    from txgateway.routing import CompiledRoute
 
 log = Logger(namespace="txgateway.cache")
 
@@ -414,8 +414,8 @@ class ResponseCache:
 
     def _onlyIfCached(self, context: RequestContext) -> None:
         """§5.2.1.7: nothing usable is stored, and the client forbade going further: 504."""
-        from .gateway import respond
-        from .middleware import jsonResponse
+        from txgateway.gateway import respond
+        from txgateway.middleware import jsonResponse
 
         self._count(context, "miss")
         self._status(context, detail="only-if-cached")

@@ -50,18 +50,18 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from .context import LocalResponse, RequestContext
-from .interfaces import IAuthenticator, IRequestFilter
-from .middleware import jsonResponse
+from txgateway.context import LocalResponse, RequestContext
+from txgateway.interfaces import IAuthenticator, IRequestFilter
+from txgateway.middleware import jsonResponse
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.web.iweb import IAgent
 
-    from .config import ApiKeyAuth, AuthPolicy, BasicAuth, JwtAuth
-    from .middleware import Deps
-    from .observe import Metrics
-    from .routing import CompiledRoute
+    from txgateway.config import ApiKeyAuth, AuthPolicy, BasicAuth, JwtAuth
+    from txgateway.middleware import Deps
+    from txgateway.observe import Metrics
+    from txgateway.routing import CompiledRoute
 
 log = Logger(namespace="txgateway.auth")
 

@@ -49,19 +49,19 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .channel import _CONNECTION as _H_CONNECTION
-from .channel import _DATE as _H_DATE
-from .channel import _HOST as _H_HOST
-from .channel import _TCHAR, storedName
-from .cluster import Cluster, Endpoint, NoTarget
-from .middleware import AddressSet
+from txgateway.cluster import Cluster, Endpoint, NoTarget
+from txgateway.http.channel import _CONNECTION as _H_CONNECTION
+from txgateway.http.channel import _DATE as _H_DATE
+from txgateway.http.channel import _HOST as _H_HOST
+from txgateway.http.channel import _TCHAR, storedName
+from txgateway.middleware import AddressSet
 
 if TYPE_CHECKING:
-    from .config import ServerConfig, UpstreamConfig
-    from .context import RequestContext
-    from .interfaces import IRetryPolicy
-    from .observe import Metrics
-    from .sending import WriteBatcher
+    from txgateway.config import ServerConfig, UpstreamConfig
+    from txgateway.context import RequestContext
+    from txgateway.http.sending import WriteBatcher
+    from txgateway.interfaces import IRetryPolicy
+    from txgateway.observe import Metrics
 
 # RFC 9110 §7.6.1: connection-specific fields never cross the proxy.
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",

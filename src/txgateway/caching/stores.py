@@ -17,14 +17,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .cachepolicy import StoredResponse
-from .interfaces import ICacheStore
-from .stores import StoreHealth
+from txgateway.caching.policy import StoredResponse
+from txgateway.interfaces import ICacheStore
+from txgateway.stores import StoreHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from .observe import Metrics
+    from txgateway.observe import Metrics
 
 log = Logger(namespace="txgateway.cache")
 
