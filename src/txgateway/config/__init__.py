@@ -226,6 +226,7 @@ class ServerTimeouts:
     request_body: float = 60.0
     idle: float = 60.0
     drain: float = 30.0
+    write: float = 60.0  # a response that makes no progress this long is aborted (a client that stopped reading)
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ class ServerConfig:
     workers: int = 1
     via: str = "txgateway"
     watch_config: float = 2.0  # seconds between checks of the config file; 0 turns the watcher off
+    backlog: int | None = None  # the listen queue; None: the kernel's somaxconn
 
 
 @dataclass(frozen=True)
@@ -638,12 +640,12 @@ class _Parser:
         p = "server"
         m = self.mapping(value, p, line, ["listen", "max_request_body", "max_header_bytes", "max_uri_bytes",
                                           "max_connections_per_ip", "timeouts", "trusted_proxies", "endpoints",
-                                          "workers", "via", "watch_config"])
+                                          "workers", "via", "watch_config", "backlog"])
         if m is None:
             return ServerConfig()
         d = ServerConfig()
         tv, tl = self.child(m, "timeouts")
-        tm = self.mapping(tv, "server.timeouts", tl, ["request_header", "request_body", "idle", "drain"])
+        tm = self.mapping(tv, "server.timeouts", tl, ["request_header", "request_body", "idle", "drain", "write"])
         timeouts = ServerTimeouts()
         if tm is not None:
             timeouts = ServerTimeouts(
@@ -651,6 +653,7 @@ class _Parser:
                 request_body=self.get(tm, "request_body", "server.timeouts", duration, timeouts.request_body),
                 idle=self.get(tm, "idle", "server.timeouts", duration, timeouts.idle),
                 drain=self.get(tm, "drain", "server.timeouts", duration, timeouts.drain),
+                write=self.get(tm, "write", "server.timeouts", duration, timeouts.write),
             )
         ev, el = self.child(m, "endpoints")
         em = self.mapping(ev, "server.endpoints", el, ["health", "ready", "metrics"])
@@ -675,6 +678,7 @@ class _Parser:
             workers=self.get(m, "workers", p, workers, d.workers),
             via=self.get(m, "via", p, _viaPseudonym, d.via),
             watch_config=self.get(m, "watch_config", p, _watchInterval, d.watch_config),
+            backlog=self.get(m, "backlog", p, integer(1), d.backlog),
         )
 
     def optionalPath(self, m: _Map, key: str, path: str, default: str | None) -> str | None:
