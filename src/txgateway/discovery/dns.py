@@ -206,7 +206,9 @@ class AddressSource(_DnsSource):
 
     async def resolve(self) -> tuple[list[DiscoveredTarget], float | None]:
         addresses, ttl = await self._lookup(self.dnsName)
-        return [DiscoveredTarget(self.scheme, a, self.port, 1, "dns") for a in addresses], ttl
+        # A record set has no duplicates, but a sloppy server may repeat one:
+        # once here, so it is not summed into a double weight.
+        return [DiscoveredTarget(self.scheme, a, self.port, 1, "dns") for a in dict.fromkeys(addresses)], ttl
 
 
 @implementer(ITargetSource)

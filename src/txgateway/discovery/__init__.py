@@ -1,0 +1,1 @@
+"""Target discovery (integration plan to follow)."""
