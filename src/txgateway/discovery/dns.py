@@ -86,7 +86,7 @@ class _DnsSource(SourceBase):
 
     def __init__(self, resolver: IResolver, clock: IReactorTime, *, scheme: str, refresh: float,
                  onEmpty: str = "keep", family: str = "any", minInterval: float = MIN_INTERVAL,
-                 queryTimeout: Sequence[float] = QUERY_TIMEOUT, observe: Observer | None = None) -> None:
+                 queryTimeout: Sequence[float] | None = None, observe: Observer | None = None) -> None:
         super().__init__(onEmpty, observe)
         if family not in ("any", "ipv4", "ipv6"):
             raise ValueError(f"family must be any, ipv4 or ipv6, not {family!r}")
@@ -96,8 +96,9 @@ class _DnsSource(SourceBase):
         self.refreshInterval = max(refresh, minInterval)
         self.minInterval = minInterval
         self.family = family
-        # IResolver says Sequence[int]; the client takes fractions of a second as well.
-        self.queryTimeout: Any = tuple(queryTimeout)
+        # None: the resolver's own (see makeResolver).  IResolver says
+        # Sequence[int]; the client takes fractions of a second as well.
+        self.queryTimeout: Any = None if queryTimeout is None else tuple(queryTimeout)
         self._call: IDelayedCall | None = None
         self._inFlight: Deferred[Any] | None = None
         self._waiters: list[Deferred[None]] = []
@@ -141,25 +142,31 @@ class _DnsSource(SourceBase):
 
     def _answered(self, result: tuple[list[DiscoveredTarget], float | None], d: Deferred[Any]) -> None:
         if self._inFlight is not d:
-            return self._finish(None)  # stopped meanwhile: the answer is no longer wanted
+            return self._wake()  # stopped meanwhile: the answer is no longer wanted
         self._inFlight = None
         targets, ttl = result
+        # Scheduled before the listeners run, so they (and the observer) see
+        # the next refresh time, and one that stops the source cancels it.
+        self._schedule(self.refreshInterval if ttl is None else min(self.refreshInterval, max(self.minInterval, ttl)))
         self.publish(targets, self.clock.seconds())
-        self._finish(self.refreshInterval if ttl is None else min(self.refreshInterval, max(self.minInterval, ttl)))
+        self._wake()
 
     def _failed(self, f: Failure, d: Deferred[Any]) -> None:
         if self._inFlight is not d:
-            return self._finish(None)  # cancelled by stopService: not a failure of the name
+            return self._wake()  # cancelled by stopService: not a failure of the name
         self._inFlight = None
+        streak = self.counters.consecutiveFailures + 1
+        self._schedule(min(self.refreshInterval, self.minInterval * 2 ** min(streak - 1, 20)))
         kind, message = (f.type or Exception).__name__, f.getErrorMessage()
         self.fail(f"{kind}: {message}" if message and message != kind else kind)
-        streak = self.counters.consecutiveFailures
-        self._finish(min(self.refreshInterval, self.minInterval * 2 ** min(streak - 1, 20)))
+        self._wake()
 
-    def _finish(self, delay: float | None) -> None:
-        if delay is not None and self.running:
+    def _schedule(self, delay: float) -> None:
+        if self.running:
             self.nextDelay = delay
             self._call = self.clock.callLater(delay, self._tick)
+
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             w.callback(None)
