@@ -179,6 +179,28 @@ class AddressSourceTests(SynchronousTestCase):
         self.assertEqual(len(self.changes.calls), 1)
         self.assertEqual(self.changes.outcomes, ["changed", "failed", "failed", "failed", "unchanged"])
 
+    def test_outageLoggedOncePerStreak(self) -> None:
+        """Retries during an outage do not repeat the warning; the recovery is logged once."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.resolver.records["api.test"] = [a("api.test", "10.0.0.1")]
+        s = self.source()
+        s.startService()
+        self.resolver.errors[("api.test", 0)] = DNSServerError("SERVFAIL")
+        for delay in (10, 1, 2, 4, 8):
+            self.clock.advance(delay)
+        self.assertEqual(s.counters.failures, 5)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn and e.get("source") == s.description]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("keeping the last", warnings[0]["log_format"])
+        del self.resolver.errors[("api.test", 0)]
+        self.clock.advance(10)
+        recovered = [e for e in events if e.get("n") == 5 and "answering again" in e.get("log_format", "")]
+        self.assertEqual(len(recovered), 1)
+
     def test_halfAFailedAnswerFailsTheRefresh(self) -> None:
         """With family any, a failed AAAA query keeps the set rather than dropping IPv6 targets."""
         self.resolver.records["api.test"] = [a("api.test", "10.0.0.1"), aaaa("api.test", "fd00::1")]

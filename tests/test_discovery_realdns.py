@@ -31,6 +31,7 @@ class Zone(common.ResolverBase):
         super().__init__()
         self.records: dict[bytes, list[dns.RRHeader]] = {}
         self.queries = 0
+        self.glue = False
 
     def set(self, name: str, *records: dns.RRHeader) -> None:
         self.records[name.encode()] = list(records)
@@ -42,14 +43,22 @@ class Zone(common.ResolverBase):
         self.queries += 1
         if name.lower() not in self.records:
             return fail(DomainError(name))
-        answers = [rr for rr in self.records[name.lower()] if rr.type == type or type == dns.ALL_RECORDS]
-        for rr in answers:
-            rr.auth = True
-        return succeed((answers, [], []))
+        answers = [rr for rr in self.records[name.lower()] if rr.type == type]
+        additional: list[dns.RRHeader] = []
+        if type == dns.SRV and self.glue:
+            # As kube-dns does: the SRV targets' addresses ride along.
+            for rr in answers:
+                target = rr.payload.target.name.lower()
+                additional += [g for g in self.records.get(target, []) if g.type in (dns.A, dns.AAAA)]
+        return succeed((answers, [], additional))
 
 
 def A(name: str, address: str, ttl: int) -> dns.RRHeader:
     return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address, ttl), auth=True)
+
+
+def AAAA(name: str, address: str, ttl: int) -> dns.RRHeader:
+    return dns.RRHeader(name, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(address, ttl), auth=True)
 
 
 def SRV(name: str, target: str, port: int, weight: int, ttl: int) -> dns.RRHeader:
@@ -172,6 +181,19 @@ class RealDNSTests(TestCase):
         self.zone.set(name, SRV(name, "a.api.test", 8001, 1, 1), SRV(name, "b.api.test", 8002, 5, 1))
         await self.watch.until(lambda: len(self.watch.changes) == 2)
         self.assertEqual([(t.url, t.weight) for t in s.targets], [("http://10.1.0.1:8001", 1), ("http://10.1.0.2:8002", 5)])
+
+    async def test_ipv6AndSrvGlue(self) -> None:
+        """AAAA addresses become bracketed targets; SRV glue in the additional section spares lookups."""
+        name = "_http._tcp.api.test"
+        self.zone.glue = True
+        self.zone.set(name, SRV(name, "a.api.test", 8001, 2, 30))
+        self.zone.set("a.api.test", A("a.api.test", "10.1.0.1", 30), AAAA("a.api.test", "fd00::1", 30))
+        s = self.source(ServiceSource, name)
+        await self.watch.until(lambda: len(self.watch.changes) == 1)
+        self.assertEqual([(t.url, t.weight) for t in s.targets],
+                         [("http://10.1.0.1:8001", 2), ("http://[fd00::1]:8001", 2)])
+        self.assertEqual(self.zone.queries, 1)
+        self.assertEqual(s.nextDelay, 10.0)
 
     async def test_serverDownKeepsTheLastGoodSet(self) -> None:
         """With the DNS server gone, refreshes fail and are counted, the targets stay; it recovers."""
