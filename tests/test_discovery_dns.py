@@ -212,7 +212,12 @@ class AddressSourceTests(SynchronousTestCase):
         self.assertEqual(s.counters.failures, 1)
 
     def test_emptyKeep(self) -> None:
-        """on_empty: keep ignores NXDOMAIN and NODATA answers."""
+        """on_empty: keep ignores NXDOMAIN and NODATA answers, and warns once per empty spell."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.resolver.records["api.test"] = [a("api.test", "10.0.0.1")]
         s = self.source(onEmpty="keep")
         s.startService()
@@ -221,6 +226,7 @@ class AddressSourceTests(SynchronousTestCase):
         self.resolver.records["api.test"] = []
         self.clock.advance(10)
         self.assertEqual(urls(s.targets), ["http://10.0.0.1:8000"])
+        self.assertEqual(len([e for e in events if e.get("log_level") == LogLevel.warn]), 1)
         self.assertEqual(s.counters.empty, 2)
         self.assertEqual(s.counters.failures, 0)
         self.assertEqual(self.changes.outcomes, ["changed", "empty", "empty"])

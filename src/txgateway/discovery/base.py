@@ -54,6 +54,7 @@ class SourceBase(Service):
     """
 
     kind = "static"
+    description = "a target source"
 
     def __init__(self, onEmpty: str, observe: Observer | None = None) -> None:
         if onEmpty not in ("keep", "drop"):
@@ -66,8 +67,7 @@ class SourceBase(Service):
         self._ready = False
         self._readyWaiters: list[Deferred[None]] = []
         self._failing = False
-
-    description = "a target source"
+        self._empty = False
 
     # -- listeners
 
@@ -99,10 +99,12 @@ class SourceBase(Service):
                      source=self.description, n=self.counters.consecutiveFailures)
         self.counters.consecutiveFailures = 0
         targets = canonical(answer)
+        wasEmpty, self._empty = self._empty, not targets
         if not targets:
             self.counters.empty += 1
             if self.onEmpty == "keep":
-                if self.targets:
+                # Once per empty spell, not at every refresh while it lasts.
+                if self.targets and not wasEmpty:
                     log.warn("{source}: the answer lists no target; keeping the last {n} (on_empty: keep)",
                              source=self.description, n=len(self.targets))
                 return self._done(EMPTY)
