@@ -124,6 +124,16 @@ class ProblemTests(SynchronousTestCase):
         got = problems("upstreams:\n\tapi: {}\n")
         self.assertEqual(got, ["line 2, column 1: not valid YAML: found character '\\t' that cannot start any token"])
 
+    def test_controlCharacterNamesLineAndColumn(self) -> None:
+        """A control character YAML refuses is a problem at its line and column, not a crash."""
+        self.assertEqual(problems("upstreams:\n  a: \x07\n"), [
+            "line 2, column 6: not valid YAML: special characters are not allowed"])
+
+    def test_secondDocumentIsNamed(self) -> None:
+        """A second YAML document (---) is refused where it starts, with the whole reason."""
+        self.assertEqual(problems(MINIMAL + "---\nserver: {}\n"), [
+            "line 7, column 1: not valid YAML: expected a single document in the stream, but found another document"])
+
     def test_repeatedKeyNamesItsPathAndBothLines(self) -> None:
         """A key written twice is an error naming the key path and both lines, not last-one-wins."""
         text = MINIMAL.replace("    upstream: api\n", "    name: api-route\n    upstream: api\n    upstream: api\n")

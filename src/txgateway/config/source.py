@@ -118,7 +118,10 @@ def loadYAML(text: str, source: str) -> tuple[Any, list[Problem]]:
     A syntax error raises L{ConfigError} at once (nothing after it can be
     trusted), naming the line and column where the mistake is.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters at once
+    except yaml.YAMLError as e:
+        raise ConfigError([_syntaxProblem(e, text)], source) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -157,6 +160,8 @@ def _syntaxProblem(e: yaml.YAMLError, text: str) -> Problem:
                        f"not valid YAML: {context.replace('while scanning ', '').replace('while parsing ', '')} "
                        f"opened here is not closed ({problem} on line {at.line + 1}, column {at.column + 1})",
                        opened.column + 1)
+    if context is not None and problem.startswith("but "):  # "expected a single document ..., but found another"
+        problem = f"{context}, {problem}"
     return Problem("", at.line + 1, f"not valid YAML: {problem}", at.column + 1)
 
 
