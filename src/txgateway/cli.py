@@ -1,8 +1,11 @@
+# -*- test-case-name: tests.test_cli -*-
 """
 The C{txgateway} command: check a config (and explain routing) without starting anything.
 
 Exit 0 and a one-screen summary for a valid config; exit 1 and every problem,
-each with its key path and line, for an invalid one.
+each with its key path and line, for an invalid one: the same problems
+start-up would refuse, environment variables included.  C{--version} prints
+C{txgateway X.Y.Z}.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from urllib.parse import urlsplit
 
 from txgateway import __version__
 from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
+
+__all__ = ["explain", "main", "summary"]
 
 
 def summary(config: GatewayConfig) -> str:
