@@ -195,6 +195,16 @@ routes:
                        "tcp:interface=127.0.0.1:port=8080"):
             parseConfig(f"server:\n  listen: '{listen}'\n" + MINIMAL)
 
+    def test_listenOptionsAndTLSFilesAreChecked(self) -> None:
+        """A listen string Twisted could not build (bad option, missing TLS key) is refused before start-up."""
+        got = problems("server:\n  listen: 'tcp:8080:backlog=x'\n" + MINIMAL)
+        self.assertEqual(len(got), 1, got)
+        self.assertIn("line 2: server.listen: cannot listen on 'tcp:8080:backlog=x'", got[0])
+        got = problems("server:\n  listen: 'ssl:8443:privateKey=/nonexistent/key.pem'\n" + MINIMAL)
+        self.assertEqual(len(got), 1, got)
+        self.assertIn("server.listen: cannot listen on 'ssl:8443:privateKey=/nonexistent/key.pem': "
+                      "No such file or directory: /nonexistent/key.pem", got[0])
+
     def test_missingRequiredSections(self) -> None:
         """An empty file says upstreams and routes are required."""
         got = problems("")

@@ -19,7 +19,7 @@ from txgateway.config.schema import Target
 from txgateway.config.values import TOKEN, duration, integer, oneOf, string, urlPath
 
 __all__ = [
-    "BALANCERS", "ENDPOINT_KINDS", "balancerName", "endpointProblem", "hashOn", "haveArgon2", "hostPattern",
+    "BALANCERS", "ENDPOINT_KINDS", "balancerName", "endpointBuildProblem", "endpointProblem", "hashOn", "haveArgon2", "hostPattern",
     "httpURL", "isIP", "isPublicKeyPEM", "level", "limitKey", "loopbackOnly", "origin", "port", "redisURL",
     "retryCondition", "routePath", "targetURL", "viaPseudonym", "watchInterval", "workers", "yamlText",
 ]
@@ -233,4 +233,26 @@ def endpointProblem(description: str) -> str | None:
         port(given[0])
     except Invalid as e:
         return f"{e} in {description!r}"
+    return None
+
+
+def endpointBuildProblem(description: str) -> str | None:
+    """
+    Why Twisted cannot build a listener from C{description}, or C{None}.
+
+    Building the endpoint does not listen; it parses every option
+    (C{backlog=x}, C{mode=}) and, for C{ssl}, reads the key and certificate
+    (relative to the working directory, as twistd does), which is what
+    start-up would otherwise fail on with a traceback.  C{systemd} endpoints
+    are left alone: they can only be built under systemd.
+    """
+    if description.partition(":")[0] == "systemd":
+        return None
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, description)
+    except Exception as e:  # Twisted raises ValueError, OSError, IndexError or OpenSSL's errors here
+        reason = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+        return f"cannot listen on {description!r}: {reason}"
     return None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from txgateway.config.errors import Invalid, Problem, itemPath, keyPath
-from txgateway.config.fields import endpointProblem
+from txgateway.config.fields import endpointBuildProblem, endpointProblem
 from txgateway.config.source import YAMLMap, YAMLSeq
 from txgateway.config.values import string, urlPath
 
@@ -110,6 +110,6 @@ class ParserBase:
 
     def checkEndpoint(self, description: str, path: str, line: int | None) -> None:
         """A listener the gateway could not open is a config error, not a traceback at start-up."""
-        why = endpointProblem(description)
+        why = endpointProblem(description) or endpointBuildProblem(description)
         if why is not None:
             self.problem(path, line, why)
