@@ -51,7 +51,7 @@ def exampleKeys() -> set[str]:
 
 class ReferenceTests(SynchronousTestCase):
     def test_everyParserKeyIsDocumented(self) -> None:
-        """docs/configuration.md names every key config.py accepts."""
+        """docs/configuration.md names every key the config package's parser accepts."""
         text = REFERENCE.read_text()
         keys = parserKeys()
         self.assertGreater(len(keys), 100)
