@@ -6,8 +6,8 @@ The tests that use it are never skipped: a machine without the binary fails
 them with a hint (C{scripts/ensure-redis.sh} installs it; CI runs it first).
 
 L{spin} drives the global reactor until a Deferred has a result, for unit
-tests that talk to this server through txredisapi (which schedules its
-connection work on the global reactor) while the code under test keeps its
+tests that talk to this server through the gateway's Redis client (which
+makes its connections on the global reactor) while the code under test keeps its
 own L{twisted.internet.task.Clock}.  It polls with a deadline, like
 C{tests.e2e.harness.waitFor}.
 """

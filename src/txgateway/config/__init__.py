@@ -1298,10 +1298,14 @@ def _level(value: Any) -> str:
 
 
 def _redisURL(value: Any) -> str:
+    from txgateway.stores.address import parseRedisURL  # stdlib only; parsed again, the same way, by the client
+
     text = string(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
-        raise _Invalid(f"not a Redis URL: {text!r} (write e.g. redis://127.0.0.1:6379/0)")
+    try:
+        parseRedisURL(text)
+    except ValueError as e:
+        raise _Invalid(f"not a Redis URL: {text!r}: {e} (write e.g. redis://127.0.0.1:6379/0 or "
+                       "redis+sentinel://127.0.0.1:26379/mymaster/0)") from None
     return text
 
 
