@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, ensureDeferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, FirstError, ensureDeferred, fail, gatherResults, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -53,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgateway.stores.address import RedisAddress
-from txgateway.stores.resp import Arg, RedisError, RedisProtocol, StoreUnavailable
+from txgateway.stores.resp import Arg, ConnectionCut, RedisError, RedisProtocol, StoreUnavailable
 
 __all__ = ["RedisClient", "NotPrimary"]
 
@@ -140,7 +142,8 @@ class RedisClient:
 
     def describe(self) -> dict[str, Any]:
         """The state for /health, the admin API and the status page."""
-        report: dict[str, Any] = {"state": self.state, "since": self.since, "address": self.current}
+        since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        report: dict[str, Any] = {"state": self.state, "since": since, "address": self.current}
         if self.address.sentinels:
             report["sentinel"] = {"primary_name": self.address.primaryName,
                                   "sentinels": [f"{h}:{p}" for h, p in self.sentinels]}
@@ -235,11 +238,10 @@ class RedisClient:
         done.addTimeout(self.connectTimeout, self.clock)
         try:
             await done
-        except Exception as e:
-            inner = getattr(e, "subFailure", None)
-            if inner is not None:
-                inner.raiseException()
-            raise
+        except FirstError as e:
+            if e.subFailure.check(CancelledError):  # the timeout cancelled the steps
+                raise DeferredTimeout("the handshake timed out") from None
+            e.subFailure.raiseException()
         if a.sentinels:
             role = check.result if isinstance(check.result, list) else None
             if not role or role[0] != b"master":
@@ -364,9 +366,9 @@ class RedisClient:
 
 
 def _why(error: BaseException | None) -> str:
-    from twisted.internet.defer import TimeoutError as DeferredTimeout
-
     if isinstance(error, DeferredTimeout):
         return "timed out"
     text = str(error)
+    if isinstance(error, ConnectionCut):
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -27,13 +27,20 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-__all__ = ["NoScript", "RedisError", "RedisProtocol", "StoreUnavailable", "encodeCommand", "parseReply"]
+__all__ = ["ConnectionCut", "NoScript", "RedisError", "RedisProtocol", "StoreUnavailable", "encodeCommand", "parseReply"]
 
 Arg = bytes | str | int | float
 
 
 class StoreUnavailable(Exception):
     """The store has no live connection right now; the caller decides locally."""
+
+
+class ConnectionCut(ConnectionLost):
+    """We cut the connection (no reply in time, a protocol error); C{str()} says why."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "connection cut"
 
 
 class RedisError(Exception):
@@ -212,7 +219,7 @@ class RedisProtocol(Protocol):
             self._watchdog.cancel()
         self._watchdog = None
         why = self.abortReason
-        failure = Failure(ConnectionLost(why)) if why else reason
+        failure = Failure(ConnectionCut(why)) if why else reason
         pending, self.pending = self.pending, deque()
         for d, _ in pending:
             if not d.called:
