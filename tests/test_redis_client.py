@@ -393,3 +393,50 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(parseRedisURL("unix:///run/redis.sock?db=4").db, 4)
         for bad in ("redis+sentinel://h1:26379/", "redis+sentinel://h1:x/m", "redis://", "http://h/", "redis://h/x"):
             self.assertRaises(ValueError, parseRedisURL, bad)
+
+
+class StatusTests(SynchronousTestCase):
+    def test_healthReportAndStatusPageShowTheStore(self) -> None:
+        """/health's report has stores.redis with the client's state; the status page renders it."""
+        from txgateway.admin import renderBody
+        from txgateway.config import parseConfig
+        from txgateway.observe import Metrics
+        from txgateway.service import buildRuntime
+
+        config = parseConfig("""\
+stores: {redis: "redis://127.0.0.1:6390/0"}
+upstreams:
+  app:
+    targets: [http://127.0.0.1:9]
+routes:
+  - name: api
+    match: {path_prefix: /}
+    upstream: app
+""")
+        client, net, clock, _ = _client("redis://127.0.0.1:6390/0")
+        runtime = buildRuntime(config, reactor=clock, clock=clock, metrics=Metrics(processMetrics=False),
+                               redis=client)
+        code, report = runtime.healthReport()
+        self.assertEqual((code, report["stores"]["redis"]["state"]), (200, "connecting"))
+        client.start()
+        net.last().refuse()
+        code, report = runtime.healthReport()
+        self.assertEqual((code, report["status"]), (200, "ok"))  # Redis down is shown, not unhealthy
+        self.assertEqual(report["stores"]["redis"]["state"], "down")
+        page = renderBody({"gateway": {"health": "ok", "ready": True, "draining": False, "in_flight": 0,
+                                       "active_connections": 0, "uptime_s": 1, "window_s": 1, "version": "x"},
+                           "upstreams": [], "routes": [], "reloads": [], "stores": report["stores"]})
+        self.assertIn('data-store="redis"', page)
+        self.assertIn("store-down", page)
+        self.successResultOf(client.stop())
+        config2 = parseConfig("""\
+upstreams:
+  app:
+    targets: [http://127.0.0.1:9]
+routes:
+  - name: api
+    match: {path_prefix: /}
+    upstream: app
+""")
+        plain = buildRuntime(config2, reactor=clock, clock=clock, metrics=Metrics(processMetrics=False))
+        self.assertEqual(plain.healthReport()[1]["stores"], {})

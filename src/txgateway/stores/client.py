@@ -47,10 +47,11 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
-    connectProtocol,
     wrapClientTLS,
 )
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -218,7 +219,7 @@ class RedisClient:
 
     async def _open(self, host: str, port: int) -> RedisProtocol:
         protocol = RedisProtocol(self.clock, self.connectTimeout)
-        d: Deferred[Any] = connectProtocol(self.endpointFor(host, port), protocol)
+        d: Deferred[Any] = self.endpointFor(host, port).connect(_Quiet(protocol))
         d.addTimeout(self.connectTimeout, self.clock)
         await d
         return protocol
@@ -365,9 +366,25 @@ class RedisClient:
         return endpoint
 
 
+class _Quiet(Factory):
+    """connectProtocol's factory, without "Starting factory ..." log lines on every reconnect."""
+
+    noisy = False
+
+    def __init__(self, protocol: RedisProtocol) -> None:
+        self.protocol_ = protocol
+
+    def buildProtocol(self, addr: Any) -> RedisProtocol:
+        return self.protocol_
+
+
 def _why(error: BaseException | None) -> str:
     if isinstance(error, DeferredTimeout):
         return "timed out"
+    if isinstance(error, ConnectionDone):
+        return "closed by the server"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
     text = str(error)
     if isinstance(error, ConnectionCut):
         return text
