@@ -42,13 +42,13 @@ class _Transport(StringTransport):
 
     def loseConnection(self) -> None:
         super().loseConnection()
-        self._end()
+        self.end()
 
     def abortConnection(self) -> None:
         self.aborted = True
-        self._end()
+        self.end()
 
-    def _end(self) -> None:
+    def end(self) -> None:
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             protocol.connectionLost(Failure(ConnectionLost("closed")))
@@ -84,7 +84,7 @@ class _Conn:
         self.protocol.dataReceived(data)
 
     def drop(self) -> None:
-        self.transport._end()
+        self.transport.end()
 
 
 @implementer(IStreamClientEndpoint)
