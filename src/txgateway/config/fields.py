@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from txgateway.config.errors import Invalid
+from txgateway.config.redisurl import parseRedisURL
 from txgateway.config.schema import Target
 from txgateway.config.values import TOKEN, duration, integer, oneOf, string, urlPath
 
@@ -46,9 +47,11 @@ def level(value: Any) -> str:
 
 def redisURL(value: Any) -> str:
     text = string(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
-        raise Invalid(f"not a Redis URL: {text!r} (write e.g. redis://127.0.0.1:6379/0)")
+    try:
+        parseRedisURL(text)
+    except ValueError as e:
+        raise Invalid(f"not a Redis URL: {text!r}: {e} (write e.g. redis://127.0.0.1:6379/0 or "
+                      "redis+sentinel://127.0.0.1:26379/mymaster/0)") from None
     return text
 
 
