@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from txgateway import convert
 from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
 
 
@@ -118,7 +119,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     check.add_argument("--explain", metavar="URL", help="show which route URL would take, and why not the others")
     check.add_argument("-X", "--method", default="GET", help="method for --explain")
     check.add_argument("-H", "--header", action="append", default=[], help="'Name: value' header for --explain")
+    conv = sub.add_parser("convert", help="print go-reverse-proxy's config FILE as a txgateway config (YAML)")
+    conv.add_argument("file", help="go-reverse-proxy's proxyConfig.yaml")
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        return convert.main(args.file, out, err)
     try:
         config = loadConfig(args.config) if args.config else configFromEnvironment(os.environ)
     except ConfigError as e:

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from txgateway.seedcompat import SeedError, environmentDocument, seedDocument
+
 T = TypeVar("T")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -250,6 +252,7 @@ class ServerConfig:
     via: str = "txgateway"
     watch_config: float = 2.0  # seconds between checks of the config file; 0 turns the watcher off
     backlog: int | None = None  # the listen queue; None: the kernel's somaxconn
+    environment: str | None = None  # a label (production, staging) on /health, the status page and JSON logs
 
 
 @dataclass(frozen=True)
@@ -442,6 +445,7 @@ class CacheConfig:
     max_object_size: int = 1024**2
     store: str = "memory"
     collapse_timeout: float = 5.0
+    default_ttl: float | None = None  # freshness of a response that carries none (as nginx's proxy_cache_valid)
 
 
 @dataclass(frozen=True)
@@ -640,7 +644,7 @@ class _Parser:
         p = "server"
         m = self.mapping(value, p, line, ["listen", "max_request_body", "max_header_bytes", "max_uri_bytes",
                                           "max_connections_per_ip", "timeouts", "trusted_proxies", "endpoints",
-                                          "workers", "via", "watch_config", "backlog"])
+                                          "workers", "via", "watch_config", "backlog", "environment"])
         if m is None:
             return ServerConfig()
         d = ServerConfig()
@@ -679,6 +683,7 @@ class _Parser:
             via=self.get(m, "via", p, _viaPseudonym, d.via),
             watch_config=self.get(m, "watch_config", p, _watchInterval, d.watch_config),
             backlog=self.get(m, "backlog", p, integer(1), d.backlog),
+            environment=self.get(m, "environment", p, string, d.environment),
         )
 
     def optionalPath(self, m: _Map, key: str, path: str, default: str | None) -> str | None:
@@ -1223,7 +1228,8 @@ class _Parser:
     def cache(self, value: Any, path: str, line: int | None) -> CacheConfig | None:
         if value is True:
             return CacheConfig()
-        m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store", "collapse_timeout"])
+        m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store", "collapse_timeout",
+                                             "default_ttl"])
         if m is None:
             return None
         d = CacheConfig()
@@ -1233,6 +1239,7 @@ class _Parser:
             max_object_size=self.get(m, "max_object_size", path, size, d.max_object_size),
             store=self.get(m, "store", path, oneOf("memory", "redis"), d.store),
             collapse_timeout=self.get(m, "collapse_timeout", path, duration, d.collapse_timeout),
+            default_ttl=self.get(m, "default_ttl", path, duration, None),
         )
 
     def cors(self, value: Any, path: str, line: int | None) -> CorsConfig | None:
@@ -1456,9 +1463,11 @@ def _loopbackOnly(description: str) -> bool:
 # Entry points.
 
 
-def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None) -> GatewayConfig:
+def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Parse YAML text; raise L{ConfigError} naming every problem."""
-    doc = _loadYAML(text, source)
+    env = environ or {}  # the seeds' variables and files, as txgateway's document (see txgateway.seedcompat)
+    doc = _seeds(lambda: environmentDocument(seedDocument(_loadYAML(text, source), env), env), source)
     parser = _Parser(baseDir or Path.cwd())
     config = parser.gateway(doc, source)
     if parser.problems:
@@ -1473,8 +1482,9 @@ def loadConfig(path: str | os.PathLike[str], environ: Mapping[str, str] | None =
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem("", None, f"cannot read config file: {e}")], str(p)) from None
-    config = parseConfig(text, str(p), p.resolve().parent)
-    return applyEnvironment(config, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    config = parseConfig(text, str(p), p.resolve().parent, environ)
+    return applyEnvironment(config, environ)
 
 
 def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
@@ -1484,6 +1494,8 @@ def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
     Built as YAML-shaped data and parsed by the same code as a file, so the
     environment cannot produce a config a file could not.
     """
+    if environ.get("CONFIGURATION_FILENAME"):  # go-reverse-proxy's (or any) config file, named by the environment
+        return loadConfig(environ["CONFIGURATION_FILENAME"], environ)
     backend = environ.get("BACKEND_URL", "http://localhost:3000")
     doc: dict[str, Any] = {
         "server": {"listen": f"tcp:{environ.get('GATEWAY_PORT', '8080')}"},
@@ -1499,6 +1511,7 @@ def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
         doc["upstreams"]["backend"]["timeouts"] = {"response": environ["REQUEST_TIMEOUT"]}
     parser = _Parser(Path.cwd())
     source = "environment"
+    doc = _seeds(lambda: environmentDocument(doc, environ, envOnly=True), source)
     config = parser.gateway(_plain(doc), source)
     if parser.problems:
         raise ConfigError([_envProblem(p) for p in parser.problems], source)
@@ -1549,6 +1562,14 @@ def applyEnvironment(config: GatewayConfig, environ: Mapping[str, str]) -> Gatew
     if problems:
         raise ConfigError(problems, "environment")
     return replace(config, server=server, logging=logging_, upstreams=upstreams)
+
+
+def _seeds(translate: Callable[[], Any], source: str) -> Any:
+    """Run a L{txgateway.seedcompat} translation, its problems as a L{ConfigError}."""
+    try:
+        return translate()
+    except SeedError as e:
+        raise ConfigError([Problem(path, line, message) for path, line, message in e.problems], source) from None
 
 
 def _withPort(description: str, port: int) -> str:
