@@ -27,6 +27,7 @@ from txgateway.http.proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRAC
 from txgateway.middleware import AddressSet, jsonResponse
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
 from txgateway.routing import PathError, normalizeHost, normalizePath
+from txgateway.seedcompat import workshopHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -148,7 +149,8 @@ class Runtime:
                 degraded.append(name)
             upstreams[name] = {"usable": usable, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
-        return (200 if anyUsable else 503), {"status": status, "degraded": degraded, "upstreams": upstreams}
+        report = {"status": status, "degraded": degraded, "upstreams": upstreams}
+        return (200 if anyUsable else 503), workshopHealth(report, self.config.server.environment, self.clusters)
 
 
 class GatewayRoot(Resource):

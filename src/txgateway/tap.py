@@ -49,7 +49,10 @@ def makeService(options: Any) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"txgateway: the config was rejected:\n{e.render()}\n")
         raise SystemExit(1) from None
-    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format)), reactor)
+    from txgateway.seedcompat import labelledFormatter
+
+    formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format), config.server.environment)
+    _installLogging(TwistdLogAdopter(formatter), reactor)
     if options["listen-fd"] is None:
         supervisor = _supervisorFor(config, options, reactor)
         if supervisor is not None:
