@@ -73,7 +73,7 @@ def toYAML(config: GoProxyConfig, settings: GoSettings, source: str = "proxyConf
             "    # MAX_HTTP_RETRIES + MAX_FORWARD_RETRIES: each retry goes to a host not tried yet",
             "    retries:",
             f"      attempts: {settings.attempts}",
-            f"      on: [{', '.join(RETRY_ON)}]",
+            f"      \"on\": [{', '.join(RETRY_ON)}]",
             "    # grow: health: {active: {path: /health}} takes a dead host out before a request finds it",
             "",
         ]
