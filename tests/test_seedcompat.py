@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
