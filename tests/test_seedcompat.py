@@ -23,12 +23,11 @@ from txgateway.seedcompat import (
     GoSettings,
     SeedError,
     goSettings,
-    labelledFormatter,
     metricsListen,
     parseGoProxy,
     toDocument,
-    workshopHealth,
 )
+from txgateway.workshop import labelledFormatter, workshopHealth
 
 # go-reverse-proxy's README example, with the two services its users run.
 PROXY_CONFIG = """\

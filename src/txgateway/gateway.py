@@ -27,7 +27,7 @@ from txgateway.http.proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRAC
 from txgateway.middleware import AddressSet, jsonResponse
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
 from txgateway.routing import PathError, normalizeHost, normalizePath
-from txgateway.seedcompat import workshopHealth
+from txgateway.workshop import workshopHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

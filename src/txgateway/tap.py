@@ -49,7 +49,7 @@ def makeService(options: Any) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"txgateway: the config was rejected:\n{e.render()}\n")
         raise SystemExit(1) from None
-    from txgateway.seedcompat import labelledFormatter
+    from txgateway.workshop import labelledFormatter
 
     formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format), config.server.environment)
     _installLogging(TwistdLogAdopter(formatter), reactor)
