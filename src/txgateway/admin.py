@@ -243,6 +243,7 @@ class StatusReport:
                 "window_s": round(min(span, self.rates.window), 1),
                 "health": health["status"],
                 "health_code": code,
+                "environment": runtime.config.server.environment,
                 "degraded": health["degraded"],
             },
             "routes": self._routes(span, base, now),

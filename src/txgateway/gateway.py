@@ -27,6 +27,7 @@ from txgateway.http.proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRAC
 from txgateway.middleware import AddressSet, jsonResponse
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
 from txgateway.routing import PathError, normalizeHost, normalizePath
+from txgateway.workshop import workshopHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -151,8 +152,9 @@ class Runtime:
             upstreams[name] = {"usable": usable, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
         # Redis down is not unhealthy (limits and the cache decide locally) but an operator must see it.
-        return (200 if anyUsable else 503), {"status": status, "degraded": degraded, "upstreams": upstreams,
-                                             "stores": {"redis": self.redis.describe()} if self.redis is not None else {}}
+        report = {"status": status, "degraded": degraded, "upstreams": upstreams,
+                  "stores": {"redis": self.redis.describe()} if self.redis is not None else {}}
+        return (200 if anyUsable else 503), workshopHealth(report, self.config.server.environment, self.clusters)
 
 
 class GatewayRoot(Resource):

@@ -50,7 +50,10 @@ def makeService(options: Any) -> IService:
         # One line per problem, each saying what it is: no header line to lose under a log shipper.
         sys.stderr.write("".join(f"txgateway: config rejected: {line}\n" for line in e.render().splitlines()))
         raise SystemExit(1) from None
-    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format)), reactor)
+    from txgateway.workshop import labelledFormatter
+
+    formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format), config.server.environment)
+    _installLogging(TwistdLogAdopter(formatter), reactor)
     if options["listen-fd"] is None:
         supervisor = _supervisorFor(config, options, reactor)
         if supervisor is not None:

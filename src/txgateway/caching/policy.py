@@ -37,6 +37,9 @@ STALE_RETENTION = 600.0
 
 # §4.2.2 / RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTIC_STATUS = frozenset((200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501))
+# A route's cache.default_ttl (like nginx's proxy_cache_valid without codes) gives freshness to these
+# when the response has none of its own: success and permanent redirects, never an error.
+DEFAULT_TTL_STATUS = frozenset((200, 203, 204, 300, 301, 308))
 # §4.4: methods that are not unsafe never invalidate.
 SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 # RFC 5861 §4: what counts as an error for stale-if-error.
@@ -317,10 +320,11 @@ def _dateOf(headers: HeaderPairs, fallback: float) -> float:
 
 
 def freshnessLifetime(code: int, headers: HeaderPairs, cc: Directives, responseTime: float,
-                      maxTTL: float | None) -> float:
+                      maxTTL: float | None, defaultTTL: float | None = None) -> float:
     """
     §4.2.1: s-maxage (a shared cache), then max-age, then Expires minus
-    Date; otherwise a heuristic (§4.2.2) only for heuristically cacheable
+    Date; otherwise the route's C{defaultTTL} for L{DEFAULT_TTL_STATUS}
+    when it has one, else a heuristic (§4.2.2) only for heuristically cacheable
     status codes or C{public}, as 10% of the time since Last-Modified.  An
     invalid or conflicting value means stale (0).  C{maxTTL} caps the result.
     """
@@ -337,6 +341,8 @@ def freshnessLifetime(code: int, headers: HeaderPairs, cc: Directives, responseT
             when = httpDate(expires[0])
             # §5.3: an invalid Expires (notably "0") is a time in the past.
             lifetime = 0.0 if when is None else max(0.0, when - _dateOf(headers, responseTime))
+        elif defaultTTL is not None and code in DEFAULT_TTL_STATUS:
+            lifetime = defaultTTL
         elif code in HEURISTIC_STATUS or b"public" in cc:
             lm = headerValues(headers, b"last-modified")
             modified = httpDate(lm[0]) if lm else None
@@ -352,8 +358,8 @@ def freshnessLifetime(code: int, headers: HeaderPairs, cc: Directives, responseT
     return float(lifetime)
 
 
-def lifetimeOf(entry: StoredResponse, maxTTL: float | None) -> float:
-    return freshnessLifetime(entry.code, entry.headers, entry.cacheControl, entry.responseTime, maxTTL)
+def lifetimeOf(entry: StoredResponse, maxTTL: float | None, defaultTTL: float | None = None) -> float:
+    return freshnessLifetime(entry.code, entry.headers, entry.cacheControl, entry.responseTime, maxTTL, defaultTTL)
 
 
 def currentAge(entry: StoredResponse, now: float) -> float:
@@ -422,7 +428,7 @@ def varyKeySuffix(values: tuple[bytes | None, ...]) -> bytes:
 
 
 def storeRefusal(method: bytes, code: int, headers: HeaderPairs, cc: Directives, rules: RequestRules,
-                 responseTime: float, maxTTL: float | None) -> str | None:
+                 responseTime: float, maxTTL: float | None, defaultTTL: float | None = None) -> str | None:
     """
     Why this response must not (or need not) be stored, as a short token for
     C{Cache-Status} C{detail}; None when it is storable.
@@ -453,7 +459,7 @@ def storeRefusal(method: bytes, code: int, headers: HeaderPairs, cc: Directives,
     explicit = (b"public" in cc or b"max-age" in cc or b"s-maxage" in cc or bool(headerValues(headers, b"expires")))
     if not explicit and code not in HEURISTIC_STATUS:
         return "status"
-    lifetime = freshnessLifetime(code, headers, cc, responseTime, maxTTL)
+    lifetime = freshnessLifetime(code, headers, cc, responseTime, maxTTL, defaultTTL)
     if lifetime <= 0 and not hasValidator(headers) and not _staleExtension(cc):
         return "stale"
     return None
@@ -468,14 +474,14 @@ def _neverStale(cc: Directives) -> bool:
     return b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"no-cache" in cc
 
 
-def retention(entry: StoredResponse, now: float, maxTTL: float | None) -> float:
+def retention(entry: StoredResponse, now: float, maxTTL: float | None, defaultTTL: float | None = None) -> float:
     """
     How long the store should keep the entry: its remaining freshness plus
     the longest window in which it may still be used stale (RFC 5861) or
     revalidated or served to a client's max-stale (L{STALE_RETENTION}).
     """
     cc = entry.cacheControl
-    remaining = max(0.0, lifetimeOf(entry, maxTTL) - currentAge(entry, now))
+    remaining = max(0.0, lifetimeOf(entry, maxTTL, defaultTTL) - currentAge(entry, now))
     extra = float(max(STALE_RETENTION, cc.seconds(b"stale-while-revalidate") or 0,
                       cc.seconds(b"stale-if-error") or 0))
     return remaining + extra
@@ -510,7 +516,8 @@ class Assessment:
         return f"<Assessment {self.action} {self.reason} age={self.age:.1f} lifetime={self.lifetime:.1f}>"
 
 
-def assess(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float | None) -> Assessment:
+def assess(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float | None,
+           defaultTTL: float | None = None) -> Assessment:
     """
     §4 and §4.2.4 with RFC 5861: whether a stored response (already matched
     on URI and Vary) can be used for this request as it is.
@@ -525,7 +532,7 @@ def assess(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float
     """
     cc = entry.cacheControl
     age = currentAge(entry, now)
-    lifetime = lifetimeOf(entry, maxTTL)
+    lifetime = lifetimeOf(entry, maxTTL, defaultTTL)
     if b"no-cache" in cc:
         return Assessment(VALIDATE, "stale", age, lifetime)
     if rules.noCache:
@@ -547,7 +554,8 @@ def assess(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float
     return Assessment(VALIDATE, "stale", age, lifetime)
 
 
-def staleIfError(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float | None) -> bool:
+def staleIfError(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float | None,
+                 defaultTTL: float | None = None) -> bool:
     """
     RFC 5861 §4: after an error (a 500, 502, 503 or 504, or no answer at
     all) the stored response may be used if it is not staler than the
@@ -557,7 +565,7 @@ def staleIfError(entry: StoredResponse, rules: RequestRules, now: float, maxTTL:
     cc = entry.cacheControl
     if _neverStale(cc):
         return False
-    staleness = currentAge(entry, now) - lifetimeOf(entry, maxTTL)
+    staleness = currentAge(entry, now) - lifetimeOf(entry, maxTTL, defaultTTL)
     windows = [w for w in (cc.seconds(b"stale-if-error"), rules.staleIfError) if w is not None and w >= 0]
     return any(staleness <= w for w in windows)
 

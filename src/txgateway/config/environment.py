@@ -18,6 +18,7 @@ from txgateway.config.errors import ConfigError, Invalid, Problem
 from txgateway.config.fields import level, port
 from txgateway.config.parser import Parser
 from txgateway.config.schema import GatewayConfig
+from txgateway.config.seeds import environmentDocument, seeds
 from txgateway.config.source import positioned
 from txgateway.config.values import duration
 
@@ -35,6 +36,10 @@ def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
     Built as YAML-shaped data and parsed by the same code as a file, so the
     environment cannot produce a config a file could not.
     """
+    if environ.get("CONFIGURATION_FILENAME"):  # go-reverse-proxy's (or any) config file, named by the environment
+        from txgateway.config.loading import loadConfig  # loading imports this module
+
+        return loadConfig(environ["CONFIGURATION_FILENAME"], environ)
     problems = []
     listenPort = environ.get("GATEWAY_PORT", "8080")
     try:
@@ -57,6 +62,7 @@ def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
         doc["upstreams"]["backend"]["timeouts"] = {"response": environ["REQUEST_TIMEOUT"]}
     parser = Parser(Path.cwd())
     source = "environment"
+    doc = seeds(lambda: environmentDocument(doc, environ, envOnly=True), source)
     config = parser.gateway(positioned(doc), source)
     problems += [_envProblem(p) for p in parser.problems]
     if problems:

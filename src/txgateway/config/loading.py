@@ -24,5 +24,6 @@ def loadConfig(path: str | os.PathLike[str], environ: Mapping[str, str] | None =
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem("", None, f"cannot read config file: {e}")], str(p)) from None
-    config = parseConfig(text, str(p), p.resolve().parent)
-    return applyEnvironment(config, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    config = parseConfig(text, str(p), p.resolve().parent, environ)
+    return applyEnvironment(config, environ)
