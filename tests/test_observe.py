@@ -23,21 +23,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from txgateway import observe
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
-from txgateway.observe import (
-    LATENCY_BUCKETS,
-    AccessLog,
-    IdSource,
-    Metrics,
-    TwistdLogAdopter,
-    jsonFormatter,
-    parseTraceparent,
-    redact,
-    requestIdFrom,
-    textFormatter,
-)
+from txgateway.observe import accesslog
+from txgateway.observe import ids as idsModule
+from txgateway.observe.accesslog import AccessLog
+from txgateway.observe.ids import IdSource, parseTraceparent, requestIdFrom
+from txgateway.observe.logging import jsonFormatter, redact, textFormatter
+from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
+from txgateway.observe.twistdlog import TwistdLogAdopter
 from txgateway.service import GatewayService
 
 TARGETS = ("http://127.0.0.1:9101", "http://127.0.0.1:9102")
@@ -304,7 +298,7 @@ class RequestIdTests(SynchronousTestCase):
 
         reads: list[int] = []
         urandom = os.urandom
-        self.patch(observe.os, "urandom", lambda n: reads.append(n) or urandom(n))
+        self.patch(idsModule.os, "urandom", lambda n: reads.append(n) or urandom(n))
         for source in (IdSource(), SmallBlocks()):
             reads.clear()
             ids = []
@@ -497,7 +491,7 @@ class LogTests(SynchronousTestCase):
         one.outcome, one.cacheStatus = "client_gone", "miss"
         times = iter([1700000000.0, 1700000000.9996, 1700000001.0015, 1700000059.5, 1e9 + 0.25, 1700000000.0])
         now: list[float] = []
-        self.patch(observe, "_now", lambda: now[0])  # one timestamp for both
+        self.patch(accesslog, "_now", lambda: now[0])  # one timestamp for both
         log = AccessLog(True)
         cases = ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0), (one, 0.0004, None))
         for t in times:  # the same log again and again: its remembered strings and second change nothing
@@ -513,7 +507,7 @@ class LogTests(SynchronousTestCase):
         class Request:
             bytesIn = 0
 
-        self.patch(observe, "_now", lambda: 1700000000.5)
+        self.patch(accesslog, "_now", lambda: 1700000000.5)
         context = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
         context.upstream, context.target, context.targetsTried = 5, "http://t:1", [1.5]  # type: ignore[assignment]
         out = io.StringIO()
