@@ -28,7 +28,7 @@ from txgateway.context import RequestContext
 from txgateway.observe import accesslog
 from txgateway.observe import ids as idsModule
 from txgateway.observe.accesslog import AccessLog
-from txgateway.observe.ids import IdSource, parseTraceparent, requestIdFrom
+from txgateway.observe.ids import IdSource, parseTraceparent
 from txgateway.observe.logging import jsonFormatter, redact, textFormatter
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
 from txgateway.observe.twistdlog import TwistdLogAdopter
@@ -280,14 +280,14 @@ class MetricsTests(SynchronousTestCase):
 class RequestIdTests(SynchronousTestCase):
     def test_saneIdKept(self) -> None:
         """A short plain X-Request-ID is kept as it is."""
-        self.assertEqual(requestIdFrom(b"abc-123_x.y:z"), "abc-123_x.y:z")
+        self.assertEqual(IdSource().requestId(b"abc-123_x.y:z"), "abc-123_x.y:z")
 
     def test_insaneIdReplacedBy128BitId(self) -> None:
         """Too long, empty or odd characters: a fresh 32-hex-digit (128-bit) id instead."""
         for bad in (b"x" * 129, b"", b"a b", b"a\x00b", b"<script>", "é".encode(), None):
-            rid = requestIdFrom(bad)
+            rid = IdSource().requestId(bad)
             self.assertRegex(rid, r"^[0-9a-f]{32}$")
-        self.assertNotEqual(requestIdFrom(None), requestIdFrom(None))
+        self.assertNotEqual(IdSource().requestId(None), IdSource().requestId(None))
 
     def test_idSourceGivesFreshHexIdsAcrossBlocks(self) -> None:
         """IdSource: 32-digit request and trace ids, 16-digit span ids, never repeated, also past a block's end."""

@@ -16,10 +16,10 @@ The names the rest of the gateway imports are re-exported here.
 from __future__ import annotations
 
 from txgateway.observe.accesslog import AccessLog, requestBodySize
-from txgateway.observe.ids import IdSource, parseTraceparent, requestIdFrom
+from txgateway.observe.ids import IdSource, parseTraceparent
 from txgateway.observe.logging import formatterFor, jsonFormatter, redact, textFormatter
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
 from txgateway.observe.twistdlog import TwistdLogAdopter
 
 __all__ = ["LATENCY_BUCKETS", "AccessLog", "IdSource", "Metrics", "TwistdLogAdopter", "formatterFor",
-           "jsonFormatter", "parseTraceparent", "redact", "requestBodySize", "requestIdFrom", "textFormatter"]
+           "jsonFormatter", "parseTraceparent", "redact", "requestBodySize", "textFormatter"]

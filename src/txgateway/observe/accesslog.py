@@ -37,7 +37,6 @@ class AccessLog:
         self.enabled = enabled
         self._log = Logger(namespace="txgateway.access")
         self._file = outFile
-        self._format = format
         # With a clock, lines written to a buffered file are flushed once per
         # reactor turn instead of once per line: every request that ends in
         # the same turn shares one write(2).  Without one, the file's own

@@ -11,13 +11,6 @@ import re
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def requestIdFrom(value: bytes | None) -> str:
-    """Keep a client's X-Request-ID if it is short and plain; else a fresh 128-bit one."""
-    if value is not None and _SANE_ID.fullmatch(value):
-        return value.decode("ascii")
-    return os.urandom(16).hex()
-
-
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
 
@@ -68,7 +61,7 @@ class IdSource:
         return self._hex[pos:end]
 
     def requestId(self, value: bytes | None) -> str:
-        """As L{requestIdFrom}: the client's id if short and plain, else a fresh 128-bit one."""
+        """The client's X-Request-ID if it is short and plain; else a fresh 128-bit one."""
         if value is not None and _SANE_ID.fullmatch(value):
             return value.decode("ascii")
         return self._digits(32)
@@ -82,4 +75,4 @@ class IdSource:
         return self._digits(16)
 
 
-__all__ = ["IdSource", "parseTraceparent", "requestIdFrom"]
+__all__ = ["IdSource", "parseTraceparent"]
