@@ -167,6 +167,12 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.gw.metrics.registry.get_sample_value("txgateway_config_reloads_total",
                                                                    {"result": "success"}), 1)
 
+    def test_rejectedReloadHasItsReasonPhrase(self) -> None:
+        """A 422 says "Unprocessable Content" on its status line, not twisted.web's "Unknown Status"."""
+        self.configs.append(configText().replace("upstream: app", "upstream: nowhere"))
+        response, _ = self.admin.call("POST", "/api/config/reload")
+        self.assertEqual((response.code, response.phrase), (422, b"Unprocessable Content"))
+
     def test_rejectedReloadReportsProblems(self) -> None:
         """A bad config is refused with its problems, listed as a failure, and the old one keeps serving."""
         self.configs.append(configText().replace("upstream: app", "upstream: nowhere"))

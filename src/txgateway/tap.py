@@ -41,7 +41,7 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from txgateway.observe import TwistdLogAdopter, formatterFor
+    from txgateway.observe import TwistdLogAdopter, formatterFor, logConfigLoaded
     from txgateway.service import GatewayService
 
     try:
@@ -49,7 +49,9 @@ def makeService(options: Any) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"txgateway: the config was rejected:\n{e.render()}\n")
         raise SystemExit(1) from None
-    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format)), reactor)
+    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format,
+                                                  _int(options["worker-id"]))), reactor)
+    logConfigLoaded(config)
     if options["listen-fd"] is None:
         supervisor = _supervisorFor(config, options, reactor)
         if supervisor is not None:

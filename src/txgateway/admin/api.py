@@ -22,6 +22,9 @@ from txgateway.admin.status import AdminTarget, StatusReport
 
 log = Logger(namespace="txgateway.admin")
 
+# Reason phrases twisted.web.http.RESPONSES lacks (it would write "Unknown Status").
+_REASONS = {422: b"Unprocessable Content"}
+
 class AdminResource(Resource):
     """
     The whole admin listener: C{/} (the page), C{/api/...} and C{/metrics}.
@@ -122,7 +125,7 @@ class AdminResource(Resource):
         return self._send(request, code, b"text/html; charset=utf-8", body)
 
     def _send(self, request: Any, code: int, contentType: bytes, body: bytes) -> bytes:
-        request.setResponseCode(code)
+        request.setResponseCode(code, _REASONS.get(code))
         request.responseHeaders.setRawHeaders(b"Content-Type", [contentType])
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         return b"" if request.method == b"HEAD" else body

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from txgateway.observe.accesslog import AccessLog, requestBodySize
 from txgateway.observe.ids import IdSource, parseTraceparent
-from txgateway.observe.logging import formatterFor, jsonFormatter, redact, textFormatter
+from txgateway.observe.logging import configSummary, formatterFor, jsonFormatter, logConfigLoaded, redact, textFormatter
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
 from txgateway.observe.twistdlog import TwistdLogAdopter
 
-__all__ = ["LATENCY_BUCKETS", "AccessLog", "IdSource", "Metrics", "TwistdLogAdopter", "formatterFor",
-           "jsonFormatter", "parseTraceparent", "redact", "requestBodySize", "textFormatter"]
+__all__ = ["LATENCY_BUCKETS", "AccessLog", "IdSource", "Metrics", "TwistdLogAdopter", "configSummary", "formatterFor",
+           "jsonFormatter", "logConfigLoaded", "parseTraceparent", "redact", "requestBodySize", "textFormatter"]
