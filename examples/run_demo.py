@@ -33,6 +33,7 @@ Try:
   curl -i -X POST http://127.0.0.1:8080/predict -H 'Content-Type: application/json' -d '{"text":"Twisted is fast!"}'
   curl -i -H 'Host: users.example.com' http://127.0.0.1:8080/api/v1/users     # cached, see Cache-Status
   curl -i -X POST http://127.0.0.1:8080/batch_predict -d '{"texts":["a"]}'     # 401: needs an API key
+  curl -i -X POST http://127.0.0.1:8080/batch_predict -H 'X-API-Key: alice-demo-key' -d '{"texts":["a"]}'
   curl -s http://127.0.0.1:8080/metrics | grep txgateway_
   .venv/bin/txgateway check examples/gw.yaml --explain http://users.example.com/api/v1/x
 

@@ -6,8 +6,8 @@ The tests that use it are never skipped: a machine without the binary fails
 them with a hint (C{scripts/ensure-redis.sh} installs it; CI runs it first).
 
 L{spin} drives the global reactor until a Deferred has a result, for unit
-tests that talk to this server through txredisapi (which schedules its
-connection work on the global reactor) while the code under test keeps its
+tests that talk to this server through the gateway's Redis client (which
+makes its connections on the global reactor) while the code under test keeps its
 own L{twisted.internet.task.Clock}.  It polls with a deadline, like
 C{tests.e2e.harness.waitFor}.
 """
@@ -37,14 +37,20 @@ def _freePort() -> int:
 class RedisServer:
     """One redis-server process, no persistence, bound to 127.0.0.1."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run scripts/ensure-redis.sh")
         self.binary = binary
         self.port = port or _freePort()
+        self.args = list(args or [])
         self.dir = Path(tempfile.mkdtemp(prefix="txgw-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def commandLine(self) -> list[str]:
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning",
+                *self.args]
 
     @property
     def url(self) -> str:
@@ -52,10 +58,8 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start (or start again, on the same port) and wait until it answers PING."""
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        self.proc = subprocess.Popen(self.commandLine(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=self.dir)
         deadline = time.monotonic() + 10
         while True:
             if self.proc.poll() is not None:
@@ -106,6 +110,42 @@ class RedisServer:
             s.sendall(payload)
             reader = s.makefile("rb")
             return _readReply(reader)
+
+
+class RedisSentinel(RedisServer):
+    """
+    One C{redis-sentinel} (C{redis-server --sentinel}) watching C{primaryPort}
+    as C{name}, with quorum 1 and short timers so that a failover takes a
+    couple of seconds.
+    """
+
+    def __init__(self, primaryPort: int, name: str = "mymaster", downAfterMs: int = 1000) -> None:
+        super().__init__()
+        self.name = name
+        self.conf = self.dir / "sentinel.conf"  # sentinel rewrites its config file: it must be writable
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {self.dir}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primaryPort} 1\n"
+            f"sentinel down-after-milliseconds {name} {downAfterMs}\n"
+            f"sentinel failover-timeout {name} 10000\n"
+            f"sentinel parallel-syncs {name} 1\n")
+
+    def commandLine(self) -> list[str]:
+        return [self.binary, str(self.conf), "--sentinel", "--loglevel", "warning"]
+
+    def primaryPort(self) -> int:
+        """The port of the primary this sentinel names now."""
+        return int(self.command("SENTINEL", "get-master-addr-by-name", self.name)[1])
+
+    def knowsReplicas(self) -> int:
+        """How many connected replicas this sentinel sees for its primary."""
+        replicas = self.command("SENTINEL", "replicas", self.name) or []
+        count = 0
+        for fields in replicas:
+            info = dict(zip(fields[::2], fields[1::2], strict=True))
+            if "disconnected" not in info.get("flags", "") and "s_down" not in info.get("flags", ""):
+                count += 1
+        return count
 
 
 def _readReply(reader: Any) -> Any:

@@ -495,3 +495,14 @@ class ClusterChooseTests(SynchronousTestCase):
         self.assertIn("fail_closed", e.reason)
         eps[1].activeHealthy = True
         self.assertIs(cluster.choose(ctx()), eps[1])
+
+    def test_failClosedSaysWhenToComeBack(self) -> None:
+        """fail_closed's NoTarget carries a Retry-After: the soonest ejection end, at least a second."""
+        cluster, eps = self.cluster("fail_closed")
+        eps[0].activeHealthy = False
+        eps[1].ejectedUntil = 12.5
+        eps[2].ejectedUntil = 30.0
+        self.assertEqual(self.assertRaises(NoTarget, cluster.choose, ctx()).retryAfter, 12.5)
+        eps[1].ejectedUntil = eps[2].ejectedUntil = 0.0
+        eps[1].activeHealthy = eps[2].activeHealthy = False
+        self.assertEqual(self.assertRaises(NoTarget, cluster.choose, ctx()).retryAfter, 1.0)

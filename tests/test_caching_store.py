@@ -182,7 +182,7 @@ class RedisFallbackTests(SynchronousTestCase):
         self.assertEqual(got.body, entry().body)
 
     def test_textRepliesAreTurnedBackIntoBytes(self) -> None:
-        """txredisapi decodes valid UTF-8 replies to str; the store reads them back as bytes."""
+        """A client that decodes valid UTF-8 replies to str: the store reads them back as bytes."""
         self.redis.data[b"p:k"] = encodeRecord(entry(b"plain text")).decode("utf-8")  # type: ignore[assignment]
         self.assertEqual(self.successResultOf(self.store.get(b"k")).body, b"plain text")
 
@@ -247,7 +247,7 @@ class RedisFallbackTests(SynchronousTestCase):
 
 
 class RealRedisTests(SynchronousTestCase):
-    """Round trips through txredisapi against a real redis-server (tests/redisserver.py)."""
+    """Round trips through the Redis client against a real redis-server (tests/redisserver.py)."""
 
     def setUp(self) -> None:
         self.server = RedisServer().start()
@@ -270,7 +270,7 @@ class RealRedisTests(SynchronousTestCase):
         self.assertFalse(self.store.down)
 
     def test_utf8BodyRoundTrip(self) -> None:
-        """A body that is valid UTF-8 (which txredisapi turns into str) reads back as the same bytes."""
+        """A body that is valid UTF-8 reads back as the same bytes."""
         e = entry("caf\u00e9 \u2603".encode())
         spin(self.store.set(b"k", e, 30))
         self.assertEqual(spin(self.store.get(b"k")).body, e.body)

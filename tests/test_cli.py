@@ -10,15 +10,16 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway import __version__
 from txgateway.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "examples" / "gw.yaml"
 
 
-def run(*argv: str) -> tuple[int, str, str]:
+def run(*argv: str, environ: dict[str, str] | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out, err)
+    code = main(list(argv), out, err, {} if environ is None else environ)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -40,6 +41,24 @@ class CheckTests(SynchronousTestCase):
         self.assertIn("routes[0].upstream: no upstream named 'b'", err)
         self.assertIn("2 problem(s)", err)
 
+    def test_badGatewayPortFailsCheck(self) -> None:
+        """GATEWAY_PORT=abc or 80000 fails `check`, with or without a file, naming the variable."""
+        for value in ("abc", "80000"):
+            for argv in (("check",), ("check", str(BUNDLED))):
+                code, out, err = run(*argv, environ={"GATEWAY_PORT": value})
+                self.assertEqual(code, 1, argv)
+                self.assertEqual(out, "")
+                self.assertIn(f"environment: GATEWAY_PORT: not a port number: '{value}'", err)
+
+    def test_repeatedKeyFailsCheck(self) -> None:
+        """A key written twice fails `check`, naming its path and both lines."""
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write("upstreams:\n  a:\n    targets: [http://127.0.0.1:9000]\n"
+                    "routes:\n  - name: r\n    upstream: a\n    upstream: a\n")
+        code, _, err = run("check", f.name)
+        self.assertEqual(code, 1)
+        self.assertIn("line 7, column 5: routes[0](r).upstream: is written twice, on line 6 and on line 7", err)
+
     def test_explainNamesTheWinningRouteAndWhyOthersLost(self) -> None:
         """--explain shows the matching route and the backend path."""
         code, out, _ = run("check", str(BUNDLED), "--explain", "http://users.example.com/api/v1/x")
@@ -52,6 +71,25 @@ class CheckTests(SynchronousTestCase):
         proc = subprocess.run([sys.executable, "-m", "txgateway", "check", str(BUNDLED)], capture_output=True,
                               text=True, cwd=REPO)
         self.assertEqual(proc.returncode, 0, proc.stderr)
+
+
+class VersionTests(SynchronousTestCase):
+    def test_versionPrintsNameAndVersion(self) -> None:
+        """`txgateway --version` prints `txgateway X.Y.Z` and exits 0."""
+        self.assertEqual(run("--version"), (0, f"txgateway {__version__}\n", ""))
+        self.assertRegex(__version__, r"^\d+\.\d+\.\d+")
+
+    def test_versionFromTheCommandLine(self) -> None:
+        """`python -m txgateway --version` works as a command."""
+        proc = subprocess.run([sys.executable, "-m", "txgateway", "--version"], capture_output=True, text=True,
+                              cwd=REPO)
+        self.assertEqual((proc.returncode, proc.stdout), (0, f"txgateway {__version__}\n"), proc.stderr)
+
+    def test_noCommandIsAUsageError(self) -> None:
+        """Neither a command nor --version: usage on stderr, exit 2."""
+        code, out, err = run()
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("usage: txgateway", err)
 
 
 class PackagingTests(SynchronousTestCase):

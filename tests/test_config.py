@@ -103,6 +103,108 @@ class ProblemTests(SynchronousTestCase):
         self.assertTrue(got[0].startswith("line "), got[0])
         self.assertIn("not valid YAML", got[0])
 
+    def test_yamlSyntaxErrorNamesLineAndColumn(self) -> None:
+        """A mis-indented key is reported at its own line and column."""
+        text = "upstreams:\n  api:\n    targets: [http://127.0.0.1:9000]\n   bad: 1\n"
+        got = problems(text)
+        self.assertEqual(len(got), 1)
+        self.assertTrue(got[0].startswith("line 4, column 4: not valid YAML"), got[0])
+
+    def test_unclosedBracketIsReportedWhereItOpens(self) -> None:
+        """An unclosed [ or quote points at where it was opened, and says where YAML gave up."""
+        got = problems("upstreams:\n  api: [unclosed\nroutes: []\n")
+        self.assertEqual(len(got), 1)
+        self.assertTrue(got[0].startswith("line 2, column 8: not valid YAML: a flow sequence opened here"), got[0])
+        self.assertIn("on line 3, column 7", got[0])
+        got = problems('upstreams:\n  api: "unclosed\n')
+        self.assertTrue(got[0].startswith("line 2, column 8: not valid YAML: a quoted scalar opened here"), got[0])
+
+    def test_tabIndentationNamesLineAndColumn(self) -> None:
+        """A tab where YAML wants spaces is named by line and column."""
+        got = problems("upstreams:\n\tapi: {}\n")
+        self.assertEqual(got, ["line 2, column 1: not valid YAML: found character '\\t' that cannot start any token"])
+
+    def test_controlCharacterNamesLineAndColumn(self) -> None:
+        """A control character YAML refuses is a problem at its line and column, not a crash."""
+        self.assertEqual(problems("upstreams:\n  a: \x07\n"), [
+            "line 2, column 6: not valid YAML: special characters are not allowed"])
+
+    def test_secondDocumentIsNamed(self) -> None:
+        """A second YAML document (---) is refused where it starts, with the whole reason."""
+        self.assertEqual(problems(MINIMAL + "---\nserver: {}\n"), [
+            "line 7, column 1: not valid YAML: expected a single document in the stream, but found another document"])
+
+    def test_repeatedKeyNamesItsPathAndBothLines(self) -> None:
+        """A key written twice is an error naming the key path and both lines, not last-one-wins."""
+        text = MINIMAL.replace("    upstream: api\n", "    name: api-route\n    upstream: api\n    upstream: api\n")
+        self.assertEqual(problems(text), [
+            "line 8, column 5: routes[0](api-route).upstream: is written twice, on line 7 and on line 8 "
+            "(remove one: YAML would silently keep only the last)"])
+
+    def test_repeatedTopLevelKeyAndNestedKeys(self) -> None:
+        """Repeats are found at any depth, every one of them, beside the parser's own problems."""
+        text = MINIMAL + "server:\n  timeouts: {idle: 5s, idle: 6s}\nserver: {}\n"
+        got = problems(text)
+        self.assertEqual(len(got), 2, got)
+        self.assertIn("line 8, column 24: server.timeouts.idle: is written twice, on line 8 and on line 8", got[0])
+        self.assertIn("line 9, column 1: server: is written twice, on line 7 and on line 9", got[1])
+
+    def test_mergedValuesAreOverriddenByWrittenOnes(self) -> None:
+        """A key beside a << merge overrides the merged one, as YAML says: not a repeat."""
+        text = """\
+upstreams:
+  a:
+    targets: [http://127.0.0.1:9000]
+    timeouts: &t {connect: 1s, response: 2s}
+  b:
+    targets: [http://127.0.0.1:9001]
+    timeouts: {<<: *t, response: 3s}
+routes:
+  - match: {path_prefix: /}
+    upstream: a
+"""
+        b = parseConfig(text).upstreams["b"]
+        self.assertEqual((b.timeouts.connect, b.timeouts.response), (1.0, 3.0))
+
+    def test_namedRouteKeyPathsCarryTheName(self) -> None:
+        """Every problem inside a named route is written routes[i](name).key, unknown keys included."""
+        text = MINIMAL.replace("  - match: {path_prefix: /}\n    upstream: api\n",
+                               "  - name: a\n    match: {path_prefix: /}\n    upstream: api\n    colour: blue\n"
+                               "  - name: a\n    match: {path: /x, methd: [GET]}\n    upstream: api\n")
+        got = problems(text)
+        self.assertEqual(len(got), 3, got)
+        self.assertIn("line 8: routes[0](a).colour: unknown key", got[0])
+        self.assertIn("line 9: routes[1](a).name: route name 'a' is used twice", got[1])
+        self.assertIn("line 10: routes[1](a).match.methd: unknown key", got[2])
+
+    def test_unnamedRouteKeyPathIsTheIndex(self) -> None:
+        """A route without a name is routes[i]."""
+        self.assertIn("routes[0].upstream: no upstream named 'nope'",
+                      problems(MINIMAL.replace("upstream: api", "upstream: nope"))[0])
+
+    def test_listenPortIsChecked(self) -> None:
+        """tcp:abc or tcp:80000 is refused by the parser, not by twistd at start-up."""
+        for listen, port in (("tcp:abc", "abc"), ("tcp:80000:interface=127.0.0.1", "80000"),
+                             ("ssl:port=99999:privateKey=k.pem", "99999")):
+            got = problems(f"server:\n  listen: '{listen}'\n" + MINIMAL)
+            self.assertEqual(len(got), 1, got)
+            self.assertIn(f"line 2: server.listen: not a port number: '{port}'", got[0])
+        got = problems("admin:\n  listen: tcp:99999:interface=127.0.0.1\n" + MINIMAL)
+        self.assertIn("admin.listen: not a port number: '99999'", got[0])
+        for listen in ("tcp:0", "tcp:8080:interface=127.0.0.1", "tcp6:8080:interface=\\:\\:1", "unix:/tmp/gw.sock",
+                       "tcp:interface=127.0.0.1:port=8080"):
+            parseConfig(f"server:\n  listen: '{listen}'\n" + MINIMAL)
+
+    def test_listenOptionsAndTLSFilesAreChecked(self) -> None:
+        """A listen string Twisted could not build (bad option, missing TLS key) is refused before start-up."""
+        got = problems("server:\n  listen: 'tcp:8080:backlog=x'\n" + MINIMAL)
+        self.assertEqual(len(got), 1, got)
+        self.assertIn("line 2: server.listen: cannot listen on 'tcp:8080:backlog=x'", got[0])
+        got = problems("server:\n  listen: 'ssl:8443:privateKey=/nonexistent/key.pem'\n" + MINIMAL)
+        self.assertEqual(len(got), 1, got)
+        self.assertIn("server.listen: cannot listen on 'ssl:8443:privateKey=/nonexistent/key.pem': "
+                      "No such file or directory: /nonexistent/key.pem", got[0])
+
     def test_missingRequiredSections(self) -> None:
         """An empty file says upstreams and routes are required."""
         got = problems("")
@@ -172,6 +274,24 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(c.server.listen, "tcp:9999:interface=127.0.0.1")
         self.assertEqual(c.logging.level, "warn")
         self.assertEqual(c.upstreams["api"].timeouts.response, 3.0)
+
+    def test_badGatewayPortNamesTheVariable(self) -> None:
+        """GATEWAY_PORT=abc or 80000 is a config error naming the variable, with or without a file."""
+        base = parseConfig(MINIMAL)
+        for value in ("abc", "80000", "-1", ""):
+            with self.assertRaises(ConfigError) as cm:
+                configFromEnvironment({"GATEWAY_PORT": value})
+            self.assertEqual([str(p) for p in cm.exception.problems],
+                             [f"GATEWAY_PORT: not a port number: {value!r} (write a number from 0 to 65535)"])
+            with self.assertRaises(ConfigError) as cm:
+                applyEnvironment(base, {"GATEWAY_PORT": value})
+            self.assertIn("GATEWAY_PORT: not a port number", str(cm.exception))
+
+    def test_everyBadVariableIsNamedAtOnce(self) -> None:
+        """A bad port and a bad backend are both reported."""
+        with self.assertRaises(ConfigError) as cm:
+            configFromEnvironment({"GATEWAY_PORT": "abc", "BACKEND_URL": "nope"})
+        self.assertEqual(sorted(p.path for p in cm.exception.problems), ["BACKEND_URL", "GATEWAY_PORT"])
 
     def test_relativePathsAreRelativeToTheConfigFile(self) -> None:
         """secret_file is read from the config file's folder, not the working directory."""

@@ -550,7 +550,7 @@ class _FailingLimiter:
 
 
 class _FakePool:
-    """Stands for a txredisapi pool: answers (or not) as the test says."""
+    """Stands for a RedisClient: answers (or not) as the test says."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -625,9 +625,7 @@ class FallbackTests(SynchronousTestCase):
 
     def test_noScriptLoadsTheScript(self) -> None:
         """NOSCRIPT (Redis restarted or flushed) makes one EVAL with the source, then it goes on."""
-        import txredisapi
-
-        self.pool.answers.append(fail(txredisapi.ScriptDoesNotExist("NOSCRIPT")))
+        self.pool.answers.append(fail(stores.NoScript("NOSCRIPT No matching script")))
         decision = self.successResultOf(self.limiter.check("k"))  # type: ignore[arg-type]
         self.assertEqual([c[0] for c in self.pool.calls], ["evalsha", "eval"])
         self.assertEqual((decision.allowed, decision.remaining, decision.resetSeconds), (True, 4, 1.0))
@@ -747,9 +745,9 @@ class SharedRedisTests(_RedisCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         pool = self.pool()
         self.redis.kill()
-        waitUntil(lambda: any("Scheduling retry" in str(e.get("log_format")) for e in events),
+        waitUntil(lambda: any("next attempt" in str(e.get("log_format")) for e in events),
                   what="a reconnect attempt")
-        retries = [e for e in events if "Scheduling retry" in str(e.get("log_format"))]
+        retries = [e for e in events if "next attempt" in str(e.get("log_format"))]
         self.assertEqual({e["log_level"] for e in retries}, {LogLevel.debug})
         self.assertFalse(stores.isConnected(pool))
 

@@ -1,8 +1,11 @@
+# -*- test-case-name: tests.test_cli -*-
 """
 The C{txgateway} command: check a config (and explain routing) without starting anything.
 
 Exit 0 and a one-screen summary for a valid config; exit 1 and every problem,
-each with its key path and line, for an invalid one.
+each with its key path and line, for an invalid one: the same problems
+start-up would refuse, environment variables included.  C{--version} prints
+C{txgateway X.Y.Z}.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from txgateway import __version__
 from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
+
+__all__ = ["explain", "main", "summary"]
 
 
 def summary(config: GatewayConfig) -> str:
@@ -112,17 +118,28 @@ def explain(config: GatewayConfig, url: str, method: str, headers: Sequence[str]
     return 0
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+         environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; return the exit status. C{environ} stands for C{os.environ}, as start-up reads it."""
+    environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="txgateway", description="txgateway tools (run the gateway with twistd)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check", help="validate a config file and print a summary")
     check.add_argument("config", nargs="?", help="the YAML config (omitted: from the environment)")
     check.add_argument("--explain", metavar="URL", help="show which route URL would take, and why not the others")
     check.add_argument("-X", "--method", default="GET", help="method for --explain")
     check.add_argument("-H", "--header", action="append", default=[], help="'Name: value' header for --explain")
     args = parser.parse_args(argv)
+    if args.version:
+        out.write(f"txgateway {__version__}\n")
+        return 0
+    if args.command is None:
+        parser.print_usage(err)
+        err.write("txgateway: name a command (check), or --version\n")
+        return 2
     try:
-        config = loadConfig(args.config) if args.config else configFromEnvironment(os.environ)
+        config = loadConfig(args.config, environ) if args.config else configFromEnvironment(environ)
     except ConfigError as e:
         err.write(e.render() + "\n")
         err.write(f"{len(e.problems)} problem(s); the config was rejected.\n")

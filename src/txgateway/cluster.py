@@ -117,7 +117,7 @@ class Cluster:
         healthy = [e for e in endpoints if e.healthy(now)]
         if not healthy:
             if not self.failOpen:
-                raise NoTarget("no healthy target (fail_closed)")
+                raise NoTarget("no healthy target (fail_closed)", self.healthyAgainIn(now))
             healthy = list(endpoints)
         candidates = [e for e in healthy if e.inFlight < self.maxPerTarget]
         if not candidates:
@@ -139,6 +139,18 @@ class Cluster:
                 group.remove(choice)
         waits = [w for w in (e.breaker.retryAfter() for e in candidates if e.breaker is not None) if w > 0]
         raise NoTarget("every target's circuit breaker is open or probing", min(waits) if waits else 1.0)
+
+    def healthyAgainIn(self, now: float) -> float:
+        """
+        The soonest a target may be healthy again (the fail_closed 503's
+        Retry-After): an ejection ending, or the active checks passing
+        C{healthy_after} times; at least a second.
+        """
+        waits = [e.ejectedUntil - now for e in self.endpoints if e.activeHealthy and e.ejectedUntil > now]
+        active = self.config.health.active
+        if active is not None:
+            waits.append(active.interval * active.healthy_after)
+        return max(1.0, min(waits)) if waits else 1.0
 
     def endpointByURL(self, url: str) -> Endpoint | None:
         for e in self.endpoints:

@@ -75,8 +75,10 @@ class Runtime:
     """Everything built from one config: routes with their chains, clusters, forwarder."""
 
     def __init__(self, config: GatewayConfig, routes: RouteTable, clusters: Mapping[str, Cluster],
-                 forwarder: Forwarder, metrics: Metrics, accessLog: AccessLog, clock: IReactorTime) -> None:
+                 forwarder: Forwarder, metrics: Metrics, accessLog: AccessLog, clock: IReactorTime,
+                 redis: Any = None) -> None:
         self.config = config
+        self.redis = redis  # the txgateway.stores client (or None): its state is part of healthReport
         self.routes = routes
         self.clusters = clusters
         self.forwarder = forwarder
@@ -148,7 +150,9 @@ class Runtime:
                 degraded.append(name)
             upstreams[name] = {"usable": usable, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
-        return (200 if anyUsable else 503), {"status": status, "degraded": degraded, "upstreams": upstreams}
+        # Redis down is not unhealthy (limits and the cache decide locally) but an operator must see it.
+        return (200 if anyUsable else 503), {"status": status, "degraded": degraded, "upstreams": upstreams,
+                                             "stores": {"redis": self.redis.describe()} if self.redis is not None else {}}
 
 
 class GatewayRoot(Resource):

@@ -39,7 +39,7 @@ class Deps:
     metrics: Metrics
     config: GatewayConfig
     rng: _random.Random
-    redis: Any = None  # a txredisapi connection pool when stores.redis is set
+    redis: Any = None  # the txgateway.stores.RedisClient when stores.redis is set
     shared: dict[str, Any] = field(default_factory=dict)  # state kept across reloads, by key
 
 

@@ -70,7 +70,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     forwarder = Forwarder(reactor, clock, config.server, metrics)
     if accessLog is None:
         accessLog = AccessLog(config.logging.access_log)
-    return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock)
+    return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock, redis=redis)
 
 
 def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clock: IReactorTime,

@@ -47,7 +47,8 @@ def makeService(options: Any) -> IService:
     try:
         config = loadFromOptions(options)
     except ConfigError as e:
-        sys.stderr.write(f"txgateway: the config was rejected:\n{e.render()}\n")
+        # One line per problem, each saying what it is: no header line to lose under a log shipper.
+        sys.stderr.write("".join(f"txgateway: config rejected: {line}\n" for line in e.render().splitlines()))
         raise SystemExit(1) from None
     _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format,
                                                   _int(options["worker-id"]))), reactor)

@@ -17,7 +17,8 @@ shares limits, metrics labels or the access log with client traffic.
 from __future__ import annotations
 
 from txgateway.admin.api import AdminResource
+from txgateway.admin.page import renderBody
 from txgateway.admin.site import AdminSite, makeAdminSite
 from txgateway.admin.status import AdminTarget, StatusReport
 
-__all__ = ["AdminResource", "AdminSite", "AdminTarget", "StatusReport", "makeAdminSite"]
+__all__ = ["AdminResource", "AdminSite", "AdminTarget", "StatusReport", "makeAdminSite", "renderBody"]

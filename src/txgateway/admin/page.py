@@ -75,6 +75,11 @@ def renderBody(doc: dict[str, Any]) -> str:
             + _table("targets", ["Target", "Health", "Circuit", "In flight", "Req/s", "Requests", "Errors", "p95 ms"],
                      rows)
             + "</section>")
+    if doc.get("stores"):
+        parts.append("<h2>Stores</h2>")
+        parts.append(_table("stores", ["Store", "State", "Since", "Address"], [
+            _row([("name", name), ("store-" + st["state"], st["state"]), ("", st["since"]), ("", st["address"])],
+                 f' data-store="{_esc(name)}"') for name, st in doc["stores"].items()]))
     parts.append("<h2>Routes</h2>")
     routeRows = []
     for r in doc["routes"]:

@@ -101,6 +101,7 @@ class StatusReport:
             },
             "routes": self._routes(span, base, now),
             "upstreams": self._upstreams(span, base, now, health),
+            "stores": health.get("stores", {}),
             "reloads": self.reloads(),
         }
 

@@ -231,7 +231,7 @@ class RedisStore:
             if value is None:
                 result.callback(None)
                 return
-            if isinstance(value, str):  # txredisapi decodes what happens to be valid UTF-8
+            if isinstance(value, str):  # a client that decodes valid UTF-8 (ours does not): back to bytes
                 value = value.encode("utf-8")
             result.callback(decodeRecord(value) if isinstance(value, bytes) else None)
 

@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The whole file: each section parsed by its own module, joined into one L{GatewayConfig}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from txgateway.config.errors import ConfigError
+from txgateway.config.parser_routes import RouteSections
+from txgateway.config.parser_server import ServerSections
+from txgateway.config.parser_upstreams import UpstreamSections
+from txgateway.config.schema import GatewayConfig
+from txgateway.config.source import loadYAML
+
+__all__ = ["Parser", "parseConfig"]
+
+
+class Parser(RouteSections, UpstreamSections, ServerSections):
+    """
+    Walks a YAML tree into a L{GatewayConfig}, collecting every problem.
+
+    Sections that others refer to by name (stores, auth policies, upstreams)
+    are parsed before the routes that name them.
+    """
+
+    def gateway(self, doc: Any, source: str | None) -> GatewayConfig:
+        top = self.mapping(doc, "", 1, ["server", "admin", "logging", "stores", "access", "auth_policies",
+                                        "upstreams", "routes"])
+        if top is None:
+            raise ConfigError(self.problems, source or "")
+        server = self.server(*self.child(top, "server"))
+        admin = self.admin(*self.child(top, "admin"))
+        logging_ = self.logging(*self.child(top, "logging"))
+        stores = self.stores(*self.child(top, "stores"))
+        access = self.access(*self.child(top, "access"), "access")
+        policies = self.authPolicies(*self.child(top, "auth_policies"))
+        upstreams = self.upstreams(*self.child(top, "upstreams"))
+        routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
+        return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source)
+
+
+def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None) -> GatewayConfig:
+    """Parse YAML text; raise L{ConfigError} naming every problem (repeated keys included)."""
+    doc, repeated = loadYAML(text, source)
+    parser = Parser(baseDir or Path.cwd())
+    parser.problems.extend(repeated)
+    try:
+        config = parser.gateway(doc, source)
+    except ConfigError:
+        raise ConfigError(parser.problems, source) from None
+    if parser.problems:
+        raise ConfigError(parser.problems, source)
+    return config
+
+

@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The typed configuration: frozen dataclasses, one per section of the file.
+
+A loaded config is immutable, so the request path reads it without locks and
+a reload swaps one whole object for another.  Field names are the YAML keys;
+values are already converted (seconds, bytes, networks, hashed keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from txgateway.config.values import IPNetwork, Rate
+
+__all__ = [
+    "AccessConfig",
+    "ActiveHealth",
+    "AdminConfig",
+    "ApiKeyAuth",
+    "AuthPolicy",
+    "BasicAuth",
+    "BreakerConfig",
+    "CacheConfig",
+    "CorsConfig",
+    "Endpoints",
+    "GatewayConfig",
+    "HeaderOps",
+    "HeaderRules",
+    "HealthConfig",
+    "JwtAuth",
+    "LoggingConfig",
+    "MatchConfig",
+    "PassiveHealth",
+    "PoolConfig",
+    "RateLimitConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "ServerTimeouts",
+    "StoresConfig",
+    "Target",
+    "UpstreamConfig",
+    "UpstreamTimeouts",
+]
+
+@dataclass(frozen=True)
+class ServerTimeouts:
+    request_header: float = 15.0
+    request_body: float = 60.0
+    idle: float = 60.0
+    drain: float = 30.0
+    write: float = 60.0  # a response that makes no progress this long is aborted (a client that stopped reading)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    health: str | None = "/health"
+    ready: str | None = "/ready"
+    metrics: str | None = "/metrics"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "tcp:8080"
+    max_request_body: int = 10 * 1024**2
+    max_header_bytes: int = 64 * 1024
+    max_uri_bytes: int = 8000
+    max_connections_per_ip: int = 256
+    timeouts: ServerTimeouts = ServerTimeouts()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    endpoints: Endpoints = Endpoints()
+    workers: int = 1
+    via: str = "txgateway"
+    watch_config: float = 2.0  # seconds between checks of the config file; 0 turns the watcher off
+    backlog: int | None = None  # the listen queue; None: the kernel's somaxconn
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: str
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "json"
+    access_log: bool = True
+    access_log_file: str | None = None
+
+
+@dataclass(frozen=True)
+class StoresConfig:
+    redis: str | None = None
+    redis_timeout: float = 0.25
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    ip_allow: tuple[IPNetwork, ...] = ()
+    ip_deny: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApiKeyAuth:
+    header: str = "X-API-Key"
+    query_param: str | None = None
+    # name -> (algorithm, hex digest); the plaintext never lives in memory.
+    keys: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class JwtAuth:
+    algorithms: tuple[str, ...] = ("RS256",)
+    secret: bytes | None = None
+    public_key: bytes | None = None
+    jwks_url: str | None = None
+    jwks_refresh: float = 300.0
+    jwks_timeout: float = 5.0
+    jwks_min_refresh: float = 30.0
+    issuer: str | None = None
+    audience: str | None = None
+    identity_claim: str = "sub"
+    required_claims: tuple[str, ...] = ()
+    leeway: float = 30.0
+    header: str = "Authorization"
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    users: tuple[tuple[str, str], ...] = ()  # name -> password hash (bcrypt/argon2)
+    realm: str = "txgateway"
+    cache_ttl: float = 60.0
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    name: str
+    api_key: ApiKeyAuth | None = None
+    jwt: JwtAuth | None = None
+    basic: BasicAuth | None = None
+    forward_identity: str | None = None
+    keep_credentials: bool = False
+    allowed_identities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class UpstreamTimeouts:
+    connect: float = 5.0
+    response: float = 30.0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    max_per_target: int = 100
+    idle_timeout: float = 90.0
+
+
+@dataclass(frozen=True)
+class ActiveHealth:
+    path: str = "/health"
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_after: int = 2
+    unhealthy_after: int = 3
+
+
+@dataclass(frozen=True)
+class PassiveHealth:
+    window: float = 30.0
+    min_requests: int = 10
+    max_error_rate: float = 0.5
+    eject_for: float = 30.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    active: ActiveHealth | None = None
+    passive: PassiveHealth | None = None
+    when_all_unhealthy: str = "fail_open"
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failures: int = 5
+    open_for: float = 30.0
+    half_open_probes: int = 1
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = 1
+    # reset too: a pooled keep-alive connection the backend closed just as a
+    # request went out fails that way, and for the idempotent methods (only
+    # those are retried after a reset) a 502 for that race is worse than a retry.
+    on: tuple[str | int, ...] = ("connect_failure", "reset")
+    methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+    backoff: float = 0.025
+    max_backoff: float = 1.0
+    budget: float = 0.2
+    budget_window: float = 10.0
+    min_retries_per_second: float = 3.0
+    # The longest the upstream phase of one request may take, all attempts
+    # and backoffs included; None means timeouts.response x (attempts + 1).
+    total_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    targets: tuple[Target, ...]
+    balancer: str = "round_robin"
+    hash_on: str = "client_ip"
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    pool: PoolConfig = PoolConfig()
+    health: HealthConfig = HealthConfig()
+    circuit_breaker: BreakerConfig | None = None
+    retries: RetryConfig = RetryConfig()
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    host: str | None = None
+    path: str | None = None
+    path_prefix: str | None = None
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class HeaderOps:
+    set: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeaderRules:
+    request: HeaderOps = HeaderOps()
+    response: HeaderOps = HeaderOps()
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    algorithm: str
+    rate: Rate
+    burst: int
+    key: tuple[str, ...] = ("client_ip",)
+    shared: bool = False
+    max_keys: int = 100_000
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    max_ttl: float | None = None
+    max_bytes: int = 64 * 1024**2
+    max_object_size: int = 1024**2
+    store: str = "memory"
+    collapse_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: float | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    index: int
+    match: MatchConfig
+    upstream: str
+    strip_prefix: str | None = None
+    rewrite_prefix: str | None = None
+    preserve_host: bool = True
+    headers: HeaderRules = HeaderRules()
+    auth: AuthPolicy | None = None
+    rate_limit: RateLimitConfig | None = None
+    cache: CacheConfig | None = None
+    cors: CorsConfig | None = None
+    ip_allow: tuple[IPNetwork, ...] = ()
+    ip_deny: tuple[IPNetwork, ...] = ()
+    allow_encoded_slash: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig | None = None
+    logging: LoggingConfig = LoggingConfig()
+    stores: StoresConfig = StoresConfig()
+    access: AccessConfig = AccessConfig()
+    auth_policies: Mapping[str, AuthPolicy] = field(default_factory=dict)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    source: str | None = None
