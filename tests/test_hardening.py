@@ -36,7 +36,7 @@ from txgateway.http.proxy import (
     _StrictResponseParser,
     classify,
 )
-from txgateway.observe import Metrics, requestIdFrom
+from txgateway.observe import IdSource, Metrics
 from txgateway.service import Gateway, buildRuntime
 
 # ---------------------------------------------------------------------------
@@ -586,6 +586,7 @@ class ClientAddressTests(SynchronousTestCase):
 
     def test_requestIdInjectionIsReplaced(self) -> None:
         """RFC 9110 §5.5: a request id echoed into headers is validated, so it cannot split a response."""
+        requestIdFrom = IdSource().requestId
         for bad in (b"abc\n", b"abc\r\nSet-Cookie: x=1", b"a" * 129, b"", b"a b", b"<script>", b"abc\x00"):
             rid = requestIdFrom(bad)
             self.assertNotEqual(rid.encode(), bad)

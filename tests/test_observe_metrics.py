@@ -25,16 +25,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as generateOpenMetrics
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.observe import (
-    LATENCY_BUCKETS,
-    FastCounter,
-    FastGauge,
-    FastHistogram,
-    Metrics,
-    _MmapValue,
-    _PlainValue,
-    _unlocked,
-)
+from txgateway.observe.fastmetrics import FastCounter, FastGauge, FastHistogram, _MmapValue, _PlainValue, _unlocked
+from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
 
 Kinds = tuple[type[Counter], type[Gauge], type[Histogram]]
 STOCK: Kinds = (Counter, Gauge, Histogram)

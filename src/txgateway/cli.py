@@ -42,9 +42,11 @@ def summary(config: GatewayConfig) -> str:
         if u.health.passive:
             extras.append("passive health")
         if u.circuit_breaker:
-            extras.append(f"breaker after {u.circuit_breaker.failures} failures")
+            n = u.circuit_breaker.failures
+            extras.append(f"breaker after {n} failure{'' if n == 1 else 's'}")
         if u.retries.attempts:
-            extras.append(f"{u.retries.attempts} retries")
+            n = u.retries.attempts
+            extras.append(f"{n} retr{'y' if n == 1 else 'ies'}")
         targets = ", ".join(t.url + (f" (w{t.weight})" if t.weight != 1 else "") for t in u.targets)
         lines.append(f"  {name:<16} {u.balancer:<22} {targets}")
         if extras:

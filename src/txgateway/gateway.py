@@ -326,7 +326,9 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
 
 
 # Reason phrases twisted.web does not know.
-_REASONS = {508: b"Loop Detected"}
+_REASONS = {421: b"Misdirected Request", 422: b"Unprocessable Content", 425: b"Too Early", 426: b"Upgrade Required",
+            428: b"Precondition Required", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+            451: b"Unavailable For Legal Reasons", 508: b"Loop Detected", 511: b"Network Authentication Required"}
 
 
 def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:

@@ -41,7 +41,7 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from txgateway.observe import TwistdLogAdopter, formatterFor
+    from txgateway.observe import TwistdLogAdopter, formatterFor, logConfigLoaded
     from txgateway.service import GatewayService
 
     try:
@@ -52,8 +52,10 @@ def makeService(options: Any) -> IService:
         raise SystemExit(1) from None
     from txgateway.workshop import labelledFormatter
 
-    formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format), config.server.environment)
+    formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format,
+                                               _int(options["worker-id"])), config.server.environment)
     _installLogging(TwistdLogAdopter(formatter), reactor)
+    logConfigLoaded(config)
     if options["listen-fd"] is None:
         supervisor = _supervisorFor(config, options, reactor)
         if supervisor is not None:

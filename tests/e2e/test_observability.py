@@ -90,6 +90,37 @@ class ObservabilityTests(SynchronousTestCase):
         for secret in ("hsecret", "csecret", "qsecret"):
             self.assertNotIn(secret, g.log())
 
+    def test_textLogOneTimestampFormatNoNoiseAndTheConfigLine(self) -> None:
+        """format: text: every line starts with one timestamp format; no factory or log_legacy noise; the config line."""
+        [b] = self.startBackends("b1")
+        g = self.startGateway(simpleConfig([b.url]).replace("  level: info", "  level: info\n  format: text"))
+        g.request("GET", "/echo", {"X-Request-ID": "text-1"})
+        g.stop()
+        log = g.log()
+        lines = [line for line in log.splitlines() if line.strip() and not line.startswith("\t")]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[")
+        for noise in ("Starting factory", "Stopping factory", "log_legacy", " at 0x"):
+            self.assertNotIn(noise, log)
+        summary = [line for line in lines if "config loaded" in line]
+        self.assertEqual(len(summary), 1, log)
+        self.assertIn(f"config loaded {g.configPath}: 1 route, 1 upstream (1 target), listening on tcp:", summary[0])
+        self.assertTrue(any("request_id=text-1" in line and "[access]" in line for line in lines))
+
+    def test_workerLinesSayWhichWorker(self) -> None:
+        """With workers, each worker's start-up lines name it; the supervisor's do not."""
+        [b] = self.startBackends("b1")
+        g = self.startGateway(simpleConfig([b.url]).replace("  level: info", "  level: info\n  format: json"),
+                              args=["--workers", "2"])
+        waitFor(lambda: sum("txgateway listening" in x for x in g.log().splitlines()) >= 2,
+                what="both workers listening")
+        parsed = [json.loads(line) for line in g.log().splitlines() if line.strip()]
+        listening = [p for p in parsed if p.get("message", "").startswith("txgateway listening")]
+        self.assertEqual(sorted(p.get("worker") for p in listening), [0, 1])
+        supervisor = [p for p in parsed if p.get("message", "").startswith("starting 2 workers")]
+        self.assertEqual([p.get("worker") for p in supervisor], [None])
+
     def test_accessLogFile(self) -> None:
         """logging.access_log_file gets the access lines; the main log keeps the rest."""
         [b] = self.startBackends("b1")
