@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from txgateway import balancing, breaking, health, retrying, stores
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
+from txgateway.context import RequestContext
 from txgateway.gateway import GatewayRoot, GatewayState, Runtime
 from txgateway.http.channel import GatewaySite
 from txgateway.http.proxy import Forwarder, makeAgent
@@ -247,7 +248,7 @@ class GatewayService(MultiService):
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
-                                writes=self.writes)
+                                writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
         self.listener = _Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd)
         self.listener.setServiceParent(self)
@@ -287,6 +288,25 @@ class GatewayService(MultiService):
             for endpoint in cluster.endpoints:
                 if endpoint.breaker is not None:
                     endpoint.breaker.state  # noqa: B018 - reading settles the lazy transition
+
+    def _refused(self, client: str, method: bytes, target: bytes, headers: Any, status: int) -> str:
+        """
+        A request the listening channel refused (400, 408, 413, 414, 431):
+        its request id (the client's, if plain, as for any request) and its
+        access-log line, as every answered request has.
+        """
+        sent = headers.getRawHeaders(b"x-request-id") if headers is not None else None
+        requestId = self.gateway.state.ids.requestId(sent[0] if sent else None)
+        hosts = headers.getRawHeaders(b"host") if headers is not None else None
+        # The raw target, without its query (which may hold tokens) and cut
+        # short: it may be the very thing refused for its length.
+        path = target.partition(b"?")[0][:256].decode("latin-1")
+        context = RequestContext(None, self.clock.seconds(), requestId, client, client, method[:32],
+                                 hosts[0][:256].decode("latin-1") if hosts else "", path, None)
+        context.status = status
+        context.outcome = "refused"
+        self.accessLog.record(context, 0.0)
+        return requestId
 
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
