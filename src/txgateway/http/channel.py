@@ -36,6 +36,8 @@ from twisted.web.http import _parseRequestLine  # type: ignore[attr-defined]
 from twisted.web.http_headers import Headers
 from twisted.web.resource import getChildForRequest
 
+from txgateway.http.sending import pendingBytes
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
@@ -262,6 +264,8 @@ class GatewayChannel(http.HTTPChannel):
     _idleFrom = 0.0
     _secure: bool | None = None
     _validHost: bytes | None = None
+    _writeCall: IDelayedCall | None = None
+    _writePending: int | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -278,11 +282,55 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
+        self._stopWriteTimer()
         idle, self._idleCall = self._idleCall, None
         if idle is not None and idle.active():
             idle.cancel()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+    # -- the write timeout (server.timeouts.write)
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: the client is not taking what we
+        send.  Twisted pauses the response's producer (the upstream), which
+        then waits as long as the client does; a client that never reads
+        again would hold both connections for ever.  From now on the
+        response owes progress within C{timeouts.write}.
+        """
+        super().pauseProducing()
+        seconds = self.site.limits.timeouts.write
+        if self._writeCall is None and seconds and seconds > 0 and self.transport is not None:
+            self._writePending = pendingBytes(self.transport)
+            self._writeCall = self.site.reactor.callLater(seconds, self._writeStalled, seconds)
+
+    def resumeProducing(self) -> None:
+        self._stopWriteTimer()
+        super().resumeProducing()
+
+    def _stopWriteTimer(self) -> None:
+        call, self._writeCall = self._writeCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _writeStalled(self, seconds: float) -> None:
+        self._writeCall = None
+        transport = self.transport
+        if transport is None:
+            return
+        pending = pendingBytes(transport)
+        before, self._writePending = self._writePending, pending
+        if pending is not None and before is not None and pending < before:
+            # Slow, but reading: the socket took some since the last look.
+            self._writeCall = self.site.reactor.callLater(seconds, self._writeStalled, seconds)
+            return
+        log.warn("client {peer} read nothing of its response for {seconds:g}s (server.timeouts.write); "
+                 "closing its connection and the upstream's", peer=self._peerHost or "?", seconds=seconds)
+        self.site.metrics.writeTimeouts.inc()
+        # The request sees the connection lost, as when a client leaves: the
+        # forward is cancelled and its upstream connection closed.
+        transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- the idle timeout (server.timeouts.idle), kept lazily
 
