@@ -301,7 +301,8 @@ class GatewayService(MultiService):
         # The raw target, without its query (which may hold tokens) and cut
         # short: it may be the very thing refused for its length.
         path = target.partition(b"?")[0][:256].decode("latin-1")
-        context = RequestContext(None, self.clock.seconds(), requestId, client, client, method[:32],
+        # No Request object: the channel refused the bytes before making one.
+        context = RequestContext(None, self.clock.seconds(), requestId, client, client, method[:32],  # type: ignore[arg-type]
                                  hosts[0][:256].decode("latin-1") if hosts else "", path, None)
         context.status = status
         context.outcome = "refused"
