@@ -244,3 +244,23 @@ class PortInUseTests(SynchronousTestCase):
         waitFor(lambda: "cannot listen" in log.read_text(), what="the daemon's log line")
         self._oneLine(log.read_text())
         waitFor(lambda: not (self.dir / "gw.pid").exists(), what="the daemon to remove its pid file")
+
+
+class FailOpenHealthTests(SynchronousTestCase):
+    def test_healthAndForwardingTellOneStory(self) -> None:
+        """fail_open, every target failing its check: requests are still forwarded and /health says 200 degraded."""
+        backend = Backend("sick").start()
+        self.addCleanup(backend.stop)
+        gw = GatewayProcess(simpleConfig([backend.url], upstreamExtra="""\
+    health:
+      active: {path: /health, interval: 100ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1}
+      when_all_unhealthy: fail_open""")).start()
+        self.addCleanup(gw.cleanup)
+        self.addCleanup(gw.stop)
+        self.assertEqual(request(backend.port, "POST", "/control/health?ok=0").status, 200)
+        waitFor(lambda: not gw.request("GET", "/health").json()["upstreams"]["app"]["usable"],
+                what="the target to fail its health check")
+        health = gw.request("GET", "/health")
+        self.assertEqual((health.status, health.json()["status"]), (200, "degraded"))
+        self.assertTrue(health.json()["upstreams"]["app"]["failing_open"])
+        self.assertEqual(gw.request("GET", "/echo").status, 200)
