@@ -8,6 +8,7 @@ is tests/e2e/test_process.py.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,12 @@ class BacklogTests(SynchronousTestCase):
 
     def test_defaultIsTheKernelsSomaxconn(self) -> None:
         """Without server.backlog, the kernel's somaxconn (4096 when it cannot be read), not Twisted's 50."""
-        somaxconn = Path(self.mktemp())
-        somaxconn.write_text("8192\n")
-        self.assertEqual(listenBacklog(None, str(somaxconn)), 8192)
-        self.assertEqual(listenBacklog(None, str(somaxconn) + ".missing"), 4096)
-        self.assertEqual(listenBacklog(77, str(somaxconn)), 77)
+        with tempfile.TemporaryDirectory() as d:
+            somaxconn = Path(d, "somaxconn")
+            somaxconn.write_text("8192\n")
+            self.assertEqual(listenBacklog(None, str(somaxconn)), 8192)
+            self.assertEqual(listenBacklog(None, str(somaxconn) + ".missing"), 4096)
+            self.assertEqual(listenBacklog(77, str(somaxconn)), 77)
         service, reactor = _service()
         service.startService()
         self.addCleanup(service.stopService)
