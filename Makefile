@@ -20,10 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-chromium.sh
-	$(BIN)/ruff check src tests twisted examples bench scripts
+	$(BIN)/ruff check src tests examples bench scripts
 	$(BIN)/mypy
-	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m twisted.trial --temp-directory=/tmp/_trial_temp_txgw tests
-	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m pytest -q tests
+	$(BIN)/python -m twisted.trial --temp-directory=/tmp/_trial_temp_txgw tests
+	$(BIN)/python -m pytest -q tests
 
 check: $(STAMP)
 	$(BIN)/python -m txgateway check examples/gw.yaml

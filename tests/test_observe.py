@@ -656,12 +656,23 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(doc["upstreams"]["app"]["targets"][0]["circuit"], "open")
 
     def test_unavailableWhenNoUpstreamUsable(self) -> None:
-        """503 once no upstream has a usable target."""
+        """503 once no upstream has a usable target (every one unhealthy and its circuit open)."""
+        gw = InMemoryGateway()
+        for e in gw.gateway.runtime.clusters["app"].endpoints:
+            e.activeHealthy = False
+            e.breaker = BrokenBreaker("open")
+        r = gw.request("GET", "/health")
+        self.assertEqual((r.status, r.json()["status"]), (503, "unavailable"))
+
+    def test_failOpenWithNoHealthyTargetIsDegradedNot503(self) -> None:
+        """fail_open (the default) still forwards when every target is unhealthy: /health says 200 degraded."""
         gw = InMemoryGateway()
         for e in gw.gateway.runtime.clusters["app"].endpoints:
             e.activeHealthy = False
         r = gw.request("GET", "/health")
-        self.assertEqual((r.status, r.json()["status"]), (503, "unavailable"))
+        doc = r.json()
+        self.assertEqual((r.status, doc["status"], doc["degraded"]), (200, "degraded", ["app"]))
+        self.assertEqual((doc["upstreams"]["app"]["usable"], doc["upstreams"]["app"]["failing_open"]), (False, True))
 
     def test_methods(self) -> None:
         """GET and HEAD only: HEAD has the headers and no body; anything else is 405 with Allow."""

@@ -145,11 +145,15 @@ class Runtime:
                     "in_flight": e.inFlight,
                 })
             usable = cluster.usable()
-            anyUsable = anyUsable or usable
+            # fail_open with no healthy target still forwards (to targets whose
+            # circuit is not open): that gateway works, degraded, and must not
+            # tell a load balancer otherwise.
+            failingOpen = not usable and cluster.failOpen and any(t["circuit"] != "open" for t in targets)
+            anyUsable = anyUsable or usable or failingOpen
             # Degraded: some target cannot take traffic now (unhealthy or its circuit open).
             if not usable or not all(t["usable"] for t in targets):
                 degraded.append(name)
-            upstreams[name] = {"usable": usable, "targets": targets}
+            upstreams[name] = {"usable": usable, "failing_open": failingOpen, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
         # Redis down is not unhealthy (limits and the cache decide locally) but an operator must see it.
         report = {"status": status, "degraded": degraded, "upstreams": upstreams,

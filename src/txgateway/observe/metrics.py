@@ -74,6 +74,8 @@ class Metrics:
         self.refused = FastCounter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
                                "large, too slow, too many connections), by status.", ["status"], registry=r)
         self._refusedChildren: dict[int, Any] = {}
+        self.writeTimeouts = FastCounter("txgateway_write_timeouts", "Responses aborted because the client read "
+                                         "nothing for server.timeouts.write.", registry=r)
         self.beforeRender: Callable[[], None] | None = None
         self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
 
