@@ -150,6 +150,12 @@ class _Listener(Service):
         return succeed(None)
 
 
+def _bound(port: Any) -> str:
+    """C{host:port} (or the socket path) a listening port is bound to: with C{tcp:0}, the port the OS chose."""
+    address = port.getHost()
+    return f"{address.host}:{address.port}" if hasattr(address, "port") else str(getattr(address, "name", address))
+
+
 def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
     sock = socket.socket(fileno=fd)
     family = sock.family
@@ -260,7 +266,7 @@ class GatewayService(MultiService):
 
         def up(port: Any) -> None:
             self.gateway.state.ready = True
-            log.info("txgateway listening on {where}", where=self.config.server.listen)
+            log.info("txgateway listening on {address}", address=_bound(port), where=self.config.server.listen)
 
         def failed(f: Any) -> Any:
             log.failure("cannot listen on {where}", f, where=self.config.server.listen)
@@ -272,7 +278,7 @@ class GatewayService(MultiService):
             where = self.adminListener.description
             # A busy admin port must not take client traffic down with it: say so loudly, keep serving.
             self.adminListener.listening.addCallbacks(
-                lambda _: log.info("admin listener on {where}", where=where),
+                lambda port: log.info("admin listening on {address}", address=_bound(port), where=where),
                 lambda f: log.failure("cannot listen on admin.listen {where}; no admin listener", f, where=where))
 
     def _exitAfterBindFailure(self) -> None:

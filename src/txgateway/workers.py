@@ -111,7 +111,9 @@ class WorkerSupervisor(Service):
     def startService(self) -> None:
         super().startService()
         port, interface, backlog = parseListen(self.listen)
-        self.sockets = [bindReusePort(port, interface, backlog) for _ in range(self.count)]
+        first = bindReusePort(port, interface, backlog)
+        port = first.getsockname()[1]  # with tcp:0 the OS picks once; every worker shares that port
+        self.sockets = [first] + [bindReusePort(port, interface, backlog) for _ in range(self.count - 1)]
         if self.admin is not None:
             aport, ainterface, abacklog = parseListen(self.admin)
             self.adminSocket = bindReusePort(aport, ainterface, abacklog)
