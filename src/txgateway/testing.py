@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_testing -*-
 """
 Test a gateway in memory: a config as YAML, origins as twisted.web resources,
 time as a L{Clock}; assert what a client sees.
@@ -44,10 +45,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from twisted.web.resource import IResource
@@ -207,7 +210,7 @@ class GatewayFixture:
         d = self._client.request(method, url, headers, producer)
 
         def read(response: IResponse) -> Deferred[FixtureResponse]:
-            return readBody(response).addCallback(
+            return _readBody(response).addCallback(
                 lambda data: FixtureResponse(response.code, response.phrase, response.headers, data))
 
         d.addCallback(read)
@@ -247,6 +250,29 @@ class _GatewayEndpoints:
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         return _Endpoint(self.fixture._wire, self.fixture.service.site, self.fixture._gatewayAddress)
+
+
+class _BodyReader(Protocol):
+    """The whole body; a connection that breaks before its end fails the Deferred."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done = done
+        self.chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+def _readBody(response: IResponse) -> Deferred[bytes]:
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_BodyReader(done))
+    return done
 
 
 class _Immediate:
