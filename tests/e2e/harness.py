@@ -76,7 +76,7 @@ def namedPort() -> int:
 
 _LISTENING = re.compile(r'txgateway listening on ([^\s"]+)')
 _ADMIN_LISTENING = re.compile(r'admin listening on ([^\s"]+)')
-_BIND_FAILED = re.compile(r"cannot listen|[Aa]ddress already in use|EADDRINUSE")
+_BIND_FAILED = re.compile(r"cannot listen|address already in use|EADDRINUSE", re.I)
 
 
 def _portOf(address: str) -> int:
