@@ -25,13 +25,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
+from txgateway.http.twistdlog import TwistdLogAdopter
 from txgateway.observe import accesslog
 from txgateway.observe import ids as idsModule
 from txgateway.observe.accesslog import AccessLog
 from txgateway.observe.ids import IdSource, parseTraceparent
 from txgateway.observe.logging import configSummary, jsonFormatter, logConfigLoaded, redact, textFormatter
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
-from txgateway.observe.twistdlog import TwistdLogAdopter
 from txgateway.service import GatewayService
 
 TARGETS = ("http://127.0.0.1:9101", "http://127.0.0.1:9102")

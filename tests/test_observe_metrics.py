@@ -25,7 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as generateOpenMetrics
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.observe.fastmetrics import FastCounter, FastGauge, FastHistogram, _MmapValue, _PlainValue, _unlocked
+from txgateway.http.fastmetrics import FastCounter, FastGauge, FastHistogram, _MmapValue, _PlainValue, _unlocked
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
 
 Kinds = tuple[type[Counter], type[Gauge], type[Histogram]]

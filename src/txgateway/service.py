@@ -29,6 +29,7 @@ from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadCon
 from txgateway.context import RequestContext
 from txgateway.gateway import GatewayRoot, GatewayState, Runtime
 from txgateway.http.channel import GatewaySite
+from txgateway.http.process import markCleanStop
 from txgateway.http.proxy import Forwarder, makeAgent
 from txgateway.http.sending import WriteBatcher
 from txgateway.middleware import Deps, buildChain
@@ -211,6 +212,12 @@ class _Listener(Service):
         return succeed(None)
 
 
+def _bound(port: Any) -> str:
+    """C{host:port} (or the socket path) a listening port is bound to: with C{tcp:0}, the port the OS chose."""
+    address = port.getHost()
+    return f"{address.host}:{address.port}" if hasattr(address, "port") else str(getattr(address, "name", address))
+
+
 def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
     sock = socket.socket(fileno=fd)
     family = sock.family
@@ -347,7 +354,7 @@ class GatewayService(MultiService):
 
         def up(port: Any) -> None:
             self.gateway.state.ready = True
-            log.info("txgateway listening on {where}", where=where)
+            log.info("txgateway listening on {address}", address=_bound(port), where=where)
 
         def failed(f: Any) -> None:
             failure.append(_bindProblem(f.value))
@@ -371,7 +378,7 @@ class GatewayService(MultiService):
             adminWhere = self.adminListener.description
             # A busy admin port must not take client traffic down with it: say so loudly, keep serving.
             self.adminListener.listening.addCallbacks(
-                lambda _: log.info("admin listener on {where}", where=adminWhere),
+                lambda port: log.info("admin listening on {address}", address=_bound(port), where=adminWhere),
                 lambda f: log.error("cannot listen on admin.listen {where}: {reason}; no admin listener",
                                     where=adminWhere, reason=f.getErrorMessage()))
 
@@ -437,8 +444,7 @@ class GatewayService(MultiService):
             # twistd re-raises the signal that stopped the reactor once it has
             # run, so a SIGTERM'd process would die "killed by SIGTERM" (143
             # in a container).  A completed drain is a clean stop: exit 0.
-            if getattr(self.reactor, "_exitSignal", None) is not None:
-                self.reactor._exitSignal = None
+            markCleanStop(self.reactor)
 
         d.addCallback(closeIdle)
         d.addCallback(forceClose)

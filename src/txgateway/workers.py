@@ -32,6 +32,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txgateway.http.process import markCleanStop
+
 log = Logger(namespace="txgateway.workers")
 
 _TCP = re.compile(r"^tcp6?:(\d+)((?::[a-zA-Z]+=[^:]*)*)$")
@@ -117,7 +119,9 @@ class WorkerSupervisor(Service):
         super().startService()
         port, interface, backlog = parseListen(self.listen)
         try:
-            self.sockets = [bindReusePort(port, interface, backlog) for _ in range(self.count)]
+            first = bindReusePort(port, interface, backlog)
+            port = first.getsockname()[1]  # with tcp:0 the OS picks once; every worker shares that port
+            self.sockets = [first] + [bindReusePort(port, interface, backlog) for _ in range(self.count - 1)]
             if self.admin is not None:
                 aport, ainterface, abacklog = parseListen(self.admin)
                 self.adminSocket = bindReusePort(aport, ainterface, abacklog)
@@ -209,8 +213,7 @@ class WorkerSupervisor(Service):
 
     def _clearExitSignal(self) -> None:
         # As in GatewayService: a completed drain is a clean stop, exit 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None
+        markCleanStop(self.reactor)
 
 
 def followSupervisor(environ: Mapping[str, str] | None = None) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .harness import REPO, freePort, request, waitFor
+from .harness import REPO, namedPort, request, waitFor
 
 GUIDE = REPO / "docs" / "getting-started.md"
 
@@ -71,7 +71,7 @@ class GettingStartedTests(SynchronousTestCase):
         section = _section(GUIDE.read_text(), "## 2. The smallest useful config")
         (yaml,) = _blocks(section, "yaml")
         (commands,) = _blocks(section, "sh")
-        self.port = freePort()
+        self.port = namedPort()  # named before twistd binds it: below the ephemeral range (see namedPort)
         # The one change: the docs' port 8080 may be taken on a test machine.
         (self.dir / "gw.yaml").write_text(yaml.replace('"tcp:8080"', f'"tcp:{self.port}:interface=127.0.0.1"'))
         self.commands = [shlex.split(line.split("#", 1)[0]) for line in commands.splitlines() if line.strip()]

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, freePort, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, request, simpleConfig, waitFor
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def adminBlock(port: int, token: str | None = None) -> str:
-    text = f'admin:\n  listen: "tcp:{port}:interface=127.0.0.1"\n'
+def adminBlock(token: str | None = None) -> str:
+    """An admin listener on a port the OS picks (the harness reads it back as C{adminPort})."""
+    text = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
     return text + (f"  token: {token}\n" if token else "")
 
 
@@ -136,10 +137,10 @@ class ObservabilityTests(SynchronousTestCase):
     def test_metricsOnBothListenersAndAdminReload(self) -> None:
         """/metrics on the main and admin listeners; POST /api/config/reload applies the file."""
         [b] = self.startBackends("b1")
-        adminPort = freePort()
         # The file watcher is off so that only the admin API reloads (the history below counts reloads).
-        g = self.startGateway(simpleConfig([b.url], extra=adminBlock(adminPort)).replace(
+        g = self.startGateway(simpleConfig([b.url], extra=adminBlock()).replace(
             "server:\n", "server:\n  watch_config: false\n", 1))
+        adminPort = g.adminPort
         for _ in range(3):
             g.request("GET", "/echo")
         line = 'txgateway_http_requests_total{method="GET",route="all",status="200"} 3.0'
@@ -161,8 +162,7 @@ class ObservabilityTests(SynchronousTestCase):
     def test_adminTokenEnforced(self) -> None:
         """With admin.token the admin API needs the bearer token."""
         [b] = self.startBackends("b1")
-        adminPort = freePort()
-        self.startGateway(simpleConfig([b.url], extra=adminBlock(adminPort, "e2e-token")))
+        adminPort = self.startGateway(simpleConfig([b.url], extra=adminBlock("e2e-token"))).adminPort
         self.assertEqual(request(adminPort, "GET", "/api/status").status, 401)
         self.assertEqual(request(adminPort, "POST", "/api/config/reload").status, 401)
         ok = request(adminPort, "GET", "/api/status", {"Authorization": "Bearer e2e-token"})
@@ -174,8 +174,8 @@ class ObservabilityTests(SynchronousTestCase):
         if browser is None:
             raise SkipTest("chromium is not installed (scripts/ensure-chromium.sh installs it)")
         b1, b2 = self.startBackends("b1", "b2")
-        adminPort = freePort()
-        g = self.startGateway(simpleConfig([b1.url, b2.url], extra=adminBlock(adminPort)))
+        g = self.startGateway(simpleConfig([b1.url, b2.url], extra=adminBlock()))
+        adminPort = g.adminPort
         for _ in range(4):
             g.request("GET", "/echo")
         profile = Path(tempfile.mkdtemp(prefix="txgw-chromium-"))

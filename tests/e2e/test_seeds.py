@@ -17,7 +17,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import REPO, Backend, GatewayProcess, childEnv, echoed, freePort, request, waitFor
+from tests.e2e.harness import REPO, Backend, GatewayProcess, childEnv, echoed, namedPort, request, waitFor
 
 USERS = "/proxy/api/v1/users?par1=foo"
 
@@ -59,7 +59,7 @@ class GoReverseProxyTests(SynchronousTestCase):
 
     def test_convertedConfigRoutesByHostRoundRobin(self) -> None:
         """`txgateway convert proxyConfig.yaml > gw.yaml`, then run: Host picks the service, hosts take turns."""
-        port = freePort()
+        port = namedPort()  # the seed names its ports up front: below the ephemeral range (see namedPort)
         source = Path(tempfile.mkdtemp(prefix="txgw-seed-")) / "proxyConfig.yaml"
         self.addCleanup(shutil.rmtree, source.parent, True)
         source.write_text(proxyConfig(port, self.users, self.shop))
@@ -79,7 +79,7 @@ class GoReverseProxyTests(SynchronousTestCase):
 
     def test_sameFileThroughItsEnvironmentVariables(self) -> None:
         """CONFIGURATION_FILENAME and the rest, no txgateway config at all; HTTP_CACHE_TTL_SECONDS caches."""
-        metrics = freePort()
+        metrics = namedPort()  # the seed names its ports up front: below the ephemeral range (see namedPort)
         env = {"HTTP_CACHE_TTL_SECONDS": "60", "MAX_HTTP_RETRIES": "1", "MAX_FORWARD_RETRIES": "1",
                "METRICS_ADDR": f"127.0.0.1:{metrics}", "ENVIRONMENT": "staging"}
         g = self.gateway(proxyConfig("{port}", self.users, self.shop), env, useConfigFile=False)
@@ -107,7 +107,7 @@ class WorkshopGatewayTests(SynchronousTestCase):
         """BACKEND_URL + ENVIRONMENT: /health says environment, backend: ok and backend_status; logs carry it."""
         backend = Backend("ml").start()
         self.addCleanup(backend.stop)
-        port = freePort()
+        port = namedPort()  # the seed names its ports up front: below the ephemeral range (see namedPort)
         g = GatewayProcess("", env={"BACKEND_URL": backend.url, "GATEWAY_PORT": str(port), "ENVIRONMENT": "production"},
                            useConfigFile=False, port=port)
         self.addCleanup(g.cleanup)

@@ -22,24 +22,20 @@ from txgateway.config.seeds import environmentDocument, seeds
 from txgateway.config.source import positioned
 from txgateway.config.values import duration
 
-__all__ = ["applyEnvironment", "configFromEnvironment"]
+__all__ = ["applyEnvironment", "gatewayFromEnvironment"]
 
 # The key each variable stands for, so that a problem found there is reported under the variable's name.
 _ENV_NAMES = {"server.listen": "GATEWAY_PORT", "logging.level": "LOG_LEVEL",
               "upstreams.backend.targets[0]": "BACKEND_URL", "upstreams.backend.timeouts.response": "REQUEST_TIMEOUT"}
 
 
-def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
+def gatewayFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
     """
     The one-upstream gateway of the first seed: everything to BACKEND_URL.
 
     Built as YAML-shaped data and parsed by the same code as a file, so the
     environment cannot produce a config a file could not.
     """
-    if environ.get("CONFIGURATION_FILENAME"):  # go-reverse-proxy's (or any) config file, named by the environment
-        from txgateway.config.loading import loadConfig  # loading imports this module
-
-        return loadConfig(environ["CONFIGURATION_FILENAME"], environ)
     problems = []
     listenPort = environ.get("GATEWAY_PORT", "8080")
     try:

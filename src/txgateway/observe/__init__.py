@@ -3,10 +3,10 @@
 Observability: metrics, the access log, log formatting, request ids and trace context.
 
   - L{txgateway.observe.metrics}: every metric, in a registry of the gateway's own;
-  - L{txgateway.observe.fastmetrics}: prometheus-client's metric classes updated without locks;
+  - L{txgateway.http.fastmetrics}: prometheus-client's metric classes updated without locks;
   - L{txgateway.observe.accesslog}: one line per request;
   - L{txgateway.observe.logging}: JSON or text lines, levels, redaction, the start-up summary;
-  - L{txgateway.observe.twistdlog}: twistd's own log file in the gateway's format;
+  - L{txgateway.http.twistdlog}: twistd's own log file in the gateway's format;
   - L{txgateway.observe.ids}: request ids and W3C trace context;
   - L{txgateway.observe.timestamps}: the one timestamp format of every line.
 
@@ -15,11 +15,11 @@ The names the rest of the gateway imports are re-exported here.
 
 from __future__ import annotations
 
+from txgateway.http.twistdlog import TwistdLogAdopter
 from txgateway.observe.accesslog import AccessLog, requestBodySize
 from txgateway.observe.ids import IdSource, parseTraceparent
 from txgateway.observe.logging import configSummary, formatterFor, jsonFormatter, logConfigLoaded, redact, textFormatter
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
-from txgateway.observe.twistdlog import TwistdLogAdopter
 
 __all__ = ["LATENCY_BUCKETS", "AccessLog", "IdSource", "Metrics", "TwistdLogAdopter", "configSummary", "formatterFor",
            "jsonFormatter", "logConfigLoaded", "parseTraceparent", "redact", "requestBodySize", "textFormatter"]

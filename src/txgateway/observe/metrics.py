@@ -5,7 +5,7 @@ Every metric the gateway exports, in a registry owned by one gateway.
 Never the global registry, so tests and reloads cannot collide.  Label
 children are looked up once per route and target and cached on those
 objects, keeping the per-request cost to an increment, and in a single
-process that increment takes no lock (see L{txgateway.observe.fastmetrics}).
+process that increment takes no lock (see L{txgateway.http.fastmetrics}).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from txgateway.observe.fastmetrics import FastCounter, FastGauge, FastHistogram
+from txgateway.http.fastmetrics import FastCounter, FastGauge, FastHistogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
