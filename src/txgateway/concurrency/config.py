@@ -75,7 +75,8 @@ class _Reader:
     def __init__(self, mapping: dict[Any, Any], path: str, line: int | None, problems: list[Problem]) -> None:
         self.m = mapping
         self.path = path
-        self.line = getattr(mapping, "line", None) or line
+        # The line of the key that holds this mapping (where "is required" points), else the mapping's own.
+        self.line = line if line is not None else getattr(mapping, "line", None)
         self.lines: dict[Any, int] = getattr(mapping, "lines", {})
         self.problems = problems
 
