@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txgateway.concurrency.build import makeAdmission
+from txgateway.concurrency.build import makeAdmission, rebuildAdmission
 from txgateway.concurrency.interfaces import IConcurrencyLimit, IPermit, Outcome
 from txgateway.concurrency.limits import FixedLimit, GradientLimit
 from txgateway.concurrency.queue import AdmissionController, Permit, Shed
@@ -168,6 +168,13 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual(self.limit.samples, [(0.3, "dropped", 2), (0.5, "success", 1)])
         self.assertEqual(self.gate.inFlight, 0)
 
+    def test_releaseWithTheBackendsLatency(self) -> None:
+        """A release may say how long the backend took (time to the response head) instead of the hold time."""
+        p = self.successResultOf(self.gate.acquire())
+        self.clock.advance(5.0)  # a slow client read a long body
+        p.release("success", latency=0.12)
+        self.assertEqual(self.limit.samples, [(0.12, "success", 1)])
+
     def test_raisingTheLimitAdmitsWaitersOnRelease(self) -> None:
         """When a sample raises the limit, the release admits as many waiters as now fit."""
         held = [self.successResultOf(self.gate.acquire()) for _ in range(2)]
@@ -243,3 +250,68 @@ class BuildTests(SynchronousTestCase):
         self.assertIsInstance(gate.limiter, GradientLimit)
         self.assertEqual(gate.limit, 10)
 
+
+
+class ReloadTests(SynchronousTestCase):
+    """A reload that changes the concurrency spec neither drops the queue nor doubles the backend's load."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.spec = ConcurrencySpec(FixedSpec(2), QueueSpec(10, 1.0), PrioritySpec(("paid", "free"), "free"))
+        self.old = makeAdmission(self.spec, self.clock)
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_unchangedSpecKeepsTheController(self) -> None:
+        """An equal spec keeps the running controller, queue and all."""
+        same = ConcurrencySpec(FixedSpec(2), QueueSpec(10, 1.0), PrioritySpec(("paid", "free"), "free"))
+        self.assertIs(rebuildAdmission((self.spec, self.old), same, self.clock), self.old)
+
+    def test_queueChangeKeepsTheLearntLimit(self) -> None:
+        """Changing only the queue keeps the (adaptive) limit object and what it learnt."""
+        spec = ConcurrencySpec(AdaptiveSpec(), QueueSpec(10, 1.0))
+        old = makeAdmission(spec, self.clock)
+        new = rebuildAdmission((spec, old), ConcurrencySpec(AdaptiveSpec(), QueueSpec(5, 0.5)), self.clock)
+        self.assertIsNot(new, old)
+        self.assertIs(new.limiter, old.limiter)
+        self.assertEqual((new.queueSize, new.maxWait), (5, 0.5))
+
+    def test_newControllerTakesOverPermitsAndWaiters(self) -> None:
+        """Permits held under the old spec count against the new limit; waiters keep their place and deadline."""
+        held = [self.successResultOf(self.old.acquire()) for _ in range(2)]
+        self.clock.advance(0.1)
+        early = self.old.acquire("free")
+        self.clock.advance(0.1)
+        paid = self.old.acquire("paid")
+        spec = ConcurrencySpec(FixedSpec(3), QueueSpec(10, 0.5), PrioritySpec(("paid", "free"), "free"))
+        new = rebuildAdmission((self.spec, self.old), spec, self.clock)
+        # The limit is 3: one slot free at once, for the higher class.
+        self.assertEqual((new.inFlight, new.queued), (3, 1))
+        granted = self.successResultOf(paid)
+        self.assertNoResult(early)
+        # The free waiter came at 0.1 and may wait min(1.0, 0.5): shed at 0.6.
+        self.clock.advance(0.3999)
+        self.assertNoResult(early)
+        self.clock.advance(0.0001)
+        self.assertEqual(self.failureResultOf(early, Shed).value.reason, "max_wait")
+        # Old permits release into the new controller; a late request to the old one is passed on.
+        held[0].release()
+        self.assertEqual(new.inFlight, 2)
+        late = self.successResultOf(self.old.acquire())
+        self.assertEqual(new.inFlight, 3)
+        for p in [held[1], granted, late]:
+            p.release()
+        self.assertEqual((new.inFlight, self.old.inFlight), (0, 0))
+
+    def test_cancelAfterTakeOver(self) -> None:
+        """A waiter that moved can still leave its (new) queue."""
+        held = [self.successResultOf(self.old.acquire()) for _ in range(2)]
+        d = self.old.acquire()
+        new = rebuildAdmission((self.spec, self.old), ConcurrencySpec(FixedSpec(2), QueueSpec(3, 1.0)), self.clock)
+        self.assertEqual(new.queued, 1)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((new.queued, new.cancelled), (0, 1))
+        for p in held:
+            p.release()

@@ -12,7 +12,7 @@ from txgateway.concurrency.limits import FixedLimit, GradientLimit
 from txgateway.concurrency.queue import AdmissionController, ShedObserver, WaitObserver
 from txgateway.concurrency.specs import AdaptiveSpec, ConcurrencySpec, FixedSpec
 
-__all__ = ["makeAdmission", "makeLimit"]
+__all__ = ["makeAdmission", "makeLimit", "rebuildAdmission"]
 
 
 def makeLimit(spec: FixedSpec | AdaptiveSpec, clock: IReactorTime) -> IConcurrencyLimit:
@@ -28,3 +28,26 @@ def makeAdmission(spec: ConcurrencySpec, clock: IReactorTime, onWait: WaitObserv
     return AdmissionController(makeLimit(spec.limit, clock), clock, queueSize=spec.queue.size,
                                maxWait=spec.queue.max_wait, classes=spec.priority.classes,
                                onWait=onWait, onShed=onShed)
+
+
+def rebuildAdmission(previous: tuple[ConcurrencySpec, AdmissionController] | None, spec: ConcurrencySpec,
+                     clock: IReactorTime, onWait: WaitObserver | None = None,
+                     onShed: ShedObserver | None = None) -> AdmissionController:
+    """
+    The controller for C{spec} on a reload, given the running one and its
+    spec: the same controller when nothing changed; when only the queue or
+    the classes changed, a new controller around the same limit (an
+    adaptive limit keeps what it learnt); otherwise a new limit too.  A new
+    controller takes over the old one's permits and waiters
+    (L{AdmissionController.takeOver}).
+    """
+    if previous is None:
+        return makeAdmission(spec, clock, onWait, onShed)
+    oldSpec, old = previous
+    if oldSpec == spec:
+        return old
+    limit = old.limiter if oldSpec.limit == spec.limit else makeLimit(spec.limit, clock)
+    new = AdmissionController(limit, clock, queueSize=spec.queue.size, maxWait=spec.queue.max_wait,
+                              classes=spec.priority.classes, onWait=onWait, onShed=onShed)
+    new.takeOver(old)
+    return new

@@ -62,8 +62,9 @@ class IPermit(Interface):
     priority = Attribute("The priority class it was granted in.")
     waited = Attribute("Seconds it spent queued before being granted (0.0 if granted at once).")
 
-    def release(outcome: Outcome = "success") -> None:
+    def release(outcome: Outcome = "success", latency: float | None = None) -> None:
         """
-        Give the slot back and tell the limit how the request went; the
-        latency is measured from the grant to this call.
+        Give the slot back and tell the limit how the request went and how
+        long the backend took (C{latency}; by default the time from the
+        grant to this call).
         """

@@ -83,17 +83,24 @@ class Permit:
         self.waited = waited
         self.released = False
 
-    def release(self, outcome: Outcome = SUCCESS) -> None:
+    def release(self, outcome: Outcome = SUCCESS, latency: float | None = None) -> None:
+        """
+        Give the slot back.  The limit hears C{latency} when given (the
+        attempt loop passes the backend's time to the response head, which a
+        slow client reading a long body does not inflate), else the time
+        from the grant to now.
+        """
         if self.released:
             return
         self.released = True
-        self._controller._release(self, outcome)
+        self._controller._release(self, outcome, latency)
 
 
 class _Waiter:
-    __slots__ = ("deferred", "enqueuedAt", "priority", "timer")
+    __slots__ = ("deferred", "enqueuedAt", "owner", "priority", "timer")
 
-    def __init__(self, priority: str, enqueuedAt: float) -> None:
+    def __init__(self, owner: AdmissionController, priority: str, enqueuedAt: float) -> None:
+        self.owner = owner  # the controller whose queue holds it (changes on takeOver)
         self.priority = priority
         self.enqueuedAt = enqueuedAt
         self.deferred: Deferred[Permit] | None = None
@@ -124,6 +131,7 @@ class AdmissionController:
         self._onWait = onWait
         self._onShed = onShed
         self._draining = False
+        self._successor: AdmissionController | None = None
         self.stopped = False
         self.inFlight = 0
         self.queued = 0
@@ -145,6 +153,8 @@ class AdmissionController:
         Deferred to leave the queue (an already granted permit must be
         released instead).
         """
+        if self._successor is not None:
+            return self._successor.acquire(priority)
         cls = priority if priority in self._queues else self._lowest
         if self.stopped:
             return self._shedNow(STOPPED, cls)
@@ -157,8 +167,8 @@ class AdmissionController:
         queue = self._queues[cls]
         if len(queue) >= self.queueSize:
             return self._shedNow(QUEUE_FULL, cls)
-        waiter = _Waiter(cls, self.clock.seconds())
-        d: Deferred[Permit] = Deferred(lambda _: self._cancel(waiter))
+        waiter = _Waiter(self, cls, self.clock.seconds())
+        d: Deferred[Permit] = Deferred(lambda _: waiter.owner._cancel(waiter))
         waiter.deferred = d
         waiter.timer = self.clock.callLater(self.maxWait, self._expire, waiter)
         queue.append(waiter)
@@ -178,6 +188,41 @@ class AdmissionController:
                 w = queue.popleft()
                 self.queued -= 1
                 self._shedWaiter(w, STOPPED)
+
+    def takeOver(self, old: AdmissionController) -> None:
+        """
+        Carry on from C{old}, whose spec a reload changed: its permits in
+        flight count here (and release here), its waiters move to this
+        queue in their order, keeping their deadline (the shorter of the old
+        and new C{maxWait} from when they came), and a request that still
+        reaches C{old} is passed on.  So a reload neither sheds the queue
+        nor lets the backend see two limits' worth of requests.  Waiters
+        of a class this controller does not have join its lowest; those
+        over its queue size are shed (C{queue_full}).
+        """
+        if old is self:
+            return
+        old._successor = self
+        self.inFlight += old.inFlight
+        old.inFlight = 0
+        now = self.clock.seconds()
+        for queue in old._order:
+            while queue:
+                w = queue.popleft()
+                old.queued -= 1
+                if w.timer is not None and w.timer.active():
+                    w.timer.cancel()
+                w.owner = self
+                w.priority = w.priority if w.priority in self._queues else self._lowest
+                mine = self._queues[w.priority]
+                if len(mine) >= self.queueSize:
+                    self._shedWaiter(w, QUEUE_FULL)
+                    continue
+                deadline = w.enqueuedAt + min(old.maxWait, self.maxWait)
+                w.timer = self.clock.callLater(max(0.0, deadline - now), self._expire, w)
+                mine.append(w)
+                self.queued += 1
+        self._drain()
 
     # -- internals
 
@@ -215,14 +260,17 @@ class AdmissionController:
         assert w.deferred is not None
         w.deferred.errback(CancelledError("client went away while queued"))
 
-    def _release(self, permit: Permit, outcome: Outcome) -> None:
+    def _release(self, permit: Permit, outcome: Outcome, latency: float | None) -> None:
+        if self._successor is not None:
+            self._successor._release(permit, outcome, latency)
+            return
         now = self.clock.seconds()
         held = now - permit.grantedAt
         if outcome != IGNORED:
             self.meanHold = held if not self.meanHold else 0.9 * self.meanHold + 0.1 * held
         inFlight = self.inFlight
         self.inFlight -= 1
-        self.limiter.onSample(held, outcome, inFlight)
+        self.limiter.onSample(held if latency is None else latency, outcome, inFlight)
         self._drain()
 
     def _drain(self) -> None:
