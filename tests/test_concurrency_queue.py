@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from txgateway.concurrency.build import makeAdmission, rebuildAdmission
 from txgateway.concurrency.interfaces import IConcurrencyLimit, IPermit, Outcome
 from txgateway.concurrency.limits import FixedLimit, GradientLimit
-from txgateway.concurrency.queue import AdmissionController, Permit, Shed
+from txgateway.concurrency.queue import AdmissionController, Permit, Shed, outcomeFor
 from txgateway.concurrency.specs import AdaptiveSpec, ConcurrencySpec, FixedSpec, PrioritySpec, QueueSpec
 
 
@@ -234,6 +234,21 @@ class AdmissionTests(SynchronousTestCase):
         self.successResultOf(d).release()
         held[1].release()
         self.assertEqual(self.waits, [("paid", 0.0), ("paid", 0.0), ("free", 0.5)])
+
+
+class OutcomeTests(SynchronousTestCase):
+    def test_outcomeOfAttempts(self) -> None:
+        """Overload anywhere is a drop; an answer is a success; a client gone or a broken target says nothing."""
+        self.assertEqual(outcomeFor([200]), "success")
+        self.assertEqual(outcomeFor([404]), "success")
+        self.assertEqual(outcomeFor(["timeout", 200]), "dropped")
+        self.assertEqual(outcomeFor([503]), "dropped")
+        self.assertEqual(outcomeFor([429]), "dropped")
+        self.assertEqual(outcomeFor(["connect_failure", 200]), "success")
+        self.assertEqual(outcomeFor(["cancelled"]), "ignored")
+        self.assertEqual(outcomeFor([500]), "ignored")
+        self.assertEqual(outcomeFor(["reset"]), "ignored")
+        self.assertEqual(outcomeFor([]), "ignored")
 
 
 class BuildTests(SynchronousTestCase):

@@ -36,15 +36,15 @@ allocates its permit and an already-fired Deferred, nothing else.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from txgateway.concurrency.interfaces import IGNORED, SUCCESS, IConcurrencyLimit, IPermit, Outcome
+from txgateway.concurrency.interfaces import DROPPED, IGNORED, SUCCESS, IConcurrencyLimit, IPermit, Outcome
 
-__all__ = ["MAX_WAIT", "QUEUE_FULL", "STOPPED", "AdmissionController", "Permit", "Shed"]
+__all__ = ["MAX_WAIT", "QUEUE_FULL", "STOPPED", "AdmissionController", "Permit", "Shed", "outcomeFor"]
 
 QUEUE_FULL = "queue_full"
 MAX_WAIT = "max_wait"
@@ -55,6 +55,31 @@ STOPPED = "stopped"
 WaitObserver = Callable[[str, float], None]
 #: C{onShed(priority class, reason)} for every shed request: the shed counter.
 ShedObserver = Callable[[str, str], None]
+
+
+#: Attempt verdicts (the attempt loop's status codes and failure names) that
+#: mean the backend is overloaded: a limit must come down.
+_OVERLOAD = frozenset({"timeout", 429, 503, 504})
+
+
+def outcomeFor(verdicts: Iterable[str | int]) -> Outcome:
+    """
+    What a request's attempts (their verdicts in order, as the cluster's
+    lease records them) tell a limit.  Any sign of overload (a response
+    timeout, 429, 503, 504) is C{dropped}, even if a retry then succeeded;
+    otherwise an answer from the backend (any status below 500) is
+    C{success}; the rest (the client went away, a refused connection, a
+    reset, a 500) says nothing about load and is C{ignored}, as health
+    checks and breakers deal with broken targets.
+    """
+    last: str | int | None = None
+    for verdict in verdicts:
+        if verdict in _OVERLOAD:
+            return DROPPED
+        last = verdict
+    if isinstance(last, int) and last < 500:
+        return SUCCESS
+    return IGNORED
 
 
 class Shed(Exception):
