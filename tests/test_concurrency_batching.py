@@ -79,7 +79,7 @@ class BatcherTests(SynchronousTestCase):
         self.backend.pending[0].callback([{"y": 0}, {"y": 2}])
         for d in waiters:
             f = self.failureResultOf(d, BatchError)
-            self.assertEqual(f.value.reason, "batch of 3 items answered with 2 results")
+            self.assertEqual((f.value.reason, f.value.kind), ("batch of 3 items answered with 2 results", "wrong_count"))
         self.assertEqual(self.batcher.failed, 1)
 
     def test_errorFailsEveryWaiter(self) -> None:
@@ -89,14 +89,20 @@ class BatcherTests(SynchronousTestCase):
         self.clock.advance(0.005)
         self.backend.pending[0].errback(ConnectionRefusedError("connection refused"))
         for d in waiters:
-            self.assertIn("batch call failed: connection refused", self.failureResultOf(d, BatchError).value.reason)
+            error = self.failureResultOf(d, BatchError).value
+            self.assertIn("batch call failed: connection refused", error.reason)
+            self.assertEqual(error.kind, "failed")
+            # The cause is kept, so a shed or timed-out batch can be answered 503 / 504 rather than 502.
+            self.assertIsInstance(error.cause, ConnectionRefusedError)
 
     def test_notAList(self) -> None:
         """A batch answer that is not a list fails the batch."""
-        batcher = MicroBatcher(lambda items: succeed({"oops": 1}), self.clock, maxSize=2)
+        kinds: list[str] = []
+        batcher = MicroBatcher(lambda items: succeed({"oops": 1}), self.clock, maxSize=2, onFailure=kinds.append)
         waiters = [batcher.submit(1), batcher.submit(2)]
         for d in waiters:
             self.assertEqual(self.failureResultOf(d, BatchError).value.reason, "batch response is not a list")
+        self.assertEqual(kinds, ["bad_response"])
 
     def test_fallBackToOneByOne(self) -> None:
         """With on_error: single, a failed batch sends each item alone and each client gets that answer."""

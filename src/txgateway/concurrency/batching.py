@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-__all__ = ["ENVELOPES", "BatchError", "MicroBatcher", "decodeBatch", "encodeBatch"]
+__all__ = ["BAD_RESPONSE", "ENVELOPES", "FAILED", "WRONG_COUNT", "BatchError", "MicroBatcher", "decodeBatch", "encodeBatch"]
 
 ENVELOPES = (None, "instances")
 
@@ -50,12 +50,25 @@ SendOne = Callable[[Any], "Deferred[Any]"]
 BatchObserver = Callable[[int, float], None]
 
 
-class BatchError(Exception):
-    """A batch call that gave no usable answer; C{reason} is said to each client (502)."""
+FAILED = "failed"
+WRONG_COUNT = "wrong_count"
+BAD_RESPONSE = "bad_response"
 
-    def __init__(self, reason: str) -> None:
+
+class BatchError(Exception):
+    """
+    A batch call that gave no usable answer; C{reason} is said to each
+    client.  C{kind} (C{failed}, C{wrong_count}, C{bad_response}) is the
+    metric label; C{cause} is the exception the batch call failed with, if
+    any, so the gateway can answer as that failure deserves (a shed batch
+    is a 503 with Retry-After, a timed-out one a 504) instead of a 502.
+    """
+
+    def __init__(self, reason: str, kind: str = FAILED, cause: BaseException | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
+        self.cause = cause
 
 
 def encodeBatch(items: list[Any], envelope: str | None) -> bytes:
@@ -72,18 +85,18 @@ def decodeBatch(body: bytes, envelope: str | None, expected: int) -> list[Any]:
     try:
         value = json.loads(body)
     except ValueError as e:
-        raise BatchError(f"batch response is not JSON: {e}") from None
+        raise BatchError(f"batch response is not JSON: {e}", BAD_RESPONSE) from None
     if envelope is not None:
         if isinstance(value, dict) and "predictions" in value:
             value = value["predictions"]
         elif isinstance(value, dict) and "error" in value:
             raise BatchError(f"batch call failed: {value['error']}")
         else:
-            raise BatchError('batch response has no "predictions" list')
+            raise BatchError('batch response has no "predictions" list', BAD_RESPONSE)
     if not isinstance(value, list):
-        raise BatchError("batch response is not a JSON array")
+        raise BatchError("batch response is not a JSON array", BAD_RESPONSE)
     if len(value) != expected:
-        raise BatchError(f"batch of {expected} items answered with {len(value)} results")
+        raise BatchError(f"batch of {expected} items answered with {len(value)} results", WRONG_COUNT)
     return value
 
 
@@ -100,7 +113,7 @@ class MicroBatcher:
 
     def __init__(self, send: SendBatch, clock: IReactorTime, *, maxSize: int = 32, maxWait: float = 0.005,
                  onError: str = "fail", sendOne: SendOne | None = None,
-                 observe: BatchObserver | None = None) -> None:
+                 observe: BatchObserver | None = None, onFailure: Callable[[str], None] | None = None) -> None:
         if maxSize < 1:
             raise ValueError("max_size is at least 1")
         if onError not in ("fail", "single"):
@@ -114,6 +127,7 @@ class MicroBatcher:
         self.onError = onError
         self.sendOne = sendOne
         self.observe = observe
+        self.onFailure = onFailure  # onFailure(kind) per failed batch: txgateway_batch_failures_total
         self._pending: list[_Waiter] = []
         self._firstAt = 0.0
         self._timer: IDelayedCall | None = None
@@ -168,9 +182,10 @@ class MicroBatcher:
     def _answered(self, results: Any, batch: list[_Waiter]) -> None:
         self.inFlight -= 1
         if not isinstance(results, list):
-            self._fallback(batch, BatchError("batch response is not a list"))
+            self._fallback(batch, BatchError("batch response is not a list", BAD_RESPONSE))
         elif len(results) != len(batch):
-            self._fallback(batch, BatchError(f"batch of {len(batch)} items answered with {len(results)} results"))
+            self._fallback(batch, BatchError(f"batch of {len(batch)} items answered with {len(results)} results",
+                                             WRONG_COUNT))
         else:
             for w, result in zip(batch, results, strict=True):
                 assert w.deferred is not None
@@ -181,11 +196,14 @@ class MicroBatcher:
         self.inFlight -= 1
         error = failure.value
         if not isinstance(error, BatchError):
-            error = BatchError(f"batch call failed: {failure.getErrorMessage() or type(error).__name__}")
+            error = BatchError(f"batch call failed: {failure.getErrorMessage() or type(error).__name__}", FAILED,
+                               error)
         self._fallback(batch, error)
 
     def _fallback(self, batch: list[_Waiter], error: BatchError) -> None:
         self.failed += 1
+        if self.onFailure is not None:
+            self.onFailure(error.kind)
         for w in batch:
             d = w.deferred
             assert d is not None
@@ -195,7 +213,7 @@ class MicroBatcher:
                 assert self.sendOne is not None
                 maybeDeferred(self.sendOne, w.item).addBoth(_give, d)
             else:
-                d.errback(BatchError(error.reason))
+                d.errback(BatchError(error.reason, error.kind, error.cause))
 
 
 def _give(result: Any, d: Deferred[Any]) -> None:
