@@ -147,6 +147,12 @@ class BatcherTests(SynchronousTestCase):
         self.backend.pending[0].callback([{"y": 2}, {"y": 4}])
         self.assertEqual(self.successResultOf(b), {"y": 4})
 
+    def test_maxSizeOneSendsAtOnce(self) -> None:
+        """max_size 1 sends each item at once, without a timer."""
+        batcher = MicroBatcher(self.backend.send, self.clock, maxSize=1, maxWait=1.0)
+        self.assertEqual(self.successResultOf(batcher.submit({"x": 3})), {"y": 6})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_flushSendsAtOnce(self) -> None:
         """flush() (shutdown) sends what waits without waiting for the timer."""
         d = self.batcher.submit({"x": 5})

@@ -141,12 +141,15 @@ class MicroBatcher:
         w = _Waiter(item)
         d: Deferred[Any] = Deferred(lambda _: self._cancel(w))
         w.deferred = d
-        if not self._pending:
+        pending = self._pending
+        pending.append(w)
+        if len(pending) >= self.maxSize:
+            if len(pending) == 1:
+                self._firstAt = self.clock.seconds()
+            self.flush()
+        elif len(pending) == 1:
             self._firstAt = self.clock.seconds()
             self._timer = self.clock.callLater(self.maxWait, self._timeUp)
-        self._pending.append(w)
-        if len(self._pending) >= self.maxSize:
-            self.flush()
         return d
 
     def flush(self) -> None:
