@@ -6,6 +6,9 @@ lines in every problem.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -227,3 +230,16 @@ class RouteTests(SynchronousTestCase):
         _, problems = parseRouteConcurrency(tree["routes"][0], ROUTE, None)
         self.assertEqual(sorted((p[0], p[1]) for p in problems), [(f"{ROUTE}.batch.max_size", 9),
                                                                    (f"{ROUTE}.batch.target_path", 8)])
+
+
+class LayeringTests(SynchronousTestCase):
+    def test_runtimeModulesImportNoConfig(self) -> None:
+        """Only the parsers touch the config package: the running parts (and the specs) stay below it."""
+        code = ("import json, sys\n"
+                "import txgateway.concurrency.build, txgateway.concurrency.batching, txgateway.concurrency.coalescing\n"
+                "print(json.dumps(sorted(m for m in sys.modules if m.startswith('txgateway.'))))\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(json.loads(out), sorted([
+            "txgateway.concurrency", "txgateway.concurrency.batching", "txgateway.concurrency.build",
+            "txgateway.concurrency.coalescing", "txgateway.concurrency.interfaces", "txgateway.concurrency.limits",
+            "txgateway.concurrency.queue", "txgateway.concurrency.specs"]))
