@@ -98,7 +98,8 @@ class BatcherTests(SynchronousTestCase):
     def test_notAList(self) -> None:
         """A batch answer that is not a list fails the batch."""
         kinds: list[str] = []
-        batcher = MicroBatcher(lambda items: succeed({"oops": 1}), self.clock, maxSize=2, onFailure=kinds.append)
+        notAList: Any = {"oops": 1}
+        batcher = MicroBatcher(lambda items: succeed(notAList), self.clock, maxSize=2, onFailure=kinds.append)
         waiters = [batcher.submit(1), batcher.submit(2)]
         for d in waiters:
             self.assertEqual(self.failureResultOf(d, BatchError).value.reason, "batch response is not a list")

@@ -79,8 +79,13 @@ class AdmissionTests(SynchronousTestCase):
         """A waiting paid request gets the next slot before free ones that waited longer."""
         held = [self.successResultOf(self.gate.acquire("free")) for _ in range(2)]
         order: list[str] = []
+
+        def served(p: Permit) -> None:
+            order.append(p.priority)
+            p.release()
+
         for cls in ("free", "free", "paid", "free", "paid"):
-            self.gate.acquire(cls).addCallback(lambda p, cls=cls: (order.append(cls), p.release()))
+            self.gate.acquire(cls).addCallback(served)
         self.assertEqual(self.gate.queuedByClass(), {"paid": 2, "free": 3})
         held[0].release()
         held[1].release()
@@ -190,8 +195,13 @@ class AdmissionTests(SynchronousTestCase):
         """A permit released by the callback that received it (a cached answer) keeps the queue consistent."""
         held = [self.successResultOf(self.gate.acquire()) for _ in range(2)]
         seen: list[Permit] = []
+
+        def served(p: Permit) -> None:
+            seen.append(p)
+            p.release()
+
         for _ in range(3):
-            self.gate.acquire().addCallback(lambda p: (seen.append(p), p.release()))
+            self.gate.acquire().addCallback(served)
         held[0].release()
         self.assertEqual((len(seen), self.gate.queued, self.gate.inFlight), (3, 0, 1))
         held[1].release()
