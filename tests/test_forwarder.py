@@ -27,15 +27,26 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResp
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txgateway.cluster import Cluster, NoTarget
+from txgateway.attempts import UpstreamFailure, classify
+from txgateway.cluster import Cluster, Endpoint, NoTarget
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
+from txgateway.deadlines import totalTimeout
 from txgateway.gateway import Runtime
-from txgateway.http.proxy import UpstreamFailure, _Agent, _bodyProducer, _Pool, classify, totalTimeout
+from txgateway.http.client.agent import UpstreamAgent
+from txgateway.http.client.pool import ConnectionPool
+from txgateway.http.replay import bodyProducer
 from txgateway.observe import AccessLog, Metrics
 from txgateway.service import buildRuntime
 
 PORTS = (9001, 9002, 9003)
+
+def chosen(cluster: Cluster, context: Any, tried: Any = ()) -> Endpoint:
+    """The target C{cluster.choose} leases, its in-flight slot given back at once."""
+    lease = cluster.choose(context, tried)
+    lease.release()
+    return lease.endpoint
+
 
 
 class FakeRequest:
@@ -169,7 +180,15 @@ def makeContext(method: bytes = b"GET", body: bytes | None = None, content: Any 
 
 class ForwarderCase(SynchronousTestCase):
     def fetch(self, runtime: Runtime, cluster: Cluster, context: RequestContext) -> Deferred[Any]:
-        return ensureDeferred(runtime.forwarder.fetch(context, cluster))
+        """(the response, the lease of its attempt), as the attempt loop gives them."""
+        return ensureDeferred(runtime.forwarder.fetch(context, cluster)).addCallback(  # type: ignore[arg-type]
+            lambda lease: (lease.response, lease))
+
+    def relayed(self, d: Deferred[Any]) -> Any:
+        """The result of C{d}, its body read to the end and its lease finished, as the forward sequence does."""
+        response, lease = self.successResultOf(d)
+        lease.finish(True)
+        return response, lease
 
     def metric(self, runtime: Runtime, name: str, **labels: str) -> float:
         value = runtime.metrics.registry.get_sample_value(name, labels)
@@ -182,7 +201,8 @@ class RetryLoopTests(ForwarderCase):
         runtime, cluster, agent, clock = runtimeFor("    retries: {attempts: 2, backoff: 0s}")
         agent.script = ["refuse"]
         context = makeContext()
-        response, endpoint = self.successResultOf(self.fetch(runtime, cluster, context))
+        response, lease = self.successResultOf(self.fetch(runtime, cluster, context))
+        endpoint = lease.endpoint
         self.assertEqual(response.code, 200)
         first, second = agent.ports()
         self.assertNotEqual(first, second)
@@ -193,6 +213,7 @@ class RetryLoopTests(ForwarderCase):
         self.assertEqual(endpoint.url, other)
         self.assertEqual(sum(e.inFlight for e in cluster.endpoints), 1)
         self.assertEqual(endpoint.inFlight, 1)
+        lease.finish(True)
         self.assertEqual(self.metric(runtime, "txgateway_retries_total", upstream="u"), 1)
         self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
                                      target=failed, status="connect_failure"), 1)
@@ -398,7 +419,7 @@ class CancellationTests(ForwarderCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         agent.behaviour[9001] = 200
-        self.assertEqual(self.successResultOf(self.fetch(runtime, cluster, makeContext()))[0].code, 200)
+        self.assertEqual(self.relayed(self.fetch(runtime, cluster, makeContext()))[0].code, 200)
         self.assertEqual(breaker.state, "closed")
 
 
@@ -440,10 +461,10 @@ class BreakerInLoopTests(ForwarderCase):
             "    retries: false\n    circuit_breaker: {failures: 1, open_for: 5s}", ports=(9001,))
         target = "http://127.0.0.1:9001"
         agent.behaviour[9001] = [503, 200]
-        self.successResultOf(self.fetch(runtime, cluster, makeContext()))
+        self.relayed(self.fetch(runtime, cluster, makeContext()))
         self.assertEqual(self.metric(runtime, "txgateway_circuit_state", upstream="u", target=target), 1)
         clock.advance(5)
-        self.successResultOf(self.fetch(runtime, cluster, makeContext()))
+        self.relayed(self.fetch(runtime, cluster, makeContext()))
         self.assertEqual(self.metric(runtime, "txgateway_circuit_state", upstream="u", target=target), 0)
         for to in ("open", "half_open", "closed"):
             self.assertEqual(self.metric(runtime, "txgateway_circuit_transitions_total", upstream="u",
@@ -465,6 +486,8 @@ class BreakerInLoopTests(ForwarderCase):
             self.assertNoResult(d)
         agent.calls[0].deferred.callback(FakeResponse(200))  # type: ignore[union-attr]
         agent.calls[1].deferred.callback(FakeResponse(200))  # type: ignore[union-attr]
+        for d in pending[:2]:
+            self.relayed(d)
         self.assertEqual(cluster.endpoints[0].breaker.state, "closed")  # type: ignore[union-attr]
 
     def test_retryFindingOnlyOpenBreakersReportsTheRealFailure(self) -> None:
@@ -497,10 +520,10 @@ class ChooseTests(SynchronousTestCase):
         runtime, cluster, agent, clock = runtimeFor("    pool: {max_per_target: 2}")
         a, b, c = cluster.endpoints
         a.inFlight = b.inFlight = 2
-        self.assertIs(cluster.choose(makeContext()), c)
+        self.assertIs(chosen(cluster, makeContext()), c)
         c.inFlight = 2
         with self.assertRaises(NoTarget) as raised:
-            cluster.choose(makeContext())
+            chosen(cluster, makeContext())
         self.assertEqual(raised.exception.retryAfter, 0.0)
 
     def test_retryPrefersAnUntriedTarget(self) -> None:
@@ -509,7 +532,7 @@ class ChooseTests(SynchronousTestCase):
         a, b, c = cluster.endpoints
         context = makeContext()
         for _ in range(5):
-            self.assertIn(cluster.choose(context, [a, b]), [c])
+            self.assertIn(chosen(cluster, context, [a, b]), [c])
 
     def test_triedTargetIsUsedWhenTheUntriedOnesAreOpen(self) -> None:
         """A target already tried is better than none: open breakers elsewhere do not end the request."""
@@ -517,7 +540,7 @@ class ChooseTests(SynchronousTestCase):
         a, b, c = cluster.endpoints
         b.breaker.recordFailure()  # type: ignore[union-attr]
         c.breaker.recordFailure()  # type: ignore[union-attr]
-        self.assertIs(cluster.choose(makeContext(), [a]), a)
+        self.assertIs(chosen(cluster, makeContext(), [a]), a)
 
     def test_triedTargetIsUsedWhenTheUntriedOnesAreProbing(self) -> None:
         """An untried half-open target with its probe slots taken falls back to a tried healthy one."""
@@ -526,7 +549,7 @@ class ChooseTests(SynchronousTestCase):
         b.breaker.recordFailure()  # type: ignore[union-attr]
         clock.advance(1)
         self.assertTrue(b.breaker.allow())  # type: ignore[union-attr]
-        self.assertIs(cluster.choose(makeContext(), [a]), a)
+        self.assertIs(chosen(cluster, makeContext(), [a]), a)
 
     def test_noTargetCarriesTheShortestWait(self) -> None:
         """Every breaker open: NoTarget says when the first one will let a probe through."""
@@ -535,7 +558,7 @@ class ChooseTests(SynchronousTestCase):
             e.breaker.recordFailure()  # type: ignore[union-attr]
             clock.advance(i + 1)
         with self.assertRaises(NoTarget) as raised:
-            cluster.choose(makeContext())
+            chosen(cluster, makeContext())
         self.assertEqual(raised.exception.retryAfter, 4.0)
 
 
@@ -544,8 +567,8 @@ class BodyReplayTests(SynchronousTestCase):
         """Each producer sends the whole body, wherever the buffer's position was left."""
         request = FakeRequest(b"hello")
         request.content.read()
-        self.assertEqual(readBody(_bodyProducer(request)), b"hello")
-        self.assertEqual(readBody(_bodyProducer(request)), b"hello")
+        self.assertEqual(readBody(bodyProducer(request)), b"hello")
+        self.assertEqual(readBody(bodyProducer(request)), b"hello")
 
     def test_largeFileBodyIsReplayedAndNeverClosed(self) -> None:
         """A body the Site spooled to a temp file survives a finished or stopped attempt and is sent whole again."""
@@ -554,14 +577,14 @@ class BodyReplayTests(SynchronousTestCase):
         self.addCleanup(f.close)
         f.write(body)
         request = FakeRequest(content=f)
-        first = _bodyProducer(request)
+        first = bodyProducer(request)
         assert first is not None
         self.assertEqual(first.length, len(body))
         # What FileBodyProducer does when it finishes or is stopped (a cancelled attempt).
         first._inputFile.close()  # type: ignore[attr-defined]
         self.assertFalse(f.closed)
-        self.assertEqual(readBody(_bodyProducer(request)), body)
-        self.assertEqual(readBody(_bodyProducer(request)), body)
+        self.assertEqual(readBody(bodyProducer(request)), body)
+        self.assertEqual(readBody(bodyProducer(request)), body)
 
     def test_largeBodyReachesTheRetry(self) -> None:
         """Through the attempt loop: a 512 KiB POST refused by one target arrives whole at the next."""
@@ -572,7 +595,7 @@ class BodyReplayTests(SynchronousTestCase):
         f.write(body)
         agent.script = ["refuse"]
         context = makeContext(b"POST", content=f)
-        self.successResultOf(ensureDeferred(runtime.forwarder.fetch(context, cluster)))
+        self.successResultOf(ensureDeferred(runtime.forwarder.fetch(context, cluster)))  # type: ignore[arg-type]
         self.assertEqual([len(c.body) for c in agent.calls], [len(body), len(body)])
 
 
@@ -625,7 +648,6 @@ class AgentTests(SynchronousTestCase):
         endpoints = _RecordingEndpoints()
         agent = agentClass.usingEndpointFactory(MemoryReactorClock(), endpoints, pool=HTTPConnectionPool(
             MemoryReactorClock(), persistent=False))
-        agent._origins = {}
         agent.request(b"GET", url, Headers({b"x-a": [b"1"]}))
         return endpoints.written[0].value()
 
@@ -635,16 +657,15 @@ class AgentTests(SynchronousTestCase):
                 b"http://127.0.0.1:9101/a;p=1?q", b"http://127.0.0.1:9101/a?", b"http://backend.example/a/",
                 b"http://[::1]:8080/v6?x", b"http://127.0.0.1:9101/a%3Bb?c?d"]
         for url in urls:
-            self.assertEqual(self._sent(_Agent, url), self._sent(Agent, url), url)
+            self.assertEqual(self._sent(UpstreamAgent, url), self._sent(Agent, url), url)
 
     def test_pooledConnectionGetsWhatTheStockAgentSends(self) -> None:
         """A request sent straight on an idle pooled connection carries the stock Agent's bytes, and reuses it."""
         endpoints = _RecordingEndpoints()
         clock = MemoryReactorClock()
-        pool = _Pool(clock, persistent=True)
+        pool = ConnectionPool(clock, persistent=True)
         pool.retryAutomatically = False
-        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=pool)
-        agent._origins = {}
+        agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=pool)
         for url in (b"http://127.0.0.1:9101/a?x=1", b"http://127.0.0.1:9101/b/c"):
             d = agent.request(b"GET", url, Headers({b"x-a": [b"1"], b"host": [b"h.example"]}))
             [transport] = endpoints.written
@@ -667,8 +688,7 @@ class AgentTests(SynchronousTestCase):
         """The endpoint of a target prefix is looked up once, then reused."""
         endpoints = _RecordingEndpoints()
         clock = MemoryReactorClock()
-        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
-        agent._origins = {}
+        agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
         for path in (b"/a", b"/b?x=1", b"/c"):
             agent.request(b"GET", b"http://127.0.0.1:9101" + path)
         agent.request(b"GET", b"http://127.0.0.1:9102/a")
@@ -679,7 +699,6 @@ class AgentTests(SynchronousTestCase):
         """A URL Twisted refuses is refused the same way."""
         endpoints = _RecordingEndpoints()
         clock = MemoryReactorClock()
-        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
-        agent._origins = {}
+        agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
         with self.assertRaises(ValueError):
             agent.request(b"GET", b"http://127.0.0.1:9101/a\x01b")

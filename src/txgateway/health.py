@@ -149,16 +149,9 @@ class ActiveHealthChecker(Service):
         return succeed(None)
 
     def _makeClient(self) -> Any:
-        # Imported here: proxy.py imports this module's siblings, not this one.
-        from twisted.web.client import Agent
+        from txgateway.http.client.agent import probeAgent
 
-        from txgateway.http.proxy import _EndpointFactory, _Pool
-
-        pool = _Pool(self.reactor, persistent=True)
-        pool.maxPersistentPerHost = 1
-        self._pool = pool
-        agent = Agent.usingEndpointFactory(self.reactor, _EndpointFactory(self.reactor, self.config.timeout),
-                                           pool=pool)
+        agent, self._pool = probeAgent(self.reactor, self.config.timeout)
         # treq is loaded by the first active check, not by every gateway.
         from treq.client import HTTPClient
 

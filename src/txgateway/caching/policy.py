@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 from twisted.web.http import datetimeToString, stringToDatetime
 
-from txgateway.routing import PathError, normalizeHost, normalizePath
+from txgateway.http.paths import PathError, normalizeHost, normalizePath
 
 HeaderPairs = Sequence[tuple[bytes, bytes]]
 HeaderLookup = Callable[[bytes], "Sequence[bytes] | None"]

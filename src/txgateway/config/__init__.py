@@ -1375,7 +1375,7 @@ def _watchInterval(value: Any) -> float:
 
 def _routePath(value: Any) -> str:
     """A route's path, normalised as request paths are, so that it can match at all."""
-    from txgateway.routing import PathError, normalizeConfigPath
+    from txgateway.http.paths import PathError, normalizeConfigPath
 
     text = urlPath(value)
     try:

@@ -15,7 +15,6 @@ refused request never costs a route, a filter or an upstream connection.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,8 +25,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import _parseRequestLine  # type: ignore[attr-defined]
-from twisted.web.http_headers import Headers
 from twisted.web.resource import getChildForRequest
+
+from txgateway.http.addresses import AddressSet
+from txgateway.http.errors import errorBody
+from txgateway.http.headers import FRAMING as _FRAMING
+from txgateway.http.headers import H_CONNECTION as _CONNECTION
+from txgateway.http.headers import H_DATE as _DATE
+from txgateway.http.headers import H_HOST as _HOST
+from txgateway.http.headers import TCHAR as _TCHAR
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -37,14 +43,6 @@ if TYPE_CHECKING:
     from txgateway.observe import Metrics
 
 log = Logger(namespace="txgateway")
-
-
-def errorBody(status: int, message: str, requestId: str | None = None, **extra: Any) -> bytes:
-    body: dict[str, Any] = {"error": message, "status": status}
-    if requestId is not None:
-        body["request_id"] = requestId
-    body.update(extra)
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
 def _rawResponse(status: int, reason: bytes, message: str) -> bytes:
@@ -194,24 +192,6 @@ class GatewayRequest(server.Request):
         else:
             self.channel.transport.abortConnection()  # type: ignore[union-attr]
         return None
-
-
-def storedName(name: bytes) -> bytes:
-    """The key twisted.web's Headers files C{name} under (its own spelling rules, whatever the version)."""
-    h = Headers()
-    h.addRawHeader(name, b"")
-    return next(iter(h.getAllRawHeaders()))[0]
-
-
-_DATE = storedName(b"Date")
-_HOST = storedName(b"Host")
-_CONNECTION = storedName(b"Connection")
-
-
-# RFC 9110 §5.6.2 token characters, the only ones a field name may use.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Fields that give a request a body: such a request takes the line-by-line path.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 # What the channel is reading or doing, for the deadlines.
@@ -618,8 +598,6 @@ class GatewaySite(server.Site):
 
     def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None,
                  writes: WriteBatcher | None = None) -> None:
-        from txgateway.middleware import AddressSet  # middleware imports this module
-
         super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
         self.limits = limits
         self.writes = writes
