@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -32,7 +33,9 @@ from txgateway.cluster import Cluster, Endpoint, NoTarget
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.deadlines import totalTimeout
+from txgateway.forwarding import ClusterForwarder, forward
 from txgateway.gateway import Runtime
+from txgateway.http.channel import GatewayRequest
 from txgateway.http.client.agent import UpstreamAgent
 from txgateway.http.client.pool import ConnectionPool
 from txgateway.http.replay import bodyProducer
@@ -67,17 +70,25 @@ class FakeResponse:
     request = None
     previousResponse = None
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, body: bytes = b"", broken: bool = False) -> None:
         self.code = code
         self.phrase = b"X"
         self.headers = Headers()
-        self.length = 0
+        self.length = len(body) * 2 if broken else len(body)
+        self.body = body
+        self.broken = broken
         self.discarded = False
 
     def deliverBody(self, protocol: Any) -> None:
+        """The body, whole or (C{broken}) cut off partway as a target's reset cuts it."""
         self.discarded = True
         protocol.makeConnection(StringTransport())
-        protocol.connectionLost(Failure(ResponseDone()))
+        if self.body:
+            protocol.dataReceived(self.body)
+        if self.broken:
+            protocol.connectionLost(Failure(ResponseFailed([Failure(netError.ConnectionLost())])))
+        else:
+            protocol.connectionLost(Failure(ResponseDone()))
 
     def setPreviousResponse(self, response: Any) -> None:
         pass
@@ -113,7 +124,8 @@ def readBody(producer: IBodyProducer | None) -> bytes:
 @implementer(IAgent)
 class FakeAgent:
     """
-    Answers with "refuse" (connect failure), "reset", "hang" (a Deferred
+    Answers with "refuse" (connect failure), "reset", "body_reset" (a 200
+    whose body breaks off partway), "hang" (a Deferred
     that only a cancel ends, failing as the real Agent's does:
     ResponseNeverReceived), or an int status.  C{script} is consumed first,
     one entry per call whatever the target (tests need not know which target
@@ -145,7 +157,10 @@ class FakeAgent:
 
             call.deferred = Deferred(cancel)
             return call.deferred
-        response = FakeResponse(int(what))
+        if what == "body_reset":
+            response = FakeResponse(200, b"partial", broken=True)
+        else:
+            response = FakeResponse(int(what), b"whole")
         self.responses.append(response)
         return succeed(response)
 
@@ -702,3 +717,75 @@ class AgentTests(SynchronousTestCase):
         agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
         with self.assertRaises(ValueError):
             agent.request(b"GET", b"http://127.0.0.1:9101/a\x01b")
+
+
+class BodyResetTests(ForwarderCase):
+    """A target that resets partway through a body fails (issue 18): the breaker and passive health hear it."""
+
+    def forwardOnce(self, runtime: Runtime, cluster: Cluster) -> tuple[RequestContext, Any]:
+        """One request through the forward sequence, to a real twisted.web request on a dummy channel."""
+        channel = DummyChannel()
+        aborted: list[bool] = []
+        channel.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[attr-defined]
+        request = GatewayRequest(channel)
+        request.method = b"GET"
+        request.uri = b"/x"
+        request.clientproto = b"HTTP/1.1"
+        request.content = io.BytesIO()
+        request.requestHeaders.setRawHeaders(b"host", [b"gw.example"])
+        context = RequestContext(request, 0.0, "rid", "10.0.0.1", "10.0.0.1", b"GET", "gw.example", "/x", None)
+        self.successResultOf(ensureDeferred(forward(context, ClusterForwarder(runtime.forwarder, cluster),
+                                                    runtime.messages)))
+        return context, aborted
+
+    def test_bodyResetOpensTheBreakerAndIsCounted(self) -> None:
+        """Each broken body is a failure of its target: the breaker opens, the metric and the outcome say body_reset."""
+        runtime, cluster, agent, clock = runtimeFor(
+            "    retries: false\n    circuit_breaker: {failures: 2, open_for: 30s}", ports=(9001, 9002))
+        agent.behaviour[9001] = "body_reset"
+        broken = []
+        for _ in range(6):
+            context, aborted = self.forwardOnce(runtime, cluster)
+            if context.target == "http://127.0.0.1:9001":
+                broken.append(context)
+                self.assertEqual(context.outcome, "body_reset")
+                self.assertEqual(aborted, [True], "the client connection is cut: its response is truncated")
+            else:
+                self.assertIsNone(context.outcome)
+                self.assertEqual(aborted, [])
+        self.assertEqual(len(broken), 2)
+        self.assertEqual(cluster.endpoints[0].breaker.state, "open")  # type: ignore[union-attr]
+        self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
+                                     target="http://127.0.0.1:9001", status="body_reset"), 2)
+        self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
+                                     target="http://127.0.0.1:9002", status="200"), 4)
+        self.assertEqual([e.inFlight for e in cluster.endpoints], [0, 0])
+
+    def test_bodyResetEjectsThroughPassiveHealth(self) -> None:
+        """Passive health counts broken bodies as errors and ejects the target."""
+        runtime, cluster, agent, clock = runtimeFor(
+            "    retries: false\n"
+            "    health: {passive: {window: 10s, min_requests: 3, max_error_rate: 0.5, eject_for: 30s}}",
+            ports=(9001, 9002))
+        agent.behaviour[9001] = "body_reset"
+        for _ in range(8):
+            self.forwardOnce(runtime, cluster)
+        self.assertGreater(cluster.endpoints[0].ejectedUntil, clock.seconds())
+        before = agent.ports().count(9001)
+        for _ in range(4):
+            self.forwardOnce(runtime, cluster)
+        self.assertEqual(agent.ports().count(9001), before, "an ejected target gets no traffic")
+
+    def test_clientGoneMidBodyIsNoVerdict(self) -> None:
+        """A client that leaves partway is not the target's failure: nothing recorded, the slot freed."""
+        runtime, cluster, agent, clock = runtimeFor("    retries: false\n    circuit_breaker: {failures: 1}",
+                                                    ports=(9001,))
+        context = makeContext()
+        lease = self.successResultOf(ensureDeferred(runtime.forwarder.fetch(context, cluster)))  # type: ignore[arg-type]
+        lease.finish(False, clientGone=True)
+        lease.finish(False)  # a second end changes nothing
+        self.assertEqual(cluster.endpoints[0].breaker.state, "closed")  # type: ignore[union-attr]
+        self.assertEqual(cluster.endpoints[0].inFlight, 0)
+        self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
+                                     target="http://127.0.0.1:9001", status="body_reset"), 0)
+
