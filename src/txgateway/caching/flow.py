@@ -28,19 +28,20 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from txgateway.attempts import UpstreamFailure, discard
 from txgateway.caching import policy
-from txgateway.caching.exchanges import BodyCollector, Exchange, Tee, TeeResponse, detached, storedResponse
+from txgateway.caching.collapsing import Flight
+from txgateway.caching.exchanges import Exchange, Tee, TeeResponse, storedResponse
 from txgateway.caching.policy import StoredResponse
-from txgateway.caching.stores import MemoryStore, RedisStore, VaryIndex
+from txgateway.caching.revalidation import revalidateLater
+from txgateway.caching.stores import MemoryStore, RedisStore
+from txgateway.caching.variants import VaryingStore
 from txgateway.context import RequestContext
 from txgateway.interfaces import IForwarder
 
@@ -64,7 +65,6 @@ UNCACHEABLE_MARK = 10.0
 _UNCACHEABLE_KEYS = 4096
 # Store refusals that say something about the resource, not this exchange.
 _MARKING_REFUSALS = frozenset(("no-store", "private", "set-cookie", "vary-star", "stale", "too-big", "status"))
-_INDEX_TTL = 3600.0
 
 
 def cacheFor(route: CompiledRoute, deps: Deps) -> ResponseCache | None:
@@ -90,43 +90,6 @@ def cacheFor(route: CompiledRoute, deps: Deps) -> ResponseCache | None:
             store = RedisStore(deps.redis, deps.clock, deps.config.stores.redis_timeout, memory, deps.metrics,
                                prefix=b"txgateway:cache:" + route.name.encode() + b":")
     return ResponseCache(route.name, config, store, deps.clock, deps.metrics, deps.rng, deps.config.server.via)
-
-
-class _Flight:
-    """
-    One backend request that concurrent misses for the same key wait on.
-    Released exactly once: with the stored response when there is one,
-    with None as soon as it is known there will not be one.
-    """
-
-    __slots__ = ("waiters", "released", "result")
-
-    def __init__(self) -> None:
-        self.waiters: list[Deferred[StoredResponse | None]] = []
-        self.released = False
-        self.result: StoredResponse | None = None
-
-    def wait(self, timeout: float, clock: IReactorTime) -> Deferred[StoredResponse | None]:
-        if self.released:  # the leader already knows; its body may still be streaming
-            return succeed(self.result)
-        def cancel(d: Deferred[Any]) -> None:
-            if d in self.waiters:
-                self.waiters.remove(d)
-
-        d: Deferred[StoredResponse | None] = Deferred(cancel)
-        self.waiters.append(d)
-        d.addTimeout(timeout, clock)
-        return d
-
-    def release(self, entry: StoredResponse | None) -> None:
-        if self.released:
-            return
-        self.released = True
-        self.result = entry
-        waiters, self.waiters = self.waiters, []
-        for d in waiters:
-            if not d.called:
-                d.callback(entry)
 
 
 def _nothing() -> None:
@@ -157,15 +120,15 @@ class ResponseCache:
         self.routeName = routeName
         self.config = config
         self.store = store
+        self.entries = VaryingStore(store, clock, rng)
         self.clock = clock
         self.metrics = metrics
-        self.rng = rng
         self.name = policy.cacheName(pseudonym)
         self.maxTTL = config.max_ttl
         self.maxObject = config.max_object_size
         self.collapseTimeout = config.collapse_timeout
-        self._pending: dict[bytes, _Flight] = {}
-        self._revalidating: set[bytes] = set()
+        self._pending: dict[bytes, Flight] = {}
+        self.revalidating: set[bytes] = set()
         self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
         self._counters: dict[str, Any] = {}
 
@@ -194,7 +157,7 @@ class ResponseCache:
             target += b"?" + query
         return scheme + b"://" + context.host.encode("latin-1") + target
 
-    def _fields(self, context: RequestContext) -> policy.HeaderLookup:
+    def originFields(self, context: RequestContext) -> policy.HeaderLookup:
         """
         Request fields as the origin saw them, for Vary: what the gateway set
         (identity, route rules) replaces, what it removed is absent.  An
@@ -236,52 +199,6 @@ class ResponseCache:
         while len(self._uncacheable) > _UNCACHEABLE_KEYS:
             self._uncacheable.popitem(last=False)
 
-    # -- the store, with Vary
-
-    async def lookup(self, key: bytes, fields: policy.HeaderLookup) -> tuple[StoredResponse | None, bool]:
-        """(the stored response that matches the request's Vary fields, or None; whether one existed for the URI)."""
-        record = await self.store.get(key)
-        if record is None:
-            return None, False
-        if isinstance(record, VaryIndex):
-            values = policy.varyValues(record.fields, fields)
-            entry = await self.store.get(self._variantKey(key, record.generation, values))
-            if isinstance(entry, StoredResponse) and policy.varyMatches(entry, fields):
-                return entry, False
-            return None, True
-        if isinstance(record, StoredResponse):
-            if policy.varyMatches(record, fields):
-                return record, False
-            return None, True
-        return None, False
-
-    @staticmethod
-    def _variantKey(key: bytes, generation: bytes, values: tuple[bytes | None, ...]) -> bytes:
-        return key + b"#" + generation + b"#" + policy.varyKeySuffix(values)
-
-    async def save(self, key: bytes, entry: StoredResponse) -> None:
-        ttl = policy.retention(entry, self.clock.seconds(), self.maxTTL)
-        if ttl <= 0:
-            await self.store.delete(key)
-            return
-        if not entry.varyFields:
-            await self.store.set(key, entry, ttl)
-            return
-        existing = await self.store.get(key)
-        if isinstance(existing, VaryIndex) and existing.fields == entry.varyFields:
-            generation = existing.generation
-        else:
-            generation = b"%08x" % self.rng.getrandbits(32)
-        await self.store.set(key, VaryIndex(entry.varyFields, generation), max(ttl, _INDEX_TTL))
-        await self.store.set(self._variantKey(key, generation, entry.varyValues), entry, ttl)
-
-    def _save(self, key: bytes, entry: StoredResponse) -> None:
-        ensureDeferred(self.save(key, entry)).addErrback(
-            lambda f: log.failure("storing a cache entry failed", f))
-
-    def _forget(self, key: bytes) -> None:
-        self.store.delete(key).addErrback(lambda f: log.failure("deleting a cache entry failed", f))
-
     # -- the request path
 
     def wrap(self, upstream: IForwarder) -> CachingForwarder:
@@ -304,8 +221,8 @@ class ResponseCache:
             return await self._writeThrough(context, upstream, "bypass", "bypass", detail="range")
         rules = policy.requestRules(raw)
         key = self.key(context)
-        fields = self._fields(context)
-        entry, varyMiss = await self.lookup(key, fields)
+        fields = self.originFields(context)
+        entry, varyMiss = await self.entries.lookup(key, fields)
         now = self.clock.seconds()
         if entry is not None:
             a = policy.assess(entry, rules, now, self.maxTTL)
@@ -314,7 +231,7 @@ class ResponseCache:
             if a.action == policy.STALE_OK:
                 return self._serve(context, entry, a.age, "stale", hit=True, ttl=a.ttl, detail="max-stale")
             if a.action == policy.REVALIDATE_LATER:
-                self._revalidateLater(key, entry, context, upstream, rules)
+                revalidateLater(self, key, entry, context, upstream, rules)
                 return self._serve(context, entry, a.age, "stale", hit=True, ttl=a.ttl,
                                    detail="stale-while-revalidate")
             if rules.onlyIfCached:
@@ -352,7 +269,7 @@ class ResponseCache:
             return await self._fetch(context, upstream, key, rules, fwd, None, None)
         if self._isUncacheable(key):
             return await self._fetch(context, upstream, key, rules, fwd, None, None)
-        flight = self._pending[key] = _Flight()
+        flight = self._pending[key] = Flight()
 
         def land() -> None:
             if self._pending.get(key) is flight:
@@ -367,7 +284,7 @@ class ResponseCache:
         return Exchange(exchange.response, exchange, land)
 
     async def _fetch(self, context: RequestContext, upstream: IForwarder, key: bytes, rules: policy.RequestRules,
-                     fwd: str, entry: StoredResponse | None, flight: _Flight | None) -> Any:
+                     fwd: str, entry: StoredResponse | None, flight: Flight | None) -> Any:
         """
         Forward (conditionally when C{entry} has validators), then: freshen
         and serve C{entry} on a matching 304; serve it stale on an error
@@ -399,9 +316,9 @@ class ResponseCache:
                 refusal = policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules,
                                               responseTime, self.maxTTL)
                 if refusal is None:
-                    self._save(key, fresh)
+                    self.entries.saveLater(key, fresh, self.maxTTL)
                 else:
-                    self._forget(key)
+                    self.entries.forget(key)
                 age = policy.currentAge(fresh, responseTime)
                 ttl = policy.lifetimeOf(fresh, self.maxTTL) - age
                 if flight is not None:
@@ -412,7 +329,7 @@ class ResponseCache:
                 # §4.3.4: a 304 that matches nothing stored answers our validators,
                 # not the client's request: forget the entry and ask again plainly.
                 discard(response)
-                self._forget(key)
+                self.entries.forget(key)
                 exchange.finish(True, False)
                 exchange = None
                 return await self._fetch(context, upstream, key, rules, fwd, None, flight)
@@ -434,7 +351,7 @@ class ResponseCache:
                 if code != 304 and refusal in _MARKING_REFUSALS:
                     self._markUncacheable(key)
                 if entry is not None and 200 <= code < 500 and code != 304:
-                    self._forget(key)  # §4: a newer response supersedes the stored one
+                    self.entries.forget(key)  # §4: a newer response supersedes the stored one
             else:
                 self._uncacheable.pop(key, None)
             self._count(context, "miss")
@@ -451,8 +368,8 @@ class ResponseCache:
                 vary = policy.varyOf(headers) or ()
                 stored = StoredResponse(code, response.phrase or b"", policy.storableHeaders(headers, cc),
                                         b"".join(tee.chunks), requestTime, responseTime, vary,
-                                        policy.varyValues(vary, self._fields(context)))
-                self._save(key, stored)
+                                        policy.varyValues(vary, self.originFields(context)))
+                self.entries.saveLater(key, stored, self.maxTTL)
                 if flight is not None:
                     flight.release(stored)
 
@@ -485,7 +402,7 @@ class ResponseCache:
         headers = _pairs(response.headers)
         for path, query in policy.invalidationTargets(context.method, response.code, headers, context.host,
                                                       context.path, context.query):
-            self._forget(self.key(context, path, query, useContext=False))
+            self.entries.forget(self.key(context, path, query, useContext=False))
         self._status(context, fwd=fwd, fwdStatus=response.code, detail=detail)
         return exchange
 
@@ -501,71 +418,6 @@ class ResponseCache:
         notModified = policy.clientNotModified(context.request.requestHeaders.getRawHeaders, entry)
         self._status(context, **status)
         return Exchange(storedResponse(entry, age, notModified), None)
-
-    # -- background revalidation (RFC 5861 §3)
-
-    def _revalidateLater(self, key: bytes, entry: StoredResponse, context: RequestContext, upstream: IForwarder,
-                         rules: policy.RequestRules) -> None:
-        if key in self._revalidating:
-            return
-        self._revalidating.add(key)
-        bg = detached(context, self.clock)
-        d = ensureDeferred(self._refresh(key, entry, bg, upstream, rules))
-
-        def failed(f: Failure) -> None:
-            if not f.check(CancelledError):
-                log.failure("background revalidation of {key} failed", f, key=key)
-
-        d.addErrback(failed)
-        d.addBoth(lambda _: self._revalidating.discard(key))
-
-    async def _refresh(self, key: bytes, entry: StoredResponse, context: RequestContext, upstream: IForwarder,
-                       rules: policy.RequestRules) -> None:
-        requestTime = self.clock.seconds()
-        try:
-            exchange = await upstream.fetch(context, None, policy.conditionalHeaders(entry) or None)
-        except UpstreamFailure as e:
-            log.info("background revalidation of {key} got no answer ({reason}); the stale copy stays",
-                     key=key, reason=e.reason)
-            return
-        response = exchange.response
-        complete, ours = True, False
-        try:
-            responseTime = self.clock.seconds()
-            code = response.code
-            headers = _pairs(response.headers)
-            if code == 304 and policy.notModifiedMatches(entry, headers):
-                discard(response)
-                fresh = policy.freshen(entry, headers, requestTime, responseTime)
-                if policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules, responseTime,
-                                       self.maxTTL) is None:
-                    await self.save(key, fresh)
-                else:
-                    await self.store.delete(key)
-                return
-            cc = policy.parseCacheControl(policy.headerValues(headers, b"cache-control"))
-            refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, self.maxTTL)
-            length = response.length
-            if refusal is None and (length is UNKNOWN_LENGTH or length <= self.maxObject):
-                done: Deferred[tuple[bytes | None, bool]] = Deferred()
-                response.deliverBody(BodyCollector(self.maxObject, done))
-                body, ours = await done
-                complete = body is not None
-                if body is not None:
-                    vary = policy.varyOf(headers) or ()
-                    await self.save(key, StoredResponse(
-                        code, response.phrase or b"", policy.storableHeaders(headers, cc), body, requestTime,
-                        responseTime, vary, policy.varyValues(vary, self._fields(context))))
-                return
-            discard(response)
-            if code in policy.ERROR_STATUS:
-                return  # keep the stale copy: stale-if-error may still want it
-            if 200 <= code < 500 and code != 304:
-                await self.store.delete(key)
-        finally:
-            # A body the collector gave up on (too big) says nothing about the target.
-            exchange.finish(complete, ours)
-
 
 @implementer(IForwarder)
 class CachingForwarder:
