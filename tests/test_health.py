@@ -23,9 +23,10 @@ from txgateway.balancing import RoundRobin
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ActiveHealth, HealthConfig, PassiveHealth, Target, UpstreamConfig, parseConfig
 from txgateway.context import RequestContext
-from txgateway.health import ActiveHealthChecker, PassiveHealthCheck, checkerFor, passiveFor
+from txgateway.health import PassiveHealthCheck, passiveFor
 from txgateway.interfaces import IHealthCheck, IPassiveHealth
 from txgateway.observe import Metrics
+from txgateway.probing import ActiveHealthChecker, checkerFor
 from txgateway.service import GatewayService, buildRuntime
 
 ACTIVE = ActiveHealth(path="/health", interval=5.0, timeout=2.0, healthy_after=2, unhealthy_after=3)

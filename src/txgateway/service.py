@@ -23,7 +23,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txgateway import balancing, breaking, health, retrying, stores
+from txgateway import balancing, breaking, health, probing, retrying, stores
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
 from txgateway.forwarding import Forwarder
@@ -247,7 +247,7 @@ class GatewayService(MultiService):
             if old is not None:
                 old.disownServiceParent()
                 del self._checkers[name]
-            checker = health.checkerFor(cluster, self.reactor, self.clock, self.metrics)
+            checker = probing.checkerFor(cluster, self.reactor, self.clock, self.metrics)
             if checker is not None:
                 checker.setServiceParent(self.healthServices)
                 self._checkers[name] = checker

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 
+from txgateway.deadlines import withDeadline
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
@@ -40,8 +42,7 @@ class Flight:
 
         d: Deferred[StoredResponse | None] = Deferred(cancel)
         self.waiters.append(d)
-        d.addTimeout(timeout, clock)
-        return d
+        return withDeadline(d, timeout, clock)
 
     def release(self, entry: StoredResponse | None) -> None:
         if self.released:
