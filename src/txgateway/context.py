@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_forwarder -*-
 """
 The per-request state that every stage of the request path reads and adds to.
 
@@ -111,7 +112,7 @@ def jsonResponse(context: RequestContext, status: int, message: str,
 _REASONS = {508: b"Loop Detected"}
 
 
-def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:
+def respond(context: RequestContext, response: LocalResponse) -> None:
     """Write a gateway-made answer (error, 429, preflight, cache hit...)."""
     request = context.request
     if getattr(request, "gone", False) or request.finished:

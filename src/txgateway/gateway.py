@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_hardening,tests.test_observe -*-
 """
 The request path: the resource tree the Site serves, from request head to log line.
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from txgateway.interfaces import IForwarder
     from txgateway.observe import AccessLog, Metrics
     from txgateway.routing import CompiledRoute, RouteTable
+
+__all__ = ["GatewayRoot", "GatewayState", "RouteResource", "Runtime"]
 
 log = Logger(namespace="txgateway")
 

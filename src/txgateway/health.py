@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_health -*-
 """
 Health checking: active probes and passive outlier detection.
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from txgateway.cluster import Cluster, Endpoint
     from txgateway.config import PassiveHealth
     from txgateway.observe import Metrics
+
+__all__ = ["PassiveHealthCheck", "WINDOW_BUCKETS", "passiveFor", "publish", "readmit"]
 
 log = Logger(namespace="txgateway.health")
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_balancing -*-
 """
 Every pluggable part of the gateway, as a zope Interface.
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
     from txgateway.cluster import Endpoint
     from txgateway.context import RequestContext
+
+__all__ = ["IAuthenticator", "IBalancer", "IBreaker", "ICacheStore", "IForwarder", "IHealthCheck", "IPassiveHealth",
+           "IRateLimiter", "IRequestFilter", "IRetryPolicy", "IUpstreamClient"]
 
 
 class IUpstreamClient(Interface):

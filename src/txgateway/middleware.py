@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_auth,tests.test_cors -*-
 """
 The per-route chain: the filters a request passes before it is forwarded.
 
@@ -27,6 +28,8 @@ from txgateway.interfaces import IRequestFilter
 if TYPE_CHECKING:
     from txgateway.observe import Metrics
     from txgateway.routing import CompiledRoute
+
+__all__ = ["Chain", "Deps", "IPFilter", "buildChain", "filterFactories", "ipFilterFor", "jsonResponse"]
 
 
 @dataclass

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_routing -*-
 """
 Routes: compiled once per config, matched per request.
 
@@ -23,6 +24,8 @@ from txgateway.http.paths import normalizeConfigPath
 
 if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
+
+__all__ = ["CompiledRoute", "Match", "RouteTable", "compileRoutes"]
 
 
 def _prefixKey(prefix: str) -> str:
