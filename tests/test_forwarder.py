@@ -1,5 +1,6 @@
 """
-The attempt loop (Forwarder.fetch) and Cluster.choose, with a fake Agent and a Clock.
+The attempt loop (AttemptLoop.fetch), leases from Cluster.choose and the forward sequence, with a fake
+upstream client and a Clock.
 
 The runtime is built from config text by the real C{buildRuntime}, so
 breakers, the retry policy and the metrics observers are wired exactly as in

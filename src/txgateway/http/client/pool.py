@@ -6,7 +6,9 @@ Twisted private names used here (held to stock Twisted by tests/test_pool.py):
   - C{twisted.web.client._HTTP11ClientFactory} (subclassed; its
     C{_quiescentCallback}) and C{_RetryingHTTP11ClientProtocol};
   - C{HTTPConnectionPool} internals: C{_connections}, C{_putConnection},
-    C{_newConnection}, C{_factory}, C{_reactor}.
+    C{_newConnection}, C{_factory}, C{_reactor};
+  - C{twisted.web._newclient.HTTP11ClientProtocol} (the type of pooled
+    connections; their C{state}).
 """
 
 from __future__ import annotations
