@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from txgateway.attempts import UpstreamFailure
 from txgateway.caching import flow as caching
@@ -249,6 +250,10 @@ class CacheTestCase(SynchronousTestCase):
 
 
 class MissAndHitTests(CacheTestCase):
+    def test_cacheWrapsAForwarderAsAForwarder(self) -> None:
+        """The cache in front of a route's forwarder is itself an IForwarder, as ContentDecoderAgent is an IAgent."""
+        self.assertTrue(verifyObject(IForwarder, self.cache.wrap(self.runtime)))
+
     def test_missIsStoredThenHit(self) -> None:
         """§3, §4: a storable response is stored on a miss and reused while fresh, without the origin."""
         self.runtime.script(self.ok(body=b"v1"))

@@ -37,9 +37,10 @@ from txgateway.deadlines import totalTimeout
 from txgateway.forwarding import ClusterForwarder, forward
 from txgateway.gateway import Runtime
 from txgateway.http.channel import GatewayRequest
-from txgateway.http.client.agent import UpstreamAgent
+from txgateway.http.client.agent import UpstreamAgent, makeClient
 from txgateway.http.client.pool import ConnectionPool
 from txgateway.http.replay import bodyProducer
+from txgateway.interfaces import IForwarder, IUpstreamClient
 from txgateway.observe import AccessLog, Metrics
 from txgateway.service import buildRuntime
 
@@ -635,6 +636,16 @@ class ClassifyTests(SynchronousTestCase):
     def test_fakeAgentIsAnAgent(self) -> None:
         """The test double honours IAgent."""
         self.assertTrue(verifyObject(IAgent, FakeAgent()))
+
+    def test_upstreamClientsAndForwardersHonourTheirInterfaces(self) -> None:
+        """The HTTP/1.1 client is an IUpstreamClient (and an IAgent); a cluster's forwarder is an IForwarder."""
+        clock = MemoryReactorClock()
+        client = makeClient(clock, 4, 60.0, 1.0)
+        self.assertTrue(verifyObject(IUpstreamClient, client))
+        self.assertTrue(verifyObject(IAgent, client))
+        self.successResultOf(client.close())
+        runtime, cluster, agent, clock2 = runtimeFor()
+        self.assertTrue(verifyObject(IForwarder, ClusterForwarder(runtime.forwarder, cluster)))
 
 
 @implementer(IAgentEndpointFactory)
