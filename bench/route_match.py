@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from twisted.web.http_headers import Headers  # noqa: E402
 
 from txgateway.config import MatchConfig, RouteConfig  # noqa: E402
-from txgateway.routing import RouteTable, compileRoutes, normalizeHost, normalizePath  # noqa: E402
+from txgateway.http.paths import normalizeHost, normalizePath  # noqa: E402
+from txgateway.routing import RouteTable, compileRoutes  # noqa: E402
 
 Request = tuple[bytes, bytes, bytes, Headers]  # method, raw host, raw path, headers
 

@@ -285,7 +285,7 @@ def upstreamHeaders(context: RequestContext) -> Any:
     """What the forwarder would send upstream for this context."""
     from txgateway.cluster import Endpoint
     from txgateway.config import ServerConfig
-    from txgateway.http.proxy import Forwarder
+    from txgateway.forwarding import Forwarder
 
     forwarder = Forwarder(MemoryReactorClock(), Clock(), ServerConfig(), Metrics(processMetrics=False))
     endpoint = Endpoint(Target("http://127.0.0.1:9", "http", "127.0.0.1", 9), "app")

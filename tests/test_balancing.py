@@ -33,6 +33,14 @@ from txgateway.observe import Metrics
 from txgateway.service import buildRuntime
 
 
+def chosen(cluster: Cluster, context: Any, tried: Any = ()) -> Endpoint:
+    """The target C{cluster.choose} leases, its in-flight slot given back at once."""
+    lease = cluster.choose(context, tried)
+    lease.release()
+    return lease.endpoint
+
+
+
 def target(port: int, weight: int = 1) -> Target:
     return Target(url=f"http://127.0.0.1:{port}", scheme="http", host="127.0.0.1", port=port, weight=weight)
 
@@ -202,7 +210,7 @@ class ReloadTests(SynchronousTestCase):
 
     def pick(self, runtime: Any, n: int) -> list[str]:
         cluster = runtime.clusters["app"]
-        return [cluster.choose(ctx()).url[-1] for _ in range(n)]
+        return [chosen(cluster, ctx()).url[-1] for _ in range(n)]
 
     def test_weightsChangingOnReloadTakeEffectSmoothly(self) -> None:
         """1,1 then reloaded as 3,1: the next picks are exactly 0 0 1 0 (ports ...0 and ...1)."""
@@ -477,14 +485,14 @@ class ClusterChooseTests(SynchronousTestCase):
         cluster, eps = self.cluster("fail_open")
         eps[0].activeHealthy = False
         eps[1].ejectedUntil = 100.0
-        self.assertEqual({cluster.choose(ctx()).url for _ in range(6)}, {eps[2].url})
+        self.assertEqual({chosen(cluster, ctx()).url for _ in range(6)}, {eps[2].url})
 
     def test_failOpenUsesEveryTargetWhenNoneIsHealthy(self) -> None:
         """fail_open: with every target unhealthy, all of them are used."""
         cluster, eps = self.cluster("fail_open")
         for e in eps:
             e.activeHealthy = False
-        self.assertEqual({cluster.choose(ctx()).url for _ in range(6)}, {e.url for e in eps})
+        self.assertEqual({chosen(cluster, ctx()).url for _ in range(6)}, {e.url for e in eps})
 
     def test_failClosedRefusesWhenNoneIsHealthy(self) -> None:
         """fail_closed: with every target unhealthy, choose raises NoTarget (a 503)."""
@@ -494,7 +502,7 @@ class ClusterChooseTests(SynchronousTestCase):
         e = self.assertRaises(NoTarget, cluster.choose, ctx())
         self.assertIn("fail_closed", e.reason)
         eps[1].activeHealthy = True
-        self.assertIs(cluster.choose(ctx()), eps[1])
+        self.assertIs(chosen(cluster, ctx()), eps[1])
 
     def test_failClosedSaysWhenToComeBack(self) -> None:
         """fail_closed's NoTarget carries a Retry-After: the soonest ejection end, at least a second."""

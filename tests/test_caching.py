@@ -1,6 +1,6 @@
 """
-L{txgateway.caching.ResponseCache.handle}: the whole cached exchange, with a
-scripted upstream (a fake C{Runtime.forward}), the real L{Forwarder} writing
+L{txgateway.caching.flow.ResponseCache} wrapping a route's forwarder: the whole cached exchange, with a
+scripted upstream (a fake L{IForwarder} the cache wraps), the real forward sequence writing
 to a real twisted.web request, and a L{Clock}.  Each test names the RFC
 section it checks.
 """
@@ -21,7 +21,10 @@ from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.test.requesthelper import DummyChannel
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from txgateway.attempts import UpstreamFailure
 from txgateway.caching import flow as caching
 from txgateway.caching.stores import MemoryStore, RedisStore
 from txgateway.config import (
@@ -35,8 +38,10 @@ from txgateway.config import (
     StoresConfig,
 )
 from txgateway.context import RequestContext
+from txgateway.forwarding import forward
 from txgateway.http.channel import GatewayRequest
-from txgateway.http.proxy import Forwarder, UpstreamFailure
+from txgateway.http.messages import Messages
+from txgateway.interfaces import IForwarder
 from txgateway.middleware import Deps
 from txgateway.observe import Metrics
 from txgateway.routing import CompiledRoute
@@ -87,26 +92,33 @@ class FakeResponse:
         self.protocol.connectionLost(reason)
 
 
-class _Endpoint:
-    def __init__(self) -> None:
+class _Exchange:
+    """What the scripted upstream gives: a response, and an in-flight slot its finish gives back."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
         self.inFlight = 1
 
+    def finish(self, complete: bool, clientGone: bool = False) -> None:
+        self.inFlight -= 1
 
+
+@implementer(IForwarder)
 class FakeRuntime:
-    """Stands for L{txgateway.gateway.Runtime}: a scripted forward and the real Forwarder."""
+    """Stands for the route's attempt loop (an IForwarder): a scripted fetch."""
 
     def __init__(self, clock: Clock, metrics: Metrics) -> None:
         self.clock = clock
-        self.forwarder = Forwarder(None, clock, ServerConfig(), metrics)
+        self.messages = Messages(ServerConfig())
         self.queue: list[Any] = []
         self.calls: list[tuple[RequestContext, bytes | None, dict[bytes, bytes]]] = []
-        self.endpoints: list[_Endpoint] = []
+        self.endpoints: list[_Exchange] = []
 
     def script(self, *items: Any) -> None:
         self.queue.extend(items)
 
-    async def forward(self, context: RequestContext, method: bytes | None = None,
-                      extraHeaders: list[tuple[bytes, bytes]] | None = None) -> tuple[Any, Any]:
+    async def fetch(self, context: RequestContext, method: bytes | None = None,
+                    extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Any:
         self.calls.append((context, method, dict(extraHeaders or [])))
         item = self.queue.pop(0)
         if isinstance(item, Deferred):
@@ -114,9 +126,9 @@ class FakeRuntime:
         if isinstance(item, Exception):
             raise item
         context.upstream = "u"
-        endpoint = _Endpoint()
-        self.endpoints.append(endpoint)
-        return item, endpoint
+        exchange = _Exchange(item)
+        self.endpoints.append(exchange)
+        return exchange
 
     def inFlight(self) -> int:
         return sum(e.inFlight for e in self.endpoints)
@@ -215,7 +227,7 @@ class CacheTestCase(SynchronousTestCase):
         context.route = self.route
         context.forwardHeaders = list(forwardHeaders)
         request.context = context
-        d = ensureDeferred(self.cache.handle(context, self.runtime))
+        d = ensureDeferred(forward(context, self.cache.wrap(self.runtime), self.runtime.messages))
         return Exchange(context, d, channel)
 
     def get(self, *args: Any, **kwargs: Any) -> Exchange:
@@ -238,6 +250,10 @@ class CacheTestCase(SynchronousTestCase):
 
 
 class MissAndHitTests(CacheTestCase):
+    def test_cacheWrapsAForwarderAsAForwarder(self) -> None:
+        """The cache in front of a route's forwarder is itself an IForwarder, as ContentDecoderAgent is an IAgent."""
+        self.assertTrue(verifyObject(IForwarder, self.cache.wrap(self.runtime)))
+
     def test_missIsStoredThenHit(self) -> None:
         """§3, §4: a storable response is stored on a miss and reused while fresh, without the origin."""
         self.runtime.script(self.ok(body=b"v1"))
@@ -577,14 +593,13 @@ class StaleTests(CacheTestCase):
         self.get()
         self.clock.advance(30)
         self.assertEqual(self.get().status, 503)
-        f = self.failureResultOf(self.send().done, UpstreamFailure)
-        self.assertEqual(f.value.status, 504)
+        self.assertEqual(self.get().status, 504)  # the UpstreamFailure's status, as the client gets it
 
     def test_failureWithoutStaleStillCarriesCacheStatus(self) -> None:
         """RFC 9211: the gateway's 502/503/504 on a cached route says the cache forwarded."""
         self.runtime.script(UpstreamFailure(502, "connect_failure"))
-        ex = self.send()
-        self.failureResultOf(ex.done, UpstreamFailure)
+        ex = self.get()
+        self.assertEqual(ex.status, 502)
         self.assertIn((b"Cache-Status", b"txgateway; fwd=uri-miss; detail=upstream-failure"),
                       ex.context.responseHeaders)
 
@@ -728,7 +743,8 @@ class CollapseTests(CacheTestCase):
         leader = self.send()
         waiter = self.send()
         hang.callback(UpstreamFailure(502, "connect_failure"))
-        self.failureResultOf(leader.done, UpstreamFailure)
+        self.successResultOf(leader.done)
+        self.assertEqual(leader.status, 502)
         self.successResultOf(waiter.done)
         self.assertEqual(waiter.body, b"w")
 

@@ -213,7 +213,7 @@ class ChainTests(SynchronousTestCase):
 
     def test_401CarriesCorsHeadersSoThePageCanReadIt(self) -> None:
         """An auth refusal to an allowed origin still gets ACAO (respond() adds context.responseHeaders)."""
-        from txgateway.gateway import respond
+        from txgateway.context import respond
 
         context = makeContext([(b"Origin", APP)], b"POST")
         response = self.runChain(context)
@@ -226,7 +226,7 @@ class ChainTests(SynchronousTestCase):
 
     def test_preflight204HasNoContentLength(self) -> None:
         """The gateway's 204 carries no Content-Length (RFC 9110 section 8.6)."""
-        from txgateway.gateway import respond
+        from txgateway.context import respond
 
         context = preflight()
         response = self.runChain(context)

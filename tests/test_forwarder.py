@@ -1,5 +1,6 @@
 """
-The attempt loop (Forwarder.fetch) and Cluster.choose, with a fake Agent and a Clock.
+The attempt loop (AttemptLoop.fetch), leases from Cluster.choose and the forward sequence, with a fake
+upstream client and a Clock.
 
 The runtime is built from config text by the real C{buildRuntime}, so
 breakers, the retry policy and the metrics observers are wired exactly as in
@@ -24,18 +25,33 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txgateway.cluster import Cluster, NoTarget
+from txgateway.attempts import UpstreamFailure, classify
+from txgateway.cluster import Cluster, Endpoint, NoTarget
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
+from txgateway.deadlines import totalTimeout
+from txgateway.forwarding import ClusterForwarder, forward
 from txgateway.gateway import Runtime
-from txgateway.http.proxy import UpstreamFailure, _Agent, _bodyProducer, _Pool, classify, totalTimeout
+from txgateway.http.channel import GatewayRequest
+from txgateway.http.client.agent import UpstreamAgent, makeClient
+from txgateway.http.client.pool import ConnectionPool
+from txgateway.http.replay import bodyProducer
+from txgateway.interfaces import IForwarder, IUpstreamClient
 from txgateway.observe import AccessLog, Metrics
 from txgateway.service import buildRuntime
 
 PORTS = (9001, 9002, 9003)
+
+def chosen(cluster: Cluster, context: Any, tried: Any = ()) -> Endpoint:
+    """The target C{cluster.choose} leases, its in-flight slot given back at once."""
+    lease = cluster.choose(context, tried)
+    lease.release()
+    return lease.endpoint
+
 
 
 class FakeRequest:
@@ -56,17 +72,25 @@ class FakeResponse:
     request = None
     previousResponse = None
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, body: bytes = b"", broken: bool = False) -> None:
         self.code = code
         self.phrase = b"X"
         self.headers = Headers()
-        self.length = 0
+        self.length = len(body) * 2 if broken else len(body)
+        self.body = body
+        self.broken = broken
         self.discarded = False
 
     def deliverBody(self, protocol: Any) -> None:
+        """The body, whole or (C{broken}) cut off partway as a target's reset cuts it."""
         self.discarded = True
         protocol.makeConnection(StringTransport())
-        protocol.connectionLost(Failure(ResponseDone()))
+        if self.body:
+            protocol.dataReceived(self.body)
+        if self.broken:
+            protocol.connectionLost(Failure(ResponseFailed([Failure(netError.ConnectionLost())])))
+        else:
+            protocol.connectionLost(Failure(ResponseDone()))
 
     def setPreviousResponse(self, response: Any) -> None:
         pass
@@ -102,7 +126,8 @@ def readBody(producer: IBodyProducer | None) -> bytes:
 @implementer(IAgent)
 class FakeAgent:
     """
-    Answers with "refuse" (connect failure), "reset", "hang" (a Deferred
+    Answers with "refuse" (connect failure), "reset", "body_reset" (a 200
+    whose body breaks off partway), "hang" (a Deferred
     that only a cancel ends, failing as the real Agent's does:
     ResponseNeverReceived), or an int status.  C{script} is consumed first,
     one entry per call whatever the target (tests need not know which target
@@ -134,7 +159,10 @@ class FakeAgent:
 
             call.deferred = Deferred(cancel)
             return call.deferred
-        response = FakeResponse(int(what))
+        if what == "body_reset":
+            response = FakeResponse(200, b"partial", broken=True)
+        else:
+            response = FakeResponse(int(what), b"whole")
         self.responses.append(response)
         return succeed(response)
 
@@ -169,7 +197,15 @@ def makeContext(method: bytes = b"GET", body: bytes | None = None, content: Any 
 
 class ForwarderCase(SynchronousTestCase):
     def fetch(self, runtime: Runtime, cluster: Cluster, context: RequestContext) -> Deferred[Any]:
-        return ensureDeferred(runtime.forwarder.fetch(context, cluster))
+        """(the response, the lease of its attempt), as the attempt loop gives them."""
+        return ensureDeferred(runtime.forwarder.fetch(context, cluster)).addCallback(  # type: ignore[arg-type]
+            lambda lease: (lease.response, lease))
+
+    def relayed(self, d: Deferred[Any]) -> Any:
+        """The result of C{d}, its body read to the end and its lease finished, as the forward sequence does."""
+        response, lease = self.successResultOf(d)
+        lease.finish(True)
+        return response, lease
 
     def metric(self, runtime: Runtime, name: str, **labels: str) -> float:
         value = runtime.metrics.registry.get_sample_value(name, labels)
@@ -182,7 +218,8 @@ class RetryLoopTests(ForwarderCase):
         runtime, cluster, agent, clock = runtimeFor("    retries: {attempts: 2, backoff: 0s}")
         agent.script = ["refuse"]
         context = makeContext()
-        response, endpoint = self.successResultOf(self.fetch(runtime, cluster, context))
+        response, lease = self.successResultOf(self.fetch(runtime, cluster, context))
+        endpoint = lease.endpoint
         self.assertEqual(response.code, 200)
         first, second = agent.ports()
         self.assertNotEqual(first, second)
@@ -193,6 +230,7 @@ class RetryLoopTests(ForwarderCase):
         self.assertEqual(endpoint.url, other)
         self.assertEqual(sum(e.inFlight for e in cluster.endpoints), 1)
         self.assertEqual(endpoint.inFlight, 1)
+        lease.finish(True)
         self.assertEqual(self.metric(runtime, "txgateway_retries_total", upstream="u"), 1)
         self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
                                      target=failed, status="connect_failure"), 1)
@@ -398,7 +436,7 @@ class CancellationTests(ForwarderCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         agent.behaviour[9001] = 200
-        self.assertEqual(self.successResultOf(self.fetch(runtime, cluster, makeContext()))[0].code, 200)
+        self.assertEqual(self.relayed(self.fetch(runtime, cluster, makeContext()))[0].code, 200)
         self.assertEqual(breaker.state, "closed")
 
 
@@ -440,10 +478,10 @@ class BreakerInLoopTests(ForwarderCase):
             "    retries: false\n    circuit_breaker: {failures: 1, open_for: 5s}", ports=(9001,))
         target = "http://127.0.0.1:9001"
         agent.behaviour[9001] = [503, 200]
-        self.successResultOf(self.fetch(runtime, cluster, makeContext()))
+        self.relayed(self.fetch(runtime, cluster, makeContext()))
         self.assertEqual(self.metric(runtime, "txgateway_circuit_state", upstream="u", target=target), 1)
         clock.advance(5)
-        self.successResultOf(self.fetch(runtime, cluster, makeContext()))
+        self.relayed(self.fetch(runtime, cluster, makeContext()))
         self.assertEqual(self.metric(runtime, "txgateway_circuit_state", upstream="u", target=target), 0)
         for to in ("open", "half_open", "closed"):
             self.assertEqual(self.metric(runtime, "txgateway_circuit_transitions_total", upstream="u",
@@ -465,6 +503,8 @@ class BreakerInLoopTests(ForwarderCase):
             self.assertNoResult(d)
         agent.calls[0].deferred.callback(FakeResponse(200))  # type: ignore[union-attr]
         agent.calls[1].deferred.callback(FakeResponse(200))  # type: ignore[union-attr]
+        for d in pending[:2]:
+            self.relayed(d)
         self.assertEqual(cluster.endpoints[0].breaker.state, "closed")  # type: ignore[union-attr]
 
     def test_retryFindingOnlyOpenBreakersReportsTheRealFailure(self) -> None:
@@ -497,10 +537,10 @@ class ChooseTests(SynchronousTestCase):
         runtime, cluster, agent, clock = runtimeFor("    pool: {max_per_target: 2}")
         a, b, c = cluster.endpoints
         a.inFlight = b.inFlight = 2
-        self.assertIs(cluster.choose(makeContext()), c)
+        self.assertIs(chosen(cluster, makeContext()), c)
         c.inFlight = 2
         with self.assertRaises(NoTarget) as raised:
-            cluster.choose(makeContext())
+            chosen(cluster, makeContext())
         self.assertEqual(raised.exception.retryAfter, 0.0)
 
     def test_retryPrefersAnUntriedTarget(self) -> None:
@@ -509,7 +549,7 @@ class ChooseTests(SynchronousTestCase):
         a, b, c = cluster.endpoints
         context = makeContext()
         for _ in range(5):
-            self.assertIn(cluster.choose(context, [a, b]), [c])
+            self.assertIn(chosen(cluster, context, [a, b]), [c])
 
     def test_triedTargetIsUsedWhenTheUntriedOnesAreOpen(self) -> None:
         """A target already tried is better than none: open breakers elsewhere do not end the request."""
@@ -517,7 +557,7 @@ class ChooseTests(SynchronousTestCase):
         a, b, c = cluster.endpoints
         b.breaker.recordFailure()  # type: ignore[union-attr]
         c.breaker.recordFailure()  # type: ignore[union-attr]
-        self.assertIs(cluster.choose(makeContext(), [a]), a)
+        self.assertIs(chosen(cluster, makeContext(), [a]), a)
 
     def test_triedTargetIsUsedWhenTheUntriedOnesAreProbing(self) -> None:
         """An untried half-open target with its probe slots taken falls back to a tried healthy one."""
@@ -526,7 +566,7 @@ class ChooseTests(SynchronousTestCase):
         b.breaker.recordFailure()  # type: ignore[union-attr]
         clock.advance(1)
         self.assertTrue(b.breaker.allow())  # type: ignore[union-attr]
-        self.assertIs(cluster.choose(makeContext(), [a]), a)
+        self.assertIs(chosen(cluster, makeContext(), [a]), a)
 
     def test_noTargetCarriesTheShortestWait(self) -> None:
         """Every breaker open: NoTarget says when the first one will let a probe through."""
@@ -535,7 +575,7 @@ class ChooseTests(SynchronousTestCase):
             e.breaker.recordFailure()  # type: ignore[union-attr]
             clock.advance(i + 1)
         with self.assertRaises(NoTarget) as raised:
-            cluster.choose(makeContext())
+            chosen(cluster, makeContext())
         self.assertEqual(raised.exception.retryAfter, 4.0)
 
 
@@ -544,8 +584,8 @@ class BodyReplayTests(SynchronousTestCase):
         """Each producer sends the whole body, wherever the buffer's position was left."""
         request = FakeRequest(b"hello")
         request.content.read()
-        self.assertEqual(readBody(_bodyProducer(request)), b"hello")
-        self.assertEqual(readBody(_bodyProducer(request)), b"hello")
+        self.assertEqual(readBody(bodyProducer(request)), b"hello")
+        self.assertEqual(readBody(bodyProducer(request)), b"hello")
 
     def test_largeFileBodyIsReplayedAndNeverClosed(self) -> None:
         """A body the Site spooled to a temp file survives a finished or stopped attempt and is sent whole again."""
@@ -554,14 +594,14 @@ class BodyReplayTests(SynchronousTestCase):
         self.addCleanup(f.close)
         f.write(body)
         request = FakeRequest(content=f)
-        first = _bodyProducer(request)
+        first = bodyProducer(request)
         assert first is not None
         self.assertEqual(first.length, len(body))
         # What FileBodyProducer does when it finishes or is stopped (a cancelled attempt).
         first._inputFile.close()  # type: ignore[attr-defined]
         self.assertFalse(f.closed)
-        self.assertEqual(readBody(_bodyProducer(request)), body)
-        self.assertEqual(readBody(_bodyProducer(request)), body)
+        self.assertEqual(readBody(bodyProducer(request)), body)
+        self.assertEqual(readBody(bodyProducer(request)), body)
 
     def test_largeBodyReachesTheRetry(self) -> None:
         """Through the attempt loop: a 512 KiB POST refused by one target arrives whole at the next."""
@@ -572,7 +612,7 @@ class BodyReplayTests(SynchronousTestCase):
         f.write(body)
         agent.script = ["refuse"]
         context = makeContext(b"POST", content=f)
-        self.successResultOf(ensureDeferred(runtime.forwarder.fetch(context, cluster)))
+        self.successResultOf(ensureDeferred(runtime.forwarder.fetch(context, cluster)))  # type: ignore[arg-type]
         self.assertEqual([len(c.body) for c in agent.calls], [len(body), len(body)])
 
 
@@ -596,6 +636,16 @@ class ClassifyTests(SynchronousTestCase):
     def test_fakeAgentIsAnAgent(self) -> None:
         """The test double honours IAgent."""
         self.assertTrue(verifyObject(IAgent, FakeAgent()))
+
+    def test_upstreamClientsAndForwardersHonourTheirInterfaces(self) -> None:
+        """The HTTP/1.1 client is an IUpstreamClient (and an IAgent); a cluster's forwarder is an IForwarder."""
+        clock = MemoryReactorClock()
+        client = makeClient(clock, 4, 60.0, 1.0)
+        self.assertTrue(verifyObject(IUpstreamClient, client))
+        self.assertTrue(verifyObject(IAgent, client))
+        self.successResultOf(client.close())
+        runtime, cluster, agent, clock2 = runtimeFor()
+        self.assertTrue(verifyObject(IForwarder, ClusterForwarder(runtime.forwarder, cluster)))
 
 
 @implementer(IAgentEndpointFactory)
@@ -625,7 +675,6 @@ class AgentTests(SynchronousTestCase):
         endpoints = _RecordingEndpoints()
         agent = agentClass.usingEndpointFactory(MemoryReactorClock(), endpoints, pool=HTTPConnectionPool(
             MemoryReactorClock(), persistent=False))
-        agent._origins = {}
         agent.request(b"GET", url, Headers({b"x-a": [b"1"]}))
         return endpoints.written[0].value()
 
@@ -635,16 +684,15 @@ class AgentTests(SynchronousTestCase):
                 b"http://127.0.0.1:9101/a;p=1?q", b"http://127.0.0.1:9101/a?", b"http://backend.example/a/",
                 b"http://[::1]:8080/v6?x", b"http://127.0.0.1:9101/a%3Bb?c?d"]
         for url in urls:
-            self.assertEqual(self._sent(_Agent, url), self._sent(Agent, url), url)
+            self.assertEqual(self._sent(UpstreamAgent, url), self._sent(Agent, url), url)
 
     def test_pooledConnectionGetsWhatTheStockAgentSends(self) -> None:
         """A request sent straight on an idle pooled connection carries the stock Agent's bytes, and reuses it."""
         endpoints = _RecordingEndpoints()
         clock = MemoryReactorClock()
-        pool = _Pool(clock, persistent=True)
+        pool = ConnectionPool(clock, persistent=True)
         pool.retryAutomatically = False
-        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=pool)
-        agent._origins = {}
+        agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=pool)
         for url in (b"http://127.0.0.1:9101/a?x=1", b"http://127.0.0.1:9101/b/c"):
             d = agent.request(b"GET", url, Headers({b"x-a": [b"1"], b"host": [b"h.example"]}))
             [transport] = endpoints.written
@@ -667,8 +715,7 @@ class AgentTests(SynchronousTestCase):
         """The endpoint of a target prefix is looked up once, then reused."""
         endpoints = _RecordingEndpoints()
         clock = MemoryReactorClock()
-        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
-        agent._origins = {}
+        agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
         for path in (b"/a", b"/b?x=1", b"/c"):
             agent.request(b"GET", b"http://127.0.0.1:9101" + path)
         agent.request(b"GET", b"http://127.0.0.1:9102/a")
@@ -679,7 +726,78 @@ class AgentTests(SynchronousTestCase):
         """A URL Twisted refuses is refused the same way."""
         endpoints = _RecordingEndpoints()
         clock = MemoryReactorClock()
-        agent = _Agent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
-        agent._origins = {}
+        agent = UpstreamAgent.usingEndpointFactory(clock, endpoints, pool=HTTPConnectionPool(clock, persistent=False))
         with self.assertRaises(ValueError):
             agent.request(b"GET", b"http://127.0.0.1:9101/a\x01b")
+
+
+class BodyResetTests(ForwarderCase):
+    """A target that resets partway through a body fails (issue 18): the breaker and passive health hear it."""
+
+    def forwardOnce(self, runtime: Runtime, cluster: Cluster) -> tuple[RequestContext, Any]:
+        """One request through the forward sequence, to a real twisted.web request on a dummy channel."""
+        channel = DummyChannel()
+        aborted: list[bool] = []
+        channel.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[attr-defined]
+        request = GatewayRequest(channel)
+        request.method = b"GET"
+        request.uri = b"/x"
+        request.clientproto = b"HTTP/1.1"
+        request.content = io.BytesIO()
+        request.requestHeaders.setRawHeaders(b"host", [b"gw.example"])
+        context = RequestContext(request, 0.0, "rid", "10.0.0.1", "10.0.0.1", b"GET", "gw.example", "/x", None)
+        self.successResultOf(ensureDeferred(forward(context, ClusterForwarder(runtime.forwarder, cluster),
+                                                    runtime.messages)))
+        return context, aborted
+
+    def test_bodyResetOpensTheBreakerAndIsCounted(self) -> None:
+        """Each broken body is a failure of its target: the breaker opens, the metric and the outcome say body_reset."""
+        runtime, cluster, agent, clock = runtimeFor(
+            "    retries: false\n    circuit_breaker: {failures: 2, open_for: 30s}", ports=(9001, 9002))
+        agent.behaviour[9001] = "body_reset"
+        broken = []
+        for _ in range(6):
+            context, aborted = self.forwardOnce(runtime, cluster)
+            if context.target == "http://127.0.0.1:9001":
+                broken.append(context)
+                self.assertEqual(context.outcome, "body_reset")
+                self.assertEqual(aborted, [True], "the client connection is cut: its response is truncated")
+            else:
+                self.assertIsNone(context.outcome)
+                self.assertEqual(aborted, [])
+        self.assertEqual(len(broken), 2)
+        self.assertEqual(cluster.endpoints[0].breaker.state, "open")  # type: ignore[union-attr]
+        self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
+                                     target="http://127.0.0.1:9001", status="body_reset"), 2)
+        self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
+                                     target="http://127.0.0.1:9002", status="200"), 4)
+        self.assertEqual([e.inFlight for e in cluster.endpoints], [0, 0])
+
+    def test_bodyResetEjectsThroughPassiveHealth(self) -> None:
+        """Passive health counts broken bodies as errors and ejects the target."""
+        runtime, cluster, agent, clock = runtimeFor(
+            "    retries: false\n"
+            "    health: {passive: {window: 10s, min_requests: 3, max_error_rate: 0.5, eject_for: 30s}}",
+            ports=(9001, 9002))
+        agent.behaviour[9001] = "body_reset"
+        for _ in range(8):
+            self.forwardOnce(runtime, cluster)
+        self.assertGreater(cluster.endpoints[0].ejectedUntil, clock.seconds())
+        before = agent.ports().count(9001)
+        for _ in range(4):
+            self.forwardOnce(runtime, cluster)
+        self.assertEqual(agent.ports().count(9001), before, "an ejected target gets no traffic")
+
+    def test_clientGoneMidBodyIsNoVerdict(self) -> None:
+        """A client that leaves partway is not the target's failure: nothing recorded, the slot freed."""
+        runtime, cluster, agent, clock = runtimeFor("    retries: false\n    circuit_breaker: {failures: 1}",
+                                                    ports=(9001,))
+        context = makeContext()
+        lease = self.successResultOf(ensureDeferred(runtime.forwarder.fetch(context, cluster)))  # type: ignore[arg-type]
+        lease.finish(False, clientGone=True)
+        lease.finish(False)  # a second end changes nothing
+        self.assertEqual(cluster.endpoints[0].breaker.state, "closed")  # type: ignore[union-attr]
+        self.assertEqual(cluster.endpoints[0].inFlight, 0)
+        self.assertEqual(self.metric(runtime, "txgateway_upstream_requests_total", upstream="u",
+                                     target="http://127.0.0.1:9001", status="body_reset"), 0)
+

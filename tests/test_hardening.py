@@ -27,15 +27,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from txgateway.attempts import classify
 from txgateway.config import parseConfig
-from txgateway.gateway import GatewayRoot, pathHazards
+from txgateway.gateway import GatewayRoot
 from txgateway.http.channel import GatewaySite, splitAbsoluteForm, validAuthority
-from txgateway.http.proxy import (
-    InvalidUpstreamResponse,
-    _StrictClientProtocol,
-    _StrictResponseParser,
-    classify,
-)
+from txgateway.http.client.parser import InvalidUpstreamResponse, StrictResponseParser
+from txgateway.http.client.protocol import StrictClientProtocol
+from txgateway.http.paths import pathHazards
 from txgateway.observe import IdSource, Metrics
 from txgateway.service import Gateway, buildRuntime
 
@@ -616,8 +614,8 @@ class _StreamedBody(_NullProducer):
         return Deferred()
 
 
-def _clientProtocol() -> tuple[_StrictClientProtocol, StringTransport, Deferred[Any]]:
-    proto = _StrictClientProtocol()
+def _clientProtocol() -> tuple[StrictClientProtocol, StringTransport, Deferred[Any]]:
+    proto = StrictClientProtocol()
     transport = StringTransport()
     proto.makeConnection(transport)
     d = proto.request(ClientRequest(b"GET", b"/", Headers({b"host": [b"b"]}), None, persistent=True))
@@ -719,12 +717,12 @@ class UpstreamResponseTests(SynchronousTestCase):
         """The pooled protocol parses with the strict parser, whether or not the request was sent the short way."""
         proto, _, _ = _clientProtocol()
         proto.dataReceived(b"HTTP/1.1 200 OK\r\n")  # not a whole response: parsed the stock way
-        self.assertIsInstance(proto._parser, _StrictResponseParser)
-        withBody = _StrictClientProtocol()
+        self.assertIsInstance(proto._parser, StrictResponseParser)
+        withBody = StrictClientProtocol()
         withBody.makeConnection(StringTransport())
         withBody.request(ClientRequest(b"POST", b"/", Headers({b"host": [b"b"]}), _StreamedBody(),
                                        persistent=True))
-        self.assertIsInstance(withBody._parser, _StrictResponseParser)
+        self.assertIsInstance(withBody._parser, StrictResponseParser)
 
     def test_invalidUpstreamResponseIs502(self) -> None:
         """RFC 9112 §6.3: the client gets 502 when the upstream's response was invalid."""

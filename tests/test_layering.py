@@ -48,12 +48,8 @@ LIBRARIES = ("twisted", "treq", "prometheus_client", "txredisapi")
 PRIVATE_USE_ALLOWED_UNDER = ("http/",)
 
 # (module path relative to src/txgateway, private name): why it is still used there.
-# Today's uses outside http/ are being moved into http/ by the #17 work.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("gateway.py", "_rawHeaders"): "moving in #17: Headers' own dict read without name encoding per lookup",
-    ("testing.py", "_endpointFactory"): "moving in #17: useInMemoryOrigins re-pointed at the upstream-client "
-                                        "interface once it lands (the one place tests inject origins)",
-}
+# Empty: every use is under http/, named in its module's docstring.
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

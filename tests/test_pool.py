@@ -11,7 +11,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.http.proxy import _Pool
+from txgateway.http.client.pool import ConnectionPool
 
 KEY = (b"http", b"127.0.0.1", 9000)
 
@@ -45,7 +45,7 @@ class _Endpoint:
 class IdleExpiry(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.pool = _Pool(self.clock)
+        self.pool = ConnectionPool(self.clock)
         self.pool.cachedConnectionTimeout = 90  # type: ignore[assignment]
         self.pool.retryAutomatically = False
         self.endpoint = _Endpoint()

@@ -22,16 +22,8 @@ from twisted.web.http_headers import Headers
 
 from txgateway import cli
 from txgateway.config import ConfigError, GatewayConfig, MatchConfig, RouteConfig, parseConfig
-from txgateway.routing import (
-    CompiledRoute,
-    Match,
-    PathError,
-    RouteTable,
-    compileRoutes,
-    normalizeConfigPath,
-    normalizeHost,
-    normalizePath,
-)
+from txgateway.http.paths import PathError, normalizeConfigPath, normalizeHost, normalizePath
+from txgateway.routing import CompiledRoute, Match, RouteTable, compileRoutes
 
 EXAMPLE = Path("/work/shared/gw.example.yaml")
 

@@ -25,16 +25,19 @@ from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web.http_headers import Headers
 
-from txgateway.http.proxy import _BytesProducer, _StrictClientProtocol, _StrictResponseParser, _UpstreamRequest
+from txgateway.http.client.agent import UpstreamRequest
+from txgateway.http.client.parser import StrictResponseParser
+from txgateway.http.client.protocol import StrictClientProtocol
+from txgateway.http.replay import BytesProducer
 
 
-class _StockWay(_StrictClientProtocol):
+class _StockWay(StrictClientProtocol):
     """The pooled protocol without its short way: every request and response the stock way."""
 
     def request(self, request: Any) -> Any:
         d = HTTP11ClientProtocol.request(self, request)
         if self._parser is not None:
-            self._parser.__class__ = _StrictResponseParser
+            self._parser.__class__ = StrictResponseParser
         return d
 
 
@@ -46,7 +49,7 @@ def _describe(failure: Failure) -> tuple[str, ...]:
 class _Exchange:
     """One request on a fresh connection, the upstream's bytes fed in the given pieces, all that happened noted."""
 
-    def __init__(self, protocolClass: type[_StrictClientProtocol], method: bytes = b"GET",
+    def __init__(self, protocolClass: type[StrictClientProtocol], method: bytes = b"GET",
                  claim: str = "now") -> None:
         self.events: list[Any] = []
         self.proto = protocolClass(lambda p: self.events.append("pooled"))
@@ -54,7 +57,7 @@ class _Exchange:
         self.proto.makeConnection(self.transport)
         self.claim = claim
         self.response: Any = None
-        body = _BytesProducer(b"abc") if method == b"POST" else None  # the forwarder's in-memory body
+        body = BytesProducer(b"abc") if method == b"POST" else None  # the forwarder's in-memory body
         self.d = self.proto.request(ClientRequest(method, b"/x", Headers({b"host": [b"b"]}), body, persistent=True))
         self.d.addCallbacks(self._got, lambda f: self.events.append(("failed", _describe(f))))
 
@@ -169,13 +172,13 @@ class ShortWayTests(SynchronousTestCase):
         """Whatever the response, however it is cut and even if its consumer fails, the short ways end as the stock way."""
         for name, pieces in _cuts(raw).items():
             stock = _Exchange(_StockWay, method, claim).feed(pieces).events
-            short = _Exchange(_StrictClientProtocol, method, claim).feed(pieces).events
+            short = _Exchange(StrictClientProtocol, method, claim).feed(pieces).events
             self.flushLoggedErrors(RuntimeError)
             self.assertEqual(short, stock, f"{name}: {raw!r}")
 
     def test_aWholeResponseTakesTheShortWay(self) -> None:
         """The common case really is short: no parser is ever made, and the connection is pooled before the end."""
-        x = _Exchange(_StrictClientProtocol)
+        x = _Exchange(StrictClientProtocol)
         x.proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
         self.assertIsNone(x.proto._parser)
         self.assertEqual(x.events[1:], [("body", b"hi"), "pooled", ("end", ("ResponseDone",))])
@@ -184,13 +187,13 @@ class ShortWayTests(SynchronousTestCase):
     def test_requestBytesAreTheStockOnes(self) -> None:
         """The short way writes the same request head as the stock way."""
         for method in (b"GET", b"DELETE", b"PUT", b"POST"):
-            short, stock = _Exchange(_StrictClientProtocol, method), _Exchange(_StockWay, method)
+            short, stock = _Exchange(StrictClientProtocol, method), _Exchange(_StockWay, method)
             self.assertEqual(short.transport.value(), stock.transport.value())
 
     def test_cancelledBeforeTheResponse(self) -> None:
         """A timed-out request fails and aborts its connection as the stock way's does."""
         results = []
-        for cls in (_StrictClientProtocol, _StockWay):
+        for cls in (StrictClientProtocol, _StockWay):
             x = _Exchange(cls)
             x.d.cancel()
             results.append((x.events, x.transport.disconnecting))
@@ -199,7 +202,7 @@ class ShortWayTests(SynchronousTestCase):
 
     def test_connectionLostBeforeTheResponse(self) -> None:
         results = []
-        for cls in (_StrictClientProtocol, _StockWay):
+        for cls in (StrictClientProtocol, _StockWay):
             x = _Exchange(cls)
             x.proto.connectionLost(Failure(ConnectionDone()))
             results.append(x.events)
@@ -208,7 +211,7 @@ class ShortWayTests(SynchronousTestCase):
 
     def test_aPausedConsumerLeavesTheConnectionReading(self) -> None:
         """A slow client pauses the upstream while the body is relayed; the pooled connection reads again."""
-        x = _Exchange(_StrictClientProtocol, claim="none")
+        x = _Exchange(StrictClientProtocol, claim="none")
         x.d.addCallback(lambda r: x.transport.pauseProducing())
         x.proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
         self.assertEqual(x.transport.producerState, "producing")
@@ -216,7 +219,7 @@ class ShortWayTests(SynchronousTestCase):
 
     def test_aFailingPoolCallbackClosesTheConnection(self) -> None:
         """As the stock way: the connection cannot be reused, so it is closed, and the response still completes."""
-        x = _Exchange(_StrictClientProtocol)
+        x = _Exchange(StrictClientProtocol)
 
         def broken(p: Any) -> None:
             raise RuntimeError("pool bug")
@@ -228,7 +231,7 @@ class ShortWayTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_cancelAfterTheResponseDoesNothing(self) -> None:
-        x = _Exchange(_StrictClientProtocol)
+        x = _Exchange(StrictClientProtocol)
         x.proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         x.d.cancel()
         self.assertFalse(x.transport.disconnecting)
@@ -240,10 +243,10 @@ class UpstreamRequestHeadTests(SynchronousTestCase):
         """The forwarded request's one-join head is byte for byte the stock Request's."""
         headers = Headers({b"host": [b"backend:8080"], b"accept": [b"a", b"b"], b"x-request-id": [b"1"]})
         for method in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"FROB"):
-            for body in (None, _BytesProducer(b"{}")):
+            for body in (None, BytesProducer(b"{}")):
                 for persistent in (True, False):
                     ours, stock = StringTransport(), StringTransport()
-                    _UpstreamRequest(method, b"/p?q=1", headers, body, persistent).writeTo(ours)
+                    UpstreamRequest(method, b"/p?q=1", headers, body, persistent).writeTo(ours)
                     ClientRequest(method, b"/p?q=1", headers, body, persistent).writeTo(stock)
                     self.assertEqual(ours.value(), stock.value(), (method, body, persistent))
 
@@ -252,7 +255,7 @@ class UpstreamRequestHeadTests(SynchronousTestCase):
         for method, hosts in ((b"GET", []), (b"GET", [b"a", b"b"]), (b"G T", [b"a"])):
             headers = Headers({b"host": hosts} if hosts else {})
             with self.assertRaises(Exception) as ours:
-                _UpstreamRequest(method, b"/", headers, None, True).writeTo(StringTransport())
+                UpstreamRequest(method, b"/", headers, None, True).writeTo(StringTransport())
             with self.assertRaises(Exception) as stock:
                 ClientRequest(method, b"/", headers, None, True).writeTo(StringTransport())
             self.assertEqual(type(ours.exception), type(stock.exception))

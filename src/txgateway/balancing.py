@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_balancing -*-
 """
 Load balancers: which of an upstream's eligible targets takes a request.
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from txgateway.cluster import Endpoint
     from txgateway.config import UpstreamConfig
     from txgateway.context import RequestContext
+
+__all__ = ["MAX_RING_POINTS", "VNODES_PER_WEIGHT", "ConsistentHash", "LeastConnections", "PowerOfTwoChoices", "RoundRobin",
+           "WeightedRoundRobin", "makeBalancer", "sameBalancer"]
 
 # Ring points per unit of weight: with 160 points a target's share of the
 # ring is within a few percent of its fair share, so one target leaving moves

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_breaking -*-
 """
 Per-target circuit breakers.
 
@@ -23,6 +24,8 @@ from zope.interface import implementer
 
 from txgateway.config import BreakerConfig
 from txgateway.interfaces import IBreaker
+
+__all__ = ["CLOSED", "CircuitBreaker", "HALF_OPEN", "OPEN", "makeBreaker"]
 
 log = Logger(namespace="txgateway")
 

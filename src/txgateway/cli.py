@@ -69,7 +69,8 @@ def explain(config: GatewayConfig, url: str, method: str, headers: Sequence[str]
     """
     from twisted.web.http_headers import Headers
 
-    from txgateway.routing import PathError, RouteTable, compileRoutes, normalizeHost, normalizePath
+    from txgateway.http.paths import PathError, normalizeHost, normalizePath
+    from txgateway.routing import RouteTable, compileRoutes
 
     if "://" not in url and not url.startswith("/"):
         url = "http://" + url

@@ -1,24 +1,35 @@
+# -*- test-case-name: tests.test_forwarder,tests.test_balancing -*-
 """
-An upstream at run time: its targets' state and the one place a target is chosen.
+An upstream at run time: its targets' state, the one place a target is
+chosen, and the one place an attempt's outcome is recorded.
 
 Health, breakers, concurrency caps and the balancer all meet in
-L{Cluster.choose}, so that the proxy never reasons about any of them and a
-new policy has exactly one place to plug in.
+L{Cluster.choose}, so that forwarding never reasons about any of them and a
+new policy has exactly one place to plug in.  C{choose} hands out a
+L{Lease}: the attempt's hold on its target (one in-flight slot, and a
+half-open breaker's probe slot if it took one).  The lease records the
+outcome exactly once (breaker, passive health, per-target metrics) and gives
+the slot back exactly once; nothing else touches those counters.
 """
 
 from __future__ import annotations
 
 import random as _random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from txgateway.config import Target, UpstreamConfig
 
 if TYPE_CHECKING:
+    from twisted.web.iweb import IResponse
+
     from txgateway.context import RequestContext
-    from txgateway.interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy
+    from txgateway.interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy, IUpstreamClient
+    from txgateway.observe import Metrics
+
+__all__ = ["Cluster", "Endpoint", "Lease", "NoTarget"]
 
 
 class Endpoint:
@@ -58,6 +69,101 @@ class Endpoint:
         return f"<Endpoint {self.url} in_flight={self.inFlight}>"
 
 
+class Lease:
+    """
+    One attempt's hold on one target, from L{Cluster.choose} to its outcome.
+
+    Made when the target is chosen (its in-flight count goes up), it ends
+    in two steps, each taken once whatever calls it again: L{record} gives
+    the verdict (breaker, passive health, the per-target request counter and
+    duration), L{release} gives the in-flight slot back.  L{cancel} is the
+    verdict of an attempt the client abandoned: none, and a half-open
+    breaker's probe slot is freed.  A response whose status is fine is
+    judged only when its body has ended (L{finish}): a target that resets
+    partway through bodies is failing, and its breaker and passive health
+    must hear so.
+
+    The lease is also what the attempt loop hands back with the response
+    (L{response}), so the forward sequence ends it with L{finish}.
+    """
+
+    __slots__ = ("cluster", "endpoint", "sent", "seconds", "response", "verdict", "released")
+
+    def __init__(self, cluster: Cluster, endpoint: Endpoint, now: float) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.sent = now
+        self.seconds = -1.0  # time to the response head, once it arrived
+        self.response: IResponse | None = None
+        self.verdict: str | int | None = None
+        self.released = False
+        endpoint.inFlight += 1
+
+    def responded(self, response: IResponse, now: float) -> None:
+        """The response head is in; its verdict waits for the body (see L{finish})."""
+        self.response = response
+        self.seconds = now - self.sent
+
+    def record(self, outcome: str | int, ok: bool) -> None:
+        """The attempt's verdict: C{outcome} is a status code or a failure name ('timeout', 'body_reset'...)."""
+        if self.verdict is not None:
+            return
+        self.verdict = outcome
+        endpoint = self.endpoint
+        cluster = self.cluster
+        breaker = endpoint.breaker
+        if breaker is not None:
+            if ok:
+                breaker.recordSuccess()
+            else:
+                breaker.recordFailure()
+        if cluster.passive is not None:
+            cluster.passive.record(endpoint, ok)
+        metrics = cluster.metrics
+        if metrics is None:
+            return
+        labels = endpoint.labels
+        if labels is None:
+            labels = endpoint.labels = ({}, metrics.upstreamDuration.labels(cluster.name, endpoint.url))
+        counters: dict[str | int, Any] = labels[0]  # type: ignore[index]
+        child = counters.get(outcome)
+        if child is None:
+            child = counters[outcome] = metrics.upstreamRequests.labels(cluster.name, endpoint.url, str(outcome))
+        child.inc()
+        seconds = self.seconds
+        labels[1].observe(seconds if seconds >= 0 else cluster.clock.seconds() - self.sent)  # type: ignore[index]
+
+    def cancel(self) -> None:
+        """The client went away: no verdict on the target; a probe slot taken for this attempt is freed."""
+        if self.verdict is not None:
+            return
+        self.verdict = "cancelled"
+        breaker = self.endpoint.breaker
+        if breaker is not None:
+            breaker.release()
+
+    def release(self) -> None:
+        """The attempt is over: its in-flight slot is free."""
+        if not self.released:
+            self.released = True
+            self.endpoint.inFlight -= 1
+
+    def finish(self, complete: bool, clientGone: bool = False) -> None:
+        """
+        The response's body has been relayed (C{complete}), or broke off:
+        by the client leaving (no verdict on the target) or by the target
+        (C{body_reset}, a failure).  Then the slot is released.
+        """
+        if complete:
+            response = self.response
+            self.record(response.code if response is not None else 0, True)
+        elif clientGone:
+            self.cancel()
+        else:
+            self.record("body_reset", False)
+        self.release()
+
+
 class NoTarget(Exception):
     """No target may take this request now; C{reason} and C{retryAfter} shape the 503."""
 
@@ -72,7 +178,8 @@ class Cluster:
 
     def __init__(self, config: UpstreamConfig, clock: IReactorTime, balancer: IBalancer,
                  endpoints: Sequence[Endpoint], retryPolicy: IRetryPolicy | None = None,
-                 passive: IPassiveHealth | None = None, rng: _random.Random | None = None) -> None:
+                 passive: IPassiveHealth | None = None, rng: _random.Random | None = None,
+                 metrics: Metrics | None = None, client: IUpstreamClient | None = None) -> None:
         self.config = config
         self.name = config.name
         self.clock = clock
@@ -83,12 +190,15 @@ class Cluster:
         self.random = rng or _random.Random()
         self.maxPerTarget = config.pool.max_per_target
         self.failOpen = config.health.when_all_unhealthy == "fail_open"
-        self.agent: object = None  # set by the proxy: the pooled Agent for this upstream
+        self.metrics = metrics
+        # The IUpstreamClient every attempt goes through (an HTTP/1.1
+        # UpstreamAgent over the upstream's pool, made by the service).
+        self.agent: IUpstreamClient | None = client
         balancer.setTargets(self.endpoints)
 
-    def choose(self, context: RequestContext, tried: Sequence[Endpoint] = ()) -> Endpoint:
+    def choose(self, context: RequestContext, tried: Sequence[Endpoint] = ()) -> Lease:
         """
-        The target for the next attempt of C{context}.
+        The target for the next attempt of C{context}, leased (see L{Lease}).
 
         Health first, then the concurrency cap, then breakers; among what is
         left, untried targets are preferred so a retry lands elsewhere when
@@ -114,7 +224,7 @@ class Cluster:
                 if endpoints:
                     choice = self.balancer.pick(endpoints, context) if len(endpoints) > 1 else endpoints[0]
                     if choice is not None and (choice.breaker is None or choice.breaker.allow()):
-                        return choice
+                        return Lease(self, choice, now)
         healthy = [e for e in endpoints if e.healthy(now)]
         if not healthy:
             if not self.failOpen:
@@ -135,7 +245,7 @@ class Cluster:
                 if choice is None:
                     raise NoTarget("the balancer made no choice")
                 if choice.breaker is None or choice.breaker.allow():
-                    return choice
+                    return Lease(self, choice, now)
                 # Half-open with every probe slot taken: not this one, try the rest.
                 group.remove(choice)
         waits = [w for w in (e.breaker.retryAfter() for e in candidates if e.breaker is not None) if w > 0]

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_forwarder -*-
 """
 The per-request state that every stage of the request path reads and adds to.
 
@@ -8,13 +9,17 @@ each stashing attributes on the Twisted request.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from txgateway.http.errors import errorBody
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from txgateway.routing import CompiledRoute
+
+__all__ = ["LocalResponse", "RequestContext", "jsonResponse", "respond"]
 
 
 class LocalResponse:
@@ -94,3 +99,36 @@ class RequestContext:
         """The first value of a request header, or None."""
         values = self.request.requestHeaders.getRawHeaders(name)
         return values[0] if values else None
+
+
+def jsonResponse(context: RequestContext, status: int, message: str,
+                 headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any) -> LocalResponse:
+    """A gateway-made JSON error answer, carrying the request id."""
+    return LocalResponse(status, [(b"Content-Type", b"application/json"), *headers],
+                         errorBody(status, message, context.requestId, **extra))
+
+
+# Reason phrases twisted.web does not know.
+_REASONS = {421: b"Misdirected Request", 422: b"Unprocessable Content", 425: b"Too Early", 426: b"Upgrade Required",
+            428: b"Precondition Required", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+            451: b"Unavailable For Legal Reasons", 508: b"Loop Detected", 511: b"Network Authentication Required"}
+
+
+def respond(context: RequestContext, response: LocalResponse) -> None:
+    """Write a gateway-made answer (error, 429, preflight, cache hit...)."""
+    request = context.request
+    if getattr(request, "gone", False) or request.finished:
+        return
+    request.setResponseCode(response.code, _REASONS.get(response.code))
+    headers = request.responseHeaders
+    for k, v in response.headers:
+        headers.addRawHeader(k, v)
+    headers.setRawHeaders(b"X-Request-ID", [context.requestId.encode()])
+    for k, v in context.responseHeaders:
+        headers.addRawHeader(k, v)
+    if response.code != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
+    if response.body and request.method != b"HEAD":
+        context.bytesOut += len(response.body)
+        request.write(response.body)
+    request.finish()

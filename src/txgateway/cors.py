@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from txgateway.context import LocalResponse, RequestContext
 from txgateway.interfaces import IRequestFilter
-from txgateway.middleware import jsonResponse
+from txgateway.context import jsonResponse
 
 if TYPE_CHECKING:
     from txgateway.config import CorsConfig

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_hardening,tests.test_observe -*-
 """
 The request path: the resource tree the Site serves, from request head to log line.
 
@@ -22,11 +23,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from txgateway.context import LocalResponse, RequestContext
-from txgateway.http.proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRACESTATE, _H_VIA, UpstreamFailure
-from txgateway.middleware import AddressSet, jsonResponse
+from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
+from txgateway.forwarding import BODY_RESET, ClusterForwarder, forward
+from txgateway.http.addresses import AddressSet
+from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_VIA, fields
+from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
-from txgateway.routing import PathError, normalizeHost, normalizePath
 from txgateway.workshop import workshopHealth
 
 if TYPE_CHECKING:
@@ -34,9 +36,12 @@ if TYPE_CHECKING:
 
     from txgateway.cluster import Cluster
     from txgateway.config import GatewayConfig
-    from txgateway.http.proxy import Forwarder
+    from txgateway.forwarding import Forwarder
+    from txgateway.interfaces import IForwarder
     from txgateway.observe import AccessLog, Metrics
     from txgateway.routing import CompiledRoute, RouteTable
+
+__all__ = ["GatewayRoot", "GatewayState", "RouteResource", "Runtime"]
 
 log = Logger(namespace="txgateway")
 
@@ -89,9 +94,9 @@ class Runtime:
         e = config.server.endpoints
         self.endpoints = {p: kind for p, kind in ((e.health, "health"), (e.ready, "ready"), (e.metrics, "metrics"))
                           if p is not None}
-        # One membership cache for trusted_proxies, shared with the forwarder.
-        trusted = getattr(forwarder, "trusted", None)
-        self.trusted = trusted if isinstance(trusted, AddressSet) else AddressSet(config.server.trusted_proxies)
+        # The forwarder's trusted_proxies and X-Forwarded-For walk: one for the whole config.
+        self.messages = forwarder.messages
+        self.forwardedFor = forwarder.messages.forwardedFor
         # This gateway's Via pseudonym: a request already carrying it has looped.
         self.viaName: bytes | None = config.server.via.lower().encode() or None
         self.globalAllow = AddressSet(config.access.ip_allow)
@@ -99,30 +104,11 @@ class Runtime:
         self.leaves = {r.name: RouteResource(r, self) for r in routes.routes}
 
     def clientIP(self, peer: str, request: Any) -> str:
-        """
-        The real client: walk X-Forwarded-For right to left while the hop is
-        a trusted proxy; the first untrusted address is the client.  The
-        leftmost value is never believed just because it is there.
-        """
-        if not self.trusted or peer not in self.trusted:
+        """The real client of C{request} from C{peer} (see L{ForwardedFor})."""
+        ff = self.forwardedFor
+        if not ff.trusted or peer not in ff.trusted:
             return peer
-        values = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-        if not values:
-            return peer
-        hops = [h.strip() for v in values for h in v.decode("latin-1").split(",") if h.strip()]
-        client = peer
-        for hop in reversed(hops):
-            client = hop
-            if hop not in self.trusted:
-                break
-        return client
-
-    async def forward(self, context: RequestContext, method: bytes | None = None,
-                      extraHeaders: list[tuple[bytes, bytes]] | None = None) -> tuple[Any, Any]:
-        """Fetch from the route's upstream: (IResponse, Endpoint).  See L{Forwarder.fetch}."""
-        route = context.route
-        assert route is not None
-        return await self.forwarder.fetch(context, route.cluster, method, extraHeaders)
+        return ff.clientIP(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
 
     def healthReport(self) -> tuple[int, dict[str, Any]]:
         now = self.clock.seconds()
@@ -178,12 +164,12 @@ class GatewayRoot(Resource):
         gw = self.gateway
         runtime: Runtime = gw.runtime
         state: GatewayState = gw.state
-        raw = request.requestHeaders._rawHeaders  # Headers' own dict: no name encoding per lookup
+        raw = fields(request.requestHeaders)  # Headers' own dict: no name encoding per lookup
         peer = _peerIP(request)
         context = RequestContext(
-            request, runtime.clock.seconds(), state.ids.requestId(raw.get(_H_REQUEST_ID, (None,))[0]),
+            request, runtime.clock.seconds(), state.ids.requestId(raw.get(H_REQUEST_ID, (None,))[0]),
             runtime.clientIP(peer, request), peer, request.method,
-            normalizeHost(raw.get(_H_HOST, (b"",))[0]), "/", None,
+            normalizeHost(raw.get(H_HOST, (b"",))[0]), "/", None,
         )
         # One finish notification per request: _requestDone calls these when
         # the client leaves, instead of each stage asking for its own.
@@ -216,7 +202,7 @@ class GatewayRoot(Resource):
         if kind is not None:
             return _OwnEndpoint(kind, runtime, gw.state)
 
-        if runtime.viaName is not None and _looped(raw.get(_H_VIA), runtime.viaName):
+        if runtime.viaName is not None and _looped(raw.get(H_VIA), runtime.viaName):
             log.warn("request {request_id} already passed through this gateway ({via}): refused as a loop",
                      request_id=context.requestId, via=runtime.viaName.decode())
             return _Local(jsonResponse(context, 508, "loop detected: the request already passed through this gateway"))
@@ -239,29 +225,6 @@ class GatewayRoot(Resource):
             return _refusePath(context, "encoded slash or backslash in the path")
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
-
-
-def pathHazards(raw: bytes) -> tuple[str | None, bool]:
-    """
-    What in a raw request path a backend could read differently from us.
-
-    Returns C{(reason, slashy)}: C{reason} names what is always refused (an
-    encoded NUL; a dot segment spelled with escapes or carrying C{;}
-    parameters, which some servers resolve and we do not); C{slashy} is true
-    for an encoded C{/} or C{\\}, or a raw C{\\}, refused unless the route
-    sets C{allow_encoded_slash}.
-    """
-    if b"%" not in raw and b"\\" not in raw and b";" not in raw:
-        return None, False
-    upper = raw.upper()
-    if b"%00" in upper:
-        return "encoded NUL in the path", False
-    if b"%2E" in upper or b";" in raw:
-        for seg in upper.split(b"/"):
-            bare = seg.replace(b"%2E", b".").split(b";", 1)[0]
-            if bare in (b".", b"..") and bare != seg:
-                return "encoded or parameterised dot segment in the path", False
-    return None, b"%2F" in upper or b"%5C" in upper or b"\\" in raw
 
 
 def _refusePath(context: RequestContext, reason: str) -> Resource:
@@ -290,9 +253,9 @@ def _peerIP(request: Any) -> str:
 
 def _trace(context: RequestContext, raw: dict[bytes, list[bytes]], ids: IdSource) -> None:
     """W3C trace context: continue the caller's trace, with this hop as the new parent span."""
-    parent = raw.get(_H_TRACEPARENT)
+    parent = raw.get(H_TRACEPARENT)
     parsed = parseTraceparent(parent[0]) if parent else None
-    state = raw.get(_H_TRACESTATE)
+    state = raw.get(H_TRACESTATE)
     if parsed is None:
         context.traceId = ids.traceId()
         # W3C: vendor state belongs to the trace it came with; a new trace
@@ -310,7 +273,12 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     runtime.metrics.inFlight.dec()
     duration = runtime.clock.seconds() - context.started
     request = context.request
-    context.status = request.code if not getattr(request, "gone", False) or request.finished else 499
+    if context.outcome == BODY_RESET:
+        # The target broke off the body and the gateway cut the client: the
+        # status sent stands, and the outcome says what happened (not 499).
+        context.status = request.code
+    else:
+        context.status = request.code if not getattr(request, "gone", False) or request.finished else 499
     route = context.route
     runtime.metrics.observeRequest(route.name if route is not None else "", context.method, context.status, duration)
     try:
@@ -327,32 +295,6 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     # them in a gen-0 pass every few dozen requests.
     context.onGone = None
     request.context = None  # type: ignore[attr-defined]
-
-
-# Reason phrases twisted.web does not know.
-_REASONS = {421: b"Misdirected Request", 422: b"Unprocessable Content", 425: b"Too Early", 426: b"Upgrade Required",
-            428: b"Precondition Required", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
-            451: b"Unavailable For Legal Reasons", 508: b"Loop Detected", 511: b"Network Authentication Required"}
-
-
-def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:
-    """Write a gateway-made answer (error, 429, preflight, cache hit...)."""
-    request = context.request
-    if getattr(request, "gone", False) or request.finished:
-        return
-    request.setResponseCode(response.code, _REASONS.get(response.code))
-    headers = request.responseHeaders
-    for k, v in response.headers:
-        headers.addRawHeader(k, v)
-    headers.setRawHeaders(b"X-Request-ID", [context.requestId.encode()])
-    for k, v in context.responseHeaders:
-        headers.addRawHeader(k, v)
-    if response.code != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
-        headers.setRawHeaders(b"Content-Length", [b"%d" % len(response.body)])
-    if response.body and request.method != b"HEAD":
-        context.bytesOut += len(response.body)
-        request.write(response.body)
-    request.finish()
 
 
 class _Local(Resource):
@@ -415,24 +357,28 @@ class RouteResource(Resource):
         super().__init__()
         self.route = route
         self.runtime = runtime
+        # The route's way upstream: the attempt loop on its cluster, wrapped
+        # by the route's cache when it has one.
+        upstream: IForwarder = ClusterForwarder(runtime.forwarder, route.cluster)
+        cache = route.chain.cache if route.chain is not None else None
+        if cache is not None:
+            upstream = cache.wrap(upstream)
+        self.upstream = upstream
 
     def render(self, request: Any) -> Any:
         context: RequestContext = request.context
         chain = self.route.chain
-        if chain.cache is None:
-            # Filters that answer at once (the usual case: IP rules, a local
-            # rate limit, key or JWT checks) run as plain calls; only a filter
-            # that returns a Deferred puts the rest of the chain in a coroutine.
-            local = chain.runNow(context) if chain.filters else None
-            if local is None:
-                d = ensureDeferred(self.proxy(context))
-            elif isinstance(local, LocalResponse):
-                respond(context, local)
-                return NOT_DONE_YET
-            else:
-                d = ensureDeferred(self.handle(context, local))
+        # Filters that answer at once (the usual case: IP rules, a local
+        # rate limit, key or JWT checks) run as plain calls; only a filter
+        # that returns a Deferred puts the rest of the chain in a coroutine.
+        local = chain.runNow(context) if chain.filters else None
+        if local is None:
+            d = ensureDeferred(forward(context, self.upstream, self.runtime.messages))
+        elif isinstance(local, LocalResponse):
+            respond(context, local)
+            return NOT_DONE_YET
         else:
-            d = ensureDeferred(self.handle(context))
+            d = ensureDeferred(self.handle(context, local))
         if context.onGone is not None:
             context.onGone.append(lambda _: d.cancel())
         else:
@@ -440,45 +386,13 @@ class RouteResource(Resource):
         d.addErrback(self._failed, context)
         return NOT_DONE_YET
 
-    async def handle(self, context: RequestContext, pending: Deferred[LocalResponse | None] | None = None) -> None:
-        """The chain (or the rest of it, C{pending}), then the cache or the forward."""
-        chain = self.route.chain
-        if pending is not None or chain.filters:
-            local = await (pending if pending is not None else chain.run(context))
-            if local is not None:
-                respond(context, local)
-                return
-        if chain.cache is not None:
-            try:
-                await chain.cache.handle(context, self.runtime)
-            except UpstreamFailure as e:
-                self.upstreamFailed(context, e)
+    async def handle(self, context: RequestContext, pending: Deferred[LocalResponse | None]) -> None:
+        """The rest of the chain (C{pending}), then the forward."""
+        local = await pending
+        if local is not None:
+            respond(context, local)
             return
-        await self.proxy(context)
-
-    async def proxy(self, context: RequestContext) -> None:
-        """Forward to the route's upstream and relay the answer."""
-        route = self.route
-        forwarder = self.runtime.forwarder
-        try:
-            response, endpoint = await forwarder.fetch(context, route.cluster)
-            try:
-                forwarder.startResponse(context, response)
-                await forwarder.relay(context, response)
-            finally:
-                forwarder.finished(endpoint)
-        except UpstreamFailure as e:
-            self.upstreamFailed(context, e)
-
-    @staticmethod
-    def upstreamFailed(context: RequestContext, e: UpstreamFailure) -> None:
-        headers = []
-        if e.status == 503 and e.retryAfter:
-            headers.append((b"Retry-After", b"%d" % max(1, int(e.retryAfter + 0.999))))
-        message = {502: "bad gateway: the upstream failed", 503: "service unavailable",
-                   504: "gateway timeout: the upstream did not answer in time"}.get(e.status, "upstream error")
-        respond(context, jsonResponse(context, e.status, message, headers, reason=e.reason,
-                                      upstream=context.upstream))
+        await forward(context, self.upstream, self.runtime.messages)
 
     def _failed(self, failure: Any, context: RequestContext) -> None:
         if failure.check(CancelledError):

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_balancing -*-
 """
 Every pluggable part of the gateway, as a zope Interface.
 
@@ -9,16 +10,68 @@ the request path knowing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.web.http_headers import Headers
+    from twisted.web.iweb import IBodyProducer, IResponse
 
     from txgateway.cluster import Endpoint
     from txgateway.context import RequestContext
+
+__all__ = ["IAuthenticator", "IBalancer", "IBreaker", "ICacheStore", "IForwarder", "IHealthCheck", "IPassiveHealth",
+           "IRateLimiter", "IRequestFilter", "IRetryPolicy", "IUpstreamClient"]
+
+
+class IUpstreamClient(Interface):
+    """
+    Sends one request to one target and gives back its response as it arrives.
+
+    The HTTP/1.1 client (L{txgateway.http.client.agent.UpstreamAgent}, over
+    the pool) provides it; an HTTP/2 or gRPC client can provide it later and
+    the attempt loop, the cache and the relay will not know the difference.
+    The shape is Twisted's C{IAgent.request}, so any C{IAgent} (treq's
+    C{RequestTraversalAgent} in tests) can stand for a client.
+    """
+
+    def request(method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: IBodyProducer | None = None) -> Deferred[IResponse]:
+        """
+        Send C{method} C{uri} (an absolute URL naming the target) with these
+        exact C{headers} and body; fire with the response once its head is in
+        (C{code}, C{phrase}, C{headers}, C{length}; the body streams through
+        C{deliverBody}, and the protocol's transport pauses and resumes the
+        target).  Cancelling the Deferred aborts the exchange.  Fails with
+        the Agent's C{ResponseNeverReceived} / C{ResponseFailed} (wrapping
+        what went wrong) or a connect error.
+        """
+
+    def close() -> Deferred[None]:
+        """Close idle connections; fires when they are closed."""
+
+
+class IForwarder(Interface):
+    """
+    A route's way to an upstream response: the attempt loop, or a decorator
+    of it (the cache), as Twisted's C{ContentDecoderAgent} decorates an
+    C{IAgent}.  L{txgateway.forwarding.forward} writes what it gives back.
+    """
+
+    def fetch(context: RequestContext, method: bytes | None = None,
+              extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Awaitable[Any]:
+        """
+        An awaitable (a coroutine, or a Deferred) of an exchange: its
+        C{response} (an C{IResponse}: status, headers, streaming body) and
+        C{finish(complete, clientGone)}, to be called once when the body has
+        been relayed or broke off.  C{method} and C{extraHeaders} (a
+        conditional request's validators) change what is sent upstream.
+        Fails with L{txgateway.attempts.UpstreamFailure} (carrying the
+        status the client gets) or CancelledError when the client went away.
+        """
 
 
 class IBalancer(Interface):

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_auth,tests.test_cors -*-
 """
 The per-route chain: the filters a request passes before it is forwarded.
 
@@ -10,7 +11,6 @@ identity).  Caching wraps the forward itself (see L{txgateway.caching.flow}).
 
 from __future__ import annotations
 
-import ipaddress
 import random as _random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,13 +21,15 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from txgateway.config import GatewayConfig, IPNetwork
-from txgateway.context import LocalResponse, RequestContext
-from txgateway.http.channel import errorBody
+from txgateway.context import LocalResponse, RequestContext, jsonResponse
+from txgateway.http.addresses import AddressSet
 from txgateway.interfaces import IRequestFilter
 
 if TYPE_CHECKING:
     from txgateway.observe import Metrics
     from txgateway.routing import CompiledRoute
+
+__all__ = ["Chain", "Deps", "IPFilter", "buildChain", "filterFactories", "ipFilterFor"]
 
 
 @dataclass
@@ -41,39 +43,6 @@ class Deps:
     rng: _random.Random
     redis: Any = None  # the txgateway.stores.RedisClient when stores.redis is set
     shared: dict[str, Any] = field(default_factory=dict)  # state kept across reloads, by key
-
-
-def jsonResponse(context: RequestContext, status: int, message: str,
-                 headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any) -> LocalResponse:
-    return LocalResponse(status, [(b"Content-Type", b"application/json"), *headers],
-                         errorBody(status, message, context.requestId, **extra))
-
-
-class AddressSet:
-    """CIDR membership with a per-address cache (client addresses repeat)."""
-
-    def __init__(self, networks: Sequence[IPNetwork]) -> None:
-        self.networks = tuple(networks)
-        self._cache: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def __contains__(self, ip: object) -> bool:
-        assert isinstance(ip, str)
-        hit = self._cache.get(ip)
-        if hit is None:
-            try:
-                addr = ipaddress.ip_address(ip)
-                if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
-                    addr = addr.ipv4_mapped  # type: ignore[union-attr]
-                hit = any(addr in n for n in self.networks)
-            except ValueError:
-                hit = False
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            self._cache[ip] = hit
-        return hit
 
 
 @implementer(IRequestFilter)

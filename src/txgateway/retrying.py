@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_retrying -*-
 """
 Retry policy: whether a failed attempt is tried again (on another target).
 
@@ -28,6 +29,8 @@ from txgateway.interfaces import IRetryPolicy
 
 if TYPE_CHECKING:
     from txgateway.context import RequestContext
+
+__all__ = ["RetryBudget", "RetryPolicy"]
 
 
 class RetryBudget:

@@ -23,14 +23,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txgateway import balancing, breaking, health, retrying, stores
+from txgateway import balancing, breaking, health, probing, retrying, stores
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
 from txgateway.context import RequestContext
+from txgateway.forwarding import Forwarder
 from txgateway.gateway import GatewayRoot, GatewayState, Runtime
 from txgateway.http.channel import GatewaySite
+from txgateway.http.client.agent import makeClient
 from txgateway.http.process import markCleanStop
-from txgateway.http.proxy import Forwarder, makeAgent
 from txgateway.http.sending import WriteBatcher
 from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
@@ -96,14 +97,16 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
     else:
         balancer = balancing.makeBalancer(config, rng)
     cluster = Cluster(config, clock, balancer, endpoints,
-                      retrying.RetryPolicy(config.retries, clock, rng), None, rng)
+                      retrying.RetryPolicy(config.retries, clock, rng), None, rng, metrics)
     cluster.passive = health.passiveFor(cluster, clock, metrics)
     reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect
     if reuse:
         assert old is not None
         cluster.agent, cluster.pool = old.agent, old.pool  # type: ignore[attr-defined]
     else:
-        cluster.agent, cluster.pool = makeAgent(reactor, cluster, writes)  # type: ignore[attr-defined]
+        client = makeClient(reactor, config.pool.max_per_target, config.pool.idle_timeout, config.timeouts.connect,
+                            writes)
+        cluster.agent, cluster.pool = client, client.pool  # type: ignore[attr-defined]
     return cluster
 
 
@@ -336,7 +339,7 @@ class GatewayService(MultiService):
             if old is not None:
                 old.disownServiceParent()
                 del self._checkers[name]
-            checker = health.checkerFor(cluster, self.reactor, self.clock, self.metrics)
+            checker = probing.checkerFor(cluster, self.reactor, self.clock, self.metrics)
             if checker is not None:
                 checker.setServiceParent(self.healthServices)
                 self._checkers[name] = checker

@@ -58,6 +58,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from txgateway.config import parseConfig
+from txgateway.http.client.agent import UpstreamAgent
 from txgateway.observe import Metrics
 from txgateway.service import GatewayService
 
@@ -163,7 +164,9 @@ def useInMemoryOrigins(service: GatewayService, origins: IAgentEndpointFactory) 
     rebuilt pools.
     """
     for cluster in service.gateway.runtime.clusters.values():
-        cluster.agent._endpointFactory = origins  # type: ignore[attr-defined]
+        client = cluster.agent
+        assert isinstance(client, UpstreamAgent), f"not the HTTP/1.1 client: {client!r}"
+        client.connectVia(origins)
 
 
 class GatewayFixture:

@@ -254,3 +254,116 @@ class OutageTests(ResilienceCase):
         self.assertEqual(metric(gw, "txgateway_circuit_state", target=origin.url), 0)
         for to in ("open", "half_open", "closed"):
             self.assertEqual(metric(gw, "txgateway_circuit_transitions_total", target=origin.url, to=to), 1, to)
+
+
+class _ResettingOrigin:
+    """
+    An origin that answers every request with a 200 head promising 64 KiB,
+    sends 1 KiB of it, and resets the connection (SO_LINGER 0: an RST, as a
+    crashing or killed backend sends).  Runs on a thread of the test.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)  # so that stop() is noticed: closing a socket does not wake accept()
+        self.port = self.sock.getsockname()[1]
+        self.served = 0
+        self.stopped = False
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pool.submit(self._serve)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    try:
+                        chunk = conn.recv(65536)
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+                if not data:
+                    continue
+                self.served += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 65536\r\n\r\n"
+                             + b"x" * 1024)
+                time.sleep(0.02)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.pool.shutdown(wait=True)
+        self.sock.close()
+
+
+def _get(port: int, path: str) -> tuple[int, bytes, bool]:
+    """(status, body, whole) of one GET; C{whole} is False when the response was cut short."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    whole = m is not None and int(m.group(1)) == len(body)
+    return status, body, whole
+
+
+class BodyResetTests(ResilienceCase):
+    def test_targetResettingMidBodyIsEjectedAndLogged(self) -> None:
+        """
+        Issue 18: a target that resets partway through bodies fails in the
+        breaker and passive health, is logged as such, and the access log
+        says body_reset (with the status that was sent, not 499); once it
+        is out, every request goes to the healthy target, whole.
+        """
+        resetter = _ResettingOrigin()
+        self.addCleanup(resetter.stop)
+        good = self.backend("good")
+        gw = self.gateway([resetter.url, good.url],
+                          "    retries: false\n"
+                          "    circuit_breaker: {failures: 3, open_for: 60s}\n"
+                          "    health: {passive: {window: 30s, min_requests: 4, max_error_rate: 0.5, eject_for: 60s}}")
+        results = [_get(gw.port, f"/echo/{i}") for i in range(12)]
+        cut = [r for r in results if not r[2]]
+        self.assertEqual(len(cut), 3, "the resetter fails until its breaker opens, then gets nothing")
+        self.assertEqual(resetter.served, 3)
+        for status, body, whole in results[-6:]:
+            self.assertEqual((status, whole), (200, True))
+            self.assertEqual(json.loads(body)["backend"], "good")
+        self.assertEqual(metric(gw, "txgateway_circuit_state", upstream="app", target=resetter.url), 1)
+        self.assertEqual(metric(gw, "txgateway_upstream_requests_total", upstream="app", target=resetter.url,
+                                status="body_reset"), 3)
+        broken = waitFor(lambda: [a for a in accessLines(gw) if a["outcome"] == "body_reset"] or None,
+                         what="access lines with outcome body_reset")
+        self.assertEqual(len(broken), 3)
+        for line in broken:
+            self.assertEqual((line["status"], line["target"]), (200, resetter.url))
+        self.assertNotIn(499, [a["status"] for a in accessLines(gw)])
+        self.assertEqual(gw.log().count("broke off the response body"), 3)
+        health = gw.request("GET", "/health").json()
+        [target] = [t for t in health["upstreams"]["app"]["targets"] if t["url"] == resetter.url]
+        self.assertEqual(target["circuit"], "open")

@@ -27,7 +27,7 @@ from txgateway.auth.jwt import JwtAuthenticator
 from txgateway.auth.result import ADMIT, REFUSE, SHARED_KEY, UNAVAILABLE, AuthResult
 from txgateway.context import LocalResponse, RequestContext
 from txgateway.interfaces import IRequestFilter
-from txgateway.middleware import jsonResponse
+from txgateway.context import jsonResponse
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

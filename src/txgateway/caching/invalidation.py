@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urljoin, urlsplit
 
 from txgateway.caching.directives import HeaderPairs, headerValues
-from txgateway.routing import PathError, normalizeHost, normalizePath
+from txgateway.http.paths import PathError, normalizeHost, normalizePath
 
 # §4.4: methods that are not unsafe never invalidate.
 SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))

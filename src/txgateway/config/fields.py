@@ -125,7 +125,7 @@ def watchInterval(value: Any) -> float:
 
 def routePath(value: Any) -> str:
     """A route's path, normalised as request paths are, so that it can match at all."""
-    from txgateway.routing import PathError, normalizeConfigPath
+    from txgateway.http.paths import PathError, normalizeConfigPath
 
     text = urlPath(value)
     try:

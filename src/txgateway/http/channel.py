@@ -22,7 +22,6 @@ C{_handleStar}; C{Headers._rawHeaders}.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,27 +32,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import _parseRequestLine  # type: ignore[attr-defined]
-from twisted.web.http_headers import Headers
 from twisted.web.resource import getChildForRequest
 
+from txgateway.http.addresses import AddressSet
+from txgateway.http.errors import errorBody
+from txgateway.http.headers import FRAMING as _FRAMING
+from txgateway.http.headers import H_CONNECTION as _CONNECTION
+from txgateway.http.headers import H_DATE as _DATE
+from txgateway.http.headers import H_HOST as _HOST
+from txgateway.http.headers import TCHAR as _TCHAR
 from txgateway.http.sending import pendingBytes
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
+    from twisted.web.http_headers import Headers
 
     from txgateway.config import ServerConfig
     from txgateway.http.sending import WriteBatcher
     from txgateway.observe import Metrics
 
 log = Logger(namespace="txgateway")
-
-
-def errorBody(status: int, message: str, requestId: str | None = None, **extra: Any) -> bytes:
-    body: dict[str, Any] = {"error": message, "status": status}
-    if requestId is not None:
-        body["request_id"] = requestId
-    body.update(extra)
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
 def _rawResponse(status: int, reason: bytes, message: str, requestId: str | None = None) -> bytes:
@@ -211,24 +209,6 @@ class GatewayRequest(server.Request):
         else:
             self.channel.transport.abortConnection()  # type: ignore[union-attr]
         return None
-
-
-def storedName(name: bytes) -> bytes:
-    """The key twisted.web's Headers files C{name} under (its own spelling rules, whatever the version)."""
-    h = Headers()
-    h.addRawHeader(name, b"")
-    return next(iter(h.getAllRawHeaders()))[0]
-
-
-_DATE = storedName(b"Date")
-_HOST = storedName(b"Host")
-_CONNECTION = storedName(b"Connection")
-
-
-# RFC 9110 §5.6.2 token characters, the only ones a field name may use.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Fields that give a request a body: such a request takes the line-by-line path.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 # What the channel is reading or doing, for the deadlines.
@@ -734,8 +714,6 @@ class GatewaySite(server.Site):
 
     def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None,
                  writes: WriteBatcher | None = None, onRefusal: RefusalHook | None = None) -> None:
-        from txgateway.middleware import AddressSet  # middleware imports this module
-
         super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
         self.limits = limits
         # Gives a refused request (400, 408, 413, 414, 431) its request id

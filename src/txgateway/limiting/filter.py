@@ -19,7 +19,7 @@ from txgateway.interfaces import IRateLimiter, IRequestFilter
 from txgateway.limiting.keys import keyFunction
 from txgateway.limiting.local import Decision, localLimiter
 from txgateway.limiting.shared import RedisRateLimiter
-from txgateway.middleware import jsonResponse
+from txgateway.context import jsonResponse
 from txgateway.stores import StoreHealth
 
 if TYPE_CHECKING:

@@ -1,0 +1,204 @@
+# -*- test-case-name: tests.test_forwarder -*-
+"""
+The attempt loop: up to 1 + C{retries.attempts} tries, each on a leased target.
+
+Each try asks L{Cluster.choose} for a L{Lease} (breakers, health and caps
+are decided there, not here), sends the request through the upstream's
+L{IUpstreamClient} with its own response timeout (cut short by the
+request's total deadline, see L{txgateway.deadlines}), and ends the lease
+of every try that does not become the answer.  What a failure means for the
+target is the lease's business; whether to try again is the retry
+policy's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeout
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.iweb import IResponse
+
+from txgateway.cluster import NoTarget
+from txgateway.deadlines import totalTimeout, withDeadline
+from txgateway.http.client.parser import InvalidUpstreamResponse
+from txgateway.http.replay import bodyProducer
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from txgateway.cluster import Cluster, Lease
+    from txgateway.context import RequestContext
+    from txgateway.http.messages import Messages
+    from txgateway.interfaces import IRetryPolicy
+    from txgateway.observe import Metrics
+
+__all__ = ["AttemptLoop", "UpstreamFailure", "classify", "discard", "statusFor"]
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not give an answer; C{status} is what the client gets."""
+
+    def __init__(self, status: int, reason: str, retryAfter: float = 0.0, message: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retryAfter = retryAfter
+        self.message = message
+
+
+def classify(failure: Failure) -> str:
+    """
+    The retry condition a failed attempt stands for.
+
+    Cancellation is checked first: a client that went away cancels the
+    attempt, and the Agent reports that as a wrapped CancelledError (or a
+    ConnectingCancelledError while still connecting), which must neither
+    count against the target nor be retried.  Our own response deadline has
+    already turned its cancellation into a L{DeferTimeout} by then (see
+    L{withDeadline}).  A connect timeout is a connect failure: nothing was sent.
+    """
+    if failure.check(CancelledError, netError.ConnectingCancelledError):
+        return "cancelled"
+    reasons = getattr(failure.value, "reasons", None)  # the Agent's ResponseNeverReceived and kin
+    if reasons and any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons):
+        return "cancelled"
+    if failure.check(ResponseFailed) and reasons and any(
+            isinstance(r, Failure) and r.check(InvalidUpstreamResponse) for r in reasons):
+        return "invalid_response"
+    if failure.check(DeferTimeout):
+        return "timeout"
+    if failure.check(netError.ConnectError, netError.DNSLookupError):
+        return "connect_failure"
+    return "reset"
+
+
+def statusFor(outcome: str) -> int:
+    """The status a client gets when the last attempt ended in C{outcome}."""
+    if outcome == "timeout":
+        return 504
+    if outcome.startswith("status_"):
+        return int(outcome[7:])
+    return 502
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        pass
+
+
+def discard(response: IResponse) -> None:
+    """Read and drop a response's body (so its connection can go back to the pool)."""
+    response.deliverBody(_Discard())
+
+
+class AttemptLoop:
+    """Sends a request to an upstream, with retries, each attempt on a leased target."""
+
+    def __init__(self, clock: IReactorTime, messages: Messages, metrics: Metrics) -> None:
+        self.clock = clock
+        self.messages = messages
+        self.metrics = metrics
+
+    async def fetch(self, context: RequestContext, cluster: Cluster,
+                    method: bytes | None = None, extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Lease:
+        """
+        The first acceptable response of up to 1 + retries.attempts tries,
+        as the L{Lease} of its attempt (C{lease.response}).
+
+        The lease still holds its target: the caller must end it with
+        C{lease.finish} once the body is relayed (which also gives the
+        verdict on a response whose status was fine).  Raises
+        L{UpstreamFailure} with the status the client should get, or
+        CancelledError when the client went away.
+        """
+        tried: list[Any] = []
+        policy = cluster.retryPolicy
+        if policy is not None:
+            policy.recordRequest()
+        context.upstream = cluster.name
+        method = method or context.method
+        clock = self.clock
+        config = cluster.config
+        responseTimeout = config.timeouts.response
+        deadline = clock.seconds() + totalTimeout(config)
+        while True:
+            try:
+                lease = cluster.choose(context, tried)
+            except NoTarget as e:
+                if tried and context.outcome is not None:
+                    raise UpstreamFailure(statusFor(context.outcome), context.outcome) from None
+                context.outcome = "no_target"
+                raise UpstreamFailure(503, e.reason, e.retryAfter) from None
+            endpoint = lease.endpoint
+            tried.append(endpoint)
+            context.attempts += 1
+            context.targetsTried.append(endpoint.url)
+            context.target = endpoint.url
+            if context.attempts > 1:
+                self.metrics.retries.labels(cluster.name).inc()
+            try:
+                response = await self._attempt(context, cluster, lease, method, extraHeaders,
+                                               min(responseTimeout, max(deadline - lease.sent, 0.001)))
+            except BaseException as e:
+                lease.release()
+                outcome = classify(Failure(e)) if isinstance(e, Exception) else "cancelled"
+                if outcome == "cancelled" or getattr(context.request, "gone", False):
+                    # The client left: no verdict on the target, no retry for nobody.
+                    lease.cancel()
+                    if isinstance(e, CancelledError) or not isinstance(e, Exception):
+                        raise
+                    raise CancelledError() from e
+                context.outcome = outcome
+                lease.record(outcome, False)
+                delay = self._retryDelay(policy, context, outcome, outcome != "connect_failure",
+                                         deadline - clock.seconds())
+                if delay is None:
+                    raise UpstreamFailure(statusFor(outcome), outcome) from None
+                if delay > 0:
+                    await deferLater(clock, delay)
+                continue
+            code = response.code
+            now = clock.seconds()
+            lease.responded(response, now)
+            if code < 500:
+                # Judged when its body has ended: see Lease.finish.
+                context.outcome = None
+                return lease
+            lease.record(code, False)
+            context.outcome = f"status_{code}"
+            delay = self._retryDelay(policy, context, code, True, deadline - now)
+            if delay is None:
+                return lease
+            discard(response)
+            lease.release()
+            if delay > 0:
+                await deferLater(clock, delay)
+
+    @staticmethod
+    def _retryDelay(policy: IRetryPolicy | None, context: RequestContext, outcome: str | int, bodySent: bool,
+                    remaining: float) -> float | None:
+        if policy is None or remaining <= 0:
+            return None
+        return policy.shouldRetry(context, outcome, bodySent, remaining)
+
+    def _attempt(self, context: RequestContext, cluster: Cluster, lease: Lease, method: bytes,
+                 extraHeaders: list[tuple[bytes, bytes]] | None, timeout: float) -> Deferred[IResponse]:
+        endpoint = lease.endpoint
+        messages = self.messages
+        headers = messages.upstreamHeaders(context, endpoint)
+        if extraHeaders:
+            for k, v in extraHeaders:
+                headers.setRawHeaders(k, [v])
+        client = cluster.agent
+        assert client is not None, "cluster has no upstream client: was it started?"
+        # A fresh producer per attempt: bodyProducer rewinds the buffered
+        # body, so a retry sends the client's body again from its start.
+        d: Deferred[IResponse] = client.request(method, messages.upstreamURL(context, endpoint), headers,
+                                                bodyProducer(context.request))
+        return withDeadline(d, timeout, self.clock)

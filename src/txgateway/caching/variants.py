@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_caching -*-
+"""
+A cache store with Vary: one URI's responses kept per variant.
+
+A response without Vary is stored under its URI's key.  One with Vary is
+stored under the key plus the values of its Vary fields, and the URI's key
+holds a L{VaryIndex} naming those fields (and a generation, so that a change
+of the fields an origin varies on leaves the old variants unreachable).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+
+from txgateway.caching import policy
+from txgateway.caching.policy import StoredResponse
+from txgateway.caching.stores import VaryIndex
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from txgateway.interfaces import ICacheStore
+
+__all__ = ["VaryingStore"]
+
+log = Logger(namespace="txgateway.cache")
+# How long a URI's Vary index outlives its variants at least.
+_INDEX_TTL = 3600.0
+
+
+class VaryingStore:
+    """An L{ICacheStore}, read and written per variant."""
+
+    def __init__(self, store: ICacheStore, clock: IReactorTime, rng: Any) -> None:
+        self.store = store
+        self.clock = clock
+        self.rng = rng
+
+    async def lookup(self, key: bytes, fields: policy.HeaderLookup) -> tuple[StoredResponse | None, bool]:
+        """(the stored response that matches the request's Vary fields, or None; whether one existed for the URI)."""
+        record = await self.store.get(key)
+        if record is None:
+            return None, False
+        if isinstance(record, VaryIndex):
+            values = policy.varyValues(record.fields, fields)
+            entry = await self.store.get(self._variantKey(key, record.generation, values))
+            if isinstance(entry, StoredResponse) and policy.varyMatches(entry, fields):
+                return entry, False
+            return None, True
+        if isinstance(record, StoredResponse):
+            if policy.varyMatches(record, fields):
+                return record, False
+            return None, True
+        return None, False
+
+    @staticmethod
+    def _variantKey(key: bytes, generation: bytes, values: tuple[bytes | None, ...]) -> bytes:
+        return key + b"#" + generation + b"#" + policy.varyKeySuffix(values)
+
+    async def save(self, key: bytes, entry: StoredResponse, maxTTL: float | None,
+                   defaultTTL: float | None = None) -> None:
+        """Store C{entry} (and, when it varies, the URI's Vary index) for as long as it may be used."""
+        ttl = policy.retention(entry, self.clock.seconds(), maxTTL, defaultTTL)
+        if ttl <= 0:
+            await self.store.delete(key)
+            return
+        if not entry.varyFields:
+            await self.store.set(key, entry, ttl)
+            return
+        existing = await self.store.get(key)
+        if isinstance(existing, VaryIndex) and existing.fields == entry.varyFields:
+            generation = existing.generation
+        else:
+            generation = b"%08x" % self.rng.getrandbits(32)
+        await self.store.set(key, VaryIndex(entry.varyFields, generation), max(ttl, _INDEX_TTL))
+        await self.store.set(self._variantKey(key, generation, entry.varyValues), entry, ttl)
+
+    def saveLater(self, key: bytes, entry: StoredResponse, maxTTL: float | None,
+                  defaultTTL: float | None = None) -> None:
+        """L{save}, without waiting for it; a failure is logged."""
+        ensureDeferred(self.save(key, entry, maxTTL, defaultTTL)).addErrback(
+            lambda f: log.failure("storing a cache entry failed", f))
+
+    def forget(self, key: bytes) -> None:
+        """Delete C{key}, without waiting for it; a failure is logged."""
+        self.store.delete(key).addErrback(lambda f: log.failure("deleting a cache entry failed", f))
