@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
-from txgateway.context import LocalResponse, RequestContext
+from txgateway.context import LocalResponse, RequestContext, jsonResponse
 from txgateway.interfaces import IRequestFilter
-from txgateway.context import jsonResponse
 
 if TYPE_CHECKING:
     from txgateway.config import CorsConfig

@@ -25,9 +25,8 @@ from txgateway.auth.basic import BasicAuthenticator, PasswordChecks
 from txgateway.auth.jwks import JwksKeys
 from txgateway.auth.jwt import JwtAuthenticator
 from txgateway.auth.result import ADMIT, REFUSE, SHARED_KEY, UNAVAILABLE, AuthResult
-from txgateway.context import LocalResponse, RequestContext
+from txgateway.context import LocalResponse, RequestContext, jsonResponse
 from txgateway.interfaces import IRequestFilter
-from txgateway.context import jsonResponse
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

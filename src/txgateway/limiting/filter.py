@@ -15,11 +15,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txgateway import stores
+from txgateway.context import jsonResponse
 from txgateway.interfaces import IRateLimiter, IRequestFilter
 from txgateway.limiting.keys import keyFunction
 from txgateway.limiting.local import Decision, localLimiter
 from txgateway.limiting.shared import RedisRateLimiter
-from txgateway.context import jsonResponse
 from txgateway.stores import StoreHealth
 
 if TYPE_CHECKING:
