@@ -222,6 +222,23 @@ class MirrorTests(SynchronousTestCase):
         self.assertIsNone(m.submit(request()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_continueFromCarriesCountsAndSamples(self) -> None:
+        """Over a reload the counts and samples carry on, unless the mirror upstream changed."""
+        old = self.mirror(compare=CompareSpec(), queue=1, concurrency=1)
+        t = old.submit(request())
+        old.submit(request())  # dropped
+        assert t is not None
+        self.clock.advance(0)
+        self.upstream.pending[0].callback(answer({"a": 2}))
+        t.primaryAnswered(answer({"a": 1}))
+        new = self.mirror(compare=CompareSpec())
+        new.continueFrom(old)
+        r = new.report()
+        self.assertEqual((r["sent"], r["dropped"], r["mismatched"], len(r["samples"])), (1, 1, 1, 1))
+        other = Mirror("predict", MirrorSpec("model-v3"), self.upstream.send, self.clock, Random(1))
+        other.continueFrom(old)
+        self.assertEqual(other.report()["sent"], 0)
+
     def test_synchronousAnswer(self) -> None:
         """A send that answers at once is fine too."""
         m = Mirror("predict", MirrorSpec("model-v2", compare=CompareSpec()), lambda r: succeed(answer({"a": 1})),

@@ -264,6 +264,22 @@ class SplitterTests(SynchronousTestCase):
         self.assertEqual(old.weights, (100, 0))
         self.assertEqual({s.choose(FakeRequest()).upstream for _ in range(20)}, {"v2"})
 
+    def test_reloadKeepsRuntimeWeightsUnlessConfigChanged(self) -> None:
+        """A reload that leaves upstreams alone keeps a ramp made through the API; one that changes them wins."""
+        configured = Split([("v1", 95), ("v2", 5)])
+        old = splitter(configured)
+        old.choose(FakeRequest())
+        old.setSplit(configured.withWeights({"v1": 75, "v2": 25}))
+        same = splitter(configured)
+        self.assertTrue(same.continueFrom(old, configured))
+        self.assertEqual(same.split.weights, (75, 25))
+        self.assertEqual(sum(same.counts().values()), 1)
+        edited = splitter(Split([("v1", 50), ("v2", 50)]))
+        self.assertFalse(edited.continueFrom(old, configured))
+        self.assertEqual(edited.split.weights, (50, 50))
+        untouched = splitter(configured)
+        self.assertFalse(untouched.continueFrom(splitter(configured), configured))
+
 
 class UpdateSplitTests(SynchronousTestCase):
     current = Split([("U1", 95), ("U2", 5)])

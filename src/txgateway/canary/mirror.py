@@ -205,6 +205,21 @@ class Mirror:
             self._count("mismatched")
             self.samples.add(comparer.sample(request, primary, mirror, differences, self.clock.seconds()))
 
+    def continueFrom(self, old: Mirror) -> None:
+        """
+        Carry the counts and samples of the previous runtime's mirror of this
+        route over a reload, so C{GET /api/mirrors} does not restart from
+        zero (C{old} is then stopped by its owner).  Not when the mirror
+        upstream changed: those counts were about another version.
+        """
+        if old.upstream != self.upstream:
+            return
+        for outcome, n in old.counts.items():
+            self.counts[outcome] += n
+        self.lastError = self.lastError or old.lastError
+        for sample in old.samples.items():
+            self.samples.add(sample)
+
     def stop(self) -> None:
         self._stopped = True
         if self._pumpCall is not None:

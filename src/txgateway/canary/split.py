@@ -316,6 +316,24 @@ class Splitter:
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
 
+    def continueFrom(self, old: Splitter, configured: Split) -> bool:
+        """
+        Take over from the splitter of the previous runtime (a reload): its
+        counts, and its split when weights were changed at run time
+        (C{old.split != configured}, C{configured} being the split the old
+        config gave) and this config's split equals C{configured}, i.e. the
+        reload did not touch this route's C{upstreams}.  So an unrelated
+        reload does not snap a ramp back to its configured weights, while a
+        reload that changes them wins.  Returns whether the run-time split
+        was kept (the reload logs it).
+        """
+        for n, c in old._counts.items():
+            self._counts[n] = self._counts.get(n, 0) + c
+        keep = old.split != configured and self.split == configured
+        if keep:
+            self.setSplit(old.split)
+        return keep
+
     def report(self) -> dict[str, Any]:
         split = self.split
         counts = self._counts
