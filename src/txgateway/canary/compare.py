@@ -29,9 +29,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from txgateway.canary.config import CompareSpec
 from txgateway.canary.interfaces import Answer, MirrorRequest
 from txgateway.canary.jsonpath import Segment, formatPath, matchesPrefix, parsePath
+from txgateway.canary.specs import CompareSpec
 
 __all__ = [
     "CREDENTIAL_HEADERS", "MAX_DIFFERENCES", "REDACTED", "SAMPLE_BODY_BYTES", "Comparer", "SampleRing", "diffJson",

@@ -46,8 +46,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgateway.canary.compare import Comparer, SampleRing
-from txgateway.canary.config import MirrorSpec
 from txgateway.canary.interfaces import Answer, IMirror, MirrorRequest, MirrorSend
+from txgateway.canary.specs import MirrorSpec
 
 __all__ = ["OUTCOMES", "Mirror", "MirrorTicket"]
 

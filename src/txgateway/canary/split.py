@@ -56,8 +56,8 @@ from typing import Any
 
 from zope.interface import implementer
 
-from txgateway.canary.config import CanaryRouteSpec, OverrideSpec, StickySpec
 from txgateway.canary.interfaces import Choice, ISplitter, RequestView
+from txgateway.canary.specs import CanaryRouteSpec, OverrideSpec, StickySpec
 
 __all__ = [
     "ALWAYS", "OVERRIDE", "STICKY", "WEIGHTED", "Split", "SplitRefused", "Splitter", "defaultTrust", "keyFunction",
