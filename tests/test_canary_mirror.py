@@ -17,8 +17,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from txgateway.canary.build import BodyKeeper, RouteCanary, buildRouteCanary
 from txgateway.canary.compare import mirrorsReport
-from txgateway.canary.config import CompareSpec, JsonCompareSpec, MirrorSpec
+from txgateway.canary.config import CanaryRouteSpec, CompareSpec, JsonCompareSpec, MirrorSpec, WeightedUpstream
 from txgateway.canary.interfaces import Answer, IMirror, MirrorRequest
 from txgateway.canary.mirror import Mirror
 
@@ -259,3 +260,36 @@ class MirrorTests(SynchronousTestCase):
             self.assertIn(key, entry)
         self.assertEqual(entry["upstream"], "model-v2")
         json.dumps(doc)
+
+
+class BuildTests(SynchronousTestCase):
+    def test_buildRouteCanary(self) -> None:
+        """A route with a split and a mirror gets both; a plain route neither; metrics hear each outcome."""
+        clock, upstream, heard = Clock(), FakeMirrorUpstream(), []
+        spec = CanaryRouteSpec((WeightedUpstream("model-v1", 95), WeightedUpstream("model-v2", 5)),
+                               mirror=MirrorSpec("model-v3"))
+        sends: list[str] = []
+
+        def mirrorSend(name: str) -> Any:
+            sends.append(name)
+            return upstream.send
+
+        built = buildRouteCanary("predict", spec, clock, Random(1), mirrorSend,
+                                 observe=lambda route, outcome: heard.append((route, outcome)))
+        assert built.splitter is not None and built.mirror is not None
+        self.assertEqual((built.splitter.split.names, sends), (("model-v1", "model-v2"), ["model-v3"]))
+        built.mirror.submit(request())
+        clock.advance(0)
+        self.assertEqual(heard, [("predict", "sent")])
+        self.assertEqual(buildRouteCanary("plain", CanaryRouteSpec(), clock, Random(1)), RouteCanary())
+        self.assertRaises(ValueError, buildRouteCanary, "predict", spec, clock, Random(1))
+
+    def test_bodyKeeper(self) -> None:
+        """The first max_body bytes are kept for the comparison; more marks the answer truncated."""
+        keeper = BodyKeeper(5)
+        for chunk in (b"ab", b"cd", b"efgh", b"ij"):
+            keeper.write(chunk)
+        self.assertEqual(keeper.answer(200, [(b"A", b"1")]), Answer(200, ((b"A", b"1"),), b"abcde", True))
+        exact = BodyKeeper(4)
+        exact.write(b"abcd")
+        self.assertEqual(exact.answer(204, []), Answer(204, (), b"abcd", False))

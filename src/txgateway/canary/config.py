@@ -58,6 +58,8 @@ T = TypeVar("T")
 #: The keys of a route that this module reads; the route parser adds them to its known keys.
 CANARY_ROUTE_KEYS = ("upstreams", "sticky", "canary_override", "mirror")
 
+
+# --------------------------------------------------------------------------
 # Value converters (raise Invalid, as config.values' do)
 
 
