@@ -10,6 +10,8 @@ import ipaddress
 import json
 from random import Random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -120,6 +122,20 @@ class SplitTests(SynchronousTestCase):
         for key in userKeys(5_000):
             old, new = before.pickByKey(key), after.pickByKey(key)
             self.assertIn(new, (old, "v3"), key)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(0, 100), min_size=2, max_size=5).filter(any), st.data())
+    def test_oneWeightChangedKeysMoveOnlyToOrFromIt(self, weights: list[int], data: st.DataObject) -> None:
+        """Whatever the weights, changing one upstream's weight moves keys only to or from that upstream."""
+        names = [f"u{i}" for i in range(len(weights))]
+        changed = data.draw(st.sampled_from(names))
+        others = [w for n, w in zip(names, weights, strict=True) if n != changed]
+        new = data.draw(st.integers(0 if any(others) else 1, 100))
+        before = Split(zip(names, weights, strict=True))
+        after = before.withWeights({changed: new})
+        for key in userKeys(300):
+            old, now = before.pickByKey(key), after.pickByKey(key)
+            self.assertTrue(old == now or changed in (old, now), (key, old, now))
 
     def test_immutable(self) -> None:
         """A Split cannot be changed in place; withWeights makes a new one."""
