@@ -1,11 +1,11 @@
 # txgateway container image: slim, non-root, read-only root filesystem friendly.
 #   docker build -t txgateway .
 #   docker run --read-only -p 8080:8080 -v $PWD/gw.yaml:/etc/txgateway/gw.yaml:ro txgateway
+# Without a mounted config it forwards to http://app:8000 (deploy/container-gw.yaml).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY src ./src
-COPY twisted ./twisted
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -14,7 +14,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     # Build twistd's plugin cache now: at run time the filesystem is read-only.
     && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-COPY examples/gw.yaml /etc/txgateway/gw.yaml
+# A default config that needs no other file (tests/test_deploy.py replays these COPY lines and checks it).
+COPY deploy/container-gw.yaml /etc/txgateway/gw.yaml
 USER 10001
 EXPOSE 8080 8090
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

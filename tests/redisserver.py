@@ -2,6 +2,13 @@
 A real C{redis-server} for tests: started on a free loopback port in a temp
 dir, stopped (or killed, or frozen) on demand.
 
+The port: C{redis-server --port 0} does not listen on TCP at all, and the
+gateway should meet Redis over TCP as in production, so the port is picked
+below the kernel's ephemeral range (where neither C{bind(0)} nor outgoing
+connections take ports from, so nothing in the test run grabs it by
+chance) and, should a port still be taken, the first start retries on
+another.  A restart stays on its port, as a restarted Redis does.
+
 The tests that use it are never skipped: a machine without the binary fails
 them with a hint (C{scripts/ensure-redis.sh} installs it; CI runs it first).
 
@@ -14,6 +21,7 @@ C{tests.e2e.harness.waitFor}.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -29,9 +37,25 @@ from twisted.python.failure import Failure
 
 
 def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, below the ephemeral range (see the module docstring)."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+class _PortTaken(RuntimeError):
+    pass
 
 
 class RedisServer:
@@ -42,6 +66,7 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed: run scripts/ensure-redis.sh")
         self.binary = binary
+        self.choosePort = port is None  # the first start may move to another port if this one is taken
         self.port = port or _freePort()
         self.args = list(args or [])
         self.dir = Path(tempfile.mkdtemp(prefix="txgw-redis-"))
@@ -58,14 +83,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start (or start again, on the same port) and wait until it answers PING."""
+        for _ in range(4 if self.choosePort else 0):
+            try:
+                return self._start()
+            except _PortTaken:
+                self.port = _freePort()
+        return self._start()
+
+    def _start(self) -> RedisServer:
         self.proc = subprocess.Popen(self.commandLine(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd=self.dir)
         deadline = time.monotonic() + 10
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
+                raise _PortTaken(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
             try:
                 if self.command("PING") == "PONG":
+                    self.choosePort = False
                     return self
             except OSError:
                 pass

@@ -10,7 +10,9 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.admin import AdminResource, _Hist, renderBody
+from txgateway.admin.api import AdminResource
+from txgateway.admin.page import renderBody
+from txgateway.admin.rates import LatencyHistogram
 from txgateway.config import ConfigError, parseConfig
 from txgateway.observe import Metrics
 from txgateway.service import GatewayService
@@ -165,6 +167,12 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.gw.metrics.registry.get_sample_value("txgateway_config_reloads_total",
                                                                    {"result": "success"}), 1)
 
+    def test_rejectedReloadHasItsReasonPhrase(self) -> None:
+        """A 422 says "Unprocessable Content" on its status line, not twisted.web's "Unknown Status"."""
+        self.configs.append(configText().replace("upstream: app", "upstream: nowhere"))
+        response, _ = self.admin.call("POST", "/api/config/reload")
+        self.assertEqual((response.code, response.phrase), (422, b"Unprocessable Content"))
+
     def test_rejectedReloadReportsProblems(self) -> None:
         """A bad config is refused with its problems, listed as a failure, and the old one keeps serving."""
         self.configs.append(configText().replace("upstream: app", "upstream: nowhere"))
@@ -265,9 +273,9 @@ class ConfigAndWiringTests(SynchronousTestCase):
 class QuantileTests(SynchronousTestCase):
     def test_quantileInterpolatesInsideBucket(self) -> None:
         """Like histogram_quantile: linear within the bucket that holds the rank."""
-        h = _Hist()
+        h = LatencyHistogram()
         # 10 observations, all in (0.01, 0.025]
         h.count = 10
         h.buckets = [0, 0, 0, 0, 10] + [10] * (len(h.buckets) - 5)
         self.assertAlmostEqual(h.quantile(0.5), 0.0175)  # type: ignore[arg-type]
-        self.assertIsNone(_Hist().quantile(0.5))
+        self.assertIsNone(LatencyHistogram().quantile(0.5))

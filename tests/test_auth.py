@@ -30,18 +30,13 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
-from txgateway import auth
-from txgateway.auth import (
-    ApiKeyAuthenticator,
-    AuthFilter,
-    AuthResources,
-    BasicAuthenticator,
-    JwksKeys,
-    JwtAuthenticator,
-    authFilter,
-    queryValue,
-    queryWithout,
-)
+from txgateway.auth import apikey
+from txgateway.auth.apikey import ApiKeyAuthenticator, queryValue, queryWithout
+from txgateway.auth.basic import BasicAuthenticator
+from txgateway.auth.filter import AuthFilter, AuthResources, authenticatorsFor, authFilter
+from txgateway.auth.jwks import JwksKeys, parseJWKS
+from txgateway.auth.jwt import JwtAuthenticator
+from txgateway.auth.result import SHARED_KEY, KeysUnavailable
 from txgateway.config import (
     ApiKeyAuth,
     AuthPolicy,
@@ -159,7 +154,7 @@ class FilterHelpers(SynchronousTestCase):
         self.resources = AuthResources(MemoryReactorClock(), self.clock, runInThread=self.threads)
 
     def makeFilter(self, policy: AuthPolicy, route: str = "r") -> AuthFilter:
-        f = AuthFilter(policy, auth.authenticatorsFor(policy, self.resources), self.metrics, route)
+        f = AuthFilter(policy, authenticatorsFor(policy, self.resources), self.metrics, route)
         verifyObject(IRequestFilter, f)
         return f
 
@@ -219,13 +214,13 @@ class ApiKeyTests(FilterHelpers):
     def test_keyComparedInConstantTimeAgainstEveryKey(self) -> None:
         """Digests are compared with hmac.compare_digest, and every stored key is compared even after a match."""
         calls: list[tuple[bytes, bytes]] = []
-        real = auth.hmac.compare_digest
+        real = apikey.hmac.compare_digest
 
         def spy(a: Any, b: Any) -> bool:
             calls.append((a, b))
             return real(a, b)
 
-        self.patch(auth.hmac, "compare_digest", spy)
+        self.patch(apikey.hmac, "compare_digest", spy)
         context = makeContext([(b"X-API-Key", b"alice-key")])
         self.assertIsNone(self.apply(self.makeFilter(PARTNERS), context))
         self.assertEqual(len(calls), 2)
@@ -583,7 +578,7 @@ class JwksTests(FilterHelpers):
 
     def test_symmetricJwkIgnored(self) -> None:
         """An "oct" (shared secret) key in a JWKS is never used to verify."""
-        keys = auth.parseJWKS(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"},
+        keys = parseJWKS(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"},
                                                    jwk(RSA_KEY, "k1")]}).encode())
         self.assertEqual([k.kid for k in keys], ["k1"])
 
@@ -596,7 +591,7 @@ class JwksTests(FilterHelpers):
     def test_jwksSharedAcrossReloads(self) -> None:
         """Filters built from the same deps.shared reuse the fetched keys."""
         deps = Deps(clock=self.clock, reactor=MemoryReactorClock(), metrics=self.metrics,
-                    config=None, rng=None, shared={auth.SHARED_KEY: self.resources})  # type: ignore[arg-type]
+                    config=None, rng=None, shared={SHARED_KEY: self.resources})  # type: ignore[arg-type]
         route = compiledRoute(jwksPolicy())
         first = authFilter(route, deps)
         assert isinstance(first, AuthFilter)
@@ -610,8 +605,8 @@ class JwksTests(FilterHelpers):
         """A JwksKeys whose fetch failed recently says so at once."""
         self.idp.mode = "error"
         keys = JwksKeys("https://idp.example/jwks", self.clock, lambda: self.agent)
-        self.failureResultOf(keys.keysFor("k1", "RS256"), auth.KeysUnavailable)  # type: ignore[arg-type]
-        self.assertRaises(auth.KeysUnavailable, keys.keysFor, "k1", "RS256")
+        self.failureResultOf(keys.keysFor("k1", "RS256"), KeysUnavailable)  # type: ignore[arg-type]
+        self.assertRaises(KeysUnavailable, keys.keysFor, "k1", "RS256")
         self.flushLoggedErrors()
 
 
@@ -786,7 +781,7 @@ class FactoryTests(SynchronousTestCase):
         deps = self.deps()
         f = authFilter(compiledRoute(PARTNERS), deps)
         self.assertIsInstance(f, AuthFilter)
-        self.assertIsInstance(deps.shared[auth.SHARED_KEY], AuthResources)
+        self.assertIsInstance(deps.shared[SHARED_KEY], AuthResources)
 
     def test_realThreadRunnerUsesOwnPool(self) -> None:
         """Without an injected runner, checks go to a pool of our own stopped at reactor shutdown."""

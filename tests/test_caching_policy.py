@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 
-from txgateway.caching.flow import policy as p
-from txgateway.caching.policy import StoredResponse
+from txgateway.caching import policy as p
+from txgateway.caching.stored import StoredResponse
 
 T0 = 1_700_000_000.0
 

@@ -7,6 +7,9 @@ its key path and line.
 from __future__ import annotations
 
 import ipaddress
+import json
+import subprocess
+import sys
 from random import Random
 from typing import Any
 
@@ -217,3 +220,16 @@ class MirrorConfigTests(SynchronousTestCase):
 
     def test_knownKeys(self) -> None:
         self.assertEqual(CANARY_ROUTE_KEYS, ("upstreams", "sticky", "canary_override", "mirror"))
+
+
+class LayeringTests(SynchronousTestCase):
+    def test_runtimeModulesImportNoConfig(self) -> None:
+        """Only the parser touches the config package: the running parts (and the specs) stay below it."""
+        code = ("import json, sys\n"
+                "import txgateway.canary.build, txgateway.canary.split, txgateway.canary.mirror\n"
+                "print(json.dumps(sorted(m for m in sys.modules if m.startswith('txgateway.'))))\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(json.loads(out), sorted([
+            "txgateway.canary", "txgateway.canary.build", "txgateway.canary.compare", "txgateway.canary.interfaces",
+            "txgateway.canary.jsonpath", "txgateway.canary.mirror", "txgateway.canary.specs",
+            "txgateway.canary.split"]))

@@ -231,6 +231,59 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual([c for c in wire.clock.getDelayedCalls() if c.func.__name__ in ("_expired",)], [])
 
 
+class WriteTimeoutTests(SynchronousTestCase):
+    """server.timeouts.write (60s by default): a response the client stops reading is aborted (issue #18, item 3)."""
+
+    def _stalled(self, config: str | None = None) -> tuple[Wire, Any, StringTransport]:
+        wire = Wire(config=config)
+        proto, transport = wire.send(get())
+        # What a TCP transport does when its send buffer fills: pause its producer, the channel.
+        proto.pauseProducing()
+        return wire, proto, transport
+
+    def _timeouts(self, wire: Wire) -> float:
+        return wire.metrics.registry.get_sample_value("txgateway_write_timeouts_total") or 0.0
+
+    def test_aClientThatStopsReadingIsAbortedAtTheWriteTimeout(self) -> None:
+        """No progress for timeouts.write: the connection is aborted and counted; a moment before, it is not."""
+        wire, _, transport = self._stalled()
+        wire.clock.advance(59.9)
+        self.assertFalse(transport.disconnected)
+        wire.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self._timeouts(wire), 1.0)
+
+    def test_theUpstreamRequestIsCancelledWithIt(self) -> None:
+        """Aborting the client connection cancels the forward, so the upstream connection is released too."""
+        wire, proto, transport = self._stalled()
+        upstream = wire.agent.sent[0].deferred
+        wire.clock.advance(60)
+        proto.connectionLost(Failure(ConnectionDone()))  # what the reactor reports after the abort
+        self.assertTrue(upstream.called)  # cancelled
+
+    def test_resumingBeforeTheDeadlineKeepsTheConnection(self) -> None:
+        """A client that reads again (the transport resumes the channel) is not cut."""
+        wire, proto, transport = self._stalled()
+        wire.clock.advance(59)
+        proto.resumeProducing()
+        wire.clock.advance(600)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(self._timeouts(wire), 0.0)
+
+    def test_theTimeoutIsConfigured(self) -> None:
+        """server.timeouts.write sets the deadline."""
+        config = BASE_CONFIG.format(extra="").replace("idle: 60s}", "idle: 60s, write: 2s}")
+        wire, _, transport = self._stalled(config)
+        wire.clock.advance(2)
+        self.assertTrue(transport.disconnected)
+
+    def test_connectionLostCancelsTheWriteTimer(self) -> None:
+        """A connection that goes away while paused leaves no write timer behind."""
+        wire, proto, _ = self._stalled()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([c for c in wire.clock.getDelayedCalls() if c.func.__name__ == "_writeStalled"], [])
+
+
 class ConnectionCapTests(SynchronousTestCase):
     def test_extraConnectionsFromOneAddressAreRefused(self) -> None:
         """server.max_connections_per_ip (3 here): the 4th socket from one address gets 503 and is closed."""

@@ -11,16 +11,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
 from txgateway.auth import AuthFilter, AuthResources, authenticatorsFor
-from txgateway.config import ApiKeyAuth, AuthPolicy, CorsConfig, parseConfig
+from txgateway.config import ApiKeyAuth, AuthPolicy, CorsConfig
 from txgateway.context import LocalResponse, RequestContext
 from txgateway.cors import CorsFilter, OriginMatcher
 from txgateway.interfaces import IRequestFilter
 from txgateway.middleware import Chain
 from txgateway.observe import Metrics
+from txgateway.testing import FixtureResponse, GatewayFixture
 
 APP = b"https://app.example.com"
 
@@ -233,12 +236,28 @@ class ChainTests(SynchronousTestCase):
         self.assertFalse(context.request.responseHeaders.hasHeader(b"content-length"))
 
 
+class _Origin(Resource):
+    """An origin that says which one it is and what it was asked."""
+
+    isLeaf = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.seen: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        self.seen.append(request.method + b" " + request.uri)
+        return self.name.encode()
+
+
 class PreflightRoutingTests(SynchronousTestCase):
-    """A preflight is routed as the request it announces."""
+    """A preflight is routed as the request it announces (seen from the client, through txgateway.testing)."""
 
     CONFIG = """
 upstreams:
   app: {targets: [http://127.0.0.1:9000]}
+  plain: {targets: [http://127.0.0.1:9001]}
 routes:
   - name: batch
     match: {path: /batch_predict, methods: [POST]}
@@ -246,37 +265,36 @@ routes:
     cors: {allow_origins: ["https://app.example.com"], allow_methods: [POST]}
   - name: plain
     match: {path: /plain, methods: [POST]}
-    upstream: app
+    upstream: plain
   - name: default
     match: {path_prefix: /}
     upstream: app
 """
 
-    def route(self, path: bytes, headers: list[tuple[bytes, bytes]]) -> str:
-        from txgateway.gateway import GatewayRoot
-        from txgateway.service import Gateway, buildRuntime
+    def setUp(self) -> None:
+        self.app, self.plain = _Origin("default"), _Origin("plain")
+        self.gateway = GatewayFixture.fromYAML(self.CONFIG, origins={"http://127.0.0.1:9000": self.app,
+                                                                     "http://127.0.0.1:9001": self.plain})
 
-        gateway = Gateway(buildRuntime(parseConfig(self.CONFIG), reactor=MemoryReactorClock(), clock=Clock(),
-                                       metrics=Metrics(processMetrics=False)))
-        request = DummyRequest([b""])
-        request.method = b"OPTIONS"
-        request.uri = path
-        for k, v in headers:
-            request.requestHeaders.addRawHeader(k, v)
-        GatewayRoot(gateway).getChildWithDefault(b"", request)
-        route = request.context.route
-        return route.name if route is not None else ""
+    def options(self, path: bytes, headers: dict[bytes, list[bytes]]) -> FixtureResponse:
+        return self.gateway.request(b"OPTIONS", b"http://api.example.com" + path, headers)
 
     def test_preflightReachesThePostOnlyCorsRoute(self) -> None:
-        """OPTIONS /batch_predict asking for POST goes to the POST-only route that has cors:."""
-        self.assertEqual(self.route(b"/batch_predict", [(b"Origin", APP),
-                                                        (b"Access-Control-Request-Method", b"POST")]), "batch")
+        """OPTIONS /batch_predict asking for POST goes to the POST-only route that has cors: (answered there)."""
+        response = self.options(b"/batch_predict", {b"Origin": [APP], b"Access-Control-Request-Method": [b"POST"]})
+        self.assertEqual(response.code, 204)
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-origin"), [APP])
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-methods"), [b"POST"])
+        self.assertEqual(self.app.seen + self.plain.seen, [])
 
     def test_plainOptionsRoutedAsBefore(self) -> None:
         """An OPTIONS that is not a preflight is matched by its own method."""
-        self.assertEqual(self.route(b"/batch_predict", [(b"Origin", APP)]), "default")
+        response = self.options(b"/batch_predict", {b"Origin": [APP]})
+        self.assertEqual((response.code, response.body), (200, b"default"))
+        self.assertEqual(self.app.seen, [b"OPTIONS /batch_predict"])
 
     def test_preflightForRouteWithoutCorsRoutedAsBefore(self) -> None:
         """A route without cors: leaves its preflights to whichever route matches OPTIONS (its backend decides)."""
-        self.assertEqual(self.route(b"/plain", [(b"Origin", APP), (b"Access-Control-Request-Method", b"POST")]),
-                         "default")
+        response = self.options(b"/plain", {b"Origin": [APP], b"Access-Control-Request-Method": [b"POST"]})
+        self.assertEqual((response.code, response.body), (200, b"default"))
+        self.assertEqual(self.plain.seen, [])

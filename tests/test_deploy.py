@@ -9,6 +9,7 @@ and the systemd unit passes systemd-analyze.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,33 @@ class ContainerTests(SynchronousTestCase):
         self.assertRegex(text, r"(?m)^USER 10001$")
         self.assertIn("/ready", text)
         self.assertIn('ENTRYPOINT ["twistd", "-n"', text)
+
+    def test_defaultConfigOfTheImageLoadsOnItsOwn(self) -> None:
+        """The final stage's COPY lines, replayed into an empty root, give a config `txgateway check` passes."""
+        lines = (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+        final = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+        cmd = json.loads(next(line for line in lines if line.startswith("CMD "))[4:])
+        config = cmd[cmd.index("--config") + 1]
+        with tempfile.TemporaryDirectory() as root:
+            for line in lines[final:]:
+                words = line.split()
+                if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+                    continue
+                *sources, dest = words[1:]
+                for source in sources:
+                    src = REPO / source
+                    target = Path(root + dest)
+                    if dest.endswith("/"):
+                        target = target / src.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if src.is_dir():
+                        shutil.copytree(src, target)
+                    else:
+                        shutil.copyfile(src, target)
+            self.assertTrue(Path(root + config).exists(), f"the image has no {config}")
+            proc = subprocess.run([sys.executable, "-m", "txgateway", "check", root + config],
+                                  capture_output=True, text=True, cwd=root)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
 
     def test_composeRunsGatewayTwoBackendsAndRedis(self) -> None:
         """The compose file has the gateway, two demo backends and Redis; its gw.yaml is valid."""

@@ -36,7 +36,7 @@ from txgateway.http.proxy import (
     _StrictResponseParser,
     classify,
 )
-from txgateway.observe import Metrics, requestIdFrom
+from txgateway.observe import IdSource, Metrics
 from txgateway.service import Gateway, buildRuntime
 
 # ---------------------------------------------------------------------------
@@ -586,6 +586,7 @@ class ClientAddressTests(SynchronousTestCase):
 
     def test_requestIdInjectionIsReplaced(self) -> None:
         """RFC 9110 §5.5: a request id echoed into headers is validated, so it cannot split a response."""
+        requestIdFrom = IdSource().requestId
         for bad in (b"abc\n", b"abc\r\nSet-Cookie: x=1", b"a" * 129, b"", b"a b", b"<script>", b"abc\x00"):
             rid = requestIdFrom(bad)
             self.assertNotEqual(rid.encode(), bad)
@@ -734,3 +735,73 @@ class UpstreamResponseTests(SynchronousTestCase):
         responses = parseResponses(transport.value())
         self.assertEqual(responses[0].status, 502)
         self.assertIn(b"invalid_response", responses[0].body)
+
+
+class HeadsAnsweredAtOnceTests(SynchronousTestCase):
+    """Malformed or oversized requests are answered when seen, not at a deadline (issue #18, item 5)."""
+
+    def test_bareLineFeedHeadIs400AtOnce(self) -> None:
+        """RFC 9112 §2.2: a head with bare-LF line endings is refused at once, whole or a byte at a time."""
+        head = b"GET / HTTP/1.1\nHost: example.com\n\n"
+        for pieces in ([head], [head[i:i + 1] for i in range(len(head))]):
+            wire = Wire()
+            proto, transport = wire.connect()
+            for piece in pieces:
+                proto.dataReceived(piece)
+            responses = parseResponses(transport.value())
+            self.assertEqual(responses[0].status, 400)
+            self.assertIn(b"bare LF", responses[0].body)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(wire.agent.sent, [])
+
+    def test_crlfHeadsWithLineFeedsInTheBodyAreServed(self) -> None:
+        """A body may hold any byte: a LF in it is not a bare-LF head."""
+        wire = Wire()
+        body = b"a\nb\n\n"
+        responses, _ = wire.exchange(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(body), body))
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(wire.agent.sent[0].body, body)
+
+    def test_chunkDeclaredOverTheBodyLimitIs413AtOnce(self) -> None:
+        """A chunk-size line that promises more than max_request_body is answered 413 before the chunk comes."""
+        wire = Wire()
+        _, transport = wire.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 b"100000\r\nabc")
+        responses = parseResponses(transport.value())
+        self.assertEqual(responses[0].status, 413)
+        self.assertEqual(wire.agent.sent, [])
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunksWithinTheLimitAreServed(self) -> None:
+        """Chunks that add up to no more than max_request_body still reach the backend."""
+        wire = Wire()
+        responses, _ = wire.exchange(b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     b"200\r\n" + b"x" * 0x200 + b"\r\n200\r\n" + b"y" * 0x200 + b"\r\n0\r\n\r\n")
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(len(wire.agent.sent[0].body), 1024)
+
+    def test_tooManyHeaderFieldsIs431(self) -> None:
+        """More than GatewayChannel.maxHeaders (500) field lines: 431 (RFC 6585 §5), not a bare 400."""
+        wire = Wire(config=BASE_CONFIG.format(extra="").replace("max_header_bytes: 2KiB", "max_header_bytes: 1MiB"))
+        fields = tuple(b"X-F%d: v" % i for i in range(10_000))
+        responses, _ = wire.exchange(get(headers=(b"Host: example.com", *fields)))
+        self.assertEqual(responses[0].status, 431)
+        self.assertIn(b"more than 500 header fields", responses[0].body)
+        self.assertEqual(wire.agent.sent, [])
+
+    def test_refusalsCarryARequestIdAndAnAccessLogLine(self) -> None:
+        """A refused request gets the X-Request-ID the hook gives it (the service writes its access line there)."""
+        wire = Wire()
+        seen: list[tuple[Any, ...]] = []
+
+        def onRefusal(client: str, method: bytes, target: bytes, headers: Any, status: int) -> str:
+            seen.append((client, method, target, status))
+            return "rid-1"
+
+        wire.site.onRefusal = onRefusal
+        responses, _ = wire.exchange(b"POST /up?token=x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n")
+        self.assertEqual(responses[0].status, 413)
+        self.assertEqual(responses[0].header(b"x-request-id"), [b"rid-1"])
+        self.assertIn(b'"request_id":"rid-1"', responses[0].body)
+        self.assertEqual(seen, [("192.0.2.10", b"POST", b"/up?token=x", 413)])

@@ -23,21 +23,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from txgateway import observe
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
-from txgateway.observe import (
-    LATENCY_BUCKETS,
-    AccessLog,
-    IdSource,
-    Metrics,
-    TwistdLogAdopter,
-    jsonFormatter,
-    parseTraceparent,
-    redact,
-    requestIdFrom,
-    textFormatter,
-)
+from txgateway.http.twistdlog import TwistdLogAdopter
+from txgateway.observe import accesslog
+from txgateway.observe import ids as idsModule
+from txgateway.observe.accesslog import AccessLog
+from txgateway.observe.ids import IdSource, parseTraceparent
+from txgateway.observe.logging import configSummary, jsonFormatter, logConfigLoaded, redact, textFormatter
+from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
 from txgateway.service import GatewayService
 
 TARGETS = ("http://127.0.0.1:9101", "http://127.0.0.1:9102")
@@ -286,14 +280,14 @@ class MetricsTests(SynchronousTestCase):
 class RequestIdTests(SynchronousTestCase):
     def test_saneIdKept(self) -> None:
         """A short plain X-Request-ID is kept as it is."""
-        self.assertEqual(requestIdFrom(b"abc-123_x.y:z"), "abc-123_x.y:z")
+        self.assertEqual(IdSource().requestId(b"abc-123_x.y:z"), "abc-123_x.y:z")
 
     def test_insaneIdReplacedBy128BitId(self) -> None:
         """Too long, empty or odd characters: a fresh 32-hex-digit (128-bit) id instead."""
         for bad in (b"x" * 129, b"", b"a b", b"a\x00b", b"<script>", "é".encode(), None):
-            rid = requestIdFrom(bad)
+            rid = IdSource().requestId(bad)
             self.assertRegex(rid, r"^[0-9a-f]{32}$")
-        self.assertNotEqual(requestIdFrom(None), requestIdFrom(None))
+        self.assertNotEqual(IdSource().requestId(None), IdSource().requestId(None))
 
     def test_idSourceGivesFreshHexIdsAcrossBlocks(self) -> None:
         """IdSource: 32-digit request and trace ids, 16-digit span ids, never repeated, also past a block's end."""
@@ -304,7 +298,7 @@ class RequestIdTests(SynchronousTestCase):
 
         reads: list[int] = []
         urandom = os.urandom
-        self.patch(observe.os, "urandom", lambda n: reads.append(n) or urandom(n))
+        self.patch(idsModule.os, "urandom", lambda n: reads.append(n) or urandom(n))
         for source in (IdSource(), SmallBlocks()):
             reads.clear()
             ids = []
@@ -448,6 +442,74 @@ class LogTests(SynchronousTestCase):
                          ("error", "boom 1", "r1", "txgateway"))
         self.assertEqual(obj["time"], "1970-01-01T00:00:00.000Z")
 
+    def test_textLinesShareTheAccessLogTimestampFormat(self) -> None:
+        """Text logs write one timestamp format: other lines' time is written as access lines' time is."""
+        fmt = textFormatter("info")
+        line = fmt({"log_format": "hello {n}", "n": 1, "log_level": LogLevel.info, "log_namespace": "txgateway",
+                    "log_time": 1700000000.5})
+        self.assertEqual(line, "2023-11-14T22:13:20.500Z [txgateway#info] hello 1\n")
+        access = fmt({"access": {"time": "2023-11-14T22:13:20.500Z", "status": 200}, "log_time": 1700000000.5})
+        self.assertEqual(access, "2023-11-14T22:13:20.500Z [access] status=200\n")
+
+    def test_multiLineMessagesIndentTheirContinuation(self) -> None:
+        """A traceback's lines stay with the line they belong to, as Twisted's classic text writes them."""
+        line = textFormatter("info")({"log_format": "one\ntwo", "log_level": LogLevel.error, "log_namespace": "t",
+                                      "log_time": 0.0})
+        self.assertEqual(line, "1970-01-01T00:00:00.000Z [t#error] one\n\ttwo\n")
+
+    def test_legacyEventsNamedByTheirSystemNotLogLegacy(self) -> None:
+        """Twisted's log.msg lines (a port starting) name a logger a reader understands, not "log_legacy"."""
+        event = {"log_format": "{log_text}", "log_text": "GatewaySite starting on 8080", "log_level": LogLevel.info,
+                 "log_namespace": "log_legacy", "log_system": "-", "log_time": 0.0}
+        obj = json.loads(jsonFormatter("info")(dict(event)) or "")
+        self.assertEqual((obj["logger"], obj["message"]), ("twisted", "GatewaySite starting on 8080"))
+        self.assertEqual(textFormatter("info")(dict(event)),
+                         "1970-01-01T00:00:00.000Z [twisted#info] GatewaySite starting on 8080\n")
+
+    def test_factoryStartAndStopOnlyAtDebug(self) -> None:
+        """"Starting factory <... at 0x7f...>" is noise at info; at debug it is still there."""
+        from twisted.internet.protocol import Factory
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = Factory()  # noisy, as every Factory is unless told otherwise
+        factory.doStart()
+        factory.doStop()
+        events = [e for e in events if e.get("factory") is factory]
+        self.assertEqual(len(events), 2)
+        for event in events:
+            self.assertIsNone(jsonFormatter("info")(dict(event)))
+            self.assertIsNone(textFormatter("info")(dict(event)))
+            self.assertEqual(json.loads(jsonFormatter("debug")(dict(event)) or "")["level"], "debug")
+
+    def test_workerLinesSayWhichWorker(self) -> None:
+        """In a worker every line names it: a worker field in JSON, a [worker N] tag in text."""
+        event = {"log_format": "txgateway listening", "log_level": LogLevel.info, "log_namespace": "txgateway",
+                 "log_time": 0.0}
+        self.assertEqual(json.loads(jsonFormatter("info", worker=2)(dict(event)) or "")["worker"], 2)
+        self.assertNotIn("worker", json.loads(jsonFormatter("info")(dict(event)) or ""))
+        self.assertEqual(textFormatter("info", worker=2)(dict(event)),
+                         "1970-01-01T00:00:00.000Z [worker 2] [txgateway#info] txgateway listening\n")
+
+    def test_configSummaryLine(self) -> None:
+        """At start-up one line names the config file and counts what it holds, without any URL."""
+        config = parseConfig(configText(extra="""\
+admin:
+  listen: "tcp:0:interface=127.0.0.1"
+stores:
+  redis: redis://:hunter2@127.0.0.1:6379/0
+"""), "/etc/txgateway/gw.yaml")
+        summary = configSummary(config)
+        self.assertEqual(summary, "config loaded /etc/txgateway/gw.yaml: 1 route, 1 upstream (2 targets), "
+                                  "listening on tcp:0:interface=127.0.0.1, admin on tcp:0:interface=127.0.0.1, "
+                                  "shared state in Redis")
+        events: list[dict[str, Any]] = []
+        logConfigLoaded(config, Logger(namespace="txgateway", observer=events.append))
+        [event] = events
+        self.assertEqual(json.loads(jsonFormatter("info")(event) or "")["message"], summary)
+
     def test_accessLinesKeptWhateverTheLevel(self) -> None:
         """logging.access_log decides about access lines, not logging.level."""
         event = {"access": {"request_id": "r", "status": 200}, "log_level": LogLevel.info, "log_time": 0.0}
@@ -497,7 +559,7 @@ class LogTests(SynchronousTestCase):
         one.outcome, one.cacheStatus = "client_gone", "miss"
         times = iter([1700000000.0, 1700000000.9996, 1700000001.0015, 1700000059.5, 1e9 + 0.25, 1700000000.0])
         now: list[float] = []
-        self.patch(observe, "_now", lambda: now[0])  # one timestamp for both
+        self.patch(accesslog, "_now", lambda: now[0])  # one timestamp for both
         log = AccessLog(True)
         cases = ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0), (one, 0.0004, None))
         for t in times:  # the same log again and again: its remembered strings and second change nothing
@@ -513,7 +575,7 @@ class LogTests(SynchronousTestCase):
         class Request:
             bytesIn = 0
 
-        self.patch(observe, "_now", lambda: 1700000000.5)
+        self.patch(accesslog, "_now", lambda: 1700000000.5)
         context = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
         context.upstream, context.target, context.targetsTried = 5, "http://t:1", [1.5]  # type: ignore[assignment]
         out = io.StringIO()
@@ -594,12 +656,23 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(doc["upstreams"]["app"]["targets"][0]["circuit"], "open")
 
     def test_unavailableWhenNoUpstreamUsable(self) -> None:
-        """503 once no upstream has a usable target."""
+        """503 once no upstream has a usable target (every one unhealthy and its circuit open)."""
+        gw = InMemoryGateway()
+        for e in gw.gateway.runtime.clusters["app"].endpoints:
+            e.activeHealthy = False
+            e.breaker = BrokenBreaker("open")
+        r = gw.request("GET", "/health")
+        self.assertEqual((r.status, r.json()["status"]), (503, "unavailable"))
+
+    def test_failOpenWithNoHealthyTargetIsDegradedNot503(self) -> None:
+        """fail_open (the default) still forwards when every target is unhealthy: /health says 200 degraded."""
         gw = InMemoryGateway()
         for e in gw.gateway.runtime.clusters["app"].endpoints:
             e.activeHealthy = False
         r = gw.request("GET", "/health")
-        self.assertEqual((r.status, r.json()["status"]), (503, "unavailable"))
+        doc = r.json()
+        self.assertEqual((r.status, doc["status"], doc["degraded"]), (200, "degraded", ["app"]))
+        self.assertEqual((doc["upstreams"]["app"]["usable"], doc["upstreams"]["app"]["failing_open"]), (False, True))
 
     def test_methods(self) -> None:
         """GET and HEAD only: HEAD has the headers and no body; anything else is 405 with Allow."""

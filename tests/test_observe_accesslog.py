@@ -14,9 +14,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway import observe
 from txgateway.context import RequestContext
-from txgateway.observe import AccessLog
+from txgateway.observe import accesslog
+from txgateway.observe.accesslog import AccessLog
 
 
 class _Request:
@@ -37,7 +37,7 @@ def context() -> RequestContext:
 class JsonLineTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.now = [1700000000.0]
-        self.patch(observe, "_now", lambda: self.now[0])
+        self.patch(accesslog, "_now", lambda: self.now[0])
         self.log = AccessLog(True)
         self.context = context()
 

@@ -115,10 +115,27 @@ class IdleExpiry(SynchronousTestCase):
 class Reuse(SynchronousTestCase):
     def test_sequentialRequestsReuseOnePooledConnectionPerTarget(self) -> None:
         """Keep-alive traffic through the real Agent opens one upstream connection per target, then reuses it."""
-        from .test_garbage import KeepAliveClient
+        from twisted.web.resource import Resource
 
-        gw = KeepAliveClient()
-        for _ in range(10):
-            gw.get()
-        self.assertEqual(gw.transport.value().count(b"HTTP/1.1 200 OK"), 10)
-        self.assertLessEqual(len(gw.origins.waiting), 2)  # the config's two targets
+        from txgateway.testing import GatewayFixture
+
+        channels: list[Any] = []  # held, so that no two connections share an id
+
+        class Origin(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                channels.append(request.channel)  # one HTTP channel per upstream connection
+                return b"ok"
+
+        config = """
+upstreams:
+  app: {targets: [http://127.0.0.1:9101, http://127.0.0.1:9102], balancer: least_connections}
+routes:
+  - {name: api, match: {path_prefix: /api}, upstream: app}
+"""
+        origin = Origin()
+        gw = GatewayFixture.fromYAML(config, origins={"http://127.0.0.1:9101": origin, "http://127.0.0.1:9102": origin})
+        codes = [gw.request(b"GET", b"http://gw.example/api/x").code for _ in range(10)]
+        self.assertEqual(codes, [200] * 10)
+        self.assertLessEqual(len({id(c) for c in channels}), 2)  # the config's two targets

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from txgateway import __version__
+from txgateway import __version__, convert
 from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
 
 __all__ = ["explain", "main", "summary"]
@@ -42,9 +42,11 @@ def summary(config: GatewayConfig) -> str:
         if u.health.passive:
             extras.append("passive health")
         if u.circuit_breaker:
-            extras.append(f"breaker after {u.circuit_breaker.failures} failures")
+            n = u.circuit_breaker.failures
+            extras.append(f"breaker after {n} failure{'' if n == 1 else 's'}")
         if u.retries.attempts:
-            extras.append(f"{u.retries.attempts} retries")
+            n = u.retries.attempts
+            extras.append(f"{n} retr{'y' if n == 1 else 'ies'}")
         targets = ", ".join(t.url + (f" (w{t.weight})" if t.weight != 1 else "") for t in u.targets)
         lines.append(f"  {name:<16} {u.balancer:<22} {targets}")
         if extras:
@@ -128,14 +130,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     check.add_argument("--explain", metavar="URL", help="show which route URL would take, and why not the others")
     check.add_argument("-X", "--method", default="GET", help="method for --explain")
     check.add_argument("-H", "--header", action="append", default=[], help="'Name: value' header for --explain")
+    conv = sub.add_parser("convert", help="print go-reverse-proxy's config FILE as a txgateway config (YAML)")
+    conv.add_argument("file", help="go-reverse-proxy's proxyConfig.yaml")
     args = parser.parse_args(argv)
     if args.version:
         out.write(f"txgateway {__version__}\n")
         return 0
     if args.command is None:
         parser.print_usage(err)
-        err.write("txgateway: name a command (check), or --version\n")
+        err.write("txgateway: name a command (check, convert), or --version\n")
         return 2
+    if args.command == "convert":
+        return convert.main(args.file, out, err)
     try:
         config = loadConfig(args.config, environ) if args.config else configFromEnvironment(environ)
     except ConfigError as e:

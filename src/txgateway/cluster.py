@@ -31,7 +31,7 @@ class Endpoint:
     """
 
     __slots__ = ("url", "urlBytes", "scheme", "host", "port", "weight", "inFlight", "activeHealthy",
-                 "ejectedUntil", "breaker", "upstream", "labels", "netloc")
+                 "ejectedUntil", "breaker", "upstream", "labels", "netloc", "probeStatus")
 
     def __init__(self, target: Target, upstream: str) -> None:
         self.url = target.url
@@ -47,6 +47,7 @@ class Endpoint:
         # a gateway that has just started serves at once.
         self.activeHealthy = True
         self.ejectedUntil = 0.0
+        self.probeStatus: int | None = None  # the latest active health probe's answer, for /health
         self.breaker: IBreaker | None = None
         self.labels: object = None  # cached metric children, see observe.Metrics
 

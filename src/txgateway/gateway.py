@@ -27,6 +27,7 @@ from txgateway.http.proxy import _H_HOST, _H_REQUEST_ID, _H_TRACEPARENT, _H_TRAC
 from txgateway.middleware import AddressSet, jsonResponse
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
 from txgateway.routing import PathError, normalizeHost, normalizePath
+from txgateway.workshop import workshopHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -144,15 +145,20 @@ class Runtime:
                     "in_flight": e.inFlight,
                 })
             usable = cluster.usable()
-            anyUsable = anyUsable or usable
+            # fail_open with no healthy target still forwards (to targets whose
+            # circuit is not open): that gateway works, degraded, and must not
+            # tell a load balancer otherwise.
+            failingOpen = not usable and cluster.failOpen and any(t["circuit"] != "open" for t in targets)
+            anyUsable = anyUsable or usable or failingOpen
             # Degraded: some target cannot take traffic now (unhealthy or its circuit open).
             if not usable or not all(t["usable"] for t in targets):
                 degraded.append(name)
-            upstreams[name] = {"usable": usable, "targets": targets}
+            upstreams[name] = {"usable": usable, "failing_open": failingOpen, "targets": targets}
         status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
         # Redis down is not unhealthy (limits and the cache decide locally) but an operator must see it.
-        return (200 if anyUsable else 503), {"status": status, "degraded": degraded, "upstreams": upstreams,
-                                             "stores": {"redis": self.redis.describe()} if self.redis is not None else {}}
+        report = {"status": status, "degraded": degraded, "upstreams": upstreams,
+                  "stores": {"redis": self.redis.describe()} if self.redis is not None else {}}
+        return (200 if anyUsable else 503), workshopHealth(report, self.config.server.environment, self.clusters)
 
 
 class GatewayRoot(Resource):
@@ -324,7 +330,9 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
 
 
 # Reason phrases twisted.web does not know.
-_REASONS = {508: b"Loop Detected"}
+_REASONS = {421: b"Misdirected Request", 422: b"Unprocessable Content", 425: b"Too Early", 426: b"Upgrade Required",
+            428: b"Precondition Required", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+            451: b"Unavailable For Legal Reasons", 508: b"Loop Detected", 511: b"Network Authentication Required"}
 
 
 def respond(context: RequestContext, response: LocalResponse, forwarder: Any = None) -> None:

@@ -210,6 +210,7 @@ class ActiveHealthChecker(Service):
         state.pending = d
 
         def done(code: int) -> None:
+            endpoint.probeStatus = code
             if 200 <= code < 300:
                 self._result(endpoint, state, True, "")
             else:
@@ -218,6 +219,7 @@ class ActiveHealthChecker(Service):
         def failed(f: Failure) -> None:
             if f.check(CancelledError) and state.loop is None:
                 return  # stopped while probing: no verdict
+            endpoint.probeStatus = None
             self._result(endpoint, state, False, _describe(f, self.config.timeout))
 
         def bug(f: Failure) -> None:

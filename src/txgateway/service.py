@@ -26,8 +26,10 @@ from twisted.logger import Logger
 from txgateway import balancing, breaking, health, retrying, stores
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
+from txgateway.context import RequestContext
 from txgateway.gateway import GatewayRoot, GatewayState, Runtime
 from txgateway.http.channel import GatewaySite
+from txgateway.http.process import markCleanStop
 from txgateway.http.proxy import Forwarder, makeAgent
 from txgateway.http.sending import WriteBatcher
 from txgateway.middleware import Deps, buildChain
@@ -115,6 +117,66 @@ def _breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Cal
     return onTransition
 
 
+class StartupError(Exception):
+    """
+    The gateway cannot start (a port in use, a socket it may not bind).
+
+    Raised from C{startService}, so twistd does not run the reactor: in the
+    foreground the process exits non-zero (L{txgateway.tap} shows the
+    message as one line instead of a traceback), and a daemonising twistd
+    reports it to the parent, which exits 1.
+    """
+
+    oneLine = True  # shown as one line, not a traceback (txgateway.tap)
+
+
+# The exit status of a drain that reached server.timeouts.drain with
+# requests still in flight and cut them: orchestration tells it from a clean
+# stop (0).  Documented in docs/operations.md.
+EXIT_DRAIN_CUT = 3
+# The exit status when the listener failed after start-up began.
+EXIT_STARTUP_FAILED = 1
+
+_SOMAXCONN = "/proc/sys/net/core/somaxconn"
+_BACKLOG_KINDS = ("tcp:", "tcp6:", "ssl:", "unix:")
+
+
+def listenBacklog(configured: int | None, somaxconn: str = _SOMAXCONN) -> int:
+    """
+    The listen queue for C{server.backlog}: as configured, else the kernel's
+    C{somaxconn} (the most it grants anyway), else 4096.
+
+    Twisted's endpoints default to 50, which a burst of new clients fills at
+    once: the rest wait for SYN retransmits or are refused.
+    """
+    if configured is not None:
+        return configured
+    try:
+        with open(somaxconn, encoding="ascii") as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return 4096
+    return value if value > 0 else 4096
+
+
+def withBacklog(description: str, backlog: int) -> str:
+    """
+    C{description} with C{backlog=} added, for the endpoint kinds that take
+    it (tcp, tcp6, ssl, unix); a backlog written in the string itself wins.
+    """
+    if not description.startswith(_BACKLOG_KINDS) or ":backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def _bindProblem(error: BaseException) -> str:
+    """C{"127.0.0.1:8080: Address already in use"}, or the error's own words."""
+    socketError = getattr(error, "socketError", None)
+    if isinstance(socketError, OSError) and socketError.strerror:
+        return f"{getattr(error, 'interface', '') or '*'}:{getattr(error, 'port', '?')}: {socketError.strerror}"
+    return str(error)
+
+
 class _Listener(Service):
     """One listening endpoint; remembers its port so the drain can stop accepting."""
 
@@ -148,6 +210,12 @@ class _Listener(Service):
         if self.listening is not None:
             self.listening.cancel()
         return succeed(None)
+
+
+def _bound(port: Any) -> str:
+    """C{host:port} (or the socket path) a listening port is bound to: with C{tcp:0}, the port the OS chose."""
+    address = port.getHost()
+    return f"{address.host}:{address.port}" if hasattr(address, "port") else str(getattr(address, "name", address))
 
 
 def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
@@ -187,8 +255,9 @@ class GatewayService(MultiService):
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
-                                writes=self.writes)
-        self.listener = _Listener(reactor, config.server.listen, self.site, listenFd)
+                                writes=self.writes, onRefusal=self._refused)
+        backlog = listenBacklog(config.server.backlog)
+        self.listener = _Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd)
         self.listener.setServiceParent(self)
         self.adminListener: _Listener | None = None
         if config.admin is not None:
@@ -196,13 +265,16 @@ class GatewayService(MultiService):
 
             startToken = config.admin.token
             self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
-            self.adminListener = _Listener(reactor, config.admin.listen, self.adminSite, adminFd)
+            self.adminListener = _Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd)
             self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)
         self._checkers: dict[str, Any] = {}
         self._syncHealthCheckers(None)
         self.stopping: Deferred[None] | None = None
+        # What the process should exit with once the reactor has stopped
+        # (L{txgateway.tap} applies it): 0, EXIT_DRAIN_CUT or EXIT_STARTUP_FAILED.
+        self.exitStatus = 0
         self.watcher: ConfigWatcher | None = None
         if configPath is not None:
             self.watcher = ConfigWatcher(configPath, self.reload, self.clock, config.server.watch_config)
@@ -223,6 +295,26 @@ class GatewayService(MultiService):
             for endpoint in cluster.endpoints:
                 if endpoint.breaker is not None:
                     endpoint.breaker.state  # noqa: B018 - reading settles the lazy transition
+
+    def _refused(self, client: str, method: bytes, target: bytes, headers: Any, status: int) -> str:
+        """
+        A request the listening channel refused (400, 408, 413, 414, 431):
+        its request id (the client's, if plain, as for any request) and its
+        access-log line, as every answered request has.
+        """
+        sent = headers.getRawHeaders(b"x-request-id") if headers is not None else None
+        requestId = self.gateway.state.ids.requestId(sent[0] if sent else None)
+        hosts = headers.getRawHeaders(b"host") if headers is not None else None
+        # The raw target, without its query (which may hold tokens) and cut
+        # short: it may be the very thing refused for its length.
+        path = target.partition(b"?")[0][:256].decode("latin-1")
+        # No Request object: the channel refused the bytes before making one.
+        context = RequestContext(None, self.clock.seconds(), requestId, client, client, method[:32],  # type: ignore[arg-type]
+                                 hosts[0][:256].decode("latin-1") if hosts else "", path, None)
+        context.status = status
+        context.outcome = "refused"
+        self.accessLog.record(context, 0.0)
+        return requestId
 
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
@@ -257,23 +349,38 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         super().startService()
         assert self.listener.listening is not None
+        where = self.config.server.listen
+        failure: list[Any] = []
 
         def up(port: Any) -> None:
             self.gateway.state.ready = True
-            log.info("txgateway listening on {where}", where=self.config.server.listen)
+            log.info("txgateway listening on {address}", address=_bound(port), where=where)
 
-        def failed(f: Any) -> Any:
-            log.failure("cannot listen on {where}", f, where=self.config.server.listen)
-            self.reactor.callLater(0, self._exitAfterBindFailure)
-            return None
+        def failed(f: Any) -> None:
+            failure.append(_bindProblem(f.value))
+            # One line: the reason is the whole story (a port in use, a
+            # permission); a traceback of the reactor's bind would hide it.
+            log.critical("cannot listen on {problem} (server.listen: {where})", problem=failure[-1], where=where)
+            if self.running and self.reactor.running:
+                # A listener that failed later than start-up (an endpoint
+                # that binds asynchronously): stop, and say so in the status.
+                self.exitStatus = EXIT_STARTUP_FAILED
+                self.reactor.callLater(0, self._exitAfterBindFailure)
 
         self.listener.listening.addCallbacks(up, failed)
+        if failure:
+            # Bound synchronously (tcp, ssl, unix: nearly always): refuse to
+            # start, so twistd never runs the reactor and exits non-zero.
+            MultiService.stopService(self)
+            # Short: a daemonising twistd passes the parent 100 bytes of it.
+            raise StartupError(f"cannot listen on {failure[0]}")
         if self.adminListener is not None and self.adminListener.listening is not None:
-            where = self.adminListener.description
+            adminWhere = self.adminListener.description
             # A busy admin port must not take client traffic down with it: say so loudly, keep serving.
             self.adminListener.listening.addCallbacks(
-                lambda _: log.info("admin listener on {where}", where=where),
-                lambda f: log.failure("cannot listen on admin.listen {where}; no admin listener", f, where=where))
+                lambda port: log.info("admin listening on {address}", address=_bound(port), where=adminWhere),
+                lambda f: log.error("cannot listen on admin.listen {where}: {reason}; no admin listener",
+                                    where=adminWhere, reason=f.getErrorMessage()))
 
     def _exitAfterBindFailure(self) -> None:
         if self.reactor.running:
@@ -307,7 +414,15 @@ class GatewayService(MultiService):
 
         def forceClose(timedOut: bool) -> None:
             if timedOut:
-                log.warn("drain deadline passed with {n} request(s) in flight; closing them", n=state.inFlight)
+                cut = state.inFlight
+                if cut:
+                    # Not a clean stop: orchestration should be able to tell.
+                    self.exitStatus = EXIT_DRAIN_CUT
+                    log.error("drain deadline ({deadline:g}s, server.timeouts.drain) passed with {n} request(s) "
+                              "in flight; cutting them and exiting with status {status}",
+                              deadline=self.config.server.timeouts.drain, n=cut, status=EXIT_DRAIN_CUT)
+                else:
+                    log.warn("drain deadline passed with responses still being sent; closing their connections")
             for channel in list(self.site.channels):
                 if channel.transport is not None:
                     channel.transport.abortConnection()  # type: ignore[attr-defined]
@@ -329,8 +444,7 @@ class GatewayService(MultiService):
             # twistd re-raises the signal that stopped the reactor once it has
             # run, so a SIGTERM'd process would die "killed by SIGTERM" (143
             # in a container).  A completed drain is a clean stop: exit 0.
-            if getattr(self.reactor, "_exitSignal", None) is not None:
-                self.reactor._exitSignal = None
+            markCleanStop(self.reactor)
 
         d.addCallback(closeIdle)
         d.addCallback(forceClose)

@@ -7,6 +7,7 @@ it takes the reactor and clock as arguments.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Any
@@ -41,7 +42,7 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from txgateway.observe import TwistdLogAdopter, formatterFor
+    from txgateway.observe import TwistdLogAdopter, formatterFor, logConfigLoaded
     from txgateway.service import GatewayService
 
     try:
@@ -50,21 +51,88 @@ def makeService(options: Any) -> IService:
         # One line per problem, each saying what it is: no header line to lose under a log shipper.
         sys.stderr.write("".join(f"txgateway: config rejected: {line}\n" for line in e.render().splitlines()))
         raise SystemExit(1) from None
-    _installLogging(TwistdLogAdopter(formatterFor(config.logging.level, config.logging.format)), reactor)
+    _installStartupErrorHook(options)
+    from txgateway.workshop import labelledFormatter
+
+    formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format,
+                                               _int(options["worker-id"])), config.server.environment)
+    _installLogging(TwistdLogAdopter(formatter), reactor)
+    logConfigLoaded(config)
     if options["listen-fd"] is None:
         supervisor = _supervisorFor(config, options, reactor)
         if supervisor is not None:
+            atexit.register(_exitWithStatusOf, supervisor)
             return supervisor
     if options["listen-fd"] is not None:
         from txgateway.workers import followSupervisor
 
         reactor.callWhenRunning(followSupervisor)
-    service = GatewayService(config, reactor, configPath=options["config"],
-                             listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
-                             workerId=_int(options["worker-id"]))
+    try:
+        service = GatewayService(config, reactor, configPath=options["config"],
+                                 listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
+                                 workerId=_int(options["worker-id"]))
+    except OSError as e:  # e.g. logging.access_log_file in a directory that does not exist
+        sys.stderr.write(f"txgateway: cannot start: {e}\n")
+        raise SystemExit(1) from None
+    atexit.register(_exitWithStatusOf, service)
     _installSignals(service, reactor)
     reactor.callWhenRunning(_freezeStartupObjects)
     return service
+
+
+def _installStartupErrorHook(options: Any) -> None:
+    """
+    Show a start-up failure as one line, not a traceback.
+
+    A L{txgateway.service.StartupError} (or a worker set-up error: each
+    says C{oneLine = True}, so neither module is imported here) raised
+    from C{startService} escapes twistd, which exits 1; the service has
+    already logged it as one line.  The foreground with the log in a file
+    (C{--logfile=gw.log}) also prints that line on stderr, where the person
+    who ran the command looks.  A daemonising twistd reports it itself
+    ("An error has occurred: ...") and exits 1.  Any other exception keeps
+    its traceback: that is a bug to report.
+    """
+    parent = getattr(options, "parent", None)
+    logfile = parent.get("logfile") if parent is not None else None
+    toFile = bool(logfile) and logfile != "-"
+    previous = sys.excepthook
+
+    def hook(kind: Any, value: BaseException, tb: Any) -> None:
+        if getattr(value, "oneLine", False):
+            # twistd sends sys.stderr to the log by now; the terminal is the original.
+            out = sys.__stderr__
+            if toFile and out is not None:
+                out.write(f"txgateway: {value}\n")
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def _exitWithStatusOf(service: Any) -> None:
+    """
+    At interpreter exit: leave with the service's C{exitStatus} when it is
+    not 0 (3: the drain cut requests; see docs/operations.md).
+
+    twistd's C{run()} has no exit status of its own to give (the C{twistd}
+    script calls C{sys.exit(run())} with None), so the status is applied
+    here, after twistd has stopped the reactor, removed its pid file and
+    closed its log.  C{os._exit} skips the exit handlers registered before
+    this one, so what they would flush is flushed first.
+    """
+    status = getattr(service, "exitStatus", 0)
+    if not status:
+        return
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def _freezeStartupObjects() -> None:
@@ -130,8 +198,11 @@ def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IServic
     argv.append("txgateway")
     if options["config"]:
         argv += ["--config", os.path.abspath(options["config"])]
-    supervisor = WorkerSupervisor(reactor, reactor, count, config.server.listen, argv,
-                                  admin=config.admin.listen if config.admin is not None else None,
+    from txgateway.service import listenBacklog, withBacklog
+
+    backlog = listenBacklog(config.server.backlog)
+    supervisor = WorkerSupervisor(reactor, reactor, count, withBacklog(config.server.listen, backlog), argv,
+                                  admin=withBacklog(config.admin.listen, backlog) if config.admin is not None else None,
                                   drain=config.server.timeouts.drain)
     installSignals(supervisor, reactor)
     return supervisor

@@ -32,13 +32,17 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txgateway.http.process import markCleanStop
+
 log = Logger(namespace="txgateway.workers")
 
 _TCP = re.compile(r"^tcp6?:(\d+)((?::[a-zA-Z]+=[^:]*)*)$")
 
 
 class WorkerSetupError(Exception):
-    """The config asks for workers in a way that cannot work."""
+    """The config asks for workers in a way that cannot work, or their socket cannot be bound."""
+
+    oneLine = True  # shown as one line, not a traceback (txgateway.tap)
 
 
 def workerCount(configured: int, override: str | None = None) -> int:
@@ -107,14 +111,27 @@ class WorkerSupervisor(Service):
         self.restarts: dict[int, list[float]] = {}
         self.stopping = False
         self.metricsDir: str | None = None
+        # Non-zero when a worker's drain cut requests (it exited 3): the
+        # supervisor exits with it too (applied by txgateway.tap).
+        self.exitStatus = 0
 
     def startService(self) -> None:
         super().startService()
         port, interface, backlog = parseListen(self.listen)
-        self.sockets = [bindReusePort(port, interface, backlog) for _ in range(self.count)]
-        if self.admin is not None:
-            aport, ainterface, abacklog = parseListen(self.admin)
-            self.adminSocket = bindReusePort(aport, ainterface, abacklog)
+        try:
+            first = bindReusePort(port, interface, backlog)
+            port = first.getsockname()[1]  # with tcp:0 the OS picks once; every worker shares that port
+            self.sockets = [first] + [bindReusePort(port, interface, backlog) for _ in range(self.count - 1)]
+            if self.admin is not None:
+                aport, ainterface, abacklog = parseListen(self.admin)
+                self.adminSocket = bindReusePort(aport, ainterface, abacklog)
+        except OSError as e:
+            # One line, and twistd exits non-zero: see tap._installStartupErrorHook.
+            for s in self.sockets:
+                s.close()
+            self.sockets = []
+            log.critical("cannot listen on {listen}: {reason}", listen=self.listen, reason=e.strerror or str(e))
+            raise WorkerSetupError(f"cannot listen on {self.listen}: {e.strerror or e}") from None
         # prometheus-client's multiprocess mode: every worker writes its samples
         # to files here and /metrics in any worker reports the sum of all.
         self.metricsDir = tempfile.mkdtemp(prefix="txgateway-metrics-")
@@ -144,6 +161,9 @@ class WorkerSupervisor(Service):
             except Exception:
                 log.failure("cleaning up metrics of worker {index}", index=index)
         if self.stopping:
+            code = getattr(reason.value, "exitCode", None)
+            if code == 3:  # txgateway.service.EXIT_DRAIN_CUT
+                self.exitStatus = code
             return
         now = self.clock.seconds()
         recent = [t for t in self.restarts.get(index, []) if now - t < 60] + [now]
@@ -193,8 +213,7 @@ class WorkerSupervisor(Service):
 
     def _clearExitSignal(self) -> None:
         # As in GatewayService: a completed drain is a clean stop, exit 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None
+        markCleanStop(self.reactor)
 
 
 def followSupervisor(environ: Mapping[str, str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """
 A scriptable origin server for end-to-end tests, run as its own process.
 
-C{python tests/e2e/backend.py PORT NAME} serves on 127.0.0.1:PORT.  Every
+C{python tests/e2e/backend.py PORT NAME} serves on 127.0.0.1:PORT (0: a port the OS
+picks) and prints C{ready PORT} once it listens.  Every
 response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
 
   /echo...                JSON of method, path, query, headers (in order, repeated kept), body
@@ -311,8 +312,10 @@ def main() -> None:
     port, name = int(sys.argv[1]), sys.argv[2]
     site = server.Site(Origin(name))
     site.log = lambda request: None  # type: ignore[method-assign]
-    TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
-    print("ready", flush=True)
+    # PORT 0: the OS picks; the harness reads the port from the first line.
+    d = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
+    d.addCallback(lambda listening: print("ready", listening.getHost().port, flush=True))
+    d.addErrback(lambda f: (print(f.getErrorMessage(), flush=True), reactor.stop()))  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -13,6 +13,9 @@ import atexit
 import http.client
 import json
 import os
+import random
+import re
+import select
 import shutil
 import signal
 import socket
@@ -28,10 +31,62 @@ REPO = Path(__file__).resolve().parents[2]
 BACKEND = Path(__file__).resolve().parent / "backend.py"
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_DEAD: list[socket.socket] = []
+atexit.register(lambda: [s.close() for s in _DEAD])
+
+
+def deadPort() -> int:
+    """
+    A loopback port that refuses connections for the rest of the test run.
+
+    The port stays bound, never listening, by this process, so nothing else
+    can start listening on it (a port merely found free can be taken by the
+    time a test relies on it being dead).
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _DEAD.append(s)
+    return int(s.getsockname()[1])
+
+
+def namedPort() -> int:
+    """
+    A free loopback port for the few tests that must name a port before a
+    process binds it (C{GATEWAY_PORT}); pair with a retry on bind failure.
+
+    Chosen below the kernel's ephemeral range, which is where C{bind(0)} and
+    every outgoing connection take their ports from: a port found free there
+    is what the test suite's own connections grab next.
+    """
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+_LISTENING = re.compile(r'txgateway listening on ([^\s"]+)')
+_ADMIN_LISTENING = re.compile(r'admin listening on ([^\s"]+)')
+_BIND_FAILED = re.compile(r"cannot listen|address already in use|EADDRINUSE", re.I)
+
+
+def _portOf(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def listeningPort(logText: str) -> int | None:
+    """The port in a gateway log's C{txgateway listening on HOST:PORT} line, if it has one yet."""
+    m = _LISTENING.search(logText)
+    return None if m is None else _portOf(m.group(1))
 
 
 def waitFor(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -159,20 +214,29 @@ def _stopAll(started: list[Any]) -> None:
 
 
 class Backend:
-    """One origin process (tests/e2e/backend.py)."""
+    """One origin process (tests/e2e/backend.py), on a port the OS picks unless one is given."""
 
     def __init__(self, name: str = "b1", port: int | None = None) -> None:
         self.name = name
-        self.port = port or freePort()
+        self.port = port or 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        assert self.port, "the backend's port is known once it has started"
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Backend:
         self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name], env=childEnv(),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.proc.stdout is not None
+        # backend.py prints "ready PORT" once it listens (or why not, and exits).
+        if not select.select([self.proc.stdout], [], [], 15)[0]:
+            raise AssertionError(f"backend {self.name} said nothing within 15s")
+        first = self.proc.stdout.readline().decode(errors="replace")
+        if not first.startswith("ready "):
+            raise AssertionError(f"backend {self.name} did not start: {first}")
+        self.port = int(first.split()[1])
         waitFor(lambda: request(self.port, "GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
         return self
 
@@ -193,7 +257,11 @@ class GatewayProcess:
     def __init__(self, config: str, files: Mapping[str, str | bytes] | None = None,
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (), port: int | None = None,
                  useConfigFile: bool = True) -> None:
-        self.port = port or freePort()
+        # "{port}" in the config becomes 0 (the OS picks) unless a port is
+        # named; either way self.port is read back from the gateway's log
+        # line "txgateway listening on HOST:PORT" once it has bound.
+        self.port = port or 0
+        self.adminPort = 0
         self.config = config.replace("{port}", str(self.port))
         self.files = files or {}
         self.env = env
@@ -227,13 +295,35 @@ class GatewayProcess:
             self.waitReady()
         return self
 
+    def waitListening(self) -> int:
+        """Wait for the log line naming the bound address; the port (also in C{self.port})."""
+        def bound() -> int | None:
+            text = self.log()
+            m = _LISTENING.search(text)
+            if m is None and self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{text}")
+            if m is None:
+                return None
+            admin = _ADMIN_LISTENING.search(text)
+            if admin is not None:
+                self.adminPort = _portOf(admin.group(1))
+            return _portOf(m.group(1))
+
+        self.port = waitFor(bound, what="the gateway's 'listening on' log line")
+        return self.port
+
     def waitReady(self) -> None:
+        self.waitListening()
+
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
             return request(self.port, "GET", "/ready", timeout=1).status == 200
 
         waitFor(ready, what="gateway /ready")
+        if re.search(r"^admin:", self.config, re.M) and not self.adminPort:
+            self.adminPort = waitFor(lambda: (m := _ADMIN_LISTENING.search(self.log())) and _portOf(m.group(1)),
+                                     what="the admin listener's log line")
 
     def request(self, method: str = "GET", path: str = "/", headers: Any = None, body: bytes | None = None,
                 timeout: float = 10.0) -> Response:
@@ -271,6 +361,25 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def startOnNamedPort(make: Callable[[int], GatewayProcess], attempts: int = 5) -> tuple[GatewayProcess, int]:
+    """
+    Start C{make(port)} on a port named up front (see L{namedPort}); the
+    gateway and that port.  Another port is tried when the gateway could not
+    bind the one it was given.
+    """
+    for _ in range(attempts):
+        port = namedPort()
+        gw = make(port)
+        try:
+            return gw.start(), port
+        except AssertionError:
+            text = gw.log()
+            gw.cleanup()
+            if not _BIND_FAILED.search(text):
+                raise
+    raise AssertionError(f"no named port could be bound in {attempts} attempts")
 
 
 def simpleConfig(targets: Sequence[str], extra: str = "", upstreamExtra: str = "", routeExtra: str = "") -> str:

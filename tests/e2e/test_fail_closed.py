@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import GatewayProcess, freePort, simpleConfig, waitFor
+from tests.e2e.harness import GatewayProcess, deadPort, simpleConfig, waitFor
 
 UPSTREAM = """\
     health:
@@ -18,7 +18,7 @@ UPSTREAM = """\
 class FailClosedTests(SynchronousTestCase):
     def test_503CarriesRetryAfter(self) -> None:
         """Every target failing its check: 503 with Retry-After = the checks needed to pass again (2 x 2s)."""
-        gw = GatewayProcess(simpleConfig([f"http://127.0.0.1:{freePort()}"], upstreamExtra=UPSTREAM))
+        gw = GatewayProcess(simpleConfig([f"http://127.0.0.1:{deadPort()}"], upstreamExtra=UPSTREAM))
         self.addCleanup(gw.cleanup)
         gw.start()
         refused = waitFor(lambda: (lambda r: r if r.status == 503 else None)(gw.request("GET", "/echo")), 10,

@@ -22,7 +22,19 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, childEnv, echoed, freePort, raw, request, simpleConfig, waitFor
+from .harness import (
+    Backend,
+    GatewayProcess,
+    childEnv,
+    deadPort,
+    echoed,
+    listeningPort,
+    raw,
+    request,
+    simpleConfig,
+    startOnNamedPort,
+    waitFor,
+)
 from .harness import shared as sharedProcesses
 
 
@@ -179,7 +191,7 @@ class ForwardingTests(SynchronousTestCase):
 class ErrorStatusTests(SynchronousTestCase):
     def test_connectionRefusedIs502WithJsonAndRequestId(self) -> None:
         """A target that refuses connections gives 502 with a small JSON body naming the request."""
-        gw = GatewayProcess(simpleConfig([f"http://127.0.0.1:{freePort()}"], upstreamExtra="    retries: false")).start()
+        gw = GatewayProcess(simpleConfig([f"http://127.0.0.1:{deadPort()}"], upstreamExtra="    retries: false")).start()
         self.addCleanup(gw.cleanup)
         self.addCleanup(gw.stop)
         resp = gw.request("GET", "/x", {"X-Request-ID": "req-1"})
@@ -264,10 +276,9 @@ class EnvironmentConfigTests(SynchronousTestCase):
         """BACKEND_URL and GATEWAY_PORT alone give a working one-upstream gateway with /health probing it."""
         backend = Backend("envb").start()
         self.addCleanup(backend.stop)
-        port = freePort()
-        gw = GatewayProcess("", port=port, useConfigFile=False,
-                            env={"BACKEND_URL": backend.url, "GATEWAY_PORT": str(port), "LOG_LEVEL": "debug",
-                                 "REQUEST_TIMEOUT": "2s"}).start()
+        gw, _ = startOnNamedPort(lambda port: GatewayProcess(
+            "", port=port, useConfigFile=False,
+            env={"BACKEND_URL": backend.url, "GATEWAY_PORT": str(port), "LOG_LEVEL": "debug", "REQUEST_TIMEOUT": "2s"}))
         self.addCleanup(gw.cleanup)
         self.addCleanup(gw.stop)
         resp = gw.request("GET", "/echo")
@@ -281,12 +292,12 @@ class EnvironmentConfigTests(SynchronousTestCase):
         """GATEWAY_PORT overrides server.listen's port when a file is given."""
         backend = Backend("envp").start()
         self.addCleanup(backend.stop)
-        port = freePort()
-        gw = GatewayProcess(simpleConfig([backend.url]), port=freePort(), env={"GATEWAY_PORT": str(port)})
-        gw.port = port
-        gw.start()
+        # The file names port 1: the gateway listens where GATEWAY_PORT says instead.
+        gw, port = startOnNamedPort(lambda port: GatewayProcess(simpleConfig([backend.url]), port=1,
+                                                                env={"GATEWAY_PORT": str(port)}))
         self.addCleanup(gw.cleanup)
         self.addCleanup(gw.stop)
+        self.assertEqual(gw.port, port)
         self.assertEqual(request(port, "GET", "/echo").status, 200)
 
     def test_invalidConfigExitsOneWithKeyPathAndLine(self) -> None:
@@ -333,6 +344,7 @@ class DaemonTests(SynchronousTestCase):
                         str(gw.configPath)], check=True, env=childEnv(), cwd=gw.dir, timeout=30)
         pid = int(waitFor(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
         self.addCleanup(lambda: _kill(pid))
+        gw.port = waitFor(lambda: logfile.exists() and listeningPort(logfile.read_text()), what="the daemon's port")
         waitFor(lambda: gw.request("GET", "/ready", timeout=1).status == 200, what="the daemon to be ready")
         self.assertEqual(gw.request("GET", "/echo").header("X-Backend"), "daemon")
         os.kill(pid, signal.SIGTERM)

@@ -264,6 +264,47 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(status(data), 413)
         self.assertNotIn(b"100 Continue", data)
 
+    def _timed(self, data: bytes) -> tuple[bytes, float]:
+        gw, _ = shared()
+        started = time.monotonic()
+        answer = raw(gw.port, data, timeout=5)
+        return answer, time.monotonic() - started
+
+    def test_bareLineFeedHeadIs400AtOnce(self) -> None:
+        """RFC 9112 §2.2: bare-LF line endings are refused with 400 at once, not at the head deadline (408)."""
+        answer, elapsed = self._timed(b"GET /echo HTTP/1.1\nHost: x\n\n")
+        self.assertEqual(status(answer), 400)
+        self.assertIn(b"bare LF", answer)
+        self.assertLess(elapsed, 0.9)  # request_header is 1s here
+
+    def test_chunkOverTheBodyLimitIs413AtOnce(self) -> None:
+        """A chunk-size line over max_request_body (1 KiB here) is answered 413 before its bytes come."""
+        answer, elapsed = self._timed(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"40000000\r\nabc")
+        self.assertEqual(status(answer), 413)
+        self.assertLess(elapsed, 0.9)  # request_body is 1s here
+
+    def test_tenThousandHeaderLinesAre431WithARequestIdAndAnAccessLine(self) -> None:
+        """10,000 field lines: 431 (the cap is 500 fields), with an X-Request-ID that the access log also names."""
+        gw, _ = shared()
+        answer = raw(gw.port, b"GET /echo HTTP/1.1\r\nHost: x\r\n" + b"a:b\r\n" * 10_000 + b"\r\n", timeout=5)
+        code, headers, body = split(answer)
+        self.assertEqual(code, 431)
+        self.assertIn(b"more than 500 header fields", body)
+        rid = headers[b"x-request-id"][0].decode()
+        waitFor(lambda: rid in gw.log() and '"status":431' in gw.log(), what="the access-log line of the 431")
+        line = next(line for line in gw.log().splitlines() if rid in line and "431" in line)
+        self.assertIn("refused", line)
+
+    def test_413CarriesTheClientsRequestId(self) -> None:
+        """A 413 keeps the client's plain X-Request-ID, as any answered request does."""
+        gw, _ = shared()
+        answer = raw(gw.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Request-ID: mine-413\r\nContent-Length: 5000\r\n\r\n")
+        code, headers, _ = split(answer)
+        self.assertEqual(code, 413)
+        self.assertEqual(headers[b"x-request-id"], [b"mine-413"])
+        waitFor(lambda: "mine-413" in gw.log(), what="the access-log line of the 413")
+
     def test_tricklingHeadIsCutOffWith408(self) -> None:
         """RFC 9110 §15.5.9: a head trickled a line at a time is cut off at request_header (1s), each byte or not."""
         gw, _ = shared()

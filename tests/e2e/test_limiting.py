@@ -10,7 +10,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import Backend, GatewayProcess, Response, freePort, simpleConfig, waitFor
+from tests.e2e.harness import Backend, GatewayProcess, Response, deadPort, simpleConfig, waitFor
 from tests.redisserver import RedisServer
 
 FALLBACK_LINE = "unavailable for rate_limit"
@@ -118,7 +118,7 @@ class SharedLimitTests(_Case):
         """A gateway whose Redis is not there limits locally, says so once, and fails no request."""
         backend = self.backend()
         gw = self.gateway(limitedConfig(backend, "{rate: 1/m, burst: 3, shared: true}",
-                                        f"redis://127.0.0.1:{freePort()}/0"))
+                                        f"redis://127.0.0.1:{deadPort()}/0"))
         responses = [gw.request("GET", "/echo") for _ in range(5)]
         self.assertEqual([r.status for r in responses], [200, 200, 200, 429, 429])
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, freePort, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, request, simpleConfig, waitFor
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def adminBlock(port: int, token: str | None = None) -> str:
-    text = f'admin:\n  listen: "tcp:{port}:interface=127.0.0.1"\n'
+def adminBlock(token: str | None = None) -> str:
+    """An admin listener on a port the OS picks (the harness reads it back as C{adminPort})."""
+    text = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
     return text + (f"  token: {token}\n" if token else "")
 
 
@@ -90,6 +91,37 @@ class ObservabilityTests(SynchronousTestCase):
         for secret in ("hsecret", "csecret", "qsecret"):
             self.assertNotIn(secret, g.log())
 
+    def test_textLogOneTimestampFormatNoNoiseAndTheConfigLine(self) -> None:
+        """format: text: every line starts with one timestamp format; no factory or log_legacy noise; the config line."""
+        [b] = self.startBackends("b1")
+        g = self.startGateway(simpleConfig([b.url]).replace("  level: info", "  level: info\n  format: text"))
+        g.request("GET", "/echo", {"X-Request-ID": "text-1"})
+        g.stop()
+        log = g.log()
+        lines = [line for line in log.splitlines() if line.strip() and not line.startswith("\t")]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[")
+        for noise in ("Starting factory", "Stopping factory", "log_legacy", " at 0x"):
+            self.assertNotIn(noise, log)
+        summary = [line for line in lines if "config loaded" in line]
+        self.assertEqual(len(summary), 1, log)
+        self.assertIn(f"config loaded {g.configPath}: 1 route, 1 upstream (1 target), listening on tcp:", summary[0])
+        self.assertTrue(any("request_id=text-1" in line and "[access]" in line for line in lines))
+
+    def test_workerLinesSayWhichWorker(self) -> None:
+        """With workers, each worker's start-up lines name it; the supervisor's do not."""
+        [b] = self.startBackends("b1")
+        g = self.startGateway(simpleConfig([b.url]).replace("  level: info", "  level: info\n  format: json"),
+                              args=["--workers", "2"])
+        waitFor(lambda: sum("txgateway listening" in x for x in g.log().splitlines()) >= 2,
+                what="both workers listening")
+        parsed = [json.loads(line) for line in g.log().splitlines() if line.strip()]
+        listening = [p for p in parsed if p.get("message", "").startswith("txgateway listening")]
+        self.assertEqual(sorted(p.get("worker") for p in listening), [0, 1])
+        supervisor = [p for p in parsed if p.get("message", "").startswith("starting 2 workers")]
+        self.assertEqual([p.get("worker") for p in supervisor], [None])
+
     def test_accessLogFile(self) -> None:
         """logging.access_log_file gets the access lines; the main log keeps the rest."""
         [b] = self.startBackends("b1")
@@ -105,10 +137,10 @@ class ObservabilityTests(SynchronousTestCase):
     def test_metricsOnBothListenersAndAdminReload(self) -> None:
         """/metrics on the main and admin listeners; POST /api/config/reload applies the file."""
         [b] = self.startBackends("b1")
-        adminPort = freePort()
         # The file watcher is off so that only the admin API reloads (the history below counts reloads).
-        g = self.startGateway(simpleConfig([b.url], extra=adminBlock(adminPort)).replace(
+        g = self.startGateway(simpleConfig([b.url], extra=adminBlock()).replace(
             "server:\n", "server:\n  watch_config: false\n", 1))
+        adminPort = g.adminPort
         for _ in range(3):
             g.request("GET", "/echo")
         line = 'txgateway_http_requests_total{method="GET",route="all",status="200"} 3.0'
@@ -130,8 +162,7 @@ class ObservabilityTests(SynchronousTestCase):
     def test_adminTokenEnforced(self) -> None:
         """With admin.token the admin API needs the bearer token."""
         [b] = self.startBackends("b1")
-        adminPort = freePort()
-        self.startGateway(simpleConfig([b.url], extra=adminBlock(adminPort, "e2e-token")))
+        adminPort = self.startGateway(simpleConfig([b.url], extra=adminBlock("e2e-token"))).adminPort
         self.assertEqual(request(adminPort, "GET", "/api/status").status, 401)
         self.assertEqual(request(adminPort, "POST", "/api/config/reload").status, 401)
         ok = request(adminPort, "GET", "/api/status", {"Authorization": "Bearer e2e-token"})
@@ -143,8 +174,8 @@ class ObservabilityTests(SynchronousTestCase):
         if browser is None:
             raise SkipTest("chromium is not installed (scripts/ensure-chromium.sh installs it)")
         b1, b2 = self.startBackends("b1", "b2")
-        adminPort = freePort()
-        g = self.startGateway(simpleConfig([b1.url, b2.url], extra=adminBlock(adminPort)))
+        g = self.startGateway(simpleConfig([b1.url, b2.url], extra=adminBlock()))
+        adminPort = g.adminPort
         for _ in range(4):
             g.request("GET", "/echo")
         profile = Path(tempfile.mkdtemp(prefix="txgw-chromium-"))

@@ -72,7 +72,7 @@ class ReloadE2ETests(SynchronousTestCase):
         """Saving a changed file (written in place) makes its new route serve, without a restart."""
         gw, backend = self.start()
         self.assertEqual(gw.request("GET", "/b/x").json()["uri"], "/b/x")
-        gw.configPath.write_text(render(gw.port, [backend.url], 2, EXTRA_B))
+        gw.configPath.write_text(render(0, [backend.url], 2, EXTRA_B))
         waitFor(lambda: self.gen(gw) == "2", what="the new config")
         self.assertEqual(gw.request("GET", "/b/x").json()["uri"], "/from-b/x")
         self.assertIn("config reloaded", gw.log())
@@ -80,7 +80,7 @@ class ReloadE2ETests(SynchronousTestCase):
     def test_invalidFileIsRejectedAndTheOldConfigKeepsServing(self) -> None:
         """A broken file: its problem is logged, the failure counted, and the old config keeps serving."""
         gw, backend = self.start()
-        replaceFile(gw.configPath, render(gw.port, [backend.url], 2).replace("upstream: app", "upstream: nowhere"))
+        replaceFile(gw.configPath, render(0, [backend.url], 2).replace("upstream: app", "upstream: nowhere"))
         waitFor(lambda: "config reload rejected" in gw.log(), what="the rejection in the log")
         self.assertIn("no upstream named 'nowhere'", gw.log())
         resp = gw.request("GET", "/echo")
@@ -88,13 +88,13 @@ class ReloadE2ETests(SynchronousTestCase):
         metrics = gw.request("GET", "/metrics").body.decode()
         self.assertIn('txgateway_config_reloads_total{result="failure"} 1.0', metrics)
         # Fixing the file is picked up as usual.
-        replaceFile(gw.configPath, render(gw.port, [backend.url], 3))
+        replaceFile(gw.configPath, render(0, [backend.url], 3))
         waitFor(lambda: self.gen(gw) == "3", what="the fixed config")
 
     def test_sighupReloads(self) -> None:
         """With the watcher off, SIGHUP reloads the file."""
         gw, backend = self.start(watch="false")
-        replaceFile(gw.configPath, render(gw.port, [backend.url], 2, watch="false"))
+        replaceFile(gw.configPath, render(0, [backend.url], 2, watch="false"))
         self.assertEqual(self.gen(gw), "1")
         gw.signal(signal.SIGHUP)
         waitFor(lambda: self.gen(gw) == "2", what="the config after SIGHUP")
@@ -115,7 +115,7 @@ class ReloadE2ETests(SynchronousTestCase):
             return backend.count() >= seen + polls[0] + 1
 
         waitFor(arrived, what="the slow request to reach the origin")
-        replaceFile(gw.configPath, render(gw.port, [backend.url], 2, pool=7))
+        replaceFile(gw.configPath, render(0, [backend.url], 2, pool=7))
         waitFor(lambda: self.gen(gw) == "2", what="the new config")
         slow.join(15)
         self.assertEqual(len(result), 1)
@@ -150,7 +150,7 @@ class ReloadE2ETests(SynchronousTestCase):
             ([backend.url], EXTRA_B, 20),
         ]
         for gen, (targets, extra, pool) in enumerate(versions, start=2):
-            replaceFile(gw.configPath, render(gw.port, targets, gen, extra, pool=pool))
+            replaceFile(gw.configPath, render(0, targets, gen, extra, pool=pool))
             waitFor(lambda g=gen: self.gen(gw) == str(g), what=f"config generation {gen}")  # type: ignore[misc]
         thread.join(60)
         self.assertFalse(thread.is_alive())

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, freePort, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, deadPort, request, simpleConfig, waitFor
 
 
 def accessLines(gw: GatewayProcess) -> list[dict[str, Any]]:
@@ -67,7 +67,7 @@ class RetryTests(ResilienceCase):
     def test_refusingTargetIsRetriedOnAnotherForEveryMethod(self) -> None:
         """A target refusing connections costs nothing: GET and POST (body included) land on the live one."""
         live = self.backend("live")
-        dead = f"http://127.0.0.1:{freePort()}"
+        dead = f"http://127.0.0.1:{deadPort()}"
         gw = self.gateway([dead, live.url], "    retries: {attempts: 2, backoff: 0s}")
         for i in range(6):
             r = gw.request("GET", f"/echo/{i}")
@@ -196,7 +196,7 @@ class OutageTests(ResilienceCase):
 
     def test_everyBackendDownIsFast503WithoutPilingOn(self) -> None:
         """All targets refusing: once the breakers open, requests get 503 + Retry-After at once, with no connect attempts."""
-        dead = [f"http://127.0.0.1:{freePort()}" for _ in range(3)]
+        dead = [f"http://127.0.0.1:{deadPort()}" for _ in range(3)]
         gw = self.gateway(dead, "    circuit_breaker: {failures: 2, open_for: 30s}\n"
                                 "    retries: {attempts: 2, backoff: 0s}")
         for _ in range(2):

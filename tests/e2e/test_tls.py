@@ -50,6 +50,7 @@ class TlsListenerTests(SynchronousTestCase):
         self.addCleanup(self.gw.cleanup)
         self.addCleanup(self.gw.stop)
         self.gw.start(waitReady=False)
+        self.gw.waitListening()
         self.context = ssl.create_default_context()
         self.context.check_hostname = False
         self.context.verify_mode = ssl.CERT_NONE

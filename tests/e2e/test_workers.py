@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, freePort, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, request, simpleConfig, waitFor
 
 
 def workersSeen(gw: GatewayProcess, want: int, tries: int = 400) -> dict[int, int]:
@@ -83,11 +83,11 @@ class WorkerReloadTests(SynchronousTestCase):
         """POST /api/config/reload on the admin listener, answered by one worker, reloads them all."""
         backend = Backend("wr").start()
         self.addCleanup(backend.stop)
-        adminPort = freePort()
         base = simpleConfig([backend.url]).replace("  timeouts: {drain: 10s}",
                                                    "  timeouts: {drain: 10s}\n  workers: 2\n  watch_config: false")
-        base += f'admin:\n  listen: "tcp:{adminPort}:interface=127.0.0.1"\n'
+        base += 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
         gw = GatewayProcess(base.replace("match: {path_prefix: /}", "match: {path_prefix: /old}")).start()
+        adminPort = gw.adminPort
         self.addCleanup(gw.cleanup)
         self.addCleanup(gw.stop)
         workersSeen(gw, 2)

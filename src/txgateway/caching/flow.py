@@ -245,6 +245,7 @@ class ResponseCache:
         self.rng = rng
         self.name = policy.cacheName(pseudonym)
         self.maxTTL = config.max_ttl
+        self.defaultTTL = config.default_ttl
         self.maxObject = config.max_object_size
         self.collapseTimeout = config.collapse_timeout
         self._pending: dict[bytes, _Flight] = {}
@@ -343,7 +344,7 @@ class ResponseCache:
         return key + b"#" + generation + b"#" + policy.varyKeySuffix(values)
 
     async def save(self, key: bytes, entry: StoredResponse) -> None:
-        ttl = policy.retention(entry, self.clock.seconds(), self.maxTTL)
+        ttl = policy.retention(entry, self.clock.seconds(), self.maxTTL, self.defaultTTL)
         if ttl <= 0:
             await self.store.delete(key)
             return
@@ -383,7 +384,7 @@ class ResponseCache:
         entry, varyMiss = await self.lookup(key, fields)
         now = self.clock.seconds()
         if entry is not None:
-            a = policy.assess(entry, rules, now, self.maxTTL)
+            a = policy.assess(entry, rules, now, self.maxTTL, self.defaultTTL)
             if a.action == policy.FRESH:
                 self._serve(context, runtime, entry, a.age, "hit", hit=True, ttl=a.ttl)
                 return
@@ -430,7 +431,7 @@ class ResponseCache:
             except DeferTimeout:
                 entry = None
             if entry is not None and policy.varyMatches(entry, fields):
-                a = policy.assess(entry, rules, self.clock.seconds(), self.maxTTL)
+                a = policy.assess(entry, rules, self.clock.seconds(), self.maxTTL, self.defaultTTL)
                 if a.action in (policy.FRESH, policy.STALE_OK):
                     self._serve(context, runtime, entry, a.age, "collapsed", fwd=fwd, fwdStatus=entry.code,
                                 collapsed=True, ttl=a.ttl)
@@ -461,9 +462,9 @@ class ResponseCache:
         try:
             response, endpoint = await runtime.forward(context, None, conditional or None)
         except UpstreamFailure as e:
-            if entry is not None and policy.staleIfError(entry, rules, self.clock.seconds(), self.maxTTL):
+            if entry is not None and policy.staleIfError(entry, rules, self.clock.seconds(), self.maxTTL, self.defaultTTL):
                 now = self.clock.seconds()
-                age, ttl = policy.currentAge(entry, now), policy.lifetimeOf(entry, self.maxTTL)
+                age, ttl = policy.currentAge(entry, now), policy.lifetimeOf(entry, self.maxTTL, self.defaultTTL)
                 self._serve(context, runtime, entry, age, "stale", fwd=fwd, fwdStatus=e.status, ttl=ttl - age,
                             detail="stale-if-error")
                 return
@@ -478,13 +479,13 @@ class ResponseCache:
                 _discard(response)
                 fresh = policy.freshen(entry, headers, requestTime, responseTime)
                 refusal = policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules,
-                                              responseTime, self.maxTTL)
+                                              responseTime, self.maxTTL, self.defaultTTL)
                 if refusal is None:
                     self._save(key, fresh)
                 else:
                     self._forget(key)
                 age = policy.currentAge(fresh, responseTime)
-                ttl = policy.lifetimeOf(fresh, self.maxTTL) - age
+                ttl = policy.lifetimeOf(fresh, self.maxTTL, self.defaultTTL) - age
                 self._serve(context, runtime, fresh, age, "revalidated", fwd=fwd, fwdStatus=304,
                             stored=refusal is None, ttl=ttl, detail=refusal)
                 if flight is not None:
@@ -498,15 +499,15 @@ class ResponseCache:
                 await self._fetch(context, runtime, key, rules, fwd, None, flight)
                 return
             if entry is not None and code in policy.ERROR_STATUS and policy.staleIfError(
-                    entry, rules, responseTime, self.maxTTL):
+                    entry, rules, responseTime, self.maxTTL, self.defaultTTL):
                 _discard(response)
                 age = policy.currentAge(entry, responseTime)
-                ttl = policy.lifetimeOf(entry, self.maxTTL) - age
+                ttl = policy.lifetimeOf(entry, self.maxTTL, self.defaultTTL) - age
                 self._serve(context, runtime, entry, age, "stale", fwd=fwd, fwdStatus=code, ttl=ttl,
                             detail="stale-if-error")
                 return
             cc = policy.parseCacheControl(policy.headerValues(headers, b"cache-control"))
-            refusal = policy.storeRefusal(context.method, code, headers, cc, rules, responseTime, self.maxTTL)
+            refusal = policy.storeRefusal(context.method, code, headers, cc, rules, responseTime, self.maxTTL, self.defaultTTL)
             length = response.length
             if refusal is None and length is not UNKNOWN_LENGTH and length > self.maxObject:
                 refusal = "too-big"
@@ -649,13 +650,13 @@ class ResponseCache:
                 _discard(response)
                 fresh = policy.freshen(entry, headers, requestTime, responseTime)
                 if policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules, responseTime,
-                                       self.maxTTL) is None:
+                                       self.maxTTL, self.defaultTTL) is None:
                     await self.save(key, fresh)
                 else:
                     await self.store.delete(key)
                 return
             cc = policy.parseCacheControl(policy.headerValues(headers, b"cache-control"))
-            refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, self.maxTTL)
+            refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, self.maxTTL, self.defaultTTL)
             length = response.length
             if refusal is None and (length is UNKNOWN_LENGTH or length <= self.maxObject):
                 done: Deferred[bytes | None] = Deferred()

@@ -24,9 +24,9 @@ This package imports nothing else from txgateway but the route path
 normaliser (lazily, in L{fields.routePath}).
 """
 
-from txgateway.config.environment import applyEnvironment, configFromEnvironment
+from txgateway.config.environment import applyEnvironment
 from txgateway.config.errors import ConfigError, Problem
-from txgateway.config.loading import loadConfig
+from txgateway.config.loading import configFromEnvironment, loadConfig
 from txgateway.config.parser import parseConfig
 from txgateway.config.schema import (
     AccessConfig,

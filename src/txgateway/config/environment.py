@@ -18,17 +18,18 @@ from txgateway.config.errors import ConfigError, Invalid, Problem
 from txgateway.config.fields import level, port
 from txgateway.config.parser import Parser
 from txgateway.config.schema import GatewayConfig
+from txgateway.config.seeds import environmentDocument, seeds
 from txgateway.config.source import positioned
 from txgateway.config.values import duration
 
-__all__ = ["applyEnvironment", "configFromEnvironment"]
+__all__ = ["applyEnvironment", "gatewayFromEnvironment"]
 
 # The key each variable stands for, so that a problem found there is reported under the variable's name.
 _ENV_NAMES = {"server.listen": "GATEWAY_PORT", "logging.level": "LOG_LEVEL",
               "upstreams.backend.targets[0]": "BACKEND_URL", "upstreams.backend.timeouts.response": "REQUEST_TIMEOUT"}
 
 
-def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
+def gatewayFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
     """
     The one-upstream gateway of the first seed: everything to BACKEND_URL.
 
@@ -57,6 +58,7 @@ def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
         doc["upstreams"]["backend"]["timeouts"] = {"response": environ["REQUEST_TIMEOUT"]}
     parser = Parser(Path.cwd())
     source = "environment"
+    doc = seeds(lambda: environmentDocument(doc, environ, envOnly=True), source)
     config = parser.gateway(positioned(doc), source)
     problems += [_envProblem(p) for p in parser.problems]
     if problems:

@@ -67,3 +67,4 @@ def itemPath(path: str, index: int, name: object = None) -> str:
         return label
     text = str(name)
     return f"{label}({text})" if text else label
+

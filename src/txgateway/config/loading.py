@@ -9,12 +9,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from txgateway.config.environment import applyEnvironment
+from txgateway.config.environment import applyEnvironment, gatewayFromEnvironment
 from txgateway.config.errors import ConfigError, Problem
 from txgateway.config.parser import parseConfig
 from txgateway.config.schema import GatewayConfig
 
-__all__ = ["loadConfig"]
+__all__ = ["configFromEnvironment", "loadConfig"]
 
 
 def loadConfig(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -24,5 +24,17 @@ def loadConfig(path: str | os.PathLike[str], environ: Mapping[str, str] | None =
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem("", None, f"cannot read config file: {e}")], str(p)) from None
-    config = parseConfig(text, str(p), p.resolve().parent)
-    return applyEnvironment(config, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    config = parseConfig(text, str(p), p.resolve().parent, environ)
+    return applyEnvironment(config, environ)
+
+
+def configFromEnvironment(environ: Mapping[str, str]) -> GatewayConfig:
+    """
+    A gateway with no config file: the file C{CONFIGURATION_FILENAME} names
+    (go-reverse-proxy's variable) when it is set, else the one-upstream
+    gateway of the first seed built from C{BACKEND_URL} and the rest.
+    """
+    if environ.get("CONFIGURATION_FILENAME"):
+        return loadConfig(environ["CONFIGURATION_FILENAME"], environ)
+    return gatewayFromEnvironment(environ)

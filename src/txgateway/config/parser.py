@@ -5,6 +5,7 @@ The whole file: each section parsed by its own module, joined into one L{Gateway
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from txgateway.config.parser_routes import RouteSections
 from txgateway.config.parser_server import ServerSections
 from txgateway.config.parser_upstreams import UpstreamSections
 from txgateway.config.schema import GatewayConfig
+from txgateway.config.seeds import environmentDocument, seedDocument, seeds
 from txgateway.config.source import loadYAML
 
 __all__ = ["Parser", "parseConfig"]
@@ -42,9 +44,12 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source)
 
 
-def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None) -> GatewayConfig:
+def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Parse YAML text; raise L{ConfigError} naming every problem (repeated keys included)."""
     doc, repeated = loadYAML(text, source)
+    env = environ or {}  # the seeds' variables and files, as txgateway's document (see txgateway.config.seeds)
+    doc = seeds(lambda: environmentDocument(seedDocument(doc, env), env), source)
     parser = Parser(baseDir or Path.cwd())
     parser.problems.extend(repeated)
     try:

@@ -208,7 +208,8 @@ class RouteSections(AuthSections):
     def cache(self, value: Any, path: str, line: int | None) -> CacheConfig | None:
         if value is True:
             return CacheConfig()
-        m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store", "collapse_timeout"])
+        m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store", "collapse_timeout",
+                                             "default_ttl"])
         if m is None:
             return None
         d = CacheConfig()
@@ -218,6 +219,7 @@ class RouteSections(AuthSections):
             max_object_size=self.get(m, "max_object_size", path, size, d.max_object_size),
             store=self.get(m, "store", path, oneOf("memory", "redis"), d.store),
             collapse_timeout=self.get(m, "collapse_timeout", path, duration, d.collapse_timeout),
+            default_ttl=self.get(m, "default_ttl", path, duration, None),
         )
 
     def cors(self, value: Any, path: str, line: int | None) -> CorsConfig | None:

@@ -31,7 +31,7 @@ class ServerSections(ParserBase):
         p = "server"
         m = self.mapping(value, p, line, ["listen", "max_request_body", "max_header_bytes", "max_uri_bytes",
                                           "max_connections_per_ip", "timeouts", "trusted_proxies", "endpoints",
-                                          "workers", "via", "watch_config", "backlog"])
+                                          "workers", "via", "watch_config", "backlog", "environment"])
         if m is None:
             return ServerConfig()
         d = ServerConfig()
@@ -71,6 +71,7 @@ class ServerSections(ParserBase):
             via=self.get(m, "via", p, viaPseudonym, d.via),
             watch_config=self.get(m, "watch_config", p, watchInterval, d.watch_config),
             backlog=self.get(m, "backlog", p, integer(1), d.backlog),
+            environment=self.get(m, "environment", p, string, d.environment),
         )
 
     def admin(self, value: Any, line: int | None) -> AdminConfig | None:

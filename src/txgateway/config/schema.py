@@ -75,6 +75,7 @@ class ServerConfig:
     via: str = "txgateway"
     watch_config: float = 2.0  # seconds between checks of the config file; 0 turns the watcher off
     backlog: int | None = None  # the listen queue; None: the kernel's somaxconn
+    environment: str | None = None  # a label (production, staging) on /health, the status page and JSON logs
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,7 @@ class CacheConfig:
     max_object_size: int = 1024**2
     store: str = "memory"
     collapse_timeout: float = 5.0
+    default_ttl: float | None = None  # freshness of a response that carries none (as nginx's proxy_cache_valid)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,13 @@ or HTML pages.
 
 Everything here happens before a request reaches the resource tree, so a
 refused request never costs a route, a filter or an upstream connection.
+
+Private Twisted names used here (held to stock Twisted by tests/test_channel.py):
+C{twisted.web.http._parseRequestLine}; C{HTTPChannel._transferDecoder} and
+its C{_ChunkedTransferDecoder.state} / C{.length} (the size a chunk line
+declared, to answer 413 before the chunk is sent); C{HTTPChannel}'s
+C{_receivedHeaderCount}, C{_buffer} (LineReceiver), C{_abortingCall},
+C{_handleStar}; C{Headers._rawHeaders}.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from twisted.web.http import _parseRequestLine  # type: ignore[attr-defined]
 from twisted.web.http_headers import Headers
 from twisted.web.resource import getChildForRequest
 
+from txgateway.http.sending import pendingBytes
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
@@ -47,10 +56,18 @@ def errorBody(status: int, message: str, requestId: str | None = None, **extra: 
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
-def _rawResponse(status: int, reason: bytes, message: str) -> bytes:
-    body = errorBody(status, message)
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+def _rawResponse(status: int, reason: bytes, message: str, requestId: str | None = None) -> bytes:
+    body = errorBody(status, message, requestId)
+    # The id is one the gateway made or accepted (plain characters only).
+    idLine = b"X-Request-ID: %s\r\n" % requestId.encode("ascii") if requestId is not None else b""
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s"
+            b"Connection: close\r\n\r\n%s" % (status, reason, len(body), idLine, body))
+
+
+# What the Site calls for a request the channel refused: (client address,
+# method, request-target, the request's headers so far or None, status)
+# -> the request id to answer with, after writing its access-log line.
+RefusalHook = Callable[[str, bytes, bytes, "Headers | None", int], "str | None"]
 
 
 # RFC 3986 §3.2.2 host (reg-name restricted to unreserved characters: nothing
@@ -233,6 +250,10 @@ class GatewayChannel(http.HTTPChannel):
 
     site: Any
     refused = False
+    # At most this many header fields in a request head: one more is
+    # answered 431 (documented in docs/config/server.md and docs/security.md).
+    # Twisted's own cap, named here because the answer is ours.
+    maxHeaders = 500
     _phase = _HEAD
     _expectRequestLine = True
     _deadline: IDelayedCall | None = None
@@ -243,6 +264,8 @@ class GatewayChannel(http.HTTPChannel):
     _idleFrom = 0.0
     _secure: bool | None = None
     _validHost: bytes | None = None
+    _writeCall: IDelayedCall | None = None
+    _writePending: int | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -259,11 +282,55 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
+        self._stopWriteTimer()
         idle, self._idleCall = self._idleCall, None
         if idle is not None and idle.active():
             idle.cancel()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
+
+    # -- the write timeout (server.timeouts.write)
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: the client is not taking what we
+        send.  Twisted pauses the response's producer (the upstream), which
+        then waits as long as the client does; a client that never reads
+        again would hold both connections for ever.  From now on the
+        response owes progress within C{timeouts.write}.
+        """
+        super().pauseProducing()
+        seconds = self.site.limits.timeouts.write
+        if self._writeCall is None and seconds and seconds > 0 and self.transport is not None:
+            self._writePending = pendingBytes(self.transport)
+            self._writeCall = self.site.reactor.callLater(seconds, self._writeStalled, seconds)
+
+    def resumeProducing(self) -> None:
+        self._stopWriteTimer()
+        super().resumeProducing()
+
+    def _stopWriteTimer(self) -> None:
+        call, self._writeCall = self._writeCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _writeStalled(self, seconds: float) -> None:
+        self._writeCall = None
+        transport = self.transport
+        if transport is None:
+            return
+        pending = pendingBytes(transport)
+        before, self._writePending = self._writePending, pending
+        if pending is not None and before is not None and pending < before:
+            # Slow, but reading: the socket took some since the last look.
+            self._writeCall = self.site.reactor.callLater(seconds, self._writeStalled, seconds)
+            return
+        log.warn("client {peer} read nothing of its response for {seconds:g}s (server.timeouts.write); "
+                 "closing its connection and the upstream's", peer=self._peerHost or "?", seconds=seconds)
+        self.site.metrics.writeTimeouts.inc()
+        # The request sees the connection lost, as when a client leaves: the
+        # forward is cancelled and its upstream connection closed.
+        transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- the idle timeout (server.timeouts.idle), kept lazily
 
@@ -361,9 +428,21 @@ class GatewayChannel(http.HTTPChannel):
         self.setTimeout(None)  # the idle timer would close the connection a second time
         peer = self._peerHost or "?"
         log.info("refused a request from {peer}: {status} {message}", peer=peer, status=status, message=message)
-        # These never reach the resource tree, so the request metrics would not see them.
+        # These never reach the resource tree, so the request metrics and
+        # the access log would not see them.
         self.site.metrics.observeRefusal(status)
-        self.transport.write(_rawResponse(status, reason, message))
+        requestId = None
+        hook = self.site.onRefusal
+        if hook is not None:
+            request = self.requests[-1] if self.requests else None
+            command = getattr(self, "_command", None) or b"-"
+            target = getattr(self, "_path", None) or b"-"
+            try:
+                requestId = hook(peer, command, target, request.requestHeaders if request is not None else None,
+                                 status)
+            except Exception:
+                log.failure("recording a refused request failed")
+        self.transport.write(_rawResponse(status, reason, message, requestId))
         self.persistent = False
         self.loseConnection()
         if self.abortTimeout is not None and self._abortingCall is None:
@@ -407,6 +486,15 @@ class GatewayChannel(http.HTTPChannel):
             # costs no timer to set and cancel.
             self._phase = _HEAD
         super().dataReceived(data)
+        buffered = self._buffer
+        if self.line_mode and b"\n" in buffered and b"\r\n" not in buffered and not self.refused \
+                and self.transport is not None:
+            # The line being read holds an LF without its CR: Twisted's line
+            # reader would wait for a CRLF that never comes, until the head
+            # deadline.  (A CRLF in what is left means the reader is paused
+            # behind a request being answered: those lines come later.)
+            self._refuseBareLineFeed()
+            return
         if self._phase == _IDLE and self._buffer and self.line_mode:
             # The bytes held a whole request, answered at once, and the start
             # of another: that one's head deadline starts now too.
@@ -436,7 +524,7 @@ class GatewayChannel(http.HTTPChannel):
             return False
         lines = data[:-4].split(b"\r\n")
         first = lines[0]
-        if not first or len(lines) - 1 > self.maxHeaders:
+        if not first or len(lines) - 1 > self.maxHeaders or b"\n" in first:
             return False
         fields = []
         for line in lines[1:]:
@@ -466,8 +554,19 @@ class GatewayChannel(http.HTTPChannel):
         self.allContentReceived()
         return True
 
+    def _refuseBareLineFeed(self) -> None:
+        """
+        RFC 9112 §2.2 lets a recipient take a bare LF as a line end; the
+        gateway does not (a backend or a cache in front of it might split
+        the head differently) and answers 400 at once.
+        """
+        self.refuse(400, b"Bad Request", "bare LF line ending in the request head (CRLF required)")
+
     def lineReceived(self, line: bytes) -> None:
         if self.refused:
+            return
+        if b"\n" in line:
+            self._refuseBareLineFeed()
             return
         if self._expectRequestLine:
             if line:
@@ -508,6 +607,10 @@ class GatewayChannel(http.HTTPChannel):
 
     def headerReceived(self, line: bytes) -> bool:
         if self.refused:
+            return False
+        if self._receivedHeaderCount >= self.maxHeaders:
+            # Twisted answers a bare 400; RFC 6585 §5 names 431 for this.
+            self.refuse(431, b"Request Header Fields Too Large", f"more than {self.maxHeaders} header fields")
             return False
         name, sep, value = line.partition(b":")
         if b"\x00" in value or b"\r" in value:
@@ -583,6 +686,19 @@ class GatewayChannel(http.HTTPChannel):
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         return False
 
+    def rawDataReceived(self, data: bytes) -> None:
+        super().rawDataReceived(data)
+        decoder = self._transferDecoder
+        if self.refused or decoder is None or getattr(decoder, "state", None) != "BODY" or not self.requests:
+            return
+        # A chunk line declared this many more bytes: refuse now what would
+        # pass the limit, instead of reading toward it until the body
+        # deadline (a client may declare a huge chunk and send it slowly).
+        limit = self.site.limits.max_request_body
+        promised = (self.requests[-1]._bodyBytes or 0) + getattr(decoder, "length", 0)
+        if promised > limit:
+            self.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
+
     def allContentReceived(self) -> None:
         if self.refused:
             return
@@ -617,11 +733,14 @@ class GatewaySite(server.Site):
     displayTracebacks = False
 
     def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None,
-                 writes: WriteBatcher | None = None) -> None:
+                 writes: WriteBatcher | None = None, onRefusal: RefusalHook | None = None) -> None:
         from txgateway.middleware import AddressSet  # middleware imports this module
 
         super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
         self.limits = limits
+        # Gives a refused request (400, 408, 413, 414, 431) its request id
+        # and access-log line: it never reaches the resource tree that does.
+        self.onRefusal = onRefusal
         self.writes = writes
         self.metrics = metrics
         self.channels: set[GatewayChannel] = set()

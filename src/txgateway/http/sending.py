@@ -20,6 +20,10 @@ split.
 Writes made outside such an event (timers, Redis answers, health probes)
 take Twisted's usual path.  TLS connections are not adopted: their transport
 is a protocol over the socket, not the socket.
+
+Private Twisted names used here: C{tcp.Connection}'s C{_tempDataLen},
+C{dataBuffer}, C{offset}, C{_writeDisconnecting} and C{_aborting} (what a
+TCP transport still holds to send).
 """
 
 from __future__ import annotations
@@ -31,6 +35,19 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 
 log = Logger(namespace="txgateway.http.sending")
+
+
+def pendingBytes(transport: Any) -> int | None:
+    """
+    How many bytes C{transport} holds that the socket has not taken yet, or
+    None when that cannot be known (a TLS transport, a test's transport).
+
+    The write timeout (L{txgateway.http.channel}) compares two of these to
+    tell a client that reads slowly (fewer pending) from one that stopped.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 class WriteBatcher:

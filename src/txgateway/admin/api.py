@@ -1,0 +1,139 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin listener's resource: C{/} (the page), C{/api/...} and C{/metrics}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from txgateway.admin.auth import sameOrigin, tokenAccepted
+from txgateway.admin.page import StatusPage, renderBody
+from txgateway.admin.status import AdminTarget, StatusReport
+
+log = Logger(namespace="txgateway.admin")
+
+# Reason phrases twisted.web.http.RESPONSES lacks (it would write "Unknown Status").
+_REASONS = {422: b"Unprocessable Content"}
+
+class AdminResource(Resource):
+    """
+    The whole admin listener: C{/} (the page), C{/api/...} and C{/metrics}.
+
+    With a token configured every path needs C{Authorization: Bearer};
+    the page answers an unauthenticated browser with an empty shell whose
+    script asks for the token (kept in the tab's sessionStorage only).
+    """
+
+    isLeaf = True
+
+    def __init__(self, target: AdminTarget, clock: IReactorTime, token: Callable[[], str | None],
+                 report: StatusReport | None = None) -> None:
+        super().__init__()
+        self.target = target
+        self.token = token
+        self.report = report or StatusReport(target, clock)
+        self.page = StatusPage()
+        self._get: dict[bytes, Callable[[Any], bytes]] = {
+            b"/": self._statusPage,
+            b"/status": self._statusPage,
+            b"/api/status": lambda r: self._json(r, 200, self.report.status()),
+            b"/api/routes": lambda r: self._json(r, 200, {"routes": self.report.routes()}),
+            b"/api/upstreams": lambda r: self._json(r, 200, {"upstreams": self.report.upstreams()}),
+            b"/api/reloads": lambda r: self._json(r, 200, {"reloads": self.report.reloads()}),
+            b"/api/health": self._health,
+            b"/metrics": self._metrics,
+        }
+        self._post: dict[bytes, Callable[[Any], bytes]] = {b"/api/config/reload": self._reload}
+
+    def render(self, request: Any) -> bytes:
+        request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-store"])
+        request.responseHeaders.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
+        path = request.path
+        try:
+            if not self._authorized(request):
+                return self._unauthorized(request, path)
+            method = request.method
+            handler = self._get.get(path) if method in (b"GET", b"HEAD") else self._post.get(path) \
+                if method == b"POST" else None
+            if handler is not None:
+                return handler(request)
+            if path in self._get or path in self._post:
+                allow = b"GET, HEAD" if path in self._get else b"POST"
+                request.responseHeaders.setRawHeaders(b"Allow", [allow])
+                return self._json(request, 405, {"error": "method not allowed", "allow": allow.decode()})
+            return self._json(request, 404, {"error": "not found", "path": path.decode("latin-1")})
+        except Exception:
+            log.failure("admin request {path} failed", path=path)
+            return self._json(request, 500, {"error": "internal error"})
+
+    # -- access
+
+    def _authorized(self, request: Any) -> bool:
+        return tokenAccepted(request, self.token())
+
+    def _unauthorized(self, request: Any, path: bytes) -> bytes:
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", [b'Bearer realm="txgateway-admin"'])
+        if path in (b"/", b"/status") and request.method in (b"GET", b"HEAD"):
+            body = ('<p class="notice">This admin listener needs a token: send '
+                    "<code>Authorization: Bearer &lt;admin.token&gt;</code>, or enter it below.</p>")
+            return self._html(request, 401, self.page.render(body, locked=True))
+        return self._json(request, 401, {"error": "admin token required"})
+
+    # -- handlers
+
+    def _statusPage(self, request: Any) -> bytes:
+        return self._html(request, 200, self.page.render(renderBody(self.report.status()), locked=False))
+
+    def _health(self, request: Any) -> bytes:
+        code, report = self.target.gateway.runtime.healthReport()
+        return self._json(request, code, report)
+
+    def _metrics(self, request: Any) -> bytes:
+        return self._send(request, 200, CONTENT_TYPE_LATEST.encode(), self.target.metrics.render())
+
+    def _reload(self, request: Any) -> bytes:
+        if not sameOrigin(request):
+            return self._json(request, 403, {"error": "cross-origin request refused"})
+        log.info("config reload requested on the admin listener by {peer}", peer=_peer(request))
+        problems = self.target.reload()
+        if not problems and getattr(self.target, "workerId", None) is not None:
+            # One worker took this request; the supervisor passes the reload
+            # on to every worker (this one reloads again, harmlessly).
+            os.kill(os.getppid(), signal.SIGHUP)
+        return self._json(request, 200 if not problems else 422, {"ok": not problems, "problems": problems})
+
+    # -- writing
+
+    def _json(self, request: Any, code: int, obj: Any) -> bytes:
+        body = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        return self._send(request, code, b"application/json", body)
+
+    def _html(self, request: Any, code: int, body: bytes) -> bytes:
+        request.responseHeaders.setRawHeaders(b"Content-Security-Policy", [self.page.csp])
+        request.responseHeaders.setRawHeaders(b"X-Frame-Options", [b"DENY"])
+        request.responseHeaders.setRawHeaders(b"Referrer-Policy", [b"no-referrer"])
+        return self._send(request, code, b"text/html; charset=utf-8", body)
+
+    def _send(self, request: Any, code: int, contentType: bytes, body: bytes) -> bytes:
+        request.setResponseCode(code, _REASONS.get(code))
+        request.responseHeaders.setRawHeaders(b"Content-Type", [contentType])
+        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        return b"" if request.method == b"HEAD" else body
+
+
+def _peer(request: Any) -> str:
+    addr = request.getClientAddress()
+    return str(getattr(addr, "host", addr))
+
+
+__all__ = ["AdminResource"]

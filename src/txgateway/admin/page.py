@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The status page: server-rendered from the status document, then refreshed by its script polling the API.
+
+The template is C{txgateway/static/status.html}; its inline script and
+style are allowed by hash in the page's Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any
+
+_REFRESH_MS = 2000
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: Any, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    text = repr(value) if isinstance(value, float) else str(value)
+    if text.endswith(".0"):  # as the page's script prints numbers
+        text = text[:-2]
+    return text + suffix
+
+
+def _table(cls: str, head: Iterable[str], rows: Iterable[str]) -> str:
+    th = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _row(cells: Iterable[tuple[str, Any]], attrs: str = "") -> str:
+    return f"<tr{attrs}>" + "".join(f'<td class="{c}">{_esc(v)}</td>' for c, v in cells) + "</tr>"
+
+
+def renderBody(doc: dict[str, Any]) -> str:
+    """
+    The status as HTML, the same markup the page's script builds from
+    C{/api/status}: readable without JavaScript, and the screenshot test
+    sees the same thing either way.
+    """
+    g = doc["gateway"]
+    summary = (
+        f'<p id="summary" class="state-{_esc(g["health"])}">'
+        f'<b>{_esc(g["health"])}</b> · {"ready" if g["ready"] else ("draining" if g["draining"] else "not ready")}'
+        f' · in flight {g["in_flight"]} · connections {g["active_connections"]}'
+        f' · up {_num(g["uptime_s"], " s")} · rates over {_num(g["window_s"], " s")}'
+        f' · v{_esc(g["version"])}</p>'
+    )
+    parts = [summary, "<h2>Upstreams</h2>"]
+    for u in doc["upstreams"]:
+        state = "degraded" if u["degraded"] else "ok"
+        if not u["usable"]:
+            state = "down"
+        rows = [
+            _row([("url", t["url"]), ("health " + ("ok" if t["healthy"] else "bad"),
+                                      "healthy" if t["healthy"] else "unhealthy"),
+                  ("circuit c-" + t["circuit"], t["circuit"]), ("n", t["in_flight"]), ("n", _num(t["rate"])),
+                  ("n", t["requests"]), ("n", t["errors"]), ("n", _num(t["latency_ms"]["p95"]))],
+                 f' data-target="{_esc(t["url"])}"')
+            for t in u["targets"]
+        ]
+        parts.append(
+            f'<section class="upstream" data-upstream="{_esc(u["name"])}"><h3>{_esc(u["name"])} '
+            f'<span class="badge {state}">{state}</span> <small>{_esc(u["balancer"])} · retries {u["retries"]}'
+            f"</small></h3>"
+            + _table("targets", ["Target", "Health", "Circuit", "In flight", "Req/s", "Requests", "Errors", "p95 ms"],
+                     rows)
+            + "</section>")
+    if doc.get("stores"):
+        parts.append("<h2>Stores</h2>")
+        parts.append(_table("stores", ["Store", "State", "Since", "Address"], [
+            _row([("name", name), ("store-" + st["state"], st["state"]), ("", st["since"]), ("", st["address"])],
+                 f' data-store="{_esc(name)}"') for name, st in doc["stores"].items()]))
+    parts.append("<h2>Routes</h2>")
+    routeRows = []
+    for r in doc["routes"]:
+        lat = r["latency_ms"]
+        cache = ", ".join(f"{k} {v}" for k, v in r["cache_results"].items()) if r["cache_results"] else (
+            "on" if r["cache"] else "–")
+        routeRows.append(_row([
+            ("name", r["name"]), ("match", r["match"]), ("", r["upstream"]), ("n", _num(r["rate"])),
+            ("n", r["requests"]), ("n", r["errors"]), ("n", _num(lat["p50"])), ("n", _num(lat["p95"])),
+            ("", r["rate_limit"] or "–"), ("n", r["rate_limited"]), ("n", r["auth_failures"]), ("", cache),
+        ], f' data-route="{_esc(r["name"])}"'))
+    parts.append(_table("routes", ["Route", "Match", "Upstream", "Req/s", "Requests", "Errors", "p50 ms", "p95 ms",
+                                   "Rate limit", "429s", "Auth refused", "Cache"], routeRows))
+    parts.append("<h2>Recent reloads</h2>")
+    if doc["reloads"]:
+        parts.append(_table("reloads", ["Time", "Result", "Problems"], [
+            _row([("", h["time"]), ("result-" + h["result"], h["result"]), ("problems", "; ".join(h["problems"]))])
+            for h in doc["reloads"]]))
+    else:
+        parts.append('<p class="reloads none">No reload since start.</p>')
+    return "".join(parts)
+
+
+class StatusPage:
+    """The status page template, read once, with the CSP hashes of its inline script and style."""
+
+    def __init__(self) -> None:
+        text = resources.files("txgateway").joinpath("static/status.html").read_text("utf-8")
+        self.template = text.replace("{{REFRESH_MS}}", str(_REFRESH_MS))
+        hashes = []
+        for tag in ("script", "style"):
+            m = re.search(rf"<{tag}>(.*?)</{tag}>", self.template, re.S)
+            assert m is not None, f"status.html has no inline <{tag}>"
+            digest = base64.b64encode(hashlib.sha256(m.group(1).encode()).digest()).decode()
+            hashes.append(f"'sha256-{digest}'")
+        self.csp = (f"default-src 'none'; connect-src 'self'; script-src {hashes[0]}; style-src {hashes[1]}; "
+                    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'").encode()
+
+    def render(self, body: str, locked: bool) -> bytes:
+        page = self.template.replace("<!--STATUS-->", body)
+        page = page.replace("{{LOCKED}}", "true" if locked else "false")
+        return page.encode("utf-8")
+
+
+__all__ = ["StatusPage", "renderBody"]

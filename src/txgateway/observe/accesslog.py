@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.test_observe_accesslog -*-
+"""
+The access log: one line per request, written without building a dict on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from txgateway.observe.metrics import KNOWN_METHODS
+from txgateway.observe.timestamps import MILLIS, isoSecond, isoTime
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from txgateway.context import RequestContext
+
+_now = time.time  # the access log's clock, one name for a test to pin
+
+
+class AccessLog:
+    """
+    One line per request, through twisted.logger (or a file of its own).
+
+    The entry carries no header values at all, only what the gateway
+    decided (route, target, status...): credentials cannot leak through it.
+    The path is the normalised one without its query string, which may
+    hold tokens too.
+    """
+
+    def __init__(self, enabled: bool, outFile: IO[str] | None = None, format: str = "json",
+                 clock: IReactorTime | None = None) -> None:
+        from twisted.logger import Logger
+
+        self.enabled = enabled
+        self._log = Logger(namespace="txgateway.access")
+        self._file = outFile
+        # With a clock, lines written to a buffered file are flushed once per
+        # reactor turn instead of once per line: every request that ends in
+        # the same turn shares one write(2).  Without one, the file's own
+        # buffering decides (line-buffered files flush every line).
+        self._clock = clock
+        self._flushPending = False
+        self.worker: int | None = None  # the worker's index when running with server.workers
+        self._jsonFile = outFile is not None and format == "json"
+        # The start of the time field for the current second, made once a second.
+        self._second = -1
+        self._timePrefix = ""
+        # The JSON of strings from small sets (route, upstream and target
+        # names, methods, cache results, outcomes), encoded once each.
+        self._encoded: dict[str, str] = {}
+        self._methods: dict[bytes, str] = {}
+
+    def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
+        route = context.route
+        return {
+            "time": isoTime(_now()),
+            "request_id": context.requestId,
+            "client": context.clientIP,
+            "method": context.method.decode("latin-1"),
+            "host": context.host,
+            "path": context.path,
+            "route": route.name if route is not None else None,
+            "upstream": context.upstream,
+            "target": context.target,
+            "attempts": context.attempts,
+            "targets_tried": context.targetsTried or None,
+            "status": context.status,
+            "duration_ms": round(duration * 1000, 3),
+            "bytes_in": _bytesIn(context),
+            "bytes_out": context.bytesOut,
+            "cache": context.cacheStatus,
+            "identity": context.identity,
+            "outcome": context.outcome,
+            "trace_id": context.traceId,
+            "worker": self.worker,
+        }
+
+    def record(self, context: RequestContext, duration: float) -> None:
+        if not self.enabled:
+            return
+        out = self._file
+        if out is None:
+            entry = self.entry(context, duration)
+            self._log.info("{access[method]} {access[path]} {access[status]}", access=entry,
+                           request_id=context.requestId)
+            return
+        if self._jsonFile:
+            try:
+                line = self.jsonLine(context, duration)
+            except TypeError:  # a field of an unexpected type: let json say what it makes of it
+                line = json.dumps(self.entry(context, duration), separators=(",", ":")) + "\n"
+            out.write(line)
+        else:
+            entry = self.entry(context, duration)
+            out.write(f"{entry['time']} {accessText(entry)}\n")
+        if not self._flushPending and self._clock is not None:
+            self._flushPending = True
+            self._clock.callLater(0, self.flush)
+
+    def jsonLine(self, context: RequestContext, duration: float) -> str:
+        """
+        C{json.dumps(self.entry(context, duration), separators=(",", ":"))}
+        and a newline, without the dict: the fields are known, so each is
+        encoded in place with json's own (C) string encoder, and strings
+        that repeat from request to request (route, upstream, target,
+        method, cache, outcome) are encoded once and looked up after.
+        A test holds the two to the same bytes.
+        """
+        c = context
+        t = _now()
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._timePrefix = '{"time":"' + isoSecond(second) + "."
+        enc = _encodeString
+        known = self._encoded
+        get = known.get
+        route = c.route
+        upstream = c.upstream
+        target = c.target
+        tried = c.targetsTried
+        cache = c.cacheStatus
+        outcome = c.outcome
+        identity = c.identity
+        traceId = c.traceId
+        worker = self.worker
+        if tried:
+            if len(tried) == 1:
+                t0 = tried[0]
+                triedJson = "[" + (get(t0) or self._encode(t0)) + "]"
+            else:
+                triedJson = "[" + ",".join([get(x) or self._encode(x) for x in tried]) + "]"
+        else:
+            triedJson = "null"
+        # repr(round(ms, 3)), as json.dumps writes it, without the costly
+        # round trip through a float: for up to 15 significant digits the
+        # shortest repr of the rounded float is the 3-decimal text less its
+        # trailing zeros (both round with the same correctly rounded dtoa).
+        ms = duration * 1000
+        if 0.0 <= ms < 1e12:
+            durationJson = f"{ms:.3f}".rstrip("0")
+            if durationJson[-1] == ".":
+                durationJson += "0"
+        else:
+            durationJson = repr(round(ms, 3))
+        return (
+            f'{self._timePrefix}{MILLIS[int((t % 1) * 1000)]}Z","request_id":{enc(c.requestId)},'
+            f'"client":{enc(c.clientIP)},"method":{self._methods.get(c.method) or self._encodeMethod(c.method)},'
+            f'"host":{enc(c.host)},"path":{enc(c.path)},'
+            f'"route":{"null" if route is None else get(route.name) or self._encode(route.name)},'
+            f'"upstream":{"null" if upstream is None else get(upstream) or self._encode(upstream)},'
+            f'"target":{"null" if target is None else get(target) or self._encode(target)},'
+            f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
+            f'"duration_ms":{durationJson},'
+            f'"bytes_in":{_bytesIn(c)!r},"bytes_out":{c.bytesOut!r},'
+            f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
+            f'"identity":{"null" if identity is None else enc(identity)},'
+            f'"outcome":{"null" if outcome is None else get(outcome) or self._encode(outcome)},'
+            f'"trace_id":{"null" if traceId is None else enc(traceId)},'
+            f'"worker":{"null" if worker is None else repr(worker)}}}\n'
+        )
+
+    def _encode(self, value: str) -> str:
+        """The JSON of a string from a small set, remembered (a bounded number of them)."""
+        encoded = _encodeString(value)  # raises TypeError for what is not a string
+        known = self._encoded
+        if len(known) >= 4096:
+            known.clear()
+        known[value] = encoded
+        return encoded
+
+    def _encodeMethod(self, method: bytes) -> str:
+        encoded = _encodeString(method.decode("latin-1"))
+        if method in KNOWN_METHODS:  # a client's invented methods are not kept
+            self._methods[method] = encoded
+        return encoded
+
+    def flush(self) -> None:
+        """Write out the lines buffered this reactor turn (also called by the drain)."""
+        self._flushPending = False
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except (OSError, ValueError):
+            # A full disk or a closed file must not take the request path down.
+            from twisted.logger import Logger
+
+            Logger(namespace="txgateway.access").failure("flushing the access log failed")
+
+
+_encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
+
+
+def _bytesIn(context: RequestContext) -> int:
+    return int(getattr(context.request, "bytesIn", 0))
+
+
+def requestBodySize(request: Any) -> int:
+    """
+    The size of the request body, from the count L{GatewayRequest} keeps as
+    it reads it (no seeking in the buffer); L{bodySize} for other requests.
+    """
+    n = getattr(request, "_bodyBytes", None)
+    return n if isinstance(n, int) else bodySize(request)
+
+
+def bodySize(request: Any) -> int:
+    """
+    The size of the request body the Site buffered.
+
+    Measured when the request is routed: Twisted closes the buffer before
+    the request's finish notification, where the access log is written.
+    """
+    content = getattr(request, "content", None)
+    if content is None:
+        return 0
+    try:
+        pos = content.tell()
+        content.seek(0, 2)
+        n = content.tell()
+        content.seek(pos)
+        return int(n)
+    except (OSError, ValueError):
+        return 0
+
+
+def accessText(entry: dict[str, Any]) -> str:
+    """An access entry as C{key=value} pairs (values with spaces quoted)."""
+    parts = []
+    for k, v in entry.items():
+        if v is None or k == "time":
+            continue
+        if isinstance(v, list):
+            v = ",".join(map(str, v))
+        v = str(v)
+        if not v or " " in v or '"' in v:
+            v = json.dumps(v)
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+__all__ = ["AccessLog", "accessText", "bodySize", "requestBodySize"]

@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.test_observe_metrics -*-
+"""
+Every metric the gateway exports, in a registry owned by one gateway.
+
+Never the global registry, so tests and reloads cannot collide.  Label
+children are looked up once per route and target and cached on those
+objects, keeping the per-request cost to an increment, and in a single
+process that increment takes no lock (see L{txgateway.http.fastmetrics}).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from txgateway.http.fastmetrics import FastCounter, FastGauge, FastHistogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Every metric the gateway exports, in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, processMetrics: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if processMetrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.requests = FastCounter("txgateway_http_requests", "Requests answered, by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.requestDuration = FastHistogram("txgateway_http_request_duration_seconds",
+                                         "Time from request head to last response byte.",
+                                         ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstreamRequests = FastCounter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
+                                        ["upstream", "target", "status"], registry=r)
+        self.upstreamDuration = FastHistogram("txgateway_upstream_request_duration_seconds",
+                                          "Time from sending an attempt to its response head.",
+                                          ["upstream", "target"], buckets=LATENCY_BUCKETS, registry=r)
+        # multiprocess_mode only matters with workers (see render): how the
+        # workers' values of one gauge combine into the gateway's.
+        self.targetHealthy = FastGauge("txgateway_target_healthy", "1 when a target may receive traffic.",
+                                   ["upstream", "target"], multiprocess_mode="livemin", registry=r)
+        self.circuitState = FastGauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
+                                  ["upstream", "target"], multiprocess_mode="livemax", registry=r)
+        self.rateLimited = FastCounter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
+        self.retries = FastCounter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
+        self.cacheRequests = FastCounter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
+                                     registry=r)
+        self.authFailures = FastCounter("txgateway_auth_failures", "Requests refused by access control.",
+                                    ["route", "reason"], registry=r)
+        self.activeConnections = FastGauge("txgateway_active_connections", "Open client connections.",
+                                       multiprocess_mode="livesum", registry=r)
+        self.inFlight = FastGauge("txgateway_in_flight_requests", "Requests being handled now.",
+                              multiprocess_mode="livesum", registry=r)
+        self.configReloads = FastCounter("txgateway_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.storeFallbacks = FastCounter("txgateway_store_fallbacks", "Times a shared store was unreachable.",
+                                      ["store", "use"], registry=r)
+        self.breakerTransitions = FastCounter("txgateway_circuit_transitions", "Circuit breaker state changes.",
+                                          ["upstream", "target", "to"], registry=r)
+        self.healthTransitions = FastCounter("txgateway_target_health_transitions", "Target health changes.",
+                                         ["upstream", "target", "to"], registry=r)
+        self.refused = FastCounter("txgateway_refused_requests", "Requests refused before routing (malformed, too "
+                               "large, too slow, too many connections), by status.", ["status"], registry=r)
+        self._refusedChildren: dict[int, Any] = {}
+        self.writeTimeouts = FastCounter("txgateway_write_timeouts", "Responses aborted because the client read "
+                                         "nothing for server.timeouts.write.", registry=r)
+        self.beforeRender: Callable[[], None] | None = None
+        self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
+
+    def observeRequest(self, route: str, method: bytes, status: int, seconds: float) -> None:
+        children = self._requestChildren.get((route, method, status))
+        if children is None:
+            children = self._requestChildrenFor(route, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _requestChildrenFor(self, route: str, method: bytes, status: int) -> tuple[Any, Any]:
+        """
+        The counter and histogram children of one (route, method, status), looked up once.
+
+        Methods outside the standard ones share the label C{OTHER}, so a
+        client inventing methods cannot grow the series; the cache is
+        emptied if it ever holds more keys than any sane gateway sees.
+        """
+        if len(self._requestChildren) > 10000:
+            self._requestChildren.clear()
+        m = method.decode("latin-1") if method in KNOWN_METHODS else "OTHER"
+        children = self._requestChildren[(route, method, status)] = (
+            self.requests.labels(route, m, str(status)), self.requestDuration.labels(route, m))
+        return children
+
+    def observeRefusal(self, status: int) -> None:
+        child = self._refusedChildren.get(status)
+        if child is None:
+            child = self._refusedChildren[status] = self.refused.labels(str(status))
+        child.inc()
+
+    def render(self) -> bytes:
+        """
+        The exposition.  A worker (PROMETHEUS_MULTIPROC_DIR set by the
+        supervisor) reports the sum over every worker, so /metrics tells the
+        truth for the whole gateway whichever worker answers.
+
+        State that is computed lazily from the clock (a breaker's open ->
+        half-open) is settled first by C{beforeRender}, so a scrape never
+        shows a state that has already expired.
+        """
+        if self.beforeRender is not None:
+            self.beforeRender()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged, path=directory)
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def samples(family: Any) -> list[tuple[str, dict[str, str], float]]:
+        """
+        Every sample of one metric family as (name, labels, value).
+
+        For the admin status page, which reads the same numbers Prometheus
+        scrapes instead of keeping a second set of counters on the request path.
+        """
+        return [(s.name, s.labels, s.value) for metric in family.collect() for s in metric.samples]
+
+    def gaugeValue(self, gauge: Gauge) -> float:
+        """The value of an unlabelled gauge."""
+        for name, _, value in self.samples(gauge):
+            if not name.endswith("_created"):
+                return value
+        return 0.0
+
+
+KNOWN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
+
+
+__all__ = ["KNOWN_METHODS", "LATENCY_BUCKETS", "Metrics"]
