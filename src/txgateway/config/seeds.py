@@ -148,12 +148,15 @@ class _Checker:
             return ""
         return str(value).strip()
 
-    def port(self, m: Mapping[str, Any], key: str, path: str, line: int | None) -> int:
+    def port(self, m: Mapping[str, Any], key: str, path: str, line: int | None, listening: bool = False) -> int:
+        """A port number; a listening one may be 0 (the OS picks, as txgateway's own C{listen} allows)."""
         value = m.get(key)
         if isinstance(value, str) and value.isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-            self.problem(f"{path}.{key}", _line(m, key) or line, f"must be a port number (1-65535), not {value!r}")
+        lowest = 0 if listening else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value < 65536:
+            self.problem(f"{path}.{key}", _line(m, key) or line,
+                         f"must be a port number ({lowest}-65535), not {value!r}")
             return 0
         return value
 
@@ -184,7 +187,7 @@ def parseGoProxy(doc: Any) -> GoProxyConfig:
         listen = c.mapping(proxy["listen"], "proxy.listen", _line(proxy, "listen"), ("address", "port"))
         if listen is not None:
             address = c.text(listen, "address", "proxy.listen", _line(proxy, "listen"))
-            port = c.port(listen, "port", "proxy.listen", _line(proxy, "listen"))
+            port = c.port(listen, "port", "proxy.listen", _line(proxy, "listen"), listening=True)
     services: list[GoService] = []
     seen: dict[str, str] = {}
     for i, (item, line) in enumerate(c.items(proxy, "services", "proxy", pl)):
