@@ -205,7 +205,15 @@ def table(report: dict[str, Any]) -> str:
     lines.append("\n×aio, ×ref: the side's figure over the aiohttp proxy's and the reference's in the same case; "
                  "+p50: p50 at one connection less the origin's own")
     for c in report["cases"]:
+        if c.get("connections") == 1 and "added_vs_origin_ms" in c:
+            added = ", ".join(f"{side} {a['p50']:+.3f} ms ({a['avg']:+.3f} mean)"
+                              for side, a in c["added_vs_origin_ms"].items() if side != "origin")
+            lines.append(f"added latency at 1 connection, p50 less the origin's own: {added}")
         for side, r in c.get("sides", {}).items():
+            bad = [(run["non_2xx"], run["socket_errors"]) for run in r["runs"] if run["non_2xx"] or run["socket_errors"]]
+            if bad or r.get("syscalls", {}).get("not_200"):
+                lines.append(f"ERRORS {c['case']}, {side}: non-2xx and socket errors per run {bad}, "
+                             f"{r.get('syscalls', {}).get('not_200', 0)} not 200 under strace")
             if "syscalls" in r:
                 s = r["syscalls"]
                 top = ", ".join(f"{name} {n:g}" for name, n in s["top"].items())
