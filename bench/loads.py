@@ -157,7 +157,10 @@ def syscalls(proxy: Proc, url: str, connections: int, requests: int,
             tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errFile)
         try:
             deadline = time.monotonic() + 10
-            while err.read_text().count("attached") < len(pids) and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                said = err.read_text()
+                if all(f"Process {pid} attached" in said for pid in pids):
+                    break
                 time.sleep(0.02)
             client = [sys.executable, str(Path(__file__)), url, str(connections), str(requests)]
             if loadCPU is not None:
