@@ -2,7 +2,11 @@
 A deliberately cheap origin for the benchmark: a raw protocol, not twisted.web,
 so the numbers measure the proxy and not the backend.
 
-python bench/backend.py PORT [--size BYTES] [--delay SECONDS]
+python bench/backend.py PORT [--size BYTES] [--delay SECONDS] [--echo]
+
+--echo answers each request with what the proxy sent (its head, a blank line,
+its body) and with hop-by-hop fields a proxy must drop: what tests/test_bench.py
+checks a bench proxy against.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
+ECHO_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Origin: %d\r\nConnection: keep-alive, X-Hop\r\n"
+             b"Keep-Alive: timeout=5\r\nX-Hop: 1\r\nX-End: 1\r\nContent-Length: %d\r\n\r\n")
+
 
 class Origin(Protocol):
-    def __init__(self, response: bytes, delay: float) -> None:
+    def __init__(self, response: bytes, delay: float, echo: int | None = None) -> None:
         self.response = response
         self.delay = delay
+        self.echo = echo
         self.buffer = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -26,20 +34,28 @@ class Origin(Protocol):
             end = self.buffer.find(b"\r\n\r\n")
             if end == -1:
                 return
-            head, self.buffer = self.buffer[:end], self.buffer[end + 4:]
-            # Bodies are not used by the benchmark's GETs; a Content-Length body is skipped.
+            head = self.buffer[:end]
+            # Bodies are not used by the benchmark's GETs; a Content-Length body is skipped (echoed with --echo).
+            length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
-                    self.buffer = self.buffer[int(value):]
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
+            response = self.response
+            if self.echo is not None:
+                seen = head + b"\r\n\r\n" + body
+                response = ECHO_HEAD % (self.echo, len(seen)) + seen
             if self.delay:
-                reactor.callLater(self.delay, self._answer)  # type: ignore[attr-defined]
+                reactor.callLater(self.delay, self._answer, response)  # type: ignore[attr-defined]
             else:
-                self._answer()
+                self._answer(response)
 
-    def _answer(self) -> None:
+    def _answer(self, response: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(self.response)
+            self.transport.write(response)
 
 
 def main() -> None:
@@ -47,10 +63,11 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--size", type=int, default=13)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--echo", action="store_true", help="answer with the request as received")
     args = parser.parse_args()
     body = (b"hello, world\n" * (args.size // 13 + 1))[: args.size]
     response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
-    factory = Factory.forProtocol(lambda: Origin(response, args.delay))
+    factory = Factory.forProtocol(lambda: Origin(response, args.delay, args.port if args.echo else None))
     TCP4ServerEndpoint(reactor, args.port, backlog=2048, interface="127.0.0.1").listen(factory)
     reactor.run()  # type: ignore[attr-defined]
 
