@@ -35,6 +35,8 @@ from txgateway.http.process import markCleanStop
 from txgateway.http.sending import WriteBatcher
 from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
+from txgateway.observe.otlp import buildTracing
+from txgateway.observe.timeline import Timeline
 from txgateway.reloading import ConfigWatcher
 from txgateway.routing import RouteTable, compileRoutes
 
@@ -257,6 +259,13 @@ class GatewayService(MultiService):
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
+        # Tracing and the status page's timeline (issue #27): built only when configured.
+        self.gateway.state.tracer, exporter = buildTracing(config.tracing, reactor, self.clock, self.gateway.state.ids,
+                                                           self.metrics, workerId)
+        self.timeline = Timeline(self.metrics, self.clock) if config.admin is not None else None
+        self._observers = [s for s in (exporter, self.timeline) if s is not None]
+        for s in self._observers:
+            s.setServiceParent(self)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
@@ -432,6 +441,7 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
+            waits.extend(maybeDeferred(s.stopService) for s in self._observers)  # spans still queued are sent
             if self.adminListener is not None:  # last: the status page shows the drain
                 waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():
