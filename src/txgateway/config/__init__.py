@@ -54,9 +54,9 @@ from txgateway.config.schema import (
     ServerConfig,
     ServerTimeouts,
     StoresConfig,
+    Target,
     TracingConfig,
     TracingOTLP,
-    Target,
     UpstreamConfig,
     UpstreamTimeouts,
 )
