@@ -18,13 +18,14 @@ private-name rule must allow them in this module, or it moves):
     layout of a sample;
   - of the metric classes: C{_metric_init}, C{_value}, C{_sum},
     C{_buckets}, C{_upper_bounds}, C{_multiprocess_mode},
-    C{_MOST_RECENT_MODES}.
+    C{_MOST_RECENT_MODES};
+  - the C{time} module as C{prometheus_client.metrics} imported it: an
+    exemplar is time-stamped by the same clock as the stock classes' ones.
 """
 
 from __future__ import annotations
 
 import struct
-import time
 from bisect import bisect_left
 from typing import Any
 
@@ -34,6 +35,7 @@ from prometheus_client import (
     Histogram,
     values,
 )
+from prometheus_client import metrics as _stockMetrics
 from prometheus_client.samples import Exemplar
 
 
@@ -244,7 +246,7 @@ class FastHistogram(Histogram):
         if exemplar:
             # What the base class stores (an Exemplar time-stamped now), without
             # its label re-validation: the gateway's exemplar is one short trace id.
-            bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))
+            bucket.set_exemplar(Exemplar(exemplar, amount, _stockMetrics.time.time()))
 
 
 __all__ = ["FastCounter", "FastGauge", "FastHistogram"]
