@@ -205,6 +205,7 @@ class GatewayRoot(Resource):
 
         kind = runtime.endpoints.get(context.path)
         if kind is not None:
+            context.trace = None  # probes and scrapes are not traced
             return _OwnEndpoint(kind, runtime, gw.state)
 
         if runtime.viaName is not None and _looped(raw.get(H_VIA), runtime.viaName):
