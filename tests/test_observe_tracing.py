@@ -272,3 +272,16 @@ class ExporterTests(SynchronousTestCase):
         self.assertNoResult(d)
         post.calls[0][1].callback(200)
         self.successResultOf(d)
+
+    def test_directEncodingIsTheDictEncoding(self) -> None:
+        """The hand-written JSON is the same document as json.dumps of the dicts, odd values included."""
+        from txgateway.observe.otlp import encodeSpansPlainly
+
+        s = span(7)
+        s.parentId = "b7ad6b7169203331"
+        s.error = True
+        s.attributes += [("x.str", 'q"uo\\te\u00e9\n'), ("x.bool", True), ("x.float", 0.25), ("x.none", None)]
+        resource = [("service.name", "txgateway"), ("process.pid", 42)]
+        self.assertEqual(json.loads(encodeSpans([s, span(8)], resource)),
+                         json.loads(encodeSpansPlainly([s, span(8)], resource)))
+        self.assertEqual(json.loads(encodeSpans([], resource)), json.loads(encodeSpansPlainly([], resource)))

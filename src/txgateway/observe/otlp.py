@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from json.encoder import encode_basestring_ascii as _string  # json's own C string encoder
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,16 @@ if TYPE_CHECKING:
     from txgateway.observe.metrics import Metrics
     from txgateway.observe.tracing import Span
 
-__all__ = ["OTLPExporter", "agentPoster", "buildTracing", "encodeSpans"]
+__all__ = ["OTLPExporter", "agentPoster", "buildTracing", "encodeSpans", "encodeSpansPlainly"]
 
 log = Logger(namespace="txgateway.tracing")
 
 # POST(body) -> Deferred firing with the response's status code.
 Poster = Callable[[bytes], "Deferred[int]"]
+
+
+def _nanos(seconds: float) -> str:
+    return str(int(seconds * 1e9))
 
 
 def _value(v: Any) -> dict[str, Any]:
@@ -61,12 +66,58 @@ def _value(v: Any) -> dict[str, Any]:
     return {"stringValue": str(v)}
 
 
-def _nanos(seconds: float) -> str:
-    return str(int(seconds * 1e9))
+def _valueJSON(v: Any) -> str:
+    """C{json.dumps(_value(v))}, written directly (attribute values are the bulk of a batch)."""
+    t = type(v)
+    if t is str:
+        return '{"stringValue":' + _string(v) + "}"
+    if t is int:
+        return '{"intValue":"' + str(v) + '"}'
+    if t is bool:
+        return '{"boolValue":true}' if v else '{"boolValue":false}'
+    if t is float:
+        return '{"doubleValue":' + json.dumps(v) + "}"
+    return '{"stringValue":' + _string(str(v)) + "}"
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _key(k: str) -> str:
+    """C{{"key":K,"value":} for an attribute name, encoded once (the names are a small fixed set)."""
+    encoded = _KEYS.get(k)
+    if encoded is None:
+        encoded = '{"key":' + _string(k) + ',"value":'
+        if len(_KEYS) < 1024:
+            _KEYS[k] = encoded
+    return encoded
 
 
 def encodeSpans(spans: list[Span], resource: list[tuple[str, Any]]) -> bytes:
-    """An OTLP/HTTP JSON C{ExportTraceServiceRequest} of C{spans}."""
+    """
+    An OTLP/HTTP JSON C{ExportTraceServiceRequest} of C{spans}.
+
+    Written as text with json's C string encoder rather than built as
+    dicts for C{json.dumps}: the same document (a test holds the two
+    equal) in about a third of the time, which is most of tracing's cost.
+    """
+    key = _key
+    value = _valueJSON
+    out = []
+    for s in spans:
+        attributes = ",".join([key(k) + value(v) + "}" for k, v in s.attributes])
+        parent = f'"parentSpanId":"{s.parentId}",' if s.parentId else ""
+        out.append(
+            f'{{"traceId":"{s.traceId}","spanId":"{s.spanId}",{parent}"name":{_string(s.name)},"kind":{s.kind},'
+            f'"startTimeUnixNano":"{int(s.start * 1e9)}","endTimeUnixNano":"{int(max(s.end, s.start) * 1e9)}",'
+            f'"attributes":[{attributes}],"status":{{"code":{2 if s.error else 0}}}}}')
+    res = ",".join([key(k) + value(v) + "}" for k, v in resource])
+    return (f'{{"resourceSpans":[{{"resource":{{"attributes":[{res}]}},'
+            f'"scopeSpans":[{{"scope":{{"name":"txgateway"}},"spans":[{",".join(out)}]}}]}}]}}').encode()
+
+
+def encodeSpansPlainly(spans: list[Span], resource: list[tuple[str, Any]]) -> bytes:
+    """L{encodeSpans} the obvious way, with dicts and C{json.dumps}: what the tests hold it to."""
     out = []
     for s in spans:
         span: dict[str, Any] = {
