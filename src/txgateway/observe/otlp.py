@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-from json.encoder import encode_basestring_ascii as _string  # json's own C string encoder
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _string  # json's own C string encoder
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
