@@ -285,3 +285,26 @@ class ExporterTests(SynchronousTestCase):
         self.assertEqual(json.loads(encodeSpans([s, span(8)], resource)),
                          json.loads(encodeSpansPlainly([s, span(8)], resource)))
         self.assertEqual(json.loads(encodeSpans([], resource)), json.loads(encodeSpansPlainly([], resource)))
+
+
+class TracingConfigTests(SynchronousTestCase):
+    def test_keysParsedWithDefaultsAndTheSignalPath(self) -> None:
+        """The issue's keys; /v1/traces is added to a base URL, as OpenTelemetry's exporters do."""
+        t = parseConfig(tracingConfig(sample=0.1, errors=True)).tracing
+        assert t is not None
+        self.assertEqual((t.otlp.endpoint, t.sample, t.always_sample_errors),
+                         ("http://127.0.0.1:4318/v1/traces", 0.1, True))
+        self.assertIsNone(parseConfig(configText()).tracing)
+
+    def test_mistakesNameTheirKey(self) -> None:
+        """A missing otlp, a non-HTTP endpoint, a ratio over 1 and a bad header each name their key path."""
+        from txgateway.config import ConfigError
+
+        for extra, path in (("tracing: {sample: 0.5}\n", "tracing.otlp"),
+                            ("tracing: {otlp: {endpoint: 'collector:4318'}}\n", "tracing.otlp.endpoint"),
+                            ("tracing: {otlp: {endpoint: 'http://c:4318'}, sample: 2}\n", "tracing.sample"),
+                            ("tracing: {otlp: {endpoint: 'http://c:4318', headers: {'a b': x}}}\n",
+                             "tracing.otlp.headers")):
+            with self.assertRaises(ConfigError) as e:
+                parseConfig(configText(extra=extra))
+            self.assertIn(path, str(e.exception))

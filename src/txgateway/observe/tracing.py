@@ -119,9 +119,15 @@ class Tracer:
         context.trace = span
 
     def attempt(self, context: RequestContext, method: bytes, target: str, number: int,
-                retryReason: str | None) -> Span:
-        """A client span for attempt C{number} to C{target}, child of the request's server span."""
+                retryReason: str | None) -> Span | None:
+        """
+        A client span for attempt C{number} to C{target}, child of the
+        request's server span; None when the request can never be exported
+        (not sampled, and errors not always kept), so it costs nothing more.
+        """
         server: Span = context.trace
+        if not server.sampled and not self.alwaysErrors:
+            return None
         span = Span(server.traceId, self.ids.spanId(), server.spanId, self._names(method)[1], KIND_CLIENT,
                     self.clock.seconds())
         span.end = -1.0  # open until attemptEnded
