@@ -290,5 +290,8 @@ def buildTracing(config: TracingConfig | None, reactor: Any, clock: IReactorTime
     if worker is not None:
         resource.append(("txgateway.worker", worker))
     post = agentPoster(reactor, config.otlp.endpoint, dict(config.otlp.headers), config.timeout, clock)
+    # The headers are not logged: they usually hold a backend's API key.
+    log.info("tracing: spans to {endpoint} over OTLP/HTTP, sample {sample}{errors}", endpoint=config.otlp.endpoint,
+             sample=config.sample, errors=", every error" if config.always_sample_errors else "")
     exporter = OTLPExporter(config, clock, post, metrics, resource)
     return Tracer(config, clock, ids, exporter), exporter
