@@ -36,10 +36,10 @@ from txgateway.context import RequestContext
 from txgateway.deadlines import totalTimeout
 from txgateway.forwarding import ClusterForwarder, forward
 from txgateway.gateway import Runtime
-from txgateway.http.channel import GatewayRequest
 from txgateway.http.client.agent import UpstreamAgent, makeClient
 from txgateway.http.client.pool import ConnectionPool
 from txgateway.http.replay import bodyProducer
+from txgateway.http.request import GatewayRequest
 from txgateway.interfaces import IForwarder, IUpstreamClient
 from txgateway.observe import AccessLog, Metrics
 from txgateway.service import buildRuntime

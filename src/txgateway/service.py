@@ -29,10 +29,10 @@ from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadCon
 from txgateway.context import RequestContext
 from txgateway.forwarding import Forwarder
 from txgateway.gateway import GatewayRoot, GatewayState, Runtime
-from txgateway.http.channel import GatewaySite
 from txgateway.http.client.agent import makeClient
 from txgateway.http.process import markCleanStop
 from txgateway.http.sending import WriteBatcher
+from txgateway.http.site import GatewaySite
 from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
 from txgateway.reloading import ConfigWatcher
