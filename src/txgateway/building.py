@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_reloading,tests.test_balancing -*-
 """
 Building a runtime from a config: the clusters, routes and filter chains one
 config compiles into, reusing what survives from the previous runtime.

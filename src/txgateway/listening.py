@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """
 Listening sockets: the listen backlog, one listener service per endpoint (or
 a socket inherited from the worker supervisor), and the one-line reason a

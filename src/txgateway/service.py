@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle,tests.test_reloading -*-
 """
 The gateway as a Twisted service: start, reload, drain.
 

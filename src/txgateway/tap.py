@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """
 The twistd plugin's options and service: a thin adapter over L{txgateway.service}.
 
@@ -16,6 +17,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
+
+__all__ = ["Options", "loadFromOptions", "makeService"]
 
 
 class Options(usage.Options):

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from txgateway.observe import Metrics
     from txgateway.routing import CompiledRoute
 
+__all__ = ["CachingForwarder", "ResponseCache", "UNCACHEABLE_MARK", "cacheFor"]
+
 log = Logger(namespace="txgateway.cache")
 
 _GET = b"GET"

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_canary_config,tests.test_canary_split,tests.test_canary_mirror,tests.test_canary_compare -*-
 """
 Canary releases: weighted splits among upstreams, and shadow traffic with answer comparison (issue 23).
 
@@ -271,3 +272,5 @@ Decisions taken here (and why)
   name in the path; a split route's upstreams resolved to clusters.
 - Metrics: the mismatch counter and the upstream label; access log field.
 """
+
+__all__: list[str] = []

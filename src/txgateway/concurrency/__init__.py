@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_concurrency_config,tests.test_concurrency_limits,tests.test_concurrency_queue,tests.test_concurrency_coalescing,tests.test_concurrency_batching -*-
 """
 Protecting slow backends (issue 24): concurrency limits, an admission
 queue with load shedding, micro-batching and coalescing.
@@ -309,3 +310,5 @@ docs/performance.md: the e2e overload run below, with and without limits
   lease), reload keeping and taking over controllers, drain shedding
   waiters, the status JSON.
 """
+
+__all__: list[str] = []

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config,tests.test_discovery_dns,tests.test_discovery_files -*-
 """
 Target discovery: upstream targets that come and go (issue 22).
 
@@ -224,3 +225,5 @@ What cluster.py must provide:
 - docs: docs/operations.md Kubernetes walkthrough (headless Service,
   C{dns: api.default.svc.cluster.local}) with the manifest under deploy/.
 """
+
+__all__: list[str] = []

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_channel,tests.test_hardening -*-
 """
 The listening channel: a client's request heads and bodies, bounded.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_channel -*-
 """
 What a client connection keeps for its whole life, below the request heads
 the channel (L{txgateway.http.channel}) parses: the write timeout, the idle

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_hardening,tests.test_channel -*-
 """
 Request-head checks that need no connection: the request line, the
 authority (Host or an absolute-form target), a head read whole, and the raw

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_channel -*-
 """
 The request object twisted.web builds for each request on a gateway channel.
 

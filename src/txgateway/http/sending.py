@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_sending -*-
 """
 How bytes leave the gateway: what one reactor event wrote, sent when the event ends.
 
@@ -33,6 +34,8 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.logger import Logger
+
+__all__ = ["WriteBatcher", "pendingBytes"]
 
 log = Logger(namespace="txgateway.http.sending")
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_channel,tests.test_hardening -*-
 """
 The listening Site: a resource tree swapped atomically on reload, and the
 client connections counted, in total and per client address.
