@@ -64,7 +64,8 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     for r in routes:
         r.cluster = clusters[r.upstreamName]
         r.chain = buildChain(r, deps)
-    forwarder = Forwarder(reactor, clock, config.server, metrics)
+    # Decided here, once per config: the request path never asks the log level.
+    forwarder = Forwarder(reactor, clock, config.server, metrics, debug=config.logging.level == "debug")
     if accessLog is None:
         accessLog = AccessLog(config.logging.access_log)
     return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock, redis=redis)

@@ -7,6 +7,11 @@ once per request (a reload swaps that one attribute, so a request never sees
 half of two configs), answers the gateway's own endpoints, and hands a
 matched request to its route's leaf, L{RouteResource}, which runs the chain
 and the forward.
+
+At C{logging.level: debug} the routing decision of every request is a log
+line (the route chosen and what it matched, or why none did), carrying
+C{request_id}, C{route} and C{upstream}; C{Runtime.debug} is decided once per
+config, so with debug off no request formats anything for it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ if TYPE_CHECKING:
     from txgateway.forwarding import Forwarder
     from txgateway.interfaces import IForwarder
     from txgateway.observe import AccessLog, Metrics
-    from txgateway.routing import CompiledRoute, RouteTable
+    from txgateway.routing import CompiledRoute, Match, RouteTable
 
 __all__ = ["GatewayRoot", "GatewayState", "RouteResource", "Runtime"]
 
@@ -99,6 +104,8 @@ class Runtime:
         self.globalAllow = AddressSet(config.access.ip_allow)
         self.globalDeny = AddressSet(config.access.ip_deny)
         self.leaves = {r.name: RouteResource(r, self) for r in routes.routes}
+        # logging.level is debug: log each routing decision (decided once, here).
+        self.debug = config.logging.level == "debug"
 
     def clientIP(self, peer: str, request: Any) -> str:
         """The real client of C{request} from C{peer} (see L{ForwardedFor})."""
@@ -165,6 +172,8 @@ class GatewayRoot(Resource):
 
         kind = runtime.endpoints.get(context.path)
         if kind is not None:
+            if runtime.debug:
+                _debug(context, "answered by the gateway's own {kind} endpoint (server.endpoints)", kind=kind)
             return OwnEndpoint(kind, runtime, gw.state)
 
         if runtime.viaName is not None and _looped(raw.get(H_VIA), runtime.viaName):
@@ -175,10 +184,15 @@ class GatewayRoot(Resource):
         if (runtime.globalDeny and context.clientIP in runtime.globalDeny) or (
                 runtime.globalAllow and context.clientIP not in runtime.globalAllow):
             runtime.metrics.authFailures.labels("", "ip").inc()
+            if runtime.debug:
+                _debug(context, "refused before routing: client {client} is not allowed by access.ip_allow/ip_deny",
+                       client=context.clientIP)
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
         match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
         route = match.route
+        if runtime.debug:
+            _logRouting(context, runtime, match)
         if route is None:
             if match.allowed:
                 allow = b", ".join(sorted(match.allowed))
@@ -190,6 +204,35 @@ class GatewayRoot(Resource):
             return _refusePath(context, "encoded slash or backslash in the path")
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
+
+
+def _debug(context: RequestContext, text: str, **fields: Any) -> None:
+    route = context.route
+    log.debug("request {request_id} {method} {host}{path}: " + text, request_id=context.requestId,
+              method=context.method.decode("latin-1"), host=context.host, path=context.path,
+              route=route.name if route is not None else "", upstream=route.upstreamName if route is not None else "",
+              **fields)
+
+
+def _logRouting(context: RequestContext, runtime: Runtime, match: Match) -> None:
+    """The routing decision, in words: the route and what it matched, or why no route did."""
+    route = match.route
+    request = context.request
+    if route is not None:
+        log.debug("request {request_id} {method} {host}{path}: route {route} ({matched}) to upstream {upstream}, "
+                  "upstream path {upstream_path}", request_id=context.requestId,
+                  method=context.method.decode("latin-1"), host=context.host, path=context.path, route=route.name,
+                  matched=route.describe(), upstream=route.upstreamName,
+                  upstream_path=route.upstreamPath(context.path))
+        return
+    if match.allowed:
+        why = "method not allowed; routes for this path take " + ", ".join(sorted(m.decode() for m in match.allowed))
+    else:
+        reasons = [f"{r.name}: {reason}" for r, reason in
+                   runtime.routes.explain(request.method, context.host, context.path, request.requestHeaders)]
+        why = "no route matches (" + ("; ".join(reasons[:20]) or "no routes configured") + \
+            (f"; and {len(reasons) - 20} more" if len(reasons) > 20 else "") + ")"
+    _debug(context, "no route: {why}", why=why)
 
 
 def _refusePath(context: RequestContext, reason: str) -> Resource:
