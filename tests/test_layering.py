@@ -1,7 +1,7 @@
 """
 Twisted's internals in one place (#17): only modules under
-C{src/txgateway/http/} may use a private name of Twisted, treq,
-prometheus-client or txredisapi; each such use is named in that module's
+C{src/txgateway/http/} may use a private name of Twisted, treq or
+prometheus-client; each such use is named in that module's
 docstring.  One library release can then break the gateway in one package,
 where the differential tests watch it, rather than in eight modules.
 
@@ -43,7 +43,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "txgateway"
-LIBRARIES = ("twisted", "treq", "prometheus_client", "txredisapi")
+# (txredisapi was one while the gateway used it; txgateway.stores speaks RESP itself now.)
+LIBRARIES = ("twisted", "treq", "prometheus_client")
 # Where private names of those libraries may be used.
 PRIVATE_USE_ALLOWED_UNDER = ("http/",)
 
@@ -253,7 +254,7 @@ def allUses() -> list[Use]:
 
 class PrivateNameTests(SynchronousTestCase):
     def test_noPrivateLibraryNamesOutsideHttp(self) -> None:
-        """No module outside txgateway/http/ uses a private name of Twisted, treq, prometheus-client or txredisapi."""
+        """No module outside txgateway/http/ uses a private name of Twisted, treq or prometheus-client."""
         unexpected = [u for u in allUses() if (u.module, u.name) not in ALLOWED]
         self.assertEqual(unexpected, [], "private library names used outside src/txgateway/http/ "
                          "(move the use into http/ and name it in that module's docstring):\n"
@@ -410,3 +411,39 @@ class ModuleShapeTests(SynchronousTestCase):
         self.assertEqual(testCaseNames("# -*- test-case-name: tests.test_a,tests.e2e.test_b -*-\n"),
                          ["tests.test_a", "tests.e2e.test_b"])
         self.assertIsNone(testCaseNames('"""doc"""\n'))
+
+
+ARCHITECTURE = SRC.parents[1] / "docs" / "architecture.md"
+SETUP_CFG = SRC.parents[1] / "setup.cfg"
+
+
+def _layerNames() -> list[str]:
+    """Every module or package named in setup.cfg's layers contract."""
+    text = SETUP_CFG.read_text()
+    block = text.split("[importlinter:contract:layers]", 1)[1].split("layers =", 1)[1].split("\n[", 1)[0]
+    return [n for line in block.splitlines() for n in re.split(r"[:|\s]+", line.split("#")[0]) if n]
+
+
+class ArchitecturePageTests(SynchronousTestCase):
+    """docs/architecture.md stays the map of the tree: every module in its table, every layer in its picture."""
+
+    def test_everyModuleInTheTable(self) -> None:
+        lines = ARCHITECTURE.read_text().splitlines()
+        rows = [line for line in lines if line.startswith("| `")]
+        missing = []
+        for path in sorted(SRC.rglob("*.py")):
+            rel = path.relative_to(SRC).as_posix()
+            if any(f"`{rel}`" in row for row in rows):
+                continue
+            # A grouped row: `pkg/` (`a`, `b`, ...) or `pkg/sub/` (`a`, ...).
+            parent, stem = rel.rsplit("/", 1)[0] if "/" in rel else "", path.stem
+            if parent and any(f"`{parent}/`" in row and f"`{stem}`" in row for row in rows):
+                continue
+            missing.append(rel)
+        self.assertEqual(missing, [], "modules missing from docs/architecture.md's module table")
+
+    def test_everyLayerInThePicture(self) -> None:
+        text = ARCHITECTURE.read_text()
+        picture = text.split("```", 2)[1]
+        missing = [name for name in _layerNames() if not re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", picture)]
+        self.assertEqual(missing, [], "layers of setup.cfg missing from docs/architecture.md's picture")
