@@ -120,7 +120,7 @@ Decisions taken here (and why)
 
 2. Choosing the upstream (routing, before the lease)
 ====================================================
-- service.buildRuntime: per route C{canary = buildRouteCanary(r.name,
+- building.buildRuntime: per route C{canary = buildRouteCanary(r.name,
   r.config.canary, clock, rng, mirrorSend, observe=metrics hook)};
   C{CompiledRoute} gains slots C{splitter} and C{clusters} (name ->
   Cluster, every upstream of the split) beside C{cluster}.  With a

@@ -152,7 +152,7 @@ shape):
   skipping endpoints at their limit as it does at C{max_per_target}, and
   the upstream's controller using the sum of the healthy endpoints'
   limits (a C{SumLimit} over them) so the queue stays per upstream.
-- Reload (service.buildRuntime): controllers are kept per upstream name
+- Reload (building.buildRuntime): controllers are kept per upstream name
   in the runtime; C{rebuildAdmission((oldSpec, oldController), spec,
   clock, onWait, onShed)} returns the same controller for an unchanged
   spec, else a new one that took over the old one's permits and waiters

@@ -105,7 +105,7 @@ merged list synchronously and swaps it in one assignment.
   and source), a duplicate is logged once per change.  Runtime overrides
   (section 4) are applied last.
 - Keep Endpoint state for targets that stay: look each URL up in the
-  current endpoints (as C{service._buildCluster} does across reloads) and
+  current endpoints (as C{building._buildCluster} does across reloads) and
   reuse the object, updating only C{weight}; health, breaker, in-flight
   count, balancer state (WRR current weight, rotation) and metric label
   children carry over.  C{Endpoint} gains slots C{source}, C{state}

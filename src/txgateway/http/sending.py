@@ -45,7 +45,7 @@ def pendingBytes(transport: Any) -> int | None:
     How many bytes C{transport} holds that the socket has not taken yet, or
     None when that cannot be known (a TLS transport, a test's transport).
 
-    The write timeout (L{txgateway.http.channel}) compares two of these to
+    The write timeout (L{txgateway.http.connection}) compares two of these to
     tell a client that reads slowly (fewer pending) from one that stopped.
     """
     if not isinstance(transport, tcp.Connection):
