@@ -1,7 +1,7 @@
 """
 Twisted's internals in one place (#17): only modules under
-C{src/txgateway/http/} may use a private name of Twisted, treq or
-prometheus-client; each such use is named in that module's
+C{src/txgateway/http/} may use a private name of Twisted, treq,
+or prometheus-client; each such use is named in that module's
 docstring.  One library release can then break the gateway in one package,
 where the differential tests watch it, rather than in eight modules.
 
@@ -43,7 +43,6 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "txgateway"
-# (txredisapi was one while the gateway used it; txgateway.stores speaks RESP itself now.)
 LIBRARIES = ("twisted", "treq", "prometheus_client")
 # Where private names of those libraries may be used.
 PRIVATE_USE_ALLOWED_UNDER = ("http/",)
