@@ -341,7 +341,7 @@ def _declaredAll(tree: ast.Module) -> list[str] | None:
     return None
 
 
-def testCaseNames(source: str) -> list[str] | None:
+def declaredTests(source: str) -> list[str] | None:
     """The test modules a C{test-case-name} tag in the first lines names, as Twisted's modules carry it."""
     for line in source.splitlines()[:3]:
         m = _TAG.match(line)
@@ -375,7 +375,7 @@ class ModuleShapeTests(SynchronousTestCase):
         problems = []
         for path in sorted(SRC.rglob("*.py")):
             module = path.relative_to(SRC).as_posix()
-            names = testCaseNames(path.read_text())
+            names = declaredTests(path.read_text())
             if names is None:
                 problems.append(f"{module}: no '# -*- test-case-name: tests.test_x -*-' line")
                 continue
@@ -407,9 +407,9 @@ class ModuleShapeTests(SynchronousTestCase):
         self.assertTrue({"os", "z", "f", "Q"} <= _defined(tree))
         self.assertNotIn("local", _defined(tree))
         self.assertIsNone(_declaredAll(ast.parse("x = 1\n")))
-        self.assertEqual(testCaseNames("# -*- test-case-name: tests.test_a,tests.e2e.test_b -*-\n"),
+        self.assertEqual(declaredTests("# -*- test-case-name: tests.test_a,tests.e2e.test_b -*-\n"),
                          ["tests.test_a", "tests.e2e.test_b"])
-        self.assertIsNone(testCaseNames('"""doc"""\n'))
+        self.assertIsNone(declaredTests('"""doc"""\n'))
 
 
 ARCHITECTURE = SRC.parents[1] / "docs" / "architecture.md"
