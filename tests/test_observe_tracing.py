@@ -308,3 +308,23 @@ class TracingConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as e:
                 parseConfig(configText(extra=extra))
             self.assertIn(path, str(e.exception))
+
+    def test_reloadChangingTracingSaysARestartIsNeeded(self) -> None:
+        """Tracing is read at start-up: a reload that changes it warns, and the tracer stays as it was."""
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import globalLogPublisher
+
+        from txgateway.service import GatewayService
+
+        first = parseConfig(tracingConfig(sample=0.1))
+        second = parseConfig(tracingConfig(sample=0.5))
+        clock = MemoryReactorClock()
+        service = GatewayService(first, clock, clock=clock, metrics=Metrics(processMetrics=False), configPath="gw.yaml",
+                                 loadConfig=lambda path: second)
+        tracer = service.gateway.state.tracer
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertEqual(service.reload(), [])
+        self.assertIn("tracing", [e.get("what") for e in events])
+        self.assertIs(service.gateway.state.tracer, tracer)

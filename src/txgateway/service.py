@@ -326,6 +326,7 @@ class GatewayService(MultiService):
                                ("admin.listen", pa.listen if pa else None, na.listen if na else None),
                                ("server.workers", previous.config.server.workers, config.server.workers),
                                ("logging settings", previous.config.logging, config.logging),
+                               ("tracing", previous.config.tracing, config.tracing),
                                ("stores.redis", previous.config.stores.redis, config.stores.redis)):
             if old != new and (what != "stores.redis" or hadRedis):
                 log.warn("{what} changed; a restart is needed for that to take effect", what=what)
