@@ -32,15 +32,38 @@ _INDEX_TTL = 3600.0
 
 
 class VaryingStore:
-    """An L{ICacheStore}, read and written per variant."""
+    """
+    An L{ICacheStore}, read and written per variant.
 
-    def __init__(self, store: ICacheStore, clock: IReactorTime, rng: Any) -> None:
+    Read-your-writes: a save takes several store round trips (the URI's
+    Vary index is read, then it and the variant are written), and with Redis
+    a request right behind the one that stored a response would otherwise
+    miss until they land.  So an entry being saved is answered from
+    C{_saving} until its save has finished, on every store alike.
+    """
+
+    def __init__(self, store: ICacheStore, clock: IReactorTime, rng: Any,
+                 targeted: tuple[bytes, ...] = policy.DEFAULT_TARGETED, staleOnError: float = 0.0) -> None:
         self.store = store
         self.clock = clock
         self.rng = rng
+        self.targeted = targeted
+        self.staleOnError = staleOnError
+        self._saving: dict[bytes, list[StoredResponse]] = {}
 
     async def lookup(self, key: bytes, fields: policy.HeaderLookup) -> tuple[StoredResponse | None, bool]:
         """(the stored response that matches the request's Vary fields, or None; whether one existed for the URI)."""
+        saving = self._saving.get(key)
+        if saving:
+            for pending in reversed(saving):
+                if policy.varyMatches(pending, fields):
+                    return pending, False
+        entry, varyMiss = await self._lookup(key, fields)
+        if entry is not None:
+            entry.withTargets(self.targeted)
+        return entry, varyMiss or bool(saving)
+
+    async def _lookup(self, key: bytes, fields: policy.HeaderLookup) -> tuple[StoredResponse | None, bool]:
         record = await self.store.get(key)
         if record is None:
             return None, False
@@ -63,7 +86,21 @@ class VaryingStore:
     async def save(self, key: bytes, entry: StoredResponse, maxTTL: float | None,
                    defaultTTL: float | None = None) -> None:
         """Store C{entry} (and, when it varies, the URI's Vary index) for as long as it may be used."""
-        ttl = policy.retention(entry, self.clock.seconds(), maxTTL, defaultTTL)
+        entry.withTargets(self.targeted)
+        ttl = policy.retention(entry, self.clock.seconds(), maxTTL, defaultTTL, self.staleOnError)
+        if ttl <= 0:
+            await self.store.delete(key)
+            return
+        saving = self._saving.setdefault(key, [])
+        saving.append(entry)
+        try:
+            await self._save(key, entry, ttl)
+        finally:
+            saving.remove(entry)
+            if not saving and self._saving.get(key) is saving:
+                del self._saving[key]
+
+    async def _save(self, key: bytes, entry: StoredResponse, ttl: float) -> None:
         if ttl <= 0:
             await self.store.delete(key)
             return
@@ -86,4 +123,5 @@ class VaryingStore:
 
     def forget(self, key: bytes) -> None:
         """Delete C{key}, without waiting for it; a failure is logged."""
+        self._saving.pop(key, None)
         self.store.delete(key).addErrback(lambda f: log.failure("deleting a cache entry failed", f))
