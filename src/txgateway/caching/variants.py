@@ -10,6 +10,8 @@ of the fields an origin varies on leaves the old variants unreachable).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import ensureDeferred
@@ -17,18 +19,30 @@ from twisted.logger import Logger
 
 from txgateway.caching import policy
 from txgateway.caching.policy import StoredResponse
-from txgateway.caching.stores import VaryIndex
+from txgateway.caching.stores import RedisPurging, RedisStore, VaryIndex
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from txgateway.interfaces import ICacheStore
 
-__all__ = ["VaryingStore"]
+__all__ = ["VaryingStore", "tagsOf"]
 
 log = Logger(namespace="txgateway.cache")
 # How long a URI's Vary index outlives its variants at least.
 _INDEX_TTL = 3600.0
+_TAG_SEPARATORS = re.compile(rb"[\s,]+")
+
+
+def tagsOf(headers: policy.HeaderPairs, field: bytes) -> list[bytes]:
+    """
+    The purge tags of a response: its C{field} (lower case) lines' members,
+    split on spaces (C{Surrogate-Key}) and commas (C{Cache-Tag}).
+    """
+    out: list[bytes] = []
+    for line in policy.headerValues(headers, field):
+        out.extend(t for t in _TAG_SEPARATORS.split(line) if t)
+    return out
 
 
 class VaryingStore:
@@ -43,8 +57,10 @@ class VaryingStore:
     """
 
     def __init__(self, store: ICacheStore, clock: IReactorTime, rng: Any,
-                 targeted: tuple[bytes, ...] = policy.DEFAULT_TARGETED, staleOnError: float = 0.0) -> None:
+                 targeted: tuple[bytes, ...] = policy.DEFAULT_TARGETED, staleOnError: float = 0.0,
+                 tagField: bytes = b"surrogate-key") -> None:
         self.store = store
+        self.tagField = tagField
         self.clock = clock
         self.rng = rng
         self.targeted = targeted
@@ -106,6 +122,7 @@ class VaryingStore:
             return
         if not entry.varyFields:
             await self.store.set(key, entry, ttl)
+            await self._tag(key, entry, ttl)
             return
         existing = await self.store.get(key)
         if isinstance(existing, VaryIndex) and existing.fields == entry.varyFields:
@@ -113,7 +130,21 @@ class VaryingStore:
         else:
             generation = b"%08x" % self.rng.getrandbits(32)
         await self.store.set(key, VaryIndex(entry.varyFields, generation), max(ttl, _INDEX_TTL))
-        await self.store.set(self._variantKey(key, generation, entry.varyValues), entry, ttl)
+        variant = self._variantKey(key, generation, entry.varyValues)
+        await self.store.set(variant, entry, ttl)
+        await self._tag(variant, entry, ttl)
+
+    async def _tag(self, key: bytes, entry: StoredResponse, ttl: float) -> None:
+        """Index a Redis entry by its purge tags (the memory store finds them by scanning)."""
+        if isinstance(self.store, RedisStore):
+            tags = tagsOf(entry.headers, self.tagField)
+            if tags:
+                await RedisPurging(self.store).tag(key, tags, ttl)
+
+    def drop(self, matches: Callable[[bytes], bool]) -> None:
+        """Forget the saves in flight whose key C{matches}: a purge must not be undone by read-your-writes."""
+        for k in [k for k in self._saving if matches(k)]:
+            del self._saving[k]
 
     def saveLater(self, key: bytes, entry: StoredResponse, maxTTL: float | None,
                   defaultTTL: float | None = None) -> None:
