@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_caching_purge -*-
+# -*- test-case-name: tests.test_caching_store,tests.e2e.test_caching -*-
 """
 Purging a route's cache on an operator's request (C{POST /api/cache/purge}).
 
