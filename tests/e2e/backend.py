@@ -206,6 +206,11 @@ RAW = {
                   b"Content-Length: 2\r\n\r\nok",
     "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
     "chunked-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    # Interim responses before the final one (RFC 9110 §15.2, RFC 8297).
+    "early-hints": b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                   b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+    "processing": b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
 }
 
 

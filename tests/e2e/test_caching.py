@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import Backend, GatewayProcess, Response, request, simpleConfig, waitFor
+from tests.e2e.harness import Backend, GatewayProcess, Response, raw, request, simpleConfig, waitFor
 from tests.redisserver import RedisServer
 
 
@@ -382,6 +382,37 @@ class _StoreConformance:
         cdn = fields(url("gcc2", cc="no-store"), "CDN-Cache-Control: max-age=60")
         self.get(cdn)
         self.assertHit(self.get(cdn))
+
+    # -- 4. interim responses
+
+    def rawGet(self, gateway: GatewayProcess, path: str, version: str = "HTTP/1.1") -> bytes:
+        return raw(gateway.port, f"GET {path} {version}\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+
+    def test_interimResponsesRelayedNeverStored(self) -> None:
+        """
+        RFC 9110 §15.2 (RFC 8297): 102 and 103 Early Hints reach an HTTP/1.1
+        client before the final response, on a cached route and on a plain
+        one; RFC 9111 §3: they are never stored, and a later hit carries
+        none of their fields.  An HTTP/1.0 client gets none (§15.2).
+        """
+        gateway = self.start()
+        first = self.rawGet(gateway, "/raw/early-hints")
+        self.assertTrue(first.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                                         b"HTTP/1.1 200 OK\r\n"), first)
+        hit = self.rawGet(gateway, "/raw/early-hints")
+        self.assertTrue(hit.startswith(b"HTTP/1.1 200 OK\r\n"), hit)
+        self.assertIn(b"Cache-Status: txgateway; hit", hit)
+        self.assertNotIn(b"Link", hit)
+        old = self.rawGet(gateway, "/raw/processing", "HTTP/1.0")
+        self.assertTrue(old.startswith(b"HTTP/1.0 200 OK\r\n"), old)
+        plain = GatewayProcess(simpleConfig([self.backend.url]))
+        self.addCleanup(plain.cleanup)
+        self.addCleanup(plain.stop)
+        plain.start()
+        both = self.rawGet(plain, "/raw/processing")
+        self.assertTrue(both.startswith(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                                        b"Link: </a.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"), both)
+        self.assertTrue(both.endswith(b"\r\n\r\nok"), both)
 
     # -- 5. serve_stale_on_error
 

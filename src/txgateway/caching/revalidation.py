@@ -20,6 +20,7 @@ from txgateway.attempts import UpstreamFailure, discard
 from txgateway.caching import policy
 from txgateway.caching.exchanges import BodyCollector, detached
 from txgateway.caching.policy import StoredResponse
+from txgateway.http.interim import INTERIM
 
 if TYPE_CHECKING:
     from txgateway.caching.flow import ResponseCache
@@ -61,6 +62,9 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
     stale copy when it gives no answer or an error (stale-if-error may still
     want it).
     """
+    # Started from a client's forward, this coroutine inherited its interim sink: the client
+    # already has its (stale) answer, so a 1xx of the background request is not for it.
+    INTERIM.set(None)
     requestTime = cache.clock.seconds()
     try:
         exchange = await upstream.fetch(context, None, policy.conditionalHeaders(entry) or None)
