@@ -479,14 +479,20 @@ class ValidationTests(CacheTestCase):
         self.assertEqual(self.get().body, b"new")
 
     def test_unmatched304IsNotRelayedToAnUnconditionalClient(self) -> None:
-        """§4.3.4: a 304 whose validator matches nothing stored is not used; the request is sent again plainly."""
+        """
+        §4.3.4: a 304 whose validator matches nothing stored updates nothing
+        and is not relayed to a client that did not ask conditionally; the
+        client gets the stored response, and (issue #19) the origin is not
+        asked again unconditionally.
+        """
         self.runtime.script(self.ok(b"max-age=10", (b"ETag", b'"v1"'), body=b"old"))
         self.get()
         self.clock.advance(20)
         self.runtime.script(FakeResponse(304, [(b"ETag", b'"v9"')], b""), self.ok(b"max-age=10", body=b"new"))
         ex = self.get()
-        self.assertEqual((ex.status, ex.body), (200, b"new"))
-        self.assertEqual(self.runtime.calls[2][2], {})
+        self.assertEqual((ex.status, ex.body), (200, b"old"))
+        self.assertEqual(len(self.runtime.calls), 2)
+        self.assertIn(b"detail=validator-mismatch", ex.cacheStatus)
 
     def test_staleWithoutValidatorIsRefetched(self) -> None:
         """§4.3.1: without a validator the request is forwarded unconditionally."""

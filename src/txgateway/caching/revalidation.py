@@ -82,13 +82,14 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
             discard(response)
             fresh = policy.freshen(entry, headers, requestTime, responseTime)
             if policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules, responseTime,
-                                   cache.maxTTL, cache.defaultTTL) is None:
+                                   cache.maxTTL, cache.defaultTTL, cache.storeSetCookie) is None:
                 await cache.entries.save(key, fresh, cache.maxTTL, cache.defaultTTL)
             else:
                 await cache.entries.store.delete(key)
             return
-        cc = policy.parseCacheControl(policy.headerValues(headers, b"cache-control"))
-        refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, cache.maxTTL, cache.defaultTTL)
+        cc = policy.responseDirectives(headers, cache.targeted)
+        refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, cache.maxTTL, cache.defaultTTL,
+                                      cache.storeSetCookie)
         length = response.length
         if refusal is None and (length is UNKNOWN_LENGTH or length <= cache.maxObject):
             done: Deferred[tuple[bytes | None, bool]] = Deferred()
@@ -99,7 +100,8 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
                 vary = policy.varyOf(headers) or ()
                 await cache.entries.save(key, StoredResponse(
                     code, response.phrase or b"", policy.storableHeaders(headers, cc), body, requestTime,
-                    responseTime, vary, policy.varyValues(vary, cache.originFields(context))), cache.maxTTL, cache.defaultTTL)
+                    responseTime, vary, policy.varyValues(vary, cache.originFields(context))).withTargets(cache.targeted),
+                    cache.maxTTL, cache.defaultTTL)
             return
         discard(response)
         if code in policy.ERROR_STATUS:

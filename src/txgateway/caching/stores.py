@@ -239,7 +239,10 @@ class RedisStore:
         def got(value: Any) -> None:
             self.health.succeeded()
             if value is None:
-                result.callback(None)
+                # The memory store holds only what was written while Redis failed (a write that
+                # reaches Redis removes the memory copy): this gateway reads its own writes across
+                # an outage.
+                result.callback(self.fallback.lookup(key))
                 return
             if isinstance(value, str):  # a client that decodes valid UTF-8 (ours does not): back to bytes
                 value = value.encode("utf-8")
