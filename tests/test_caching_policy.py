@@ -667,3 +667,32 @@ class IssueNineteenRuleTests(SynchronousTestCase):
                           b"max-age=10, proxy-revalidate"):
             self.assertIsNone(p.staleIfError(stored((b"Cache-Control", directive)), PLAIN, later, None, onError=300))
         self.assertGreaterEqual(p.retention(e, T0, None, None, 3600), 3600)
+
+
+class RangeTests(SynchronousTestCase):
+    """RFC 9110 §14.1.2, §13.1.5: ranges served from a stored complete response."""
+
+    def test_byteRanges(self) -> None:
+        """First-last, open-ended and suffix ranges; past the end is unsatisfiable; anything else is the whole."""
+        from txgateway.caching.ranges import UNSATISFIABLE, byteRange
+
+        self.assertEqual(byteRange(b"bytes=2-9", 100), (2, 9))
+        self.assertEqual(byteRange(b"bytes=90-200", 100), (90, 99))
+        self.assertEqual(byteRange(b"bytes=95-", 100), (95, 99))
+        self.assertEqual(byteRange(b"bytes=-5", 100), (95, 99))
+        self.assertEqual(byteRange(b"bytes=-500", 100), (0, 99))
+        self.assertEqual(byteRange(b"bytes=100-", 100), UNSATISFIABLE)
+        self.assertEqual(byteRange(b"bytes=-0", 100), UNSATISFIABLE)
+        for whole in (b"bytes=0-1,5-6", b"items=0-1", b"bytes=9-2", b"bytes=-", b"nonsense"):
+            self.assertIsNone(byteRange(whole, 100), whole)
+
+    def test_ifRange(self) -> None:
+        """§13.1.5: a strong ETag match or the exact Last-Modified; weak tags never match."""
+        from txgateway.caching.ranges import ifRangeMatches
+
+        e = stored((b"ETag", b'"a"'), (b"Last-Modified", date(T0 - 100)))
+        self.assertTrue(ifRangeMatches(b'"a"', e))
+        self.assertFalse(ifRangeMatches(b'"b"', e))
+        self.assertFalse(ifRangeMatches(b'W/"a"', e))
+        self.assertTrue(ifRangeMatches(date(T0 - 100), e))
+        self.assertFalse(ifRangeMatches(date(T0 - 50), e))
