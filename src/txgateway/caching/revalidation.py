@@ -62,7 +62,7 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
     stale copy when it gives no answer or an error (stale-if-error may still
     want it).
     """
-    # Started from a client's forward, this coroutine inherited its interim sink: the client
+    # Started from a client's forward, this coroutine inherited its interim target: the client
     # already has its (stale) answer, so a 1xx of the background request is not for it.
     INTERIM.set(None)
     requestTime = cache.clock.seconds()

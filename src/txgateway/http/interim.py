@@ -4,10 +4,11 @@ Interim (1xx) responses relayed from the upstream to the client (RFC 9110 §15.2
 
 A proxy must forward the 1xx responses it did not ask for: C{102
 Processing}, C{103 Early Hints} (RFC 8297), and others the future defines.
-The upstream parser (L{txgateway.http.client.parser}) hands each one to the
-sink that the forward in progress installed in L{INTERIM}; the sink
-(L{clientSink}) writes it to the client before the final response, on the
-client's HTTP/1.1 connection.  A 1xx is never stored by the cache and
+The forward in progress puts its client's request in L{INTERIM} (when that
+client can take interim responses, L{interimTarget}); the agent gives it to
+the upstream request it makes, and the upstream parser
+(L{txgateway.http.client.parser}) hands each 1xx head to L{relayInterim},
+which writes it to the client before the final response.  A 1xx is never stored by the cache and
 nothing of it survives into the final response: the parser starts afresh
 for the final head.
 
@@ -15,7 +16,7 @@ Why a context variable: the interim head arrives deep in the HTTP client
 (the connection's parser), under the attempt loop, the pool and Twisted's
 Agent, none of which carries the client's request; each forward runs as its
 own coroutine (C{ensureDeferred}), which gives it its own copy of the
-context, so the sink set in one forward is seen by the agent calls made
+context, so the client set in one forward is seen by the agent calls made
 from that forward and nowhere else.  C{100} and C{101} are not relayed: the
 gateway answers C{Expect: 100-continue} itself, and upgrades are not
 forwarded.
@@ -23,18 +24,15 @@ forwarded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 from twisted.web.http_headers import Headers
 
-__all__ = ["INTERIM", "RELAYED", "InterimSink", "clientSink"]
+__all__ = ["INTERIM", "RELAYED", "interimTarget", "relayInterim"]
 
-InterimSink = Callable[[int, bytes, Headers], None]
-
-# The forward in progress's sink, if its client can take interim responses.
-INTERIM: ContextVar[InterimSink | None] = ContextVar("txgateway.interim", default=None)
+# The client request of the forward in progress, when it can take interim responses.
+INTERIM: ContextVar[Any] = ContextVar("txgateway.interim", default=None)
 
 # Informational codes relayed; 100 and 101 are not (see the module docstring).
 RELAYED = frozenset(range(102, 200))
@@ -45,29 +43,28 @@ _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te
                          b"transfer-encoding", b"upgrade", b"content-length"))
 
 
-def clientSink(request: Any) -> InterimSink | None:
+def interimTarget(request: Any) -> Any:
     """
-    How to write an interim response to C{request}'s client, or None when
-    it must get none: RFC 9110 §15.2 forbids sending a 1xx to an HTTP/1.0
-    client, and only an HTTP/1.1 connection writes one as a plain head.
+    C{request} if its client may get interim responses, else None: RFC 9110
+    §15.2 forbids sending a 1xx to an HTTP/1.0 client, and only an HTTP/1.1
+    connection writes one as a plain head.
     """
     if getattr(request, "clientproto", None) != b"HTTP/1.1":
         return None
-    channel = getattr(request, "channel", None)
-    writeHeaders = getattr(channel, "writeHeaders", None)
-    if writeHeaders is None:
+    if getattr(getattr(request, "channel", None), "writeHeaders", None) is None:
         return None
+    return request
 
-    def sink(code: int, phrase: bytes, headers: Headers) -> None:
-        if request.startedWriting or request.finished or getattr(request, "gone", False):
-            return
-        fields = Headers()
-        drop = set(_HOP_BY_HOP)
-        for value in headers.getRawHeaders(b"connection") or ():
-            drop.update(t.strip().lower() for t in value.split(b","))
-        for name, values in headers.getAllRawHeaders():
-            if name.lower() not in drop:
-                fields.setRawHeaders(name, list(values))
-        writeHeaders(b"HTTP/1.1", b"%d" % code, phrase or _PHRASES.get(code, b"Informational"), fields)
 
-    return sink
+def relayInterim(request: Any, code: int, phrase: bytes, headers: Headers) -> None:
+    """Write one interim response to C{request}'s client, unless its final response has begun (or it left)."""
+    if request.startedWriting or request.finished or getattr(request, "gone", False):
+        return
+    fields = Headers()
+    drop = set(_HOP_BY_HOP)
+    for value in headers.getRawHeaders(b"connection") or ():
+        drop.update(t.strip().lower() for t in value.split(b","))
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() not in drop:
+            fields.setRawHeaders(name, list(values))
+    request.channel.writeHeaders(b"HTTP/1.1", b"%d" % code, phrase or _PHRASES.get(code, b"Informational"), fields)

@@ -14,7 +14,8 @@ byte-for-byte comparisons in tests/test_forwarder.py C{AgentTests}):
   - C{Agent._endpointFactory} (replaced by L{UpstreamAgent.connectVia});
   - C{twisted.web.client._ensureValidMethod} and C{Agent._computeHostValue},
     in L{UpstreamAgent._requestWithEndpoint} (the stock one, which also
-    gives the request its interim sink, L{txgateway.http.interim}).
+    gives the request the client to relay interim responses to,
+    L{txgateway.http.interim}).
 """
 
 from __future__ import annotations
@@ -157,11 +158,11 @@ class UpstreamAgent(Agent):
                              parsedURI: URI, headers: Headers | None, bodyProducer: IBodyProducer | None,
                              requestPath: bytes) -> Deferred[IResponse]:
         """
-        Twisted's own, but the request carries the forward's interim sink
-        (read here, in the forward's context: the connection may be made
-        later, outside it).
+        Twisted's own, but the request carries the forward's client for
+        interim responses (read here, in the forward's context: the
+        connection may be made later, outside it).
         """
-        sink = INTERIM.get()
+        client = INTERIM.get()
         method = _ensureValidMethod(method)
         if headers is None:
             headers = Headers()
@@ -173,7 +174,7 @@ class UpstreamAgent(Agent):
         def connected(proto: Any) -> Deferred[IResponse]:
             req = _Request._construct(method, requestPath, headers, bodyProducer, persistent=pool.persistent,
                                       parsedURI=parsedURI)
-            req.interim = sink
+            req.interim = client
             return proto.request(req)  # type: ignore[no-any-return]
 
         return pool.getConnection(key, endpoint).addCallback(connected)  # type: ignore[no-any-return]

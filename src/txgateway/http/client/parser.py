@@ -14,7 +14,7 @@ tests/test_upstream_response.py):
   - C{Headers._rawHeaders}, the dict a Headers keeps its fields in;
   - C{HTTPClientParser.request} and C{connectionMade} as Twisted's own
     reset after a 1xx head uses them: an interim response
-    (L{txgateway.http.interim}) is handed to the request's C{interim} sink
+    (L{txgateway.http.interim}) is relayed to the request's C{interim} client
     and the parser reset for the final head, as Twisted does but without
     its "Ignoring unexpected 1xx response" log line.
 """
@@ -39,7 +39,7 @@ from txgateway.http.headers import (
     storedKey,
     storedName,
 )
-from txgateway.http.interim import RELAYED
+from txgateway.http.interim import RELAYED, relayInterim
 
 __all__ = ["InvalidUpstreamResponse", "StrictResponseParser", "plainHead"]
 
@@ -86,9 +86,9 @@ class StrictResponseParser(HTTPClientParser):
         if 100 <= code < 200 and code != 101:
             # RFC 9110 §15.2: a proxy forwards the 1xx it did not ask for; the
             # final head follows on the same response, read by a fresh parse.
-            sink = getattr(self.request, "interim", None)
-            if sink is not None and code in RELAYED:
-                sink(code, self.response.phrase, self.response.headers)
+            client = getattr(self.request, "interim", None)
+            if client is not None and code in RELAYED:
+                relayInterim(client, code, self.response.phrase, self.response.headers)
             self.connectionMade()
             del self.response
             return
