@@ -24,8 +24,6 @@ commit message for the full evaluation.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.defer import TimeoutError as DeferTimeout
@@ -36,10 +34,11 @@ from zope.interface import implementer
 
 from txgateway.attempts import UpstreamFailure, discard
 from txgateway.caching import policy
-from txgateway.caching.collapsing import Flight
+from txgateway.caching.collapsing import Flight, UncacheableMarks
 from txgateway.caching.exchanges import Exchange, Tee, TeeResponse, storedResponse
+from txgateway.caching.keys import cacheKey, originFields
 from txgateway.caching.policy import StoredResponse
-from txgateway.caching.ranges import byteRange, ifRangeMatches
+from txgateway.caching.ranges import requestedSpan
 from txgateway.caching.revalidation import revalidateLater
 from txgateway.caching.stores import MemoryStore, RedisStore
 from txgateway.caching.variants import VaryingStore
@@ -55,13 +54,14 @@ if TYPE_CHECKING:
     from txgateway.observe import Metrics
     from txgateway.routing import CompiledRoute
 
+__all__ = ["CachingForwarder", "ResponseCache", "UNCACHEABLE_MARK", "cacheFor"]
+
 log = Logger(namespace="txgateway.cache")
 
 _GET = b"GET"
 _HEAD = b"HEAD"
 # How long a key whose last response could not be stored stops concurrent
-# misses from being collapsed (a "hit-for-miss" mark): without it every burst
-# for an uncacheable URL would wait for one request before all go anyway.
+# misses from being collapsed (a "hit-for-miss" mark: L{UncacheableMarks}).
 UNCACHEABLE_MARK = 10.0
 _UNCACHEABLE_KEYS = 4096
 # Store refusals that say something about the resource, not this exchange.
@@ -135,7 +135,7 @@ class ResponseCache:
         self.collapseTimeout = config.collapse_timeout
         self._pending: dict[bytes, Flight] = {}
         self.revalidating: set[bytes] = set()
-        self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
+        self._uncacheable = UncacheableMarks(clock, UNCACHEABLE_MARK, _UNCACHEABLE_KEYS)
         self._counters: dict[str, Any] = {}
 
     # -- bookkeeping
@@ -151,59 +151,6 @@ class ResponseCache:
 
     def _status(self, context: RequestContext, **params: Any) -> None:
         context.responseHeaders.append((b"Cache-Status", policy.cacheStatus(self.name, **params)))
-
-    def key(self, context: RequestContext, path: str | None = None, query: bytes | None = None,
-            useContext: bool = True) -> bytes:
-        """The primary cache key: the target URI as the gateway sees it (scheme, host, normalised path, query)."""
-        if useContext:
-            path, query = context.path, context.query
-        scheme = b"https" if context.request.isSecure() else b"http"
-        target = (path or "/").encode("latin-1")
-        if query is not None:
-            target += b"?" + query
-        return scheme + b"://" + context.host.encode("latin-1") + target
-
-    def originFields(self, context: RequestContext) -> policy.HeaderLookup:
-        """
-        Request fields as the origin saw them, for Vary: what the gateway set
-        (identity, route rules) replaces, what it removed is absent.  An
-        origin that varies on C{X-Consumer} thus varies on the identity.
-        """
-        route = context.route
-        rules = route.config.headers.request if route is not None else None
-        setHere: dict[bytes, bytes] = {}
-        removed = {h.lower() for h in context.removeHeaders}
-        if rules is not None:
-            removed |= {h.lower().encode() for h in rules.remove}
-            for k, v in rules.set:
-                setHere[k.lower().encode()] = v.encode()
-        for k2, v2 in context.forwardHeaders:
-            setHere[k2.lower()] = v2
-        raw = context.request.requestHeaders.getRawHeaders
-
-        def get(name: bytes) -> Sequence[bytes] | None:
-            if name in setHere:
-                return [setHere[name]]
-            if name in removed:
-                return None
-            return raw(name)  # type: ignore[no-any-return]
-
-        return get
-
-    def _isUncacheable(self, key: bytes) -> bool:
-        until = self._uncacheable.get(key)
-        if until is None:
-            return False
-        if until <= self.clock.seconds():
-            del self._uncacheable[key]
-            return False
-        return True
-
-    def _markUncacheable(self, key: bytes) -> None:
-        self._uncacheable.pop(key, None)
-        self._uncacheable[key] = self.clock.seconds() + UNCACHEABLE_MARK
-        while len(self._uncacheable) > _UNCACHEABLE_KEYS:
-            self._uncacheable.popitem(last=False)
 
     # -- the request path
 
@@ -224,23 +171,19 @@ class ResponseCache:
         raw = context.request.requestHeaders.getRawHeaders
         ranged = raw(b"range") if method == _GET else None
         rules = policy.requestRules(raw)
-        key = self.key(context)
-        fields = self.originFields(context)
+        key = cacheKey(context, context.path, context.query)
+        fields = originFields(context)
         entry, varyMiss = await self.entries.lookup(key, fields)
         now = self.clock.seconds()
-        if ranged is not None:
-            # RFC 9111 §3.3: a fresh stored complete response answers a range itself; otherwise the
-            # request goes through untouched (only whole responses are stored).
-            if entry is not None and entry.code == 200:
-                a = policy.assess(entry, rules, now, self.maxTTL, self.defaultTTL)
-                if a.action == policy.FRESH:
-                    return self._serve(context, entry, a.age, "hit", span=self._span(context, entry, ranged),
-                                       hit=True, ttl=a.ttl)
-            return await self._writeThrough(context, upstream, "bypass", "bypass", detail="range")
         if entry is not None:
             a = policy.assess(entry, rules, now, self.maxTTL, self.defaultTTL)
             if a.action == policy.FRESH:
-                return self._serve(context, entry, a.age, "hit", hit=True, ttl=a.ttl)
+                # RFC 9111 §3.3: a stored complete response answers a Range itself.
+                span = requestedSpan(raw, entry, ranged) if ranged is not None and entry.code == 200 else None
+                return self._serve(context, entry, a.age, "hit", span=span, hit=True, ttl=a.ttl)
+        if ranged is not None:  # nothing fresh: passed through untouched (only whole responses are stored)
+            return await self._writeThrough(context, upstream, "bypass", "bypass", detail="range")
+        if entry is not None:
             if a.action == policy.STALE_OK:
                 return self._serve(context, entry, a.age, "stale", hit=True, ttl=a.ttl, detail="max-stale")
             if a.action == policy.REVALIDATE_LATER:
@@ -280,7 +223,7 @@ class ResponseCache:
                     return self._serve(context, entry, a.age, "collapsed", fwd=fwd, fwdStatus=entry.code,
                                        collapsed=True, ttl=a.ttl)
             return await self._fetch(context, upstream, key, rules, fwd, None, None)
-        if self._isUncacheable(key):
+        if key in self._uncacheable:
             return await self._fetch(context, upstream, key, rules, fwd, None, None)
         flight = self._pending[key] = Flight()
 
@@ -341,9 +284,8 @@ class ResponseCache:
                 return self._serve(context, fresh, age, "revalidated", fwd=fwd, fwdStatus=304,
                                    stored=refusal is None, ttl=ttl, detail=refusal)
             if entry is not None and code == 304 and not self._clientConditional(context):
-                # §4.3.4: a 304 whose validator matches nothing stored updates nothing. It still
-                # says our conditional request's representation is current, so the client gets
-                # the stored response as it is, and the origin is not asked again unconditionally.
+                # §4.3.4: a 304 whose validator matches nothing stored updates nothing; the client
+                # gets the stored response as it is, and the origin is not asked again unconditionally.
                 discard(response)
                 if flight is not None:
                     flight.release(None)
@@ -368,11 +310,11 @@ class ResponseCache:
                 if flight is not None:
                     flight.release(None)
                 if code != 304 and refusal in _MARKING_REFUSALS:
-                    self._markUncacheable(key)
+                    self._uncacheable.mark(key)
                 if entry is not None and 200 <= code < 500 and code != 304:
                     self.entries.forget(key)  # §4: a newer response supersedes the stored one
             else:
-                self._uncacheable.pop(key, None)
+                self._uncacheable.clear(key)
             self._count(context, "miss")
             self._status(context, fwd=fwd, fwdStatus=code, stored=refusal is None, detail=refusal)
             if refusal is not None:
@@ -387,7 +329,7 @@ class ResponseCache:
                 vary = policy.varyOf(headers) or ()
                 stored = StoredResponse(code, response.phrase or b"", policy.storableHeaders(headers, cc),
                                         b"".join(tee.chunks), requestTime, responseTime, vary,
-                                        policy.varyValues(vary, self.originFields(context))).withTargets(self.targeted)
+                                        policy.varyValues(vary, originFields(context))).withTargets(self.targeted)
                 self.entries.saveLater(key, stored, self.maxTTL, self.defaultTTL)
                 if flight is not None:
                     flight.release(stored)
@@ -421,7 +363,7 @@ class ResponseCache:
         headers = _pairs(response.headers)
         for path, query in policy.invalidationTargets(context.method, response.code, headers, context.host,
                                                       context.path, context.query):
-            self.entries.forget(self.key(context, path, query, useContext=False))
+            self.entries.forget(cacheKey(context, path, query))
         self._status(context, fwd=fwd, fwdStatus=response.code, detail=detail)
         return exchange
 
@@ -438,15 +380,6 @@ class ResponseCache:
         self._status(context, **status)
         return Exchange(storedResponse(entry, age, notModified, span), None)
 
-    @staticmethod
-    def _span(context: RequestContext, entry: StoredResponse, ranged: Sequence[bytes]) -> tuple[int, int] | None:
-        """RFC 9110 §14.2, §13.1.5: the one range to serve, or None for the whole response."""
-        if len(ranged) != 1:
-            return None
-        ifRange = context.request.requestHeaders.getRawHeaders(b"if-range")
-        if ifRange is not None and (len(ifRange) != 1 or not ifRangeMatches(ifRange[0], entry)):
-            return None
-        return byteRange(ranged[0], len(entry.body))
 
 @implementer(IForwarder)
 class CachingForwarder:

@@ -12,11 +12,12 @@ stored response, which RFC 9110 §14.2 allows a server to send instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from txgateway.caching.directives import httpDate
+from txgateway.caching.directives import HeaderLookup, httpDate
 from txgateway.caching.stored import StoredResponse
 
-__all__ = ["UNSATISFIABLE", "byteRange", "ifRangeMatches"]
+__all__ = ["UNSATISFIABLE", "byteRange", "ifRangeMatches", "requestedSpan"]
 
 UNSATISFIABLE = (-1, -1)
 _SPEC = re.compile(rb"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$", re.I)
@@ -60,3 +61,13 @@ def ifRangeMatches(value: bytes, entry: StoredResponse) -> bool:
     when = httpDate(value)
     modified = httpDate(entry.header(b"last-modified"))
     return when is not None and modified is not None and when == modified
+
+
+def requestedSpan(get: HeaderLookup, entry: StoredResponse, ranged: Sequence[bytes]) -> tuple[int, int] | None:
+    """RFC 9110 §14.2, §13.1.5: the one range of C{entry} to serve for these C{Range} lines, or None for all of it."""
+    if len(ranged) != 1:
+        return None
+    ifRange = get(b"if-range")
+    if ifRange is not None and (len(ifRange) != 1 or not ifRangeMatches(ifRange[0], entry)):
+        return None
+    return byteRange(ranged[0], len(entry.body))
