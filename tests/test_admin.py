@@ -10,14 +10,13 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import TARGETS, BrokenBreaker, InMemoryGateway, configText
 from txgateway.admin.api import AdminResource
 from txgateway.admin.page import renderBody
 from txgateway.admin.rates import LatencyHistogram
 from txgateway.config import ConfigError, parseConfig
 from txgateway.observe import Metrics
 from txgateway.service import GatewayService
-
-from .test_observe import TARGETS, BrokenBreaker, InMemoryGateway, configText
 
 ADMIN = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
 
