@@ -23,7 +23,6 @@ from tests.support import TARGETS, BrokenBreaker, InMemoryGateway, configText
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.http.twistdlog import TwistdLogAdopter
-from txgateway.observe import accesslog
 from txgateway.observe import ids as idsModule
 from txgateway.observe.accesslog import AccessLog
 from txgateway.observe.ids import IdSource, parseTraceparent
@@ -377,8 +376,8 @@ stores:
         """Without a file the access line is a twisted.logger event that the JSON formatter prints as is."""
         gw = InMemoryGateway()
         events: list[dict[str, Any]] = []
-        gw.service.accessLog.enabled = True
-        gw.service.accessLog._log = Logger(namespace="txgateway.access", observer=events.append)
+        logger = Logger(namespace="txgateway.access", observer=events.append)
+        gw.service.accessLog = gw.gateway.runtime.accessLog = AccessLog(True, logger=logger)
         gw.request("GET", "/x", {"X-Request-ID": "via-logger"})
         [event] = events
         line = json.loads(jsonFormatter("info")(event) or "")
@@ -416,8 +415,7 @@ stores:
         one.outcome, one.cacheStatus = "client_gone", "miss"
         times = iter([1700000000.0, 1700000000.9996, 1700000001.0015, 1700000059.5, 1e9 + 0.25, 1700000000.0])
         now: list[float] = []
-        self.patch(accesslog, "_now", lambda: now[0])  # one timestamp for both
-        log = AccessLog(True)
+        log = AccessLog(True, now=lambda: now[0])  # one timestamp for both
         cases = ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0), (one, 0.0004, None))
         for t in times:  # the same log again and again: its remembered strings and second change nothing
             now[:] = [t]
@@ -432,11 +430,10 @@ stores:
         class Request:
             bytesIn = 0
 
-        self.patch(accesslog, "_now", lambda: 1700000000.5)
         context = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
         context.upstream, context.target, context.targetsTried = 5, "http://t:1", [1.5]  # type: ignore[assignment]
         out = io.StringIO()
-        log = AccessLog(True, out, "json")
+        log = AccessLog(True, out, "json", now=lambda: 1700000000.5)
         log.record(context, 0.001)
         line = out.getvalue()
         self.assertEqual(line, json.dumps(log.entry(context, 0.001), separators=(",", ":")) + "\n")
