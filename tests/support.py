@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from treq.testing import RequestTraversalAgent
@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from txgateway.config import parseConfig
+from txgateway.config import GatewayConfig, parseConfig
 from txgateway.gateway import GatewayRoot
 from txgateway.http.channel import GatewaySite
 from txgateway.observe import Metrics
@@ -317,11 +317,14 @@ def parseReply(data: bytes, head: bool = False) -> Reply | None:
 class InMemoryGateway:
     """A whole GatewayService with in-memory clients and backend."""
 
-    def __init__(self, text: str | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, text: str | None = None, metrics: Metrics | None = None,
+                 loadConfig: Callable[[str], GatewayConfig] | None = None) -> None:
+        """C{loadConfig}: how a reload reads its config (by default, from the file)."""
         self.clock = MemoryReactorClock()
         self.config = parseConfig(text or configText())
         self.metrics = metrics or Metrics(processMetrics=False)
-        self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics)
+        extra: dict[str, Any] = {"loadConfig": loadConfig} if loadConfig is not None else {}
+        self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics, **extra)
         self.service.accessLog.enabled = False
         self.origin = Origin(self.clock)
         self.agent = RequestTraversalAgent(self.origin)

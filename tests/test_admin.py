@@ -150,9 +150,8 @@ class StatusTests(SynchronousTestCase):
 class ReloadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.configs = [configText()]
-        self.gw = InMemoryGateway()
+        self.gw = InMemoryGateway(loadConfig=lambda path: parseConfig(self.configs[-1]))
         self.gw.service.configPath = "gw.yaml"
-        self.gw.service._loadConfig = lambda path: parseConfig(self.configs[-1])
         self.admin = AdminClient(self, self.gw)
 
     def test_reloadSwapsConfigAndIsListed(self) -> None:
@@ -261,9 +260,9 @@ class ConfigAndWiringTests(SynchronousTestCase):
 
     def test_tokenRotatesOnReload(self) -> None:
         """A reloaded admin.token replaces the old one at once."""
-        gw = InMemoryGateway(configText() + ADMIN + "  token: one\n")
+        gw = InMemoryGateway(configText() + ADMIN + "  token: one\n",
+                             loadConfig=lambda path: parseConfig(configText() + ADMIN + "  token: two\n"))
         gw.service.configPath = "gw.yaml"
-        gw.service._loadConfig = lambda path: parseConfig(configText() + ADMIN + "  token: two\n")
         self.assertEqual(gw.service.adminSite.resource.token(), "one")
         self.assertEqual(gw.service.reload(), [])
         self.assertEqual(gw.service.adminSite.resource.token(), "two")
