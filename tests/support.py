@@ -26,11 +26,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from txgateway.building import Gateway, buildRuntime
 from txgateway.config import GatewayConfig, parseConfig
 from txgateway.gateway import GatewayRoot
-from txgateway.http.channel import GatewaySite
+from txgateway.http.site import GatewaySite
 from txgateway.observe import Metrics
-from txgateway.service import Gateway, GatewayService, buildRuntime
+from txgateway.service import GatewayService
 
 BASE_CONFIG = """\
 server:

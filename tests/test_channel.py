@@ -16,7 +16,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import BASE_CONFIG, FakeResponse, Wire, get, parseResponses
-from txgateway.http.channel import GatewayChannel, GatewayRequest, GatewaySite
+from txgateway.http.channel import GatewayChannel
+from txgateway.http.request import GatewayRequest
+from txgateway.http.site import GatewaySite
 
 
 def _status(transport: StringTransport) -> bytes:

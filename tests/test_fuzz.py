@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
 from tests.support import FakeResponse, Wire, parseResponses
-from txgateway.http.channel import GatewayRequest
+from txgateway.http.request import GatewayRequest
 
 # The longest a connection may legitimately stay open with nothing more
 # sent: head deadline + body deadline + upstream answer (immediate here) +

@@ -24,9 +24,9 @@ from twisted.web.http_headers import Headers
 
 from tests.support import BASE_CONFIG, FakeResponse, NullProducer, Wire, get, parseResponses
 from txgateway.attempts import classify
-from txgateway.http.channel import splitAbsoluteForm, validAuthority
 from txgateway.http.client.parser import InvalidUpstreamResponse, StrictResponseParser
 from txgateway.http.client.protocol import StrictClientProtocol
+from txgateway.http.heads import splitAbsoluteForm, validAuthority
 from txgateway.http.paths import pathHazards
 from txgateway.observe import IdSource
 
