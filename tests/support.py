@@ -148,10 +148,9 @@ class Wire:
         self.clock = MemoryReactorClock()
         self.config = parseConfig(config if config is not None else BASE_CONFIG.format(extra=extra))
         self.metrics = Metrics(processMetrics=False)
-        runtime = buildRuntime(self.config, reactor=self.clock, clock=self.clock, metrics=self.metrics)
         self.agent = FakeAgent()
-        for cluster in runtime.clusters.values():
-            cluster.agent = self.agent  # type: ignore[attr-defined]
+        runtime = buildRuntime(self.config, reactor=self.clock, clock=self.clock, metrics=self.metrics,
+                               clients=lambda upstream: self.agent)
         self.gateway = Gateway(runtime)
         self.gateway.state.ready = True
         self.site = GatewaySite(GatewayRoot(self.gateway), self.config.server, self.metrics, reactor=self.clock)
@@ -324,21 +323,17 @@ class InMemoryGateway:
         self.clock = MemoryReactorClock()
         self.config = parseConfig(text or configText())
         self.metrics = metrics or Metrics(processMetrics=False)
-        extra: dict[str, Any] = {"loadConfig": loadConfig} if loadConfig is not None else {}
-        self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics, **extra)
-        self.service.accessLog.enabled = False
         self.origin = Origin(self.clock)
         self.agent = RequestTraversalAgent(self.origin)
-        self.patchAgents()
+        extra: dict[str, Any] = {"loadConfig": loadConfig} if loadConfig is not None else {}
+        self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics,
+                                      clients=lambda upstream: self.agent, **extra)
+        self.service.accessLog.enabled = False
         self.service.gateway.state.ready = True
 
     @property
     def gateway(self) -> Any:
         return self.service.gateway
-
-    def patchAgents(self) -> None:
-        for cluster in self.service.gateway.runtime.clusters.values():
-            cluster.agent = self.agent
 
     def open(self) -> tuple[Any, StringTransport]:
         addr = IPv4Address("TCP", "127.0.0.1", 40000)
