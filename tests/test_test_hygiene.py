@@ -122,7 +122,7 @@ def privateAssignments(tree: ast.Module) -> list[tuple[int, str]]:
     return visitor.found
 
 
-def testSources() -> Iterator[tuple[Path, str, ast.Module]]:
+def suiteSources() -> Iterator[tuple[Path, str, ast.Module]]:
     for path in sorted(TESTS.rglob("*.py")):
         yield path, moduleName(path), ast.parse(path.read_text(encoding="utf-8"), str(path))
 
@@ -131,7 +131,7 @@ class SuiteHygieneTests(SynchronousTestCase):
     def test_noTestModuleImportsAnother(self) -> None:
         """A module under tests/ imports support modules and txgateway, never a test module."""
         found = []
-        for path, module, tree in testSources():
+        for path, module, tree in suiteSources():
             for lineno, imported in importedModules(tree, module, path.name == "__init__.py"):
                 if isTestModule(imported) and imported != module:
                     found.append(f"{path.relative_to(TESTS.parent)}:{lineno}: imports {imported}")
@@ -140,13 +140,13 @@ class SuiteHygieneTests(SynchronousTestCase):
     def test_noPrivateAttributeSet(self) -> None:
         """No test injects a fake by setting a private attribute of an object it did not make in its own class."""
         found = []
-        for path, _, tree in testSources():
+        for path, _, tree in suiteSources():
             found += [f"{path.relative_to(TESTS.parent)}:{lineno}: {text}" for lineno, text in privateAssignments(tree)]
         self.assertEqual(found, [], "give the code a public seam (a constructor or keyword argument)")
 
     def test_supportModulesExist(self) -> None:
         """Every module named as support exists, so a rename cannot quietly turn one into an unchecked name."""
-        names = {module for _, module, _ in testSources()}
+        names = {module for _, module, _ in suiteSources()}
         self.assertEqual(SUPPORT - names, set())
 
 
