@@ -35,6 +35,7 @@ from txgateway.http.process import markCleanStop
 from txgateway.http.sending import WriteBatcher
 from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
+from txgateway.protection.build import attachAdmission, retireAdmission, stopAdmission
 from txgateway.reloading import ConfigWatcher
 from txgateway.routing import RouteTable, compileRoutes
 
@@ -64,6 +65,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     clusters: dict[str, Cluster] = {}
     for name, upstream in config.upstreams.items():
         clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng, writes)
+    attachAdmission(clusters, old, clock, metrics)  # before the route leaves wrap their forwarders
     routes = compileRoutes(config.routes)
     deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
                 shared=shared if shared is not None else {})
@@ -400,6 +402,7 @@ class GatewayService(MultiService):
         state = self.gateway.state
         state.draining = True
         log.info("draining: {n} request(s) in flight", n=state.inFlight)
+        stopAdmission(self.gateway.runtime.clusters)  # queued requests get their 503 now, not at the deadline
         Service.stopService(self)
         if self.watcher is not None:
             self.watcher.stopService()
@@ -524,6 +527,7 @@ class GatewayService(MultiService):
         idle timeout.  Waiting for the whole gateway to be idle instead would
         never happen under steady load.
         """
+        retireAdmission(previous.clusters, current.clusters)
         inUse = {id(getattr(c, "pool", None)) for c in current.clusters.values()}
         for c in previous.clusters.values():
             pool = getattr(c, "pool", None)

@@ -36,9 +36,8 @@ Modules
                  every caller has gone), L{CoalescedResponse},
                  L{coalescingKey}, L{mayCoalesce}.
   specs.py       frozen specs (standard library only).
-  config.py      pure parsers: L{parseConcurrency},
-                 L{parseRouteConcurrency}, L{checkPriorityRoutes}; problems
-                 as C{(key path, line, message)}.
+  (the pure parsers L{parseConcurrency}, L{parseRouteConcurrency} and
+  L{checkPriorityRoutes} live in L{txgateway.config.parser_concurrency}.)
   build.py       L{makeLimit}, L{makeAdmission}, L{rebuildAdmission}.
 
 Dependency direction: everything here but config.py imports only Twisted,

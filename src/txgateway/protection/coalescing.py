@@ -1,0 +1,103 @@
+# -*- test-case-name: tests.test_protection -*-
+"""
+Coalescing in the forward path: identical requests in flight at once go upstream once.
+
+L{CoalescingForwarder} keys each request that may share an answer
+(L{mayCoalesce}: GET and HEAD, and POST on routes with C{idempotent_post})
+by method, upstream path, query, the configured headers and a hash of the
+body (L{coalescingKey}), and runs one fetch per key at a time through a
+L{SingleFlight}.  The flight reads the answer whole (at most
+C{coalesce_max_body}, 1 MiB) and every caller gets an in-memory exchange of
+its own over the same bytes; per-client headers (C{X-Request-Id}, C{Via},
+CORS) are added per client by the forward sequence as for any answer.
+
+The fetch of a flight is made with the context of the caller who started
+it; a caller who goes away leaves the flight, and the fetch is cancelled
+only when every caller has gone.  An answer that sets a cookie is not
+shared, nor one over the bound: each caller then fetches on its own (one
+extra backend call per caller, for such answers only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import ensureDeferred
+from zope.interface import implementer
+
+from txgateway.concurrency.coalescing import CoalescedResponse, SingleFlight, coalescingKey, mayCoalesce
+from txgateway.interfaces import IForwarder
+from txgateway.protection.memory import BodyTooLarge, MemoryExchange, MemoryResponse, readWhole
+
+if TYPE_CHECKING:
+    from txgateway.concurrency.specs import CoalesceSpec
+    from txgateway.context import RequestContext
+
+__all__ = ["MAX_BODY", "CoalescingForwarder"]
+
+#: The largest answer held in memory to be shared (the cache's object limit).
+MAX_BODY = 1 << 20
+
+# Fields made afresh for each copy, or that belong to one connection.
+_NOT_COPIED = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive"))
+
+
+class _NotShareable(Exception):
+    """This answer may not be given to more than one client: each fetches its own."""
+
+
+@implementer(IForwarder)
+class CoalescingForwarder:
+    """A route's identical requests in flight at once share one fetch of C{inner}."""
+
+    def __init__(self, inner: IForwarder, spec: CoalesceSpec, idempotentPost: bool, upstream: str,
+                 onJoin: Callable[[], None] | None = None, maxBody: int = MAX_BODY) -> None:
+        self.inner = inner
+        self.keyHeaders = spec.headers
+        self.idempotentPost = idempotentPost
+        self.upstream = upstream
+        self.onJoin = onJoin
+        self.maxBody = maxBody
+        self.flight: SingleFlight[CoalescedResponse] = SingleFlight()
+
+    async def fetch(self, context: RequestContext, method: bytes | None = None,
+                    extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Any:
+        verb = context.method
+        if method is not None or extraHeaders or not mayCoalesce(verb, True, self.idempotentPost):
+            return await self.inner.fetch(context, method, extraHeaders)
+        request = context.request
+        body = b""
+        if verb == b"POST" and request.content is not None:
+            request.content.seek(0)
+            body = request.content.read()
+            request.content.seek(0)
+        pairs = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
+        key = coalescingKey(verb, context.upstreamPath.encode(), context.query or b"", pairs, self.keyHeaders, body)
+        joined = self.flight.joined
+        try:
+            answer = await self.flight.call(key, lambda: ensureDeferred(self._work(context)))
+        except _NotShareable:
+            return await self.inner.fetch(context)
+        if self.flight.joined != joined and self.onJoin is not None:
+            self.onJoin()
+        context.upstream = context.upstream or self.upstream
+        return MemoryExchange(MemoryResponse(answer.code, answer.headers, answer.body))
+
+    async def _work(self, context: RequestContext) -> CoalescedResponse:
+        exchange = await self.inner.fetch(context)
+        response = exchange.response
+        try:
+            body = await readWhole(response, self.maxBody)
+        except BodyTooLarge:
+            exchange.finish(False, True)  # no verdict on the target: the gateway stopped reading
+            raise _NotShareable("too large to coalesce") from None
+        except BaseException:
+            exchange.finish(False, False)
+            raise
+        exchange.finish(True, False)
+        if response.headers.hasHeader(b"set-cookie"):
+            raise _NotShareable("the answer sets a cookie")
+        headers = tuple((k, v) for k, vs in response.headers.getAllRawHeaders() if k.lower() not in _NOT_COPIED
+                        for v in vs)
+        return CoalescedResponse(response.code, headers, body)
