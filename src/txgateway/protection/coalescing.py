@@ -74,13 +74,14 @@ class CoalescingForwarder:
             request.content.seek(0)
         pairs = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
         key = coalescingKey(verb, context.upstreamPath.encode(), context.query or b"", pairs, self.keyHeaders, body)
-        joined = self.flight.joined
+        flights = self.flight.flights
+        d = self.flight.call(key, lambda: ensureDeferred(self._work(context)))
+        if self.flight.flights == flights and self.onJoin is not None:
+            self.onJoin()  # it joined a flight another request started
         try:
-            answer = await self.flight.call(key, lambda: ensureDeferred(self._work(context)))
+            answer = await d
         except _NotShareable:
             return await self.inner.fetch(context)
-        if self.flight.joined != joined and self.onJoin is not None:
-            self.onJoin()
         context.upstream = context.upstream or self.upstream
         return MemoryExchange(MemoryResponse(answer.code, answer.headers, answer.body))
 
