@@ -31,8 +31,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.e2e.harness import GatewayProcess, Response, childEnv, request, waitFor
 
 HERE = Path(__file__).resolve().parent
-WORKERS = 4
-SERVICE_MS = 100  # so the model server serves WORKERS / 0.1 = 40 requests a second
+WORKERS = 8
+SERVICE_MS = 200  # so the model server serves WORKERS / 0.2 = 40 requests a second
 NOMINAL = 30.0    # requests a second: 75% of its capacity
 OVERLOAD = 3 * NOMINAL
 
@@ -123,15 +123,19 @@ class _Case(SynchronousTestCase):
         return g
 
 
+# tolerance 1.0: raise only while latency is at its minimum; max a little above the 8 workers (the
+# gradient's headroom, sqrt(limit), would otherwise keep about 3 requests queued at the backend);
+# a max_wait of a tenth of the service time: shed rather than wait (see docs/model-serving.md).
 ADAPTIVE = """\
     concurrency:
       adaptive: true
       min: 1
-      max: 64
-      initial: 4
+      max: 10
+      initial: 8
+      tolerance: 1.0
       window: 500ms
       probe_interval: 0s
-      queue: {size: 20, max_wait: 100ms}
+      queue: {size: 20, max_wait: 20ms}
 """
 
 
