@@ -13,6 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from txgateway.admin.page import renderBody
+from txgateway.admin.status import StatusReport
 from txgateway.config import parseConfig
 from txgateway.testing import FixtureResponse, GatewayFixture
 
@@ -233,3 +235,25 @@ class CoalescingTests(SynchronousTestCase):
         self.assertEqual(other[0].body, b'{"a": 2}')
         self.assertEqual(len({c[0].header(b"x-request-id") for c in clients}), 5)
         self.assertIn('txgateway_coalesced_total{route="predict"} 4.0', fixture.service.metrics.render().decode())
+
+
+class StatusTests(SynchronousTestCase):
+    def test_upstreamLimitAndQueueOnTheStatusPage(self) -> None:
+        """/api/upstreams gives the limit, in flight, queue and sheds; the page says them in one line."""
+        extra = "      priority: {classes: [paid, free], route: {paid: paid}}"
+        routes = "  - {name: paid, match: {path_prefix: /q}, upstream: model}"
+        origin = Held()
+        fixture = GatewayFixture.fromYAML(limited(extra=extra, queue="{size: 1, max_wait: 10s}", routes=routes),
+                                          origins={ORIGIN: origin})
+        pending(fixture)
+        pending(fixture)
+        pending(fixture)
+        report = StatusReport(fixture.service, fixture.clock)
+        [model] = report.upstreams()
+        self.assertEqual(model["concurrency"] | {"queued": None}, {
+            "mode": "fixed", "limit": 1, "min": None, "max": None, "in_flight": 1, "queued": None,
+            "queue_size": 1, "max_wait_ms": 10000.0, "shed": {"queue_full": 1, "max_wait": 0, "stopped": 0},
+            "min_rtt_ms": None, "probing": False})
+        self.assertEqual(model["concurrency"]["queued"], {"paid": 0, "free": 1})
+        page = renderBody(report.status())
+        self.assertIn("limit 1 (fixed) · in flight 1 · queued 1 (paid 0, free 1) · shed 1 (queue_full 1)", page)

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from txgateway import __version__
 from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counters
 from txgateway.observe import Metrics
+from txgateway.protection.report import admissionReport
 
 if TYPE_CHECKING:
     from txgateway.service import Gateway
@@ -191,6 +192,7 @@ class StatusReport:
                 "usable": bool(report["usable"]),
                 "degraded": name in health["degraded"],
                 "retries": int(retries.get((name,), 0)),
+                "concurrency": admissionReport(cluster),  # issue 24: None without a limit
                 "targets": targets,
             })
         return out
