@@ -15,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from txgateway.admin.page import renderBody
 from txgateway.admin.status import StatusReport
-from txgateway.config import parseConfig
+from txgateway.config import ConfigError, parseConfig
 from txgateway.testing import FixtureResponse, GatewayFixture
 
 ORIGIN = "http://model.internal:8000"
@@ -257,3 +257,120 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(model["concurrency"]["queued"], {"paid": 0, "free": 1})
         page = renderBody(report.status())
         self.assertIn("limit 1 (fixed) · in flight 1 · queued 1 (paid 0, free 1) · shed 1 (queue_full 1)", page)
+
+
+class Status503(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def render(self, request: Request) -> bytes:
+        self.calls += 1
+        request.setResponseCode(503)
+        return b"busy"
+
+
+class Ok(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def render(self, request: Request) -> bytes:
+        self.calls += 1
+        request.setHeader(b"cache-control", b"max-age=60")
+        return b"ok"
+
+
+OTHER = "http://model2.internal:8000"
+
+
+class OrderingTests(SynchronousTestCase):
+    """Where admission sits: after the cache, before the lease, once per request."""
+
+    def controller(self, fixture: GatewayFixture) -> Any:
+        return fixture.service.gateway.runtime.clusters["model"].admission
+
+    def test_aRetryKeepsItsPermit(self) -> None:
+        yaml = f"""
+upstreams:
+  model:
+    targets: [{ORIGIN}, {OTHER}]
+    retries: {{attempts: 1, on: [503], backoff: 0s}}
+    concurrency: {{limit: 1, queue: {{size: 0}}}}
+routes:
+  - {{name: predict, match: {{path_prefix: /p}}, upstream: model}}
+"""
+        first, second = Status503(), Ok()
+        fixture = GatewayFixture.fromYAML(yaml, origins={ORIGIN: first, OTHER: second})
+        response = fixture.request(b"GET", b"http://gw.example/p")
+        self.assertEqual((response.code, first.calls + second.calls), (200, 2))
+        controller = self.controller(fixture)
+        self.assertEqual((controller.admitted, controller.inFlight, sum(controller.shed.values())), (1, 0, 0))
+
+    def test_aCacheHitTakesNoPermit(self) -> None:
+        yaml = f"""
+upstreams:
+  model:
+    targets: [{ORIGIN}]
+    concurrency: {{limit: 1}}
+routes:
+  - {{name: predict, match: {{path_prefix: /p}}, upstream: model, cache: true}}
+"""
+        origin = Ok()
+        fixture = GatewayFixture.fromYAML(yaml, origins={ORIGIN: origin})
+        for _ in range(3):
+            self.assertEqual(fixture.request(b"GET", b"http://gw.example/p").body, b"ok")
+        self.assertEqual((origin.calls, self.controller(fixture).admitted), (1, 1))
+
+    def test_drainShedsTheQueueAtOnce(self) -> None:
+        origin = Held()
+        fixture = GatewayFixture.fromYAML(limited(), origins={ORIGIN: origin})
+        pending(fixture)
+        queued = pending(fixture)
+        fixture.service.stopService()
+        fixture.flush()
+        self.assertEqual(queued[0].code, 503)
+        self.assertEqual(json.loads(queued[0].body)["reason"], "shed_stopped")
+        self.assertTrue(queued[0].header(b"retry-after"))
+
+    def test_reloadRemovingTheLimitShedsItsWaiters(self) -> None:
+        origin = Held()
+        fixture = GatewayFixture.fromYAML(limited(queue="{size: 3, max_wait: 10s}"), origins={ORIGIN: origin})
+        pending(fixture)
+        queued = pending(fixture)
+        plain = f"""
+upstreams:
+  model: {{targets: [{ORIGIN}]}}
+routes:
+  - {{name: predict, match: {{path_prefix: /p}}, upstream: model}}
+"""
+        self.assertEqual(fixture.service.reload(parseConfig(plain)), [])
+        fixture.flush()
+        self.assertEqual(json.loads(queued[0].body)["reason"], "shed_stopped")
+        self.assertIsNone(fixture.service.gateway.runtime.clusters["model"].admission)
+
+
+class ConfigCheckTests(SynchronousTestCase):
+    def test_mistakesNameTheirKeyPathAndLine(self) -> None:
+        yaml = f"""upstreams:
+  model:
+    targets: [{ORIGIN}]
+    concurrency:
+      limit: 0
+      queue: {{size: 10, wait: 1s}}
+routes:
+  - name: predict
+    match: {{path: /p, methods: [GET]}}
+    upstream: model
+    batch: {{target_path: /b}}
+"""
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(yaml)
+        found = {(p.path, p.line) for p in caught.exception.problems}
+        self.assertIn(("upstreams.model.concurrency.limit", 5), found)
+        self.assertIn(("upstreams.model.concurrency.queue.wait", 6), found)
+        self.assertIn(("routes[0](predict).batch", 11), found)
