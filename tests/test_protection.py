@@ -204,6 +204,24 @@ class BatchingTests(SynchronousTestCase):
         self.assertEqual([c[0].code for c in clients], [502, 502])
         self.assertIn("answered with 1 results", json.loads(clients[0][0].body)["error"])
 
+    def test_onErrorSingleSendsEachClientsOwnRequest(self) -> None:
+        origin = Held()
+        fixture = GatewayFixture.fromYAML(BATCH.replace("envelope: instances", "on_error: single"),
+                                          origins={ORIGIN: origin})
+        clients = [self.post(fixture, i) for i in range(2)]
+        fixture.clock.advance(0.005)
+        fixture.flush()
+        origin.answer(b"overloaded", code=500)
+        fixture.flush()
+        self.assertEqual([(p, b) for _, p, b in origin.seen], [(b"/batch", b"[0,1]"), (b"/predict", b"0"),
+                                                              (b"/predict", b"1")])
+        origin.answer(b"[0]")
+        origin.answer(b"[1]")
+        fixture.flush()
+        self.assertEqual([(c[0].code, c[0].body) for c in clients], [(200, b"[0]"), (200, b"[1]")])
+        self.assertIn('txgateway_batch_failures_total{kind="failed",route="predict"} 1.0',
+                      fixture.service.metrics.render().decode())
+
     def test_notJSONIsABadRequest(self) -> None:
         fixture = GatewayFixture.fromYAML(BATCH, origins={ORIGIN: Held()})
         got = pending(fixture, b"POST", b"/predict", b"{nope", {b"content-type": [b"application/json"]})

@@ -36,7 +36,7 @@ from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from txgateway.attempts import UpstreamFailure
+from txgateway.attempts import UpstreamFailure, discard
 from txgateway.concurrency.batching import FAILED, BatchError, MicroBatcher, decodeBatch, encodeBatch
 from txgateway.context import RequestContext
 from txgateway.deadlines import withDeadline
@@ -64,11 +64,12 @@ def isJSON(contentType: bytes | None) -> bool:
 
 
 class _Item:
-    __slots__ = ("context", "value")
+    __slots__ = ("abandoned", "context", "value")
 
     def __init__(self, context: RequestContext, value: Any) -> None:
         self.context = context
         self.value = value
+        self.abandoned = False  # its client went away or timed out: a late single answer is ended here
 
 
 class _Single:
@@ -127,10 +128,12 @@ class BatchingForwarder:
         except ValueError:
             context.outcome = "bad_json"
             raise UpstreamFailure(400, "bad_json", message="bad request: a batching route needs a JSON body") from None
-        d = withDeadline(self.batcher.submit(_Item(context, value)), self.timeout, self.clock)
+        item = _Item(context, value)
+        d = withDeadline(self.batcher.submit(item), self.timeout, self.clock)
         try:
             result = await d
         except DeferTimeout:
+            item.abandoned = True
             context.outcome = "timeout"
             raise UpstreamFailure(504, "timeout") from None
         except BatchError as e:
@@ -139,6 +142,9 @@ class BatchingForwarder:
                 raise UpstreamFailure(e.cause.status, e.cause.reason, e.cause.retryAfter) from None
             context.outcome = "batch_" + e.kind
             raise UpstreamFailure(502, context.outcome, message=f"bad gateway: {e.reason}") from None
+        except BaseException:
+            item.abandoned = True  # the client went away
+            raise
         if isinstance(result, _Single):
             return result.exchange
         return MemoryExchange(MemoryResponse(200, _JSON, json.dumps(result, separators=(",", ":")).encode()))
@@ -197,4 +203,9 @@ class BatchingForwarder:
         return ensureDeferred(self._fetchOne(item))
 
     async def _fetchOne(self, item: _Item) -> _Single:
-        return _Single(await self.inner.fetch(item.context))
+        exchange = await self.inner.fetch(item.context)
+        if item.abandoned:
+            # Nobody will relay it: end it here, or its lease and permit would stay taken.
+            discard(exchange.response)
+            exchange.finish(False, True)
+        return _Single(exchange)
