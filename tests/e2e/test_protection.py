@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -186,6 +188,25 @@ class PriorityTests(_Case):
         for t in threads:
             t.join(30)
         self.assertEqual(model.stats()["order"], ["hold", "paid0", "paid1", "paid2", "free0", "free1", "free2"])
+
+
+class ClientGoneTests(_Case):
+    def test_aClientThatHangsUpLeavesTheQueue(self) -> None:
+        model = self.model(workers=1, serviceMs=2000)
+        upstream = "    concurrency:\n      limit: 1\n      queue: {size: 10, max_wait: 30s}\n"
+        gw = self.gateway(config(model, upstream=upstream))
+        holder = threading.Thread(target=gw.request, args=("POST", "/predict", None, b"{}", 30))
+        holder.start()
+        waitFor(lambda: _queued(gw) == 0, what="the first request at the backend")
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+        waitFor(lambda: _queued(gw) == 1, what="the second request queued")
+        # A hang-up, not a half close (a FIN after the request may still want its answer): a reset.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        waitFor(lambda: _queued(gw) == 0, what="the queue empty again")
+        holder.join(30)
+        self.assertEqual(model.stats()["calls"], 1)  # the one that hung up never reached the backend
 
 
 def _queued(gw: GatewayProcess) -> int:

@@ -79,11 +79,10 @@ class AdmissionForwarder:
         except Shed as e:
             context.upstream = self.upstream
             context.outcome = "shed_" + e.reason
-            if changed is not None:
-                changed()
             raise UpstreamFailure(503, context.outcome, e.retryAfter) from None
-        if changed is not None:
-            changed()
+        finally:
+            if changed is not None:
+                changed()  # granted, shed, or left the queue (the client went away)
         try:
             exchange = await self.inner.fetch(context, method, extraHeaders)
         except UpstreamFailure as e:
