@@ -255,6 +255,48 @@ class CoalescingTests(SynchronousTestCase):
         self.assertIn('txgateway_coalesced_total{route="predict"} 4.0', fixture.service.metrics.render().decode())
 
 
+class Big(Resource):
+    """2.1 MB of body with no Content-Length (chunked), as a stream or a download is."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.waiting: list[Request] = []
+
+    def render(self, request: Request) -> object:
+        self.calls += 1
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        request = self.waiting.pop(0)
+        for i in range(3):
+            request.write(bytes([65 + i]) * 700_000)
+        request.finish()
+
+
+class CoalescingLimitsTests(SynchronousTestCase):
+    def test_aBodyOverTheBoundGoesWholeToItsRequestAndOthersFetchTheirOwn(self) -> None:
+        origin = Big()
+        fixture = GatewayFixture.fromYAML(COALESCE.replace("model.internal", "big.internal"),
+                                          origins={"http://big.internal:8000": origin})
+        first = pending(fixture, b"GET", b"/predict")
+        second = pending(fixture, b"GET", b"/predict")
+        self.assertEqual(origin.calls, 1)  # the second joined the first's flight
+        origin.answer()
+        fixture.flush()
+        expected = b"A" * 700_000 + b"B" * 700_000 + b"C" * 700_000
+        self.assertEqual((first[0].code, first[0].body == expected), (200, True))
+        self.assertEqual(origin.calls, 2)  # the answer could not be shared: the second fetched its own
+        origin.answer()
+        fixture.flush()
+        self.assertEqual((second[0].code, second[0].body == expected), (200, True))
+        lease = fixture.service.gateway.runtime.clusters["model"].endpoints[0]
+        self.assertEqual(lease.inFlight, 0)
+
+
 class StatusTests(SynchronousTestCase):
     def test_upstreamLimitAndQueueOnTheStatusPage(self) -> None:
         """/api/upstreams gives the limit, in flight, queue and sheds; the page says them in one line."""

@@ -14,8 +14,11 @@ CORS) are added per client by the forward sequence as for any answer.
 The fetch of a flight is made with the context of the caller who started
 it; a caller who goes away leaves the flight, and the fetch is cancelled
 only when every caller has gone.  An answer that sets a cookie is not
-shared, nor one over the bound: each caller then fetches on its own (one
-extra backend call per caller, for such answers only).
+shared, nor one over the bound (a download, a stream): it goes, streamed as
+any answer, to the caller who started the flight (from its first byte, when
+the bound was found only while reading a body of no announced length), and
+any other caller fetches its own (one extra backend call per joined caller,
+for such answers only).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import ensureDeferred
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from txgateway.attempts import discard
 from txgateway.concurrency.coalescing import CoalescedResponse, SingleFlight, coalescingKey, mayCoalesce
 from txgateway.interfaces import IForwarder
 from txgateway.protection.memory import BodyTooLarge, MemoryExchange, MemoryResponse, readWhole
@@ -43,8 +48,14 @@ MAX_BODY = 1 << 20
 _NOT_COPIED = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive"))
 
 
-class _NotShareable(Exception):
-    """This answer may not be given to more than one client: each fetches its own."""
+class _Own:
+    """An answer for the request that fetched it only (unread); the other callers fetch their own."""
+
+    __slots__ = ("context", "exchange")
+
+    def __init__(self, context: RequestContext | None, exchange: Any) -> None:
+        self.context = context
+        self.exchange = exchange
 
 
 @implementer(IForwarder)
@@ -59,7 +70,7 @@ class CoalescingForwarder:
         self.upstream = upstream
         self.onJoin = onJoin
         self.maxBody = maxBody
-        self.flight: SingleFlight[CoalescedResponse] = SingleFlight()
+        self.flight: SingleFlight[CoalescedResponse | _Own] = SingleFlight()
 
     async def fetch(self, context: RequestContext, method: bytes | None = None,
                     extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Any:
@@ -78,27 +89,53 @@ class CoalescingForwarder:
         d = self.flight.call(key, lambda: ensureDeferred(self._work(context)))
         if self.flight.flights == flights and self.onJoin is not None:
             self.onJoin()  # it joined a flight another request started
-        try:
-            answer = await d
-        except _NotShareable:
-            return await self.inner.fetch(context)
+        answer = await d
+        if isinstance(answer, _Own):
+            if answer.context is context:
+                return answer.exchange  # this request's own fetch, streamed as any other
+            return await self.inner.fetch(context)  # not shareable: fetch its own
         context.upstream = context.upstream or self.upstream
         return MemoryExchange(MemoryResponse(answer.code, answer.headers, answer.body))
 
-    async def _work(self, context: RequestContext) -> CoalescedResponse:
+    async def _work(self, context: RequestContext) -> CoalescedResponse | _Own:
         exchange = await self.inner.fetch(context)
         response = exchange.response
+        length = response.length
+        if response.headers.hasHeader(b"set-cookie") or (isinstance(length, int) and length > self.maxBody):
+            # Not to be shared (a cookie), or not to be held in memory: the
+            # request that made it gets it, unread; the others fetch their own.
+            return self._own(context, exchange, response)
         try:
             body = await readWhole(response, self.maxBody)
-        except BodyTooLarge:
-            exchange.finish(False, True)  # no verdict on the target: the gateway stopped reading
-            raise _NotShareable("too large to coalesce") from None
+        except BodyTooLarge as e:
+            # A body of no announced length outgrew the bound (a stream, a
+            # download): the request that made it gets it whole, from the start.
+            return self._own(context, exchange, e.response)
         except BaseException:
             exchange.finish(False, False)
             raise
         exchange.finish(True, False)
-        if response.headers.hasHeader(b"set-cookie"):
-            raise _NotShareable("the answer sets a cookie")
         headers = tuple((k, v) for k, vs in response.headers.getAllRawHeaders() if k.lower() not in _NOT_COPIED
                         for v in vs)
         return CoalescedResponse(response.code, headers, body)
+
+    @staticmethod
+    def _own(context: RequestContext, exchange: Any, response: IResponse) -> _Own:
+        if getattr(context.request, "gone", False):
+            discard(response)
+            exchange.finish(False, True)
+            return _Own(None, None)
+        return _Own(context, _Replaced(exchange, response))
+
+
+class _Replaced:
+    """An exchange whose response is given anew (its body partly read, then the rest)."""
+
+    __slots__ = ("inner", "response")
+
+    def __init__(self, inner: Any, response: IResponse) -> None:
+        self.inner = inner
+        self.response = response
+
+    def finish(self, complete: bool, clientGone: bool = False) -> None:
+        self.inner.finish(complete, clientGone)

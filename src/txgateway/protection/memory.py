@@ -30,7 +30,16 @@ _DONE = Failure(ResponseDone("Response body fully received"))
 
 
 class BodyTooLarge(Exception):
-    """An answer over the bound that may be held in memory for sharing."""
+    """
+    An answer over the bound that may be held in memory for sharing.
+    C{response} is the same answer, its body from the start (the part read
+    so far, then the rest as it arrives), for the one client that may still
+    have it.
+    """
+
+    def __init__(self, limit: int, response: IResponse) -> None:
+        super().__init__(f"answer over {limit} bytes")
+        self.response = response
 
 
 class _Idle:
@@ -89,33 +98,86 @@ class MemoryExchange:
 
 
 class _Collect(Protocol):
-    def __init__(self, done: Deferred[bytes], limit: int) -> None:
+    """
+    Collects a body up to C{limit}; past it, keeps what it read and becomes
+    the relay of the rest to whoever takes the L{_Continued} response.
+    """
+
+    def __init__(self, done: Deferred[bytes], limit: int, response: IResponse) -> None:
         self.done = done
         self.limit = limit
+        self.response = response
         self.parts: list[bytes] = []
         self.size = 0
+        self.over = False
+        self.target: Protocol | None = None
+        self.lost: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
+        if self.target is not None:
+            self.target.dataReceived(data)
+            return
+        self.parts.append(data)
+        if self.over:
             return
         self.size += len(data)
         if self.size > self.limit:
-            self.transport.stopProducing()  # type: ignore[union-attr,attr-defined]
-            self.done.errback(BodyTooLarge(f"answer over {self.limit} bytes"))
-            return
-        self.parts.append(data)
+            self.over = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]  # until someone takes the rest
+            self.done.errback(BodyTooLarge(self.limit, _Continued(self)))
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
-        if self.done.called:
+        if self.over:
+            if self.target is not None:
+                self.target.connectionLost(reason)
+            else:
+                self.lost = reason
             return
         if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(reason)
 
+    def attach(self, protocol: Protocol) -> None:
+        protocol.makeConnection(self.transport)  # type: ignore[arg-type]
+        parts, self.parts = self.parts, []
+        for data in parts:
+            protocol.dataReceived(data)
+        if self.lost is not None:
+            protocol.connectionLost(self.lost)
+            return
+        self.target = protocol
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+
+@implementer(IResponse)
+class _Continued:
+    """An upstream answer whose body was partly read: the part read, then the rest as it streams."""
+
+    previousResponse = None
+
+    def __init__(self, collector: _Collect) -> None:
+        original = collector.response
+        self.collector = collector
+        self.version = original.version
+        self.code = original.code
+        self.phrase = original.phrase
+        self.headers = original.headers
+        self.length = original.length
+        self.request = original.request
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        self.collector.attach(protocol)
+
+    def setPreviousResponse(self, response: IResponse) -> None:
+        self.previousResponse = response  # type: ignore[assignment]
+
 
 def readWhole(response: IResponse, limit: int) -> Deferred[bytes]:
-    """The body of C{response}; fails with L{BodyTooLarge} past C{limit} bytes, or as the body broke off."""
+    """
+    The body of C{response}; fails with L{BodyTooLarge} past C{limit} bytes
+    (carrying the response, whole, for one reader), or as the body broke off.
+    """
     done: Deferred[bytes] = Deferred()
-    response.deliverBody(_Collect(done, limit))
+    response.deliverBody(_Collect(done, limit, response))
     return done
