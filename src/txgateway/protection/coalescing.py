@@ -11,8 +11,10 @@ C{coalesce_max_body}, 1 MiB) and every caller gets an in-memory exchange of
 its own over the same bytes; per-client headers (C{X-Request-Id}, C{Via},
 CORS) are added per client by the forward sequence as for any answer.
 
-The fetch of a flight is made with the context of the caller who started
-it; a caller who goes away leaves the flight, and the fetch is cancelled
+Coalescing costs nothing when nobody joins: if the request that started a
+flight is still its only caller when the answer's head arrives, the answer
+streams to it as any answer would, unbuffered.  The fetch of a flight is made
+with the context of the caller who started it; a caller who goes away leaves the flight, and the fetch is cancelled
 only when every caller has gone.  An answer that sets a cookie is not
 shared, nor one over the bound (a download, a stream): it goes, streamed as
 any answer, to the caller who started the flight (from its first byte, when
@@ -86,7 +88,7 @@ class CoalescingForwarder:
         pairs = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
         key = coalescingKey(verb, context.upstreamPath.encode(), context.query or b"", pairs, self.keyHeaders, body)
         flights = self.flight.flights
-        d = self.flight.call(key, lambda: ensureDeferred(self._work(context)))
+        d = self.flight.call(key, lambda: ensureDeferred(self._work(context, key)))
         if self.flight.flights == flights and self.onJoin is not None:
             self.onJoin()  # it joined a flight another request started
         answer = await d
@@ -97,10 +99,15 @@ class CoalescingForwarder:
         context.upstream = context.upstream or self.upstream
         return MemoryExchange(MemoryResponse(answer.code, answer.headers, answer.body))
 
-    async def _work(self, context: RequestContext) -> CoalescedResponse | _Own:
+    async def _work(self, context: RequestContext, key: bytes) -> CoalescedResponse | _Own:
         exchange = await self.inner.fetch(context)
         response = exchange.response
         length = response.length
+        if self.flight.waiting(key) == 1 and not getattr(context.request, "gone", False):
+            # Nobody joined while the head was awaited: the answer streams to
+            # its request as any other would, with no buffering (later
+            # identical requests start a flight of their own).
+            return _Own(context, exchange)
         if response.headers.hasHeader(b"set-cookie") or (isinstance(length, int) and length > self.maxBody):
             # Not to be shared (a cookie), or not to be held in memory: the
             # request that made it gets it, unread; the others fetch their own.
