@@ -20,7 +20,7 @@ from txgateway.observe import Metrics
 from txgateway.protection.report import admissionReport
 
 if TYPE_CHECKING:
-    from txgateway.service import Gateway
+    from txgateway.building import Gateway
 
 
 class AdminTarget(Protocol):

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protection -*-
 """
 Protecting slow backends in the forward path (issue 24).
 
@@ -16,3 +17,5 @@ memory.py holds the in-memory answers the batch and coalescing wrappers
 hand out; build.py builds the chain per route and keeps controllers per
 upstream across reloads.
 """
+
+__all__: list[str] = []
