@@ -40,6 +40,7 @@ from txgateway.attempts import UpstreamFailure, discard
 from txgateway.concurrency.batching import FAILED, BatchError, MicroBatcher, decodeBatch, encodeBatch
 from txgateway.context import RequestContext
 from txgateway.deadlines import withDeadline
+from txgateway.http.interim import INTERIM
 from txgateway.interfaces import IForwarder
 from txgateway.protection.memory import MemoryExchange, MemoryResponse, readWhole
 
@@ -159,6 +160,9 @@ class BatchingForwarder:
         return ensureDeferred(self._sendBatch(items))
 
     async def _sendBatch(self, items: list[_Item]) -> list[Any]:
+        # This coroutine runs in a copy of whichever client's context filled
+        # the batch: interim responses (1xx) of the batch call are no one client's.
+        INTERIM.set(None)
         spec = self.spec
         first = self._leading(items)
         body = encodeBatch([i.value for i in items], spec.envelope)
