@@ -48,6 +48,15 @@ class Held(Resource):
         request.finish()
 
 
+def settle(fixture: GatewayFixture, origin: Any) -> None:
+    """Answer what the origin still holds and let every timer run: no request is left suspended after a test."""
+    while getattr(origin, "waiting", None):
+        origin.answer()
+        fixture.flush()
+    fixture.clock.advance(120)
+    fixture.flush()
+
+
 def limited(extra: str = "", queue: str = "{size: 1, max_wait: 2s}", routes: str = "") -> str:
     return f"""
 upstreams:
@@ -77,6 +86,7 @@ class AdmissionTests(SynchronousTestCase):
         """One at the backend, one queued, the third shed before it reaches the backend."""
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(), origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         first, second, third = pending(fixture), pending(fixture), pending(fixture)
         self.assertEqual(len(origin.seen), 1)
         self.assertEqual((first, second), ([], []))
@@ -98,6 +108,7 @@ class AdmissionTests(SynchronousTestCase):
     def test_waitRunsOut(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(), origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         pending(fixture)
         second = pending(fixture)
         fixture.clock.advance(2.1)
@@ -113,6 +124,7 @@ class AdmissionTests(SynchronousTestCase):
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(extra=extra, queue="{size: 5, max_wait: 10s}", routes=routes),
                                           origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         pending(fixture, path=b"/p/hold")
         pending(fixture, path=b"/p/free")
         pending(fixture, path=b"/q/paid")
@@ -124,6 +136,7 @@ class AdmissionTests(SynchronousTestCase):
     def test_clientGoneLeavesTheQueue(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(), origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         pending(fixture)
         d = fixture.requestDeferred(b"GET", b"http://gw.example/p")
         d.addErrback(lambda _: None)
@@ -140,6 +153,7 @@ class AdmissionTests(SynchronousTestCase):
         """Same spec: the same controller; a new queue size: a new one that took over the waiter."""
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(queue="{size: 3, max_wait: 10s}"), origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         service = fixture.service
         before = service.gateway.runtime.clusters["model"].admission
         pending(fixture)
@@ -180,6 +194,7 @@ class BatchingTests(SynchronousTestCase):
     def test_itemsGoAsOneCallAndComeBackInOrder(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(BATCH, origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         clients = [self.post(fixture, {"x": i}) for i in range(4)]
         fixture.clock.advance(0.005)
         fixture.flush()
@@ -196,6 +211,7 @@ class BatchingTests(SynchronousTestCase):
     def test_wrongCountIs502ForEachClient(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(BATCH, origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         clients = [self.post(fixture, i) for i in range(2)]
         fixture.clock.advance(0.005)
         fixture.flush()
@@ -208,6 +224,7 @@ class BatchingTests(SynchronousTestCase):
         origin = Held()
         fixture = GatewayFixture.fromYAML(BATCH.replace("envelope: instances", "on_error: single"),
                                           origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         clients = [self.post(fixture, i) for i in range(2)]
         fixture.clock.advance(0.005)
         fixture.flush()
@@ -243,6 +260,7 @@ class CoalescingTests(SynchronousTestCase):
     def test_identicalPostsGoOnce(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(COALESCE, origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         clients = [pending(fixture, b"POST", b"/predict", b'{"q": 1}') for _ in range(5)]
         other = pending(fixture, b"POST", b"/predict", b'{"q": 2}')
         self.assertEqual(len(origin.seen), 2)
@@ -305,6 +323,7 @@ class StatusTests(SynchronousTestCase):
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(extra=extra, queue="{size: 1, max_wait: 10s}", routes=routes),
                                           origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         pending(fixture)
         pending(fixture)
         pending(fixture)
@@ -382,6 +401,7 @@ routes:
 """
         origin = Ok()
         fixture = GatewayFixture.fromYAML(yaml, origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         for _ in range(3):
             self.assertEqual(fixture.request(b"GET", b"http://gw.example/p").body, b"ok")
         self.assertEqual((origin.calls, self.controller(fixture).admitted), (1, 1))
@@ -389,6 +409,7 @@ routes:
     def test_drainShedsTheQueueAtOnce(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(), origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         pending(fixture)
         queued = pending(fixture)
         fixture.service.stopService()
@@ -400,6 +421,7 @@ routes:
     def test_reloadRemovingTheLimitShedsItsWaiters(self) -> None:
         origin = Held()
         fixture = GatewayFixture.fromYAML(limited(queue="{size: 3, max_wait: 10s}"), origins={ORIGIN: origin})
+        self.addCleanup(settle, fixture, origin)
         pending(fixture)
         queued = pending(fixture)
         plain = f"""
