@@ -16,7 +16,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ORDER = ["core", "server", "observability", "balancing", "resilience", "routing", "access-control",
-         "rate-limiting", "caching"]
+         "rate-limiting", "caching", "protection"]
 INTRO = """\
 # Configuration reference
 

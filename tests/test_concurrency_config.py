@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.concurrency.config import ROUTE_KEYS, checkPriorityRoutes, parseConcurrency, parseRouteConcurrency
 from txgateway.concurrency.specs import (
     DEFAULT_KEY_HEADERS,
     AdaptiveSpec,
@@ -25,6 +24,7 @@ from txgateway.concurrency.specs import (
     QueueSpec,
     RouteConcurrency,
 )
+from txgateway.config.parser_concurrency import ROUTE_KEYS, checkPriorityRoutes, parseConcurrency, parseRouteConcurrency
 from txgateway.config.source import loadYAML
 
 PATH = "upstreams.model.concurrency"

@@ -29,6 +29,7 @@ from txgateway.http.sending import WriteBatcher
 from txgateway.interfaces import IUpstreamClient
 from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
+from txgateway.protection.build import attachAdmission
 from txgateway.routing import RouteTable, compileRoutes
 
 __all__ = ["ClientFactory", "Gateway", "accessLogFor", "buildRuntime", "needsRedis"]
@@ -70,6 +71,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     clusters: dict[str, Cluster] = {}
     for name, upstream in config.upstreams.items():
         clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng, writes, clients)
+    attachAdmission(clusters, old, clock, metrics)  # before the route leaves wrap their forwarders
     routes = compileRoutes(config.routes)
     deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
                 shared=shared if shared is not None else {})

@@ -191,6 +191,9 @@ class Cluster:
         self.maxPerTarget = config.pool.max_per_target
         self.failOpen = config.health.when_all_unhealthy == "fail_open"
         self.metrics = metrics
+        # The upstream's admission controller (issue 24: concurrency limit and
+        # queue), set by txgateway.protection.build when it has one.
+        self.admission: Any = None
         # The IUpstreamClient every attempt goes through (an HTTP/1.1
         # UpstreamAgent over the upstream's pool, made by the service).
         self.agent: IUpstreamClient | None = client

@@ -32,6 +32,7 @@ from txgateway.http.addresses import AddressSet
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parentSpanId, parseTraceparent, requestBodySize
+from txgateway.protection.build import protect
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -346,6 +347,7 @@ class RouteResource(Resource):
         # The route's way upstream: the attempt loop on its cluster, wrapped
         # by the route's cache when it has one.
         upstream: IForwarder = ClusterForwarder(runtime.forwarder, route.cluster)
+        upstream = protect(upstream, route, runtime.clock, runtime.metrics)  # issue 24: admission, batching, coalescing
         cache = route.chain.cache if route.chain is not None else None
         if cache is not None:
             upstream = cache.wrap(upstream)

@@ -34,6 +34,7 @@ from txgateway.listening import Listener, StartupError, bindProblem, boundAddres
 from txgateway.observe import Metrics
 from txgateway.observe.otlp import buildTracing
 from txgateway.observe.timeline import Timeline
+from txgateway.protection.build import retireAdmission, stopAdmission
 from txgateway.reloading import ConfigWatcher
 
 __all__ = ["EXIT_DRAIN_CUT", "EXIT_STARTUP_FAILED", "GatewayService"]
@@ -234,6 +235,7 @@ class GatewayService(MultiService):
         state = self.gateway.state
         state.draining = True
         log.info("draining: {n} request(s) in flight", n=state.inFlight)
+        stopAdmission(self.gateway.runtime.clusters)  # queued requests get their 503 now, not at the deadline
         Service.stopService(self)
         if self.watcher is not None:
             self.watcher.stopService()
@@ -360,6 +362,7 @@ class GatewayService(MultiService):
         idle timeout.  Waiting for the whole gateway to be idle instead would
         never happen under steady load.
         """
+        retireAdmission(previous.clusters, current.clusters)
         inUse = {id(getattr(c, "pool", None)) for c in current.clusters.values()}
         for c in previous.clusters.values():
             pool = getattr(c, "pool", None)

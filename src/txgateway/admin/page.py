@@ -41,6 +41,26 @@ def _row(cells: Iterable[tuple[str, Any]], attrs: str = "") -> str:
     return f"<tr{attrs}>" + "".join(f'<td class="{c}">{_esc(v)}</td>' for c, v in cells) + "</tr>"
 
 
+def concurrencyLine(c: dict[str, Any] | None) -> str:
+    """
+    An upstream's admission state in one line (issue 24), as the page's
+    script writes it: "limit 14 (adaptive 1-200) · in flight 12 · queued 3
+    (paid 0, free 3) · shed 17 (max_wait 17)".
+    """
+    if not c:
+        return ""
+    mode = f'adaptive {c["min"]}-{c["max"]}' if c["mode"] == "adaptive" else "fixed"
+    queued: dict[str, int] = c["queued"]
+    shed = {k: v for k, v in c["shed"].items() if v > 0}
+    text = f'limit {c["limit"]} ({mode}) · in flight {c["in_flight"]} · queued {sum(queued.values())}'
+    if len(queued) > 1:
+        text += " (" + ", ".join(f"{k} {v}" for k, v in queued.items()) + ")"
+    text += f' · shed {sum(c["shed"].values())}'
+    if shed:
+        text += " (" + ", ".join(f"{k} {v}" for k, v in shed.items()) + ")"
+    return f'<p class="concurrency">{_esc(text)}</p>'
+
+
 def renderBody(doc: dict[str, Any]) -> str:
     """
     The status as HTML, the same markup the page's script builds from
@@ -72,6 +92,7 @@ def renderBody(doc: dict[str, Any]) -> str:
             f'<section class="upstream" data-upstream="{_esc(u["name"])}"><h3>{_esc(u["name"])} '
             f'<span class="badge {state}">{state}</span> <small>{_esc(u["balancer"])} · retries {u["retries"]}'
             f"</small></h3>"
+            + concurrencyLine(u.get("concurrency"))
             + _table("targets", ["Target", "Health", "Circuit", "In flight", "Req/s", "Requests", "Errors", "p95 ms"],
                      rows)
             + "</section>")

@@ -18,6 +18,7 @@ from txgateway import __version__
 from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counters
 from txgateway.caching.purging import cacheStats, routeCaches
 from txgateway.observe import Metrics
+from txgateway.protection.report import admissionReport
 
 if TYPE_CHECKING:
     from txgateway.building import Gateway
@@ -195,6 +196,7 @@ class StatusReport:
                 "usable": bool(report["usable"]),
                 "degraded": name in health["degraded"],
                 "retries": int(retries.get((name,), 0)),
+                "concurrency": admissionReport(cluster),  # issue 24: None without a limit
                 "targets": targets,
             })
         return out

@@ -3,13 +3,19 @@
 Protecting slow backends (issue 24): concurrency limits, an admission
 queue with load shedding, micro-batching and coalescing.
 
-What is here is self-contained and tested on its own; nothing in the core
-imports it yet.  It was built while cluster.py (the lease), the upstream
-client, gateway.py and caching/flow.py (one forward path) were being
-restructured, so this docstring is the plan for wiring it in once that work
-is merged.  Names of the core below are the core branch's as this was
-written (C{forwarding.IForwarder}, C{attempts.AttemptLoop},
-C{cluster.Lease}, C{UpstreamFailure}); read them as roles if they moved.
+This package is the machinery, importing only Twisted, zope.interface and
+itself (it sits below the config package in the import-linter layers, so
+C{config/schema.py} may hold its specs).  It is wired in (issue 24's
+integration) by L{txgateway.protection}: the forward-path wrappers
+(admission, batching, coalescing), the per-upstream controllers kept across
+reloads, the metrics and the status report; the parser is
+L{txgateway.config.parser_concurrency}.  The sections below are the plan
+that integration followed; where it differs, the code says so: access-log
+fields (C{queue_ms}, C{batch_id}, C{coalesced}) and per-target limits
+(C{scope: target}) are not done; the limit's gauges are set as permits come
+and go rather than by a LoopingCall; a fixed limit is not divided among
+workers (the docs tell operators to divide it); the status page shows no
+per-route batch figures (the metrics do).
 
 Modules
 =======
@@ -37,23 +43,13 @@ Modules
                  every caller has gone), L{CoalescedResponse},
                  L{coalescingKey}, L{mayCoalesce}.
   specs.py       frozen specs (standard library only).
-  config.py      pure parsers: L{parseConcurrency},
-                 L{parseRouteConcurrency}, L{checkPriorityRoutes}; problems
-                 as C{(key path, line, message)}.
+  (the pure parsers L{parseConcurrency}, L{parseRouteConcurrency} and
+  L{checkPriorityRoutes} live in L{txgateway.config.parser_concurrency}.)
   build.py       L{makeLimit}, L{makeAdmission}, L{rebuildAdmission}.
 
-Dependency direction: everything here but config.py imports only Twisted,
-zope.interface and this package.  config.py imports
-L{txgateway.config.values} and C{errors} (the converters, as the brief
-asked), which makes C{config -> concurrency.config -> config} a package
-cycle once the config parser calls it: importing C{txgateway.concurrency.config}
-first runs C{txgateway/config/__init__}, whose parser would import
-C{concurrency.config} half-initialised.  At integration, move config.py
-unchanged to C{txgateway/config/parser_concurrency.py} (it is a config
-parser that speaks config's converters); C{config/schema.py} imports
-C{concurrency.specs}, which imports nothing.  The import-linter contract is
-then "concurrency is below config, cluster, forwarding, caching, service,
-admin".
+Dependency direction: everything here imports only Twisted, zope.interface
+and this package (the parser moved to C{txgateway.config.parser_concurrency}
+at integration, so there is no C{config <-> concurrency} cycle).
 
 
 1. Config (config/ package)

@@ -119,6 +119,11 @@ class SingleFlight(Generic[T]):
     def inFlight(self) -> int:
         return len(self._flights)
 
+    def waiting(self, key: Hashable) -> int:
+        """How many callers wait for the flight of C{key} now (0: none in flight)."""
+        flight = self._flights.get(key)
+        return len(flight.callers) if flight is not None else 0
+
     def call(self, key: Hashable, work: Callable[[], Deferred[T]]) -> Deferred[T]:
         flight = self._flights.get(key)
         if flight is not None:

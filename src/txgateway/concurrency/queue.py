@@ -169,6 +169,14 @@ class AdmissionController:
     def limit(self) -> int:
         return int(self.limiter.limit)
 
+    @property
+    def current(self) -> AdmissionController:
+        """The controller now in charge: this one, or the one a reload handed its queue to."""
+        controller = self
+        while controller._successor is not None:
+            controller = controller._successor
+        return controller
+
     def queuedByClass(self) -> dict[str, int]:
         return {c: len(q) for c, q in self._queues.items()}
 

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from txgateway.config.errors import ConfigError
+from txgateway.config.errors import ConfigError, keyPath
+from txgateway.config.parser_concurrency import checkPriorityRoutes
 from txgateway.config.parser_routes import RouteSections
 from txgateway.config.parser_server import ServerSections
 from txgateway.config.parser_upstreams import UpstreamSections
-from txgateway.config.schema import GatewayConfig
+from txgateway.config.schema import GatewayConfig, RouteConfig, UpstreamConfig
 from txgateway.config.seeds import environmentDocument, seedDocument, seeds
 from txgateway.config.source import loadYAML
 
@@ -41,9 +42,23 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         policies = self.authPolicies(*self.child(top, "auth_policies"))
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
+        self.checkConcurrency(top, upstreams, routes)
         tracing = self.tracing(*self.child(top, "tracing"))
         return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
                              tracing=tracing)
+
+    def checkConcurrency(self, top: Any, upstreams: Mapping[str, UpstreamConfig],
+                         routes: tuple[RouteConfig, ...]) -> None:
+        """Names in C{priority.route} must be routes (issue 24): known only once both sections are read."""
+        names = [r.name for r in routes]
+        raw = top.get("upstreams")
+        for name, u in upstreams.items():
+            if u.concurrency is None:
+                continue
+            uline = raw.lines.get(name) if hasattr(raw, "lines") else None
+            for p, ln, msg in checkPriorityRoutes(u.concurrency, names, keyPath(keyPath("upstreams", name),
+                                                                                "concurrency"), uline):
+                self.problem(p, ln, msg)
 
 
 def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None,

@@ -12,6 +12,7 @@ from typing import Any
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import hostPattern, limitKey, origin, routePath, yamlText
 from txgateway.config.parser_auth import AuthSections
+from txgateway.config.parser_concurrency import ROUTE_KEYS, parseRouteConcurrency
 from txgateway.config.schema import (
     AuthPolicy,
     CacheConfig,
@@ -72,7 +73,7 @@ class RouteSections(AuthSections):
               policies: Mapping[str, AuthPolicy], stores: StoresConfig) -> RouteConfig | None:
         m = self.mapping(value, path, line, ["name", "match", "upstream", "strip_prefix", "rewrite_prefix",
                                              "preserve_host", "headers", "auth", "rate_limit", "cache", "cors",
-                                             "ip_allow", "ip_deny", "allow_encoded_slash"])
+                                             "ip_allow", "ip_deny", "allow_encoded_slash", *ROUTE_KEYS])
         if m is None:
             return None
         name = self.get(m, "name", path, string, f"route-{index}")
@@ -114,6 +115,12 @@ class RouteSections(AuthSections):
         if strip is not None and rewrite is not None:
             self.problem(path, m.lines.get("rewrite_prefix"),
                          "give strip_prefix or rewrite_prefix, not both (rewrite_prefix already replaces the matched prefix)")
+        concurrency, found = parseRouteConcurrency(m, path, m.line)
+        for p, ln, msg in found:
+            self.problem(p, ln, msg)
+        if concurrency.batch is not None and match.methods and "POST" not in match.methods:
+            self.problem(keyPath(path, "batch"), m.lines.get("batch"),
+                         "a batching route must admit POST (its match.methods leave POST out)")
         return RouteConfig(
             name=name,
             index=index,
@@ -130,6 +137,7 @@ class RouteSections(AuthSections):
             ip_allow=self.seq(m, "ip_allow", path, network),
             ip_deny=self.seq(m, "ip_deny", path, network),
             allow_encoded_slash=self.get(m, "allow_encoded_slash", path, boolean, False),
+            concurrency=concurrency,
         )
 
     def match(self, value: Any, path: str, line: int | None) -> MatchConfig:

@@ -11,6 +11,7 @@ from typing import Any
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import balancerName, hashOn, retryCondition, targetURL
 from txgateway.config.parser_base import ParserBase
+from txgateway.config.parser_concurrency import parseConcurrency
 from txgateway.config.schema import (
     ActiveHealth,
     BreakerConfig,
@@ -47,7 +48,7 @@ class UpstreamSections(ParserBase):
 
     def upstream(self, value: Any, path: str, line: int | None, name: str) -> UpstreamConfig | None:
         m = self.mapping(value, path, line, ["balancer", "hash_on", "targets", "timeouts", "pool", "health",
-                                             "circuit_breaker", "retries"])
+                                             "circuit_breaker", "retries", "concurrency"])
         if m is None:
             return None
         raw = self.required(m, "targets", path, m.line)
@@ -93,6 +94,10 @@ class UpstreamSections(ParserBase):
                 )
         balancer = self.get(m, "balancer", path, balancerName, d.balancer)
         hashKey = self.get(m, "hash_on", path, hashOn, d.hash_on)
+        raw, cline = self.child(m, "concurrency")
+        concurrency, found = parseConcurrency(raw, keyPath(path, "concurrency"), cline)
+        for p, ln, msg in found:
+            self.problem(p, ln, msg)
         return UpstreamConfig(
             name=name,
             targets=tuple(targets),
@@ -103,6 +108,7 @@ class UpstreamSections(ParserBase):
             health=self.health(m.get("health"), keyPath(path, "health"), m.lines.get("health")),
             circuit_breaker=breaker,
             retries=self.retries(m.get("retries"), keyPath(path, "retries"), m.lines.get("retries")),
+            concurrency=concurrency,
         )
 
     def target(self, value: Any, path: str, line: int | None) -> Target | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from txgateway.concurrency.specs import ConcurrencySpec, RouteConcurrency
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -249,6 +250,7 @@ class UpstreamConfig:
     health: HealthConfig = HealthConfig()
     circuit_breaker: BreakerConfig | None = None
     retries: RetryConfig = RetryConfig()
+    concurrency: ConcurrencySpec | None = None  # issue 24: the admission limit and queue
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,7 @@ class RouteConfig:
     ip_allow: tuple[IPNetwork, ...] = ()
     ip_deny: tuple[IPNetwork, ...] = ()
     allow_encoded_slash: bool = False
+    concurrency: RouteConcurrency = RouteConcurrency()  # issue 24: batch, coalesce, idempotent_post
 
 
 @dataclass(frozen=True)

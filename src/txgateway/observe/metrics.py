@@ -30,6 +30,7 @@ from txgateway.http.fastmetrics import FastCounter, FastGauge, FastHistogram
 OPENMETRICS_CONTENT_TYPE = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
 # The gateway's own share of a request is usually well under a millisecond.
 PROCESSING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -95,8 +96,34 @@ class Metrics:
         self.traceSpansDropped = FastCounter("txgateway_trace_spans_dropped", "Spans dropped: the export queue was "
                                              "full, or the collector refused or did not answer.", ["reason"],
                                              registry=r)
+        self._protection(r)
         self.beforeRender: Callable[[], None] | None = None
         self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
+
+    def _protection(self, r: CollectorRegistry) -> None:
+        """Issue 24: admission limits, queues and sheds per upstream; batches and coalescing per route."""
+        self.concurrencyLimit = FastGauge("txgateway_upstream_concurrency_limit",
+                                          "Requests the upstream's admission limit lets in at once now.",
+                                          ["upstream"], multiprocess_mode="livesum", registry=r)
+        self.concurrencyInFlight = FastGauge("txgateway_upstream_concurrency_in_flight",
+                                             "Requests holding an admission permit of the upstream.",
+                                             ["upstream"], multiprocess_mode="livesum", registry=r)
+        self.queueLength = FastGauge("txgateway_upstream_queue_length", "Requests waiting for an admission permit.",
+                                     ["upstream", "class"], multiprocess_mode="livesum", registry=r)
+        self.queueWait = FastHistogram("txgateway_upstream_queue_wait_seconds",
+                                       "Time a request waited for its admission permit (0 when let in at once).",
+                                       ["upstream", "class"], buckets=LATENCY_BUCKETS, registry=r)
+        self.shed = FastCounter("txgateway_shed", "Requests shed with 503 before reaching the upstream, by reason.",
+                                ["upstream", "reason"], registry=r)
+        self.batchSize = FastHistogram("txgateway_batch_size", "Items per micro-batch call.", ["route"],
+                                       buckets=BATCH_BUCKETS, registry=r)
+        self.batchWait = FastHistogram("txgateway_batch_wait_seconds",
+                                       "Time the first item of a micro-batch waited for it to leave.", ["route"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batchFailures = FastCounter("txgateway_batch_failures", "Micro-batch calls that gave no usable answer.",
+                                         ["route", "kind"], registry=r)
+        self.coalesced = FastCounter("txgateway_coalesced", "Requests answered by another's identical request.",
+                                     ["route"], registry=r)
 
     def observeRequest(self, route: str, method: bytes, status: int, seconds: float,
                        traceId: str | None = None) -> None:
@@ -200,4 +227,5 @@ class Metrics:
 KNOWN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
 
 
-__all__ = ["KNOWN_METHODS", "LATENCY_BUCKETS", "OPENMETRICS_CONTENT_TYPE", "PROCESSING_BUCKETS", "Metrics"]
+__all__ = ["BATCH_BUCKETS", "KNOWN_METHODS", "LATENCY_BUCKETS", "OPENMETRICS_CONTENT_TYPE", "PROCESSING_BUCKETS",
+           "Metrics"]

@@ -1,0 +1,21 @@
+# -*- test-case-name: tests.test_protection -*-
+"""
+Protecting slow backends in the forward path (issue 24).
+
+The machinery (limits, the admission queue, the micro-batcher, single
+flight) is in L{txgateway.concurrency}, below the config package; this
+package puts it in the forward path as L{txgateway.interfaces.IForwarder}
+wrappers, as the cache's flow is one.  Per route, outermost first:
+
+    cache flow (caching/flow.py)     a hit never queues, never coalesces
+    CoalescingForwarder              coalescing.py: identical requests share one fetch below
+    BatchingForwarder                batching.py: many items, one fetch below
+    AdmissionForwarder               admission.py: one permit per fetch below, before the lease
+    ClusterForwarder (AttemptLoop)   retries; Cluster.choose -> Lease -> IUpstreamClient
+
+memory.py holds the in-memory answers the batch and coalescing wrappers
+hand out; build.py builds the chain per route and keeps controllers per
+upstream across reloads.
+"""
+
+__all__: list[str] = []

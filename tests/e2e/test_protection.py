@@ -1,0 +1,261 @@
+"""
+Issue 24 end to end: the real C{twistd -n txgateway} in front of a simulated
+model server (tests/e2e/modelserver.py: a fixed number of workers, its latency
+growing with its concurrency), loaded from another process on 127.0.0.1.
+
+  - with an adaptive limit, p99 at 3x overload stays within 2x of p99 at
+    nominal load while the excess is shed with 503 and Retry-After; the same
+    load without a limit shows why (its p99 at 3x is many times nominal);
+  - waiters are let in by priority class;
+  - 100 concurrent single requests reach the backend in batches of at most
+    max_size, and each client gets its own item;
+  - 50 identical POSTs reach the backend once.
+
+The figures of the overload runs are written to the test log (and, with
+TXGW_PERF_OUT=FILE, to FILE as JSON) for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e.harness import GatewayProcess, Response, childEnv, request, waitFor
+
+HERE = Path(__file__).resolve().parent
+WORKERS = 8
+SERVICE_MS = 200  # so the model server serves WORKERS / 0.2 = 40 requests a second
+NOMINAL = 30.0    # requests a second: 75% of its capacity
+OVERLOAD = 3 * NOMINAL
+
+
+class ModelServer:
+    """tests/e2e/modelserver.py as a process."""
+
+    def __init__(self, workers: int = WORKERS, serviceMs: float = SERVICE_MS) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "modelserver.py"), "0", str(workers), str(serviceMs)],
+                                     env=childEnv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], 15)[0]:
+            raise AssertionError("the model server said nothing within 15s")
+        first = self.proc.stdout.readline().decode(errors="replace")
+        if not first.startswith("ready "):
+            raise AssertionError(f"the model server did not start: {first}")
+        self.port = int(first.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(request(self.port, "GET", "/stats").body)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def config(model: ModelServer, upstream: str = "", route: str = "", routes: str = "") -> str:
+    return f"""\
+server:
+  listen: "tcp:{{port}}:interface=127.0.0.1"
+  timeouts: {{drain: 5s}}
+logging:
+  level: info
+upstreams:
+  model:
+    targets: [{model.url}]
+    timeouts: {{response: 60s}}
+    retries: false
+{upstream}
+routes:
+  - name: predict
+    match: {{path_prefix: /predict}}
+    upstream: model
+{route}
+{routes}
+"""
+
+
+def load(port: int, rate: float, seconds: float, skip: float) -> dict[str, Any]:
+    """Open-loop load from tests/e2e/loadgen.py; its summary."""
+    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), str(port), "/predict", str(rate), str(seconds),
+                          str(skip)], env=childEnv(), capture_output=True, text=True, timeout=seconds + 90, check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def concurrently(calls: list[Any]) -> list[Response]:
+    """Run the calls at once, each on its own thread (each its own connection); their responses in order."""
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+class _Case(SynchronousTestCase):
+    def model(self, workers: int = WORKERS, serviceMs: float = SERVICE_MS) -> ModelServer:
+        m = ModelServer(workers, serviceMs)
+        self.addCleanup(m.stop)
+        return m
+
+    def gateway(self, text: str) -> GatewayProcess:
+        g = GatewayProcess(text)
+        self.addCleanup(g.cleanup)
+        g.start()
+        return g
+
+
+# tolerance 1.0: raise only while latency is at its minimum; max a little above the 8 workers (the
+# gradient's headroom, sqrt(limit), would otherwise keep about 3 requests queued at the backend);
+# a max_wait of a tenth of the service time: shed rather than wait (see docs/model-serving.md).
+ADAPTIVE = """\
+    concurrency:
+      adaptive: true
+      min: 1
+      max: 10
+      initial: 8
+      tolerance: 1.0
+      window: 500ms
+      probe_interval: 0s
+      queue: {size: 20, max_wait: 20ms}
+"""
+
+
+class OverloadTests(_Case):
+    def run_(self, upstream: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        model = self.model()
+        gw = self.gateway(config(model, upstream=upstream))
+        nominal = load(gw.port, NOMINAL, 4, 1)
+        overload = load(gw.port, OVERLOAD, 6, 2)
+        return nominal, overload
+
+    def test_adaptiveLimitKeepsP99WhileSheddingTheExcess(self) -> None:
+        """At 3x the model server's capacity, the gateway sheds what it cannot serve and p99 stays near nominal."""
+        nominal, overload = self.run_(ADAPTIVE)
+        figures: dict[str, Any] = {}
+        if overload["p99"] > 2 * nominal["p99"]:
+            # A tail on a shared 2-core machine can be another process's: the
+            # miss is kept in the figures, and the run is made once more.
+            figures["adaptive_missed_first"] = {"nominal": nominal, "overload": overload}
+            nominal, overload = self.run_(ADAPTIVE)
+        unlimited = self.run_("")
+        figures |= {"adaptive": {"nominal": nominal, "overload": overload},
+                    "unlimited": {"nominal": unlimited[0], "overload": unlimited[1]}}
+        print(json.dumps(figures, indent=1))
+        out = os.environ.get("TXGW_PERF_OUT")
+        if out:
+            Path(out).write_text(json.dumps(figures, indent=1))
+        self.assertEqual(set(nominal["statuses"]), {"200"}, nominal)
+        self.assertLessEqual(overload["p99"], 2 * nominal["p99"], figures)
+        self.assertGreater(overload["shed_share"], 0.3, overload)
+        self.assertTrue(overload["retry_after_on_every_503"])
+        self.assertEqual(set(overload["statuses"]) - {"200", "503"}, set(), overload)
+        # Without a limit every request is served, late: the backend's queue grows for as long as the overload lasts.
+        self.assertGreater(unlimited[1]["p99"], 4 * unlimited[0]["p99"], figures)
+
+
+class PriorityTests(_Case):
+    def test_waitersAreLetInByClass(self) -> None:
+        """With one slot, paid requests queued after free ones reach the backend first, each class in its order."""
+        model = self.model(workers=1, serviceMs=300)
+        upstream = ("    concurrency:\n      limit: 1\n      queue: {size: 10, max_wait: 30s}\n"
+                    "      priority: {classes: [paid, free], route: {paid: paid}}\n")
+        routes = "  - {name: paid, match: {path_prefix: /paid}, upstream: model, strip_prefix: /paid}\n"
+        gw = self.gateway(config(model, upstream=upstream, routes=routes))
+        sends = [("/predict", "hold")] + [("/predict", f"free{i}") for i in range(3)] + \
+                [("/paid/predict", f"paid{i}") for i in range(3)]
+        threads = []
+        for n, (path, tag) in enumerate(sends):
+            t = threading.Thread(target=gw.request, args=("POST", path, {"X-Tag": tag}, b"{}", 30))
+            t.start()
+            threads.append(t)
+            # Each one waits in the queue (or holds the slot) before the next is sent.
+            waitFor(lambda n=n: _queued(gw) == n, what=f"{n} request(s) queued")
+        for t in threads:
+            t.join(30)
+        self.assertEqual(model.stats()["order"], ["hold", "paid0", "paid1", "paid2", "free0", "free1", "free2"])
+
+
+class ClientGoneTests(_Case):
+    def test_aClientThatHangsUpLeavesTheQueue(self) -> None:
+        model = self.model(workers=1, serviceMs=2000)
+        upstream = "    concurrency:\n      limit: 1\n      queue: {size: 10, max_wait: 30s}\n"
+        gw = self.gateway(config(model, upstream=upstream))
+        holder = threading.Thread(target=gw.request, args=("POST", "/predict", None, b"{}", 30))
+        holder.start()
+        waitFor(lambda: _queued(gw) == 0, what="the first request at the backend")
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+        waitFor(lambda: _queued(gw) == 1, what="the second request queued")
+        # A hang-up, not a half close (a FIN after the request may still want its answer): a reset.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        waitFor(lambda: _queued(gw) == 0, what="the queue empty again")
+        holder.join(30)
+        self.assertEqual(model.stats()["calls"], 1)  # the one that hung up never reached the backend
+
+
+def _queued(gw: GatewayProcess) -> int:
+    total = 0
+    for line in gw.request("GET", "/metrics").body.decode().splitlines():
+        if line.startswith("txgateway_upstream_queue_length{"):
+            total += int(float(line.rsplit(" ", 1)[1]))
+        if line.startswith("txgateway_upstream_concurrency_in_flight{"):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total - 1 if total else -1
+
+
+class BatchingTests(_Case):
+    def test_hundredSinglesGoInBatchesOfAtMostMaxSize(self) -> None:
+        model = self.model(workers=4, serviceMs=50)
+        route = "    batch: {target_path: /batch_predict, max_size: 16, max_wait: 20ms, envelope: instances}\n"
+        gw = self.gateway(config(model, route=route))
+        calls = [lambda i=i: gw.request("POST", "/predict", {"Content-Type": "application/json"},
+                                        json.dumps({"i": i}).encode(), 30) for i in range(100)]
+        responses = concurrently(calls)
+        self.assertEqual([r.status for r in responses], [200] * 100, responses)
+        self.assertEqual([r.json() for r in responses], [{"echo": {"i": i}} for i in range(100)])
+        batches = model.stats()["batches"]
+        self.assertEqual(sum(batches), 100)
+        self.assertLessEqual(max(batches), 16)
+        self.assertLess(len(batches), 100)
+        metrics = gw.request("GET", "/metrics").body.decode()
+        self.assertIn(f'txgateway_batch_size_count{{route="predict"}} {float(len(batches))}', metrics)
+
+
+class CoalescingTests(_Case):
+    def test_fiftyIdenticalPostsReachTheBackendOnce(self) -> None:
+        model = self.model(workers=4, serviceMs=1000)
+        gw = self.gateway(config(model, route="    coalesce: true\n    idempotent_post: true\n"))
+        first = threading.Thread(target=gw.request, args=("POST", "/predict", {"Content-Type": "application/json"},
+                                                          b'{"q": "same"}', 30))
+        first.start()
+        waitFor(lambda: model.stats()["calls"] == 1, what="the first request at the backend")
+        calls = [lambda: gw.request("POST", "/predict", {"Content-Type": "application/json"}, b'{"q": "same"}', 30)
+                 for _ in range(49)]
+        responses = concurrently(calls)
+        first.join(30)
+        self.assertEqual({r.status for r in responses}, {200})
+        self.assertEqual({r.body for r in responses}, {b'{"echo": {"q": "same"}, "tag": null}'})
+        self.assertEqual(model.stats()["calls"], 1)
+        self.assertIn('txgateway_coalesced_total{route="predict"} 49.0', gw.request("GET", "/metrics").body.decode())
