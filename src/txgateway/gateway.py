@@ -23,6 +23,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from txgateway.answers import answerFor
+from txgateway.compression import CompressingForwarder
 from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
 from txgateway.forwarding import BODY_RESET, ClusterForwarder, forward
 from txgateway.http.addresses import AddressSet
@@ -212,7 +214,8 @@ class GatewayRoot(Resource):
             runtime.metrics.authFailures.labels("", "ip").inc()
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
-        match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
+        match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders,
+                                     context.query, context.clientIP)
         route = match.route
         if route is None:
             if match.allowed:
@@ -359,10 +362,14 @@ class RouteResource(Resource):
         self.runtime = runtime
         # The route's way upstream: the attempt loop on its cluster, wrapped
         # by the route's cache when it has one.
-        upstream: IForwarder = ClusterForwarder(runtime.forwarder, route.cluster)
-        cache = route.chain.cache if route.chain is not None else None
-        if cache is not None:
-            upstream = cache.wrap(upstream)
+        upstream: IForwarder | None = answerFor(route)  # redirect / respond: no upstream
+        if upstream is None:
+            upstream = ClusterForwarder(runtime.forwarder, route.cluster)
+            cache = route.chain.cache if route.chain is not None else None
+            if cache is not None:
+                upstream = cache.wrap(upstream)
+        if route.config.compress is not None:  # outside the cache: it compresses what the cache serves
+            upstream = CompressingForwarder(upstream, route.config.compress)
         self.upstream = upstream
 
     def render(self, request: Any) -> Any:
