@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-from txgateway.http.templates import BadValue, Template, escaperFor
+from txgateway.http.templates import BadValue, Template, escaperFor, requestValues
 from txgateway.interfaces import IForwarder
 
 if TYPE_CHECKING:
@@ -37,23 +37,7 @@ if TYPE_CHECKING:
     from txgateway.config.schema import RedirectConfig, RespondConfig
     from txgateway.context import RequestContext
 
-__all__ = ["AnswerForwarder", "answerFor", "templateValues"]
-
-
-def templateValues(context: RequestContext) -> dict[str, str]:
-    """The template variables of one request."""
-    request = context.request
-    query = context.query.decode("latin-1") if context.query is not None else ""
-    return {
-        "host": context.host,
-        "path": context.path,
-        "query": query,
-        "request_uri": context.path + ("?" + query if context.query is not None else ""),
-        "client_ip": context.clientIP,
-        "scheme": "https" if request.isSecure() else "http",
-        "method": context.method.decode("latin-1"),
-        "request_id": context.requestId,
-    }
+__all__ = ["AnswerForwarder", "answerFor"]
 
 
 class _Redirect:
@@ -65,7 +49,7 @@ class _Redirect:
         self.location = Template(config.to if config.to is not None else "{host}{path}", "url")
 
     def head(self, context: RequestContext) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        values = templateValues(context)
+        values = requestValues(context)
         if self.schemeOnly is not None:
             query = values["query"]
             location = f"{self.schemeOnly}://{self.location.render(values)}"
@@ -89,7 +73,7 @@ class _Respond:
         self.body = Template(config.body, escaperFor(ct))
 
     def head(self, context: RequestContext) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        values = templateValues(context)
+        values = requestValues(context)
         body = self.body.render(values).encode("utf-8")
         headers = [(k, t.render(values).encode("utf-8")) for k, t in self.headers]
         headers.append((b"Content-Length", b"%d" % len(body)))

@@ -49,11 +49,11 @@ from txgateway.interfaces import IForwarder
 try:
     import brotli
 except ImportError:  # pragma: no cover - optional codec
-    brotli = None
+    brotli = None  # type: ignore[assignment]
 try:
     import zstandard
 except ImportError:  # pragma: no cover - optional codec
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from txgateway.config.schema import CompressConfig
@@ -131,10 +131,7 @@ def _typeMatches(contentType: bytes | None, types: Sequence[str]) -> bool:
         return False
     media = contentType.split(b";", 1)[0].strip().lower().decode("latin-1")
     major = media.split("/", 1)[0]
-    for t in types:
-        if t == media or t == "*/*" or (t.endswith("/*") and t[:-2] == major):
-            return True
-    return False
+    return any(t in (media, "*/*") or (t.endswith("/*") and t[:-2] == major) for t in types)
 
 
 def _noTransform(values: Sequence[bytes] | None) -> bool:

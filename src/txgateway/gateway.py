@@ -110,7 +110,7 @@ class Runtime:
         ff = self.forwardedFor
         if not ff.trusted or peer not in ff.trusted:
             return peer
-        return ff.clientIP(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
+        return ff.clientIPOf(peer, request.requestHeaders, self.messages.forwardedMode)
 
     def healthReport(self) -> tuple[int, dict[str, Any]]:
         now = self.clock.seconds()

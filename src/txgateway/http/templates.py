@@ -27,9 +27,10 @@ import html
 import json
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
-__all__ = ["VARIABLES", "BadValue", "Template", "escaperFor", "safeHost"]
+__all__ = ["VARIABLES", "BadValue", "Template", "escaperFor", "requestValues", "safeHost"]
 
 VARIABLES = frozenset(("host", "path", "query", "client_ip", "scheme", "method", "request_id",
                        "request_uri"))
@@ -41,6 +42,21 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 # escapes already in a normalised path are not escaped twice.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
+
+
+def requestValues(context: Any) -> dict[str, str]:
+    """The template variables of one request (a L{txgateway.context.RequestContext})."""
+    query = context.query.decode("latin-1") if context.query is not None else ""
+    return {
+        "host": context.host,
+        "path": context.path,
+        "query": query,
+        "request_uri": context.path + ("?" + query if context.query is not None else ""),
+        "client_ip": context.clientIP,
+        "scheme": "https" if context.request.isSecure() else "http",
+        "method": context.method.decode("latin-1"),
+        "request_id": context.requestId,
+    }
 
 
 class BadValue(ValueError):
