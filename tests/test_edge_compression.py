@@ -147,6 +147,12 @@ class StreamTests(SynchronousTestCase):
                 self.assertIsNone(out.headers.getRawHeaders(b"vary"), why)
             self.assertEqual(b"".join(collect.data), b"".join(response.chunks), why)
 
+    def test_notModifiedCarriesTheWeakETag(self) -> None:
+        response, _ = through(_Response([], {b"etag": [b'"v1"']}, code=304), b"gzip")
+        self.assertEqual(response.headers.getRawHeaders(b"etag"), [b'W/"v1"'])
+        response, _ = through(_Response([], {b"etag": [b'"v1"']}, code=304), b"identity")
+        self.assertEqual(response.headers.getRawHeaders(b"etag"), [b'"v1"'])
+
     def test_varyEvenWhenNotCompressed(self) -> None:
         response, collect = through(_Response([b"a" * 5000], {**JSON, b"vary": [b"Origin"]}), b"identity")
         self.assertEqual(response.headers.getRawHeaders(b"vary"), [b"Origin", b"Accept-Encoding"])

@@ -141,6 +141,13 @@ def _noTransform(values: Sequence[bytes] | None) -> bool:
 _NEVER = frozenset((204, 206, 304))
 
 
+def _weaken(headers: Headers) -> None:
+    """RFC 9110 8.8.1: a transformed representation's validator is weak."""
+    etags = headers.getRawHeaders(b"etag")
+    if etags:
+        headers.setRawHeaders(b"etag", [e if e.startswith(b"W/") else b"W/" + e for e in etags])
+
+
 @implementer(IForwarder)
 class CompressingForwarder:
     """A route's forwarder (or its cache), with responses compressed on the way out."""
@@ -156,6 +163,12 @@ class CompressingForwarder:
                     extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Any:
         exchange = await self.upstream.fetch(context, method, extraHeaders)
         response = exchange.response
+        if response.code == 304:
+            # A 304 stands for the representation this client would get: the
+            # compressed one's ETag is weak, so the 304's must be too.
+            if chooseEncoding(context.request.requestHeaders.getRawHeaders(b"accept-encoding"), self.encodings):
+                _weaken(response.headers)
+            return exchange
         if not self.compressible(response):
             return exchange
         coding = chooseEncoding(context.request.requestHeaders.getRawHeaders(b"accept-encoding"), self.encodings)
@@ -220,9 +233,7 @@ class _Compressed:
             return
         headers.setRawHeaders(b"content-encoding", [coding.encode()])
         headers.removeHeader(b"content-length")
-        etags = headers.getRawHeaders(b"etag")
-        if etags:
-            headers.setRawHeaders(b"etag", [e if e.startswith(b"W/") else b"W/" + e for e in etags])
+        _weaken(headers)
         self.headers = headers
         self.length = UNKNOWN_LENGTH
 
