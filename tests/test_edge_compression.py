@@ -66,6 +66,7 @@ class _Ctx:
         class R:
             requestHeaders = Headers({b"accept-encoding": [accept]} if accept else {})
         self.request = R()
+        self.method = b"GET"
 
 
 class _Collect:

@@ -169,12 +169,12 @@ class CompressingForwarder:
             if chooseEncoding(context.request.requestHeaders.getRawHeaders(b"accept-encoding"), self.encodings):
                 _weaken(response.headers)
             return exchange
-        if not self.compressible(response):
+        if not self.compressible(response, context.method == b"HEAD"):
             return exchange
         coding = chooseEncoding(context.request.requestHeaders.getRawHeaders(b"accept-encoding"), self.encodings)
         return _Exchange(exchange, _Compressed(response, coding, self.config.level))
 
-    def compressible(self, response: IResponse) -> bool:
+    def compressible(self, response: IResponse, head: bool = False) -> bool:
         code = response.code
         if code < 200 or code in _NEVER:
             return False
@@ -185,6 +185,9 @@ class CompressingForwarder:
         if h.hasHeader(b"content-range") or _noTransform(h.getRawHeaders(b"cache-control")):
             return False
         length = response.length
+        if head:  # no body came: the Content-Length says what a GET would get, so HEAD and GET agree
+            declared = h.getRawHeaders(b"content-length")
+            length = int(declared[0]) if declared and declared[0].isdigit() else UNKNOWN_LENGTH
         if length is not UNKNOWN_LENGTH and length < self.config.min_bytes:
             return False
         ct = h.getRawHeaders(b"content-type")

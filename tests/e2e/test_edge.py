@@ -291,6 +291,10 @@ class CompressionE2ETests(SynchronousTestCase):
         self.assertEqual(encoded.header("Content-Encoding"), "gzip")
         self.assertEqual(gzip.decompress(encoded.body), b"compressed hello\n")
 
+    def test_headAgreesWithGet(self) -> None:
+        resp = get("/doc?bytes=4096", {"Accept-Encoding": "br"}, method="HEAD")
+        self.assertEqual((resp.status, resp.header("Content-Encoding"), resp.body), (200, "br", b""))
+
     def test_etagMadeWeak(self) -> None:
         resp = self.fetch('/doc?bytes=4096&etag="v1"', "gzip")
         self.assertEqual(resp.header("ETag"), 'W/"v1"')
