@@ -216,6 +216,12 @@ class ForwardedE2ETests(SynchronousTestCase):
                          ['for="[2001:db8::1]:4711";proto=https, for=127.0.0.1;host="h.test:81";proto=http'])
         self.assertEqual(headerOf(data, "X-Forwarded-For"), ["127.0.0.1"])
 
+    def test_xForwardedForHopsBecomeForwardedElements(self) -> None:
+        """A trusted proxy that only sends X-Forwarded-For: its hops reach the backend as for= elements too."""
+        data = echoed(get("/anything", {"X-Forwarded-For": "6.6.6.6, [2001:db8::3]:443"}))
+        # The walk stops at the first untrusted hop (the client); 6.6.6.6 is its claim, dropped.
+        self.assertEqual(headerOf(data, "Forwarded"), ['for="[2001:db8::3]", for=127.0.0.1;host=h.test;proto=http'])
+
     def test_forwardedOnly(self) -> None:
         """forwarded: no X-Forwarded-* upstream; the client is read from the trusted proxy's Forwarded."""
         gw = forwardedOnly()

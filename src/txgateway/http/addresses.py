@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["AddressSet", "ForwardedFor", "bareIP", "forwardedElement", "forwardedNodes", "forwardedValue",
+__all__ = ["AddressSet", "ForwardedFor", "bareIP", "forwardedElement", "forwardedNode", "forwardedNodes", "forwardedValue",
            "splitForwarded"]
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from txgateway.http.addresses import AddressSet, ForwardedFor, bareIP, forwardedElement, splitForwarded
+from txgateway.http.addresses import (
+    AddressSet,
+    ForwardedFor,
+    bareIP,
+    forwardedElement,
+    forwardedNode,
+    splitForwarded,
+)
 from txgateway.http.headers import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
@@ -133,6 +140,11 @@ class Messages:
             while i > 0 and bareIP(elements[i][1].get("for", "unknown")) in trusted:
                 i -= 1
             prior = [e for e, _ in elements[max(i, 0):]]
+            if not prior:
+                # A proxy in front that only speaks X-Forwarded-For: its hops
+                # become for= elements, so the backend still learns the client.
+                hops = self.forwardedFor.hops(raw.get(H_XFF)) or ()
+                prior = [b"for=" + forwardedNode(bareIP(h)).encode("latin-1") for h in hops]
         host = clientHost[0].decode("latin-1") if clientHost else None
         mine = forwardedElement(context.peerIP, host, "https" if context.request.isSecure() else "http")
         return b", ".join([*prior, mine])
