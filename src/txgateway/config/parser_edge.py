@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_edge_config -*-
+# -*- test-case-name: tests.test_edge_answers -*-
 """
 Parsing a route's edge keys: the C{path_regex} / C{query} / C{client_ip} matchers,
 C{redirect}, C{respond}, C{rewrite_regex} and C{compress} (issue #28).
