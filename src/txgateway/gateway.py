@@ -232,7 +232,8 @@ def _logRouting(context: RequestContext, runtime: Runtime, match: Match) -> None
         why = "method not allowed; routes for this path take " + ", ".join(sorted(m.decode() for m in match.allowed))
     else:
         reasons = [f"{r.name}: {reason}" for r, reason in
-                   runtime.routes.explain(request.method, context.host, context.path, request.requestHeaders)]
+                   runtime.routes.explain(request.method, context.host, context.path, request.requestHeaders,
+                                          context.query, context.clientIP)]
         why = "no route matches (" + ("; ".join(reasons[:20]) or "no routes configured") + \
             (f"; and {len(reasons) - 20} more" if len(reasons) > 20 else "") + ")"
     _debug(context, "no route: {why}", why=why)

@@ -76,7 +76,7 @@ def _urlValue(name: str, value: str) -> str:
     if name == "path":
         return "/" + quote(value.lstrip("/\\"), safe=_PATH_SAFE)
     if name in ("query", "request_uri"):
-        return quote(value, safe=_QUERY_SAFE if name == "query" else _QUERY_SAFE)
+        return quote(value, safe=_QUERY_SAFE)
     return quote(value, safe="")
 
 
