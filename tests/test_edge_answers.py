@@ -75,6 +75,7 @@ class TemplateTests(SynchronousTestCase):
         t = Template("{path}?{query}", "url")
         self.assertEqual(t.render({"path": '//evil.com/"<a b>\r\n', "query": "a=1&b=\"x\"\r"}),
                          "/evil.com/%22%3Ca%20b%3E%0D%0A?a=1&b=%22x%22%0D")
+        self.assertEqual(Template("{request_uri}", "url").render({"request_uri": "/\\/evil.com?x=<"}), "/evil.com?x=%3C")
 
     def test_hostile_hosts(self) -> None:
         for bad in ("evil.com/x", 'a"b', "a b", "a\r\nb", "a@b", "-x.com", "x.com:99999999"):

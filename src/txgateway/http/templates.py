@@ -75,7 +75,9 @@ def _urlValue(name: str, value: str) -> str:
         return safeHost(value.lower())
     if name == "path":
         return "/" + quote(value.lstrip("/\\"), safe=_PATH_SAFE)
-    if name in ("query", "request_uri"):
+    if name == "request_uri":
+        return "/" + quote(value.lstrip("/\\"), safe=_QUERY_SAFE)
+    if name == "query":
         return quote(value, safe=_QUERY_SAFE)
     return quote(value, safe="")
 
