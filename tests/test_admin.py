@@ -279,3 +279,31 @@ class QuantileTests(SynchronousTestCase):
         h.buckets = [0, 0, 0, 0, 10] + [10] * (len(h.buckets) - 5)
         self.assertAlmostEqual(h.quantile(0.5), 0.0175)  # type: ignore[arg-type]
         self.assertIsNone(LatencyHistogram().quantile(0.5))
+
+
+class TimelineAPITests(SynchronousTestCase):
+    def test_timelineServesTheLastSecondsAndOpenMetricsOnAsk(self) -> None:
+        """/api/timeline has a point a second once the service runs; /metrics speaks OpenMetrics when asked."""
+        gw = InMemoryGateway(configText() + ADMIN)
+        timeline = gw.service.timeline
+        self.assertIsNotNone(timeline)
+        timeline.startService()
+        self.addCleanup(timeline.stopService)
+        admin = AdminClient(self, gw)
+        gw.request("GET", "/t")
+        gw.clock.advance(1)
+        doc = admin.json("/api/timeline")
+        self.assertEqual(len(doc["t"]), 1)
+        self.assertEqual(doc["series"]["route:all"]["rps"], [1.0])
+        gw.clock.advance(1)
+        later = admin.json(f"/api/timeline?since={doc['t'][-1]}")
+        self.assertEqual(len(later["t"]), 1)
+        response, _ = admin.call("GET", "/api/timeline?since=x")
+        self.assertEqual(response.code, 400)
+        response, body = admin.call("GET", "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+        self.assertIn(b"openmetrics", response.headers.getRawHeaders(b"content-type")[0])
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
+    def test_noTimelineWithoutAdmin(self) -> None:
+        """A gateway without an admin listener keeps no timeline."""
+        self.assertIsNone(InMemoryGateway().service.timeline)

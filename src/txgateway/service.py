@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -32,6 +32,8 @@ from txgateway.http.sending import WriteBatcher
 from txgateway.http.site import GatewaySite
 from txgateway.listening import Listener, StartupError, bindProblem, boundAddress, listenBacklog, withBacklog
 from txgateway.observe import Metrics
+from txgateway.observe.otlp import buildTracing
+from txgateway.observe.timeline import Timeline
 from txgateway.reloading import ConfigWatcher
 
 __all__ = ["EXIT_DRAIN_CUT", "EXIT_STARTUP_FAILED", "GatewayService"]
@@ -74,6 +76,13 @@ class GatewayService(MultiService):
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
+        # Tracing and the status page's timeline (issue #27): built only when configured.
+        self.gateway.state.tracer, exporter = buildTracing(config.tracing, reactor, self.clock, self.gateway.state.ids,
+                                                           self.metrics, workerId)
+        self.timeline = Timeline(self.metrics, self.clock) if config.admin is not None else None
+        self._observers = [s for s in (exporter, self.timeline) if s is not None]
+        for s in self._observers:
+            s.setServiceParent(self)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
@@ -249,6 +258,7 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
+            waits.extend(maybeDeferred(s.stopService) for s in self._observers)  # spans still queued are sent
             if self.adminListener is not None:  # last: the status page shows the drain
                 waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():
@@ -316,6 +326,7 @@ class GatewayService(MultiService):
                                ("admin.listen", pa.listen if pa else None, na.listen if na else None),
                                ("server.workers", previous.config.server.workers, config.server.workers),
                                ("logging settings", previous.config.logging, config.logging),
+                               ("tracing", previous.config.tracing, config.tracing),
                                ("stores.redis", previous.config.stores.redis, config.stores.redis)):
             if old != new and (what != "stores.redis" or hadRedis):
                 log.warn("{what} changed; a restart is needed for that to take effect", what=what)

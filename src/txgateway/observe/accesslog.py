@@ -69,6 +69,8 @@ class AccessLog:
             "targets_tried": context.targetsTried or None,
             "status": context.status,
             "duration_ms": round(duration * 1000, 3),
+            "request_processing_ms": _processingMs(context.forwarded, context.started),
+            "response_processing_ms": _processingMs(context.answered, context.started + duration, True),
             "bytes_in": _bytesIn(context),
             "bytes_out": context.bytesOut,
             "cache": context.cacheStatus,
@@ -155,6 +157,8 @@ class AccessLog:
             f'"target":{"null" if target is None else get(target) or self._encode(target)},'
             f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
             f'"duration_ms":{durationJson},'
+            f'"request_processing_ms":{_processingJson(c.forwarded, c.started)},'
+            f'"response_processing_ms":{_processingJson(c.answered, c.started + duration, True)},'
             f'"bytes_in":{_bytesIn(c)!r},"bytes_out":{c.bytesOut!r},'
             f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
             f'"identity":{"null" if identity is None else enc(identity)},'
@@ -193,6 +197,23 @@ class AccessLog:
 
 
 _encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
+
+
+def _processingMs(mark: float, other: float, reverse: bool = False) -> float | None:
+    """
+    Milliseconds between a mark of a forwarded request and C{other}:
+    request read -> forwarded (C{mark} the forward), upstream answer ->
+    last byte to the client (C{mark} the answer, C{reverse}).  None when the
+    request never got that far (the mark still -1.0: a local answer, a cache hit).
+    """
+    if mark < 0:
+        return None
+    return round(max(other - mark if reverse else mark - other, 0.0) * 1000, 3)
+
+
+def _processingJson(mark: float, other: float, reverse: bool = False) -> str:
+    ms = _processingMs(mark, other, reverse)
+    return "null" if ms is None else repr(ms)
 
 
 def _bytesIn(context: RequestContext) -> int:
