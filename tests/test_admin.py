@@ -10,14 +10,13 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import TARGETS, BrokenBreaker, InMemoryGateway, configText
 from txgateway.admin.api import AdminResource
 from txgateway.admin.page import renderBody
 from txgateway.admin.rates import LatencyHistogram
 from txgateway.config import ConfigError, parseConfig
 from txgateway.observe import Metrics
 from txgateway.service import GatewayService
-
-from .test_observe import TARGETS, BrokenBreaker, InMemoryGateway, configText
 
 ADMIN = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
 
@@ -151,9 +150,8 @@ class StatusTests(SynchronousTestCase):
 class ReloadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.configs = [configText()]
-        self.gw = InMemoryGateway()
+        self.gw = InMemoryGateway(loadConfig=lambda path: parseConfig(self.configs[-1]))
         self.gw.service.configPath = "gw.yaml"
-        self.gw.service._loadConfig = lambda path: parseConfig(self.configs[-1])
         self.admin = AdminClient(self, self.gw)
 
     def test_reloadSwapsConfigAndIsListed(self) -> None:
@@ -262,9 +260,9 @@ class ConfigAndWiringTests(SynchronousTestCase):
 
     def test_tokenRotatesOnReload(self) -> None:
         """A reloaded admin.token replaces the old one at once."""
-        gw = InMemoryGateway(configText() + ADMIN + "  token: one\n")
+        gw = InMemoryGateway(configText() + ADMIN + "  token: one\n",
+                             loadConfig=lambda path: parseConfig(configText() + ADMIN + "  token: two\n"))
         gw.service.configPath = "gw.yaml"
-        gw.service._loadConfig = lambda path: parseConfig(configText() + ADMIN + "  token: two\n")
         self.assertEqual(gw.service.adminSite.resource.token(), "one")
         self.assertEqual(gw.service.reload(), [])
         self.assertEqual(gw.service.adminSite.resource.token(), "two")

@@ -13,9 +13,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_observe import InMemoryGateway, configText
+from tests.support import InMemoryGateway, configText
 from txgateway.config import parseConfig
 from txgateway.observe.metrics import Metrics
 from txgateway.observe.otlp import OTLPExporter, encodeSpans
@@ -159,16 +160,13 @@ class ExemplarAndSLITests(SynchronousTestCase):
         """A forwarded request counts in both processing histograms; the access log has both durations."""
         gw = InMemoryGateway()
         gw.service.accessLog.enabled = True
-        lines: list[str] = []
-        gw.service.accessLog._file = type("F", (), {"write": lambda self, s: lines.append(s),  # noqa: ARG005
-                                                    "flush": lambda self: None})()
-        gw.service.accessLog._jsonFile = True
-        gw.send("GET", "/t?delay=0.25")
-        gw.clock.advance(0.25)
-        gw.agent.flush()
+        with capturedLogs() as events:
+            gw.send("GET", "/t?delay=0.25")
+            gw.clock.advance(0.25)
+            gw.agent.flush()
+        [entry] = [e["access"] for e in events if e.get("log_namespace") == "txgateway.access"]
         self.assertEqual(gw.value("txgateway_request_processing_seconds_count", route="all"), 1)
         self.assertEqual(gw.value("txgateway_response_processing_seconds_count", route="all"), 1)
-        entry = json.loads(lines[-1])
         self.assertEqual(entry["request_processing_ms"], 0.0)
         self.assertIsNotNone(entry["response_processing_ms"])
         self.assertEqual(entry["duration_ms"], 250.0)

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from txgateway import probing, stores
-from txgateway.building import Gateway, accessLogFor, buildRuntime, needsRedis
+from txgateway.building import ClientFactory, Gateway, accessLogFor, buildRuntime, needsRedis
 from txgateway.config import ConfigError, GatewayConfig, loadConfig
 from txgateway.context import RequestContext
 from txgateway.gateway import GatewayRoot, Runtime
@@ -56,7 +56,14 @@ class GatewayService(MultiService):
                  configPath: str | None = None,
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
                  loadConfig: Callable[[str], GatewayConfig] = loadConfig,
-                 listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None) -> None:
+                 listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None,
+                 clients: ClientFactory | None = None) -> None:
+        """
+        @param loadConfig: how a reload reads C{configPath}.
+        @param clients: makes each upstream's client (see
+            L{txgateway.building.buildRuntime}); by default the pooled
+            HTTP/1.1 client.  Tests pass in-memory ones.
+        """
         super().__init__()
         self.workerId = workerId
         self.reactor = reactor
@@ -65,6 +72,7 @@ class GatewayService(MultiService):
         self.metrics = metrics if metrics is not None else Metrics()
         self.rng = rng or _random.Random()
         self._loadConfig = loadConfig
+        self._clients = clients
         self.redis = stores.makeRedis(config.stores, reactor) if needsRedis(config) else None
         self.shared: dict[str, Any] = {}
         self.accessLog = accessLogFor(config, self.clock)
@@ -148,7 +156,7 @@ class GatewayService(MultiService):
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
                             previous=previous, rng=self.rng, accessLog=self.accessLog, redis=self.redis,
-                            shared=self.shared, writes=self.writes)
+                            shared=self.shared, writes=self.writes, clients=self._clients)
 
     def _syncHealthCheckers(self, previous: Runtime | None) -> None:
         """Start checkers for new or changed upstreams, stop those of removed ones."""

@@ -19,8 +19,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import Backend, GatewayProcess, request, simpleConfig, waitFor
-from tests.e2e.test_observability import adminBlock, chromium
+from tests.e2e.harness import Backend, GatewayProcess, adminBlock, chromium, request, simpleConfig, waitFor
 
 
 class StatusChartsTests(SynchronousTestCase):

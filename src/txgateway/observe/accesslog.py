@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from txgateway.observe.metrics import KNOWN_METHODS
@@ -14,10 +15,9 @@ from txgateway.observe.timestamps import MILLIS, isoSecond, isoTime
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
+    from twisted.logger import Logger
 
     from txgateway.context import RequestContext
-
-_now = time.time  # the access log's clock, one name for a test to pin
 
 
 class AccessLog:
@@ -31,11 +31,18 @@ class AccessLog:
     """
 
     def __init__(self, enabled: bool, outFile: IO[str] | None = None, format: str = "json",
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, *, logger: Logger | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        """
+        @param logger: where lines go without C{outFile} (a test passes one
+            with its own observer); by default C{Logger("txgateway.access")}.
+        @param now: the wall clock that stamps each line (a test pins it).
+        """
         from twisted.logger import Logger
 
         self.enabled = enabled
-        self._log = Logger(namespace="txgateway.access")
+        self._log = logger if logger is not None else Logger(namespace="txgateway.access")
+        self._now = now
         self._file = outFile
         # With a clock, lines written to a buffered file are flushed once per
         # reactor turn instead of once per line: every request that ends in
@@ -56,7 +63,7 @@ class AccessLog:
     def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
         route = context.route
         return {
-            "time": isoTime(_now()),
+            "time": isoTime(self._now()),
             "request_id": context.requestId,
             "client": context.clientIP,
             "method": context.method.decode("latin-1"),
@@ -112,7 +119,7 @@ class AccessLog:
         A test holds the two to the same bytes.
         """
         c = context
-        t = _now()
+        t = self._now()
         second = int(t)
         if second != self._second:
             self._second = second
