@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import time
 
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from txgateway.config import parseConfig
 from txgateway.http.patterns import MAX_SUBJECT, PatternError, compilePattern
 from txgateway.routing import RouteTable, compileRoutes
 
-from .test_routing import configWith
-
 
 def table(routes: str) -> RouteTable:
-    return RouteTable(compileRoutes(configWith(routes).routes))
+    """The route table of the given YAML list of routes, each sent to upstream C{u}."""
+    doc = {"upstreams": {"u": {"targets": ["http://127.0.0.1:9"]}},
+           "routes": [{**r, "upstream": "u"} for r in yaml.safe_load(routes)]}
+    return RouteTable(compileRoutes(parseConfig(yaml.safe_dump(doc)).routes))
 
 
 def winner(t: RouteTable, path: str, query: bytes | None = None, client: str = "192.0.2.1", method: bytes = b"GET") -> str | None:
