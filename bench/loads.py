@@ -30,9 +30,11 @@ _AVG = re.compile(r"^\s+Latency\s+([\d.]+)(us|ms|s)", re.M)
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 def wrkRun(wrk: str, url: str, connections: int, duration: int, threads: int = 2,
-           cpu: str | None = LOAD_CPU) -> dict[str, Any]:
+           cpu: str | None = LOAD_CPU, headers: tuple[str, ...] = ()) -> dict[str, Any]:
     threads = max(1, min(threads, connections))
     cmd = [wrk, "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s"]
+    for h in headers:
+        cmd += ["-H", h]
     cmd.append(url)
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
@@ -72,17 +74,17 @@ class Sampler(threading.Thread):
 
 
 def measure(wrk: str, proxy: Proc, url: str, connections: int, duration: int,
-            loadCPU: str | None = LOAD_CPU, warmup: int = 2) -> dict[str, Any]:
+            loadCPU: str | None = LOAD_CPU, warmup: int = 2, headers: tuple[str, ...] = ()) -> dict[str, Any]:
     start = rss(proxy.pids())
     # Warm up: connections pooled, code paths hot.
-    wrkRun(wrk, url, min(connections, 50), warmup, cpu=loadCPU)
+    wrkRun(wrk, url, min(connections, 50), warmup, cpu=loadCPU, headers=headers)
     pids = proxy.pids()
     idle = rss(pids)
     cpu0 = cpuSeconds(pids)
     sampler = Sampler(proxy)
     sampler.start()
     try:
-        result = wrkRun(wrk, url, connections, duration, cpu=loadCPU)
+        result = wrkRun(wrk, url, connections, duration, cpu=loadCPU, headers=headers)
     finally:
         sampler.halt.set()
         sampler.join()
@@ -111,7 +113,7 @@ def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def alternate(wrk: str, sides: dict[str, tuple[Proc, str]], connections: int, duration: int, repeat: int,
-              loadCPU: str | None = LOAD_CPU) -> dict[str, dict[str, Any]]:
+              loadCPU: str | None = LOAD_CPU, headers: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """
     Measure every side C{repeat} times, alternating (a b c, c b a, ...), and
     keep the medians: a machine that gets busier for a minute then weighs on
@@ -122,7 +124,8 @@ def alternate(wrk: str, sides: dict[str, tuple[Proc, str]], connections: int, du
     for i in range(repeat):
         for name in (order if i % 2 == 0 else order[::-1]):
             proc, url = sides[name]
-            runs[name].append(measure(wrk, proc, url, connections, duration, loadCPU, warmup=2 if i == 0 else 1))
+            runs[name].append(measure(wrk, proc, url, connections, duration, loadCPU, warmup=2 if i == 0 else 1,
+                                      headers=headers))
     return {name: median(rs) for name, rs in runs.items()}
 
 

@@ -22,6 +22,9 @@ Cases:
               limit per route that never triggers, metrics, access log to a
               file, request ids, info-level logging)
   64k         the same with 64 KiB responses
+  gzip64k     a 64 KiB JSON response, clients sending Accept-Encoding: gzip:
+              txgateway and nginx each without and with gzip (level 5, both):
+              the CPU per request compression adds, side by side
   conns1000   tiny responses, 1,000 connections
   latency     one connection, one request at a time: the latency each side
               adds to the origin's own
@@ -81,7 +84,8 @@ def ratios(side: dict[str, Any], base: dict[str, Any] | None) -> dict[str, float
 
 
 def proxyCase(wrk: str, name: str, size: int, delay: float, routes: int, connections: int, duration: int,
-              repeat: int, sides: list[str], strace: int = 0) -> dict[str, Any]:
+              repeat: int, sides: list[str], strace: int = 0, json: bool = False,
+              headers: tuple[str, ...] = ()) -> dict[str, Any]:
     """
     Every side in C{sides} started in front of the same origins, pinned to
     the same core (only the one under load uses it), measured alternately;
@@ -92,12 +96,14 @@ def proxyCase(wrk: str, name: str, size: int, delay: float, routes: int, connect
     tmp = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
     procs: dict[str, Proc] = {}
     try:
-        with origins(size, delay) as targets:
+        with origins(size, delay, json=json) as targets:
             try:
                 for side in sides:
                     procs[side] = startSide(side, tmp, targets, size, delay, routes)
+                if headers:
+                    out["bytes_sent"] = {side: sentBytes(p.url + PATH, headers) for side, p in procs.items()}
                 results = alternate(wrk, {side: (p, p.url + PATH) for side, p in procs.items()},
-                                    connections, duration, repeat)
+                                    connections, duration, repeat, headers=headers)
                 if strace:
                     requests = max(strace, 10 * connections)
                     for side, p in procs.items():
@@ -117,6 +123,28 @@ def proxyCase(wrk: str, name: str, size: int, delay: float, routes: int, connect
         out["added_vs_origin_ms"] = {side: {"p50": round(r["p50_ms"] - origin["p50_ms"], 3),
                                             "avg": round((r["avg_ms"] or 0) - (origin["avg_ms"] or 0), 3)}
                                      for side, r in results.items()}
+    return out
+
+
+def sentBytes(url: str, headers: tuple[str, ...]) -> int:
+    """The body size one response has on the wire with these request headers (compressed or not)."""
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - 127.0.0.1 only
+        return len(response.read())
+
+
+def compressionCase(wrk: str, connections: int, duration: int, repeat: int, sides: list[str]) -> dict[str, Any]:
+    """txgateway and nginx, each without and with gzip, on one 64 KiB JSON response."""
+    chosen = [s for s in ("txgateway", "txgateway-gzip", "nginx", "nginx-gzip")
+              if s.removesuffix("-gzip") in sides]
+    out = proxyCase(wrk, "64 KiB JSON, gzip", 65536, 0.0, 20, connections, duration, repeat, chosen, json=True,
+                    headers=("Accept-Encoding: gzip",))
+    r = out["sides"]
+    out["compression_cost_us_per_request"] = {
+        base: round(r[base + "-gzip"]["cpu_us_per_request"] - r[base]["cpu_us_per_request"], 1)
+        for base in ("txgateway", "nginx") if base in r and base + "-gzip" in r}
     return out
 
 
@@ -219,6 +247,11 @@ def table(report: dict[str, Any]) -> str:
                 top = ", ".join(f"{name} {n:g}" for name, n in s["top"].items())
                 lines.append(f"syscalls {c['case']}, {side}: {s['per_request']:g}/request over {s['requests']} "
                              f"requests ({top})")
+        if "compression_cost_us_per_request" in c:
+            cost = ", ".join(f"{side} +{us:g} µs" for side, us in c["compression_cost_us_per_request"].items())
+            sizes = ", ".join(f"{side} {n} B" for side, n in c.get("bytes_sent", {}).items())
+            lines.append(f"gzip (level 5) on a 64 KiB JSON response, CPU per request added: {cost}; "
+                         f"bytes on the wire: {sizes}")
         if c["case"] == "cold start":
             lines.append(f"\ncold start (launch to first proxied 200): median {c['median_s']} s of {c['seconds']}")
         if c["case"] == "workers":
@@ -227,7 +260,7 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-CASES = ("tiny", "64k", "conns1000", "latency", "routes1000", "slow", "coldstart", "workers")
+CASES = ("tiny", "64k", "gzip64k", "conns1000", "latency", "routes1000", "slow", "coldstart", "workers")
 SHORT = ("tiny", "64k", "conns1000", "latency")
 # Cases about txgateway's own scaling compare it with the two Python proxies only.
 TXGATEWAY_CASES = ("reference", "aiohttp", "txgateway")
@@ -269,6 +302,7 @@ def main() -> int:
     runs = {
         "tiny": lambda: proxyCase(wrk, "tiny", 13, 0.0, 20, c, d, n, sides, strace),
         "64k": lambda: proxyCase(wrk, "64 KiB", 65536, 0.0, 20, c, d, n, sides, strace),
+        "gzip64k": lambda: compressionCase(wrk, c, d, n, sides),
         "conns1000": lambda: proxyCase(wrk, "1000 conns", 13, 0.0, 20, 1000, d, n, sides, strace),
         "latency": lambda: proxyCase(wrk, "1 conn", 13, 0.0, 20, 1, d, n, sides),
         "routes1000": lambda: proxyCase(wrk, "tiny, 1000 routes", 13, 0.0, 1000, c, d, n, few),

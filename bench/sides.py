@@ -29,14 +29,14 @@ SIDES = ("origin", "txgateway", "reference", "aiohttp", "nginx", "haproxy")
 
 
 @contextmanager
-def origins(size: int, delay: float, cpu: str | None = LOAD_CPU) -> Iterator[list[str]]:
-    """Three bench origins; yields their URLs."""
+def origins(size: int, delay: float, cpu: str | None = LOAD_CPU, json: bool = False) -> Iterator[list[str]]:
+    """Three bench origins (answering JSON if C{json}); yields their URLs."""
     procs = []
     try:
         ports = [freePort() for _ in range(3)]
         for p in ports:
             procs.append(Proc([sys.executable, str(HERE / "backend.py"), str(p), "--size", str(size),
-                               "--delay", str(delay)], cpu=cpu))
+                               "--delay", str(delay), *(["--json"] if json else [])], cpu=cpu))
         for p, proc in zip(ports, procs, strict=True):
             waitFor200(p, "/", proc)
         yield [f"http://127.0.0.1:{p}" for p in ports]
@@ -56,7 +56,8 @@ class Origin(Proc):
         self.coldStart = waitFor200(self.port, PATH, self)
 
 
-def gatewayConfig(port: int, targets: list[str], routes: int, logFile: Path, workers: int = 1) -> str:
+def gatewayConfig(port: int, targets: list[str], routes: int, logFile: Path, workers: int = 1,
+                  compress: bool = False) -> str:
     """The realistic config: every feature the issue names, none of them triggering."""
     lines = [
         "server:",
@@ -80,6 +81,9 @@ def gatewayConfig(port: int, targets: list[str], routes: int, logFile: Path, wor
                   "    rate_limit: {rate: 1000000/s, burst: 1000000}"]
     lines += ["  - name: default", "    match: {path_prefix: /}", "    upstream: app",
               "    rate_limit: {rate: 1000000/s, burst: 1000000}"]
+    if compress:  # gzip only, at its default level (5), as nginx is set up in the same case
+        lines = [x + "\n    compress: {encodings: [gzip], types: [application/json]}" if x.startswith("    upstream:")
+                 else x for x in lines]
     return "\n".join(lines) + "\n"
 
 
@@ -87,12 +91,12 @@ class Gateway(Proc):
     """txgateway under twistd with the realistic config, in its own temp directory."""
 
     def __init__(self, tmp: Path, targets: list[str], routes: int, workers: int = 1,
-                 cpu: str | None = PROXY_CPU, tree: Path = REPO) -> None:
+                 cpu: str | None = PROXY_CPU, tree: Path = REPO, compress: bool = False) -> None:
         self.port = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "gw.yaml"
         self.workers = workers
-        config.write_text(gatewayConfig(self.port, targets, routes, tmp / "access.log", workers))
+        config.write_text(gatewayConfig(self.port, targets, routes, tmp / "access.log", workers, compress))
         super().__init__([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null", "txgateway",
                           "--config", str(config)], cpu=cpu, cwd=tmp, tree=tree)
         self.coldStart = waitFor200(self.port, PATH, self)
@@ -118,7 +122,17 @@ def _hostPorts(targets: list[str]) -> list[str]:
     return [t.removeprefix("http://").rstrip("/") for t in targets]
 
 
-def nginxConfig(tmp: Path, port: int, targets: list[str]) -> str:
+# nginx's gzip as one would switch it on for a JSON API, at the level txgateway's gzip uses.
+NGINX_GZIP = """\
+  gzip on;
+  gzip_comp_level 5;
+  gzip_min_length 1024;
+  gzip_proxied any;
+  gzip_types application/json;
+"""
+
+
+def nginxConfig(tmp: Path, port: int, targets: list[str], gzip: bool = False) -> str:
     """One worker; 64 KiB responses fit its buffers (nothing goes through a temp file)."""
     servers = "".join(f"    server {t};\n" for t in _hostPorts(targets))
     temps = "".join(f"  {kind}_temp_path {tmp / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
@@ -135,6 +149,7 @@ events {{
 }}
 http {{
   access_log off;
+{NGINX_GZIP if gzip else ""}\
 {temps}\
   keepalive_requests 1000000;
   keepalive_timeout 75s;
@@ -161,14 +176,14 @@ http {{
 
 
 class Nginx(Proc):
-    def __init__(self, tmp: Path, targets: list[str], cpu: str | None = PROXY_CPU) -> None:
+    def __init__(self, tmp: Path, targets: list[str], cpu: str | None = PROXY_CPU, gzip: bool = False) -> None:
         self.port = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
-        here = tmp / "nginx"
+        here = tmp / ("nginx-gzip" if gzip else "nginx")
         here.mkdir()
         for d in (tmp, here):
             d.chmod(0o755)  # the worker runs as nobody and may need its temp paths
-        (here / "nginx.conf").write_text(nginxConfig(here, self.port, targets))
+        (here / "nginx.conf").write_text(nginxConfig(here, self.port, targets, gzip))
         binary = ensureDebian("nginx", ["nginx-light", "nginx"])
         super().__init__([binary, "-p", f"{here}/", "-c", str(here / "nginx.conf"), "-e", str(here / "error.log")],
                          cpu=cpu, cwd=here, errlog=here / "stderr.log")
@@ -237,6 +252,12 @@ def startSide(name: str, tmp: Path, targets: list[str], size: int, delay: float,
         return AiohttpProxy(targets)
     if name == "nginx":
         return Nginx(tmp, targets)
+    if name == "nginx-gzip":
+        return Nginx(tmp, targets, gzip=True)
+    if name == "txgateway-gzip":
+        gwTmp = tmp / "txgateway-gzip"
+        gwTmp.mkdir()
+        return Gateway(gwTmp, targets, routes, compress=True)
     if name == "haproxy":
         return Haproxy(tmp, targets)
     raise ValueError(name)

@@ -76,7 +76,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
                 shared=shared if shared is not None else {})
     for r in routes:
-        r.cluster = clusters[r.upstreamName]
+        r.cluster = clusters.get(r.upstreamName)  # None for a route that answers itself (redirect / respond)
         r.chain = buildChain(r, deps)
     # Decided here, once per config: the request path never asks the log level.
     forwarder = Forwarder(reactor, clock, config.server, metrics, debug=config.logging.level == "debug")

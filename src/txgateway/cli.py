@@ -100,9 +100,10 @@ def explain(config: GatewayConfig, url: str, method: str, headers: Sequence[str]
         return 0
     table = RouteTable(compileRoutes(config.routes))
     out.write("\nroutes, most specific first:\n")
-    for route, why in table.explain(m, host, path, h):
+    rawQuery = parts.query.encode("latin-1") if parts.query else None  # for match.query (client_ip sees no client)
+    for route, why in table.explain(m, host, path, h, rawQuery):
         out.write(f"  {route.name:<16} {route.describe():<50} {why}\n")
-    match = table.match(m, host, path, h)
+    match = table.match(m, host, path, h, rawQuery)
     if match.route is None:
         if match.allowed:
             allow = ", ".join(sorted(x.decode() for x in match.allowed))

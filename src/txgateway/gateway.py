@@ -25,13 +25,16 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from txgateway.answers import answerFor
+from txgateway.compression import CompressingForwarder
 from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
 from txgateway.endpoints import OwnEndpoint, healthReport
 from txgateway.forwarding import BODY_RESET, ClusterForwarder, forward
 from txgateway.http.addresses import AddressSet
-from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_VIA, fields
+from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
-from txgateway.observe import IdSource, parentSpanId, parseTraceparent, requestBodySize
+from txgateway.observe import IdSource, parentSpanId, requestBodySize
+from txgateway.observe.ids import continueTrace
 from txgateway.protection.build import protect
 
 if TYPE_CHECKING:
@@ -115,7 +118,7 @@ class Runtime:
         ff = self.forwardedFor
         if not ff.trusted or peer not in ff.trusted:
             return peer
-        return ff.clientIP(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
+        return ff.clientIPOf(peer, request.requestHeaders, self.messages.forwardedMode)
 
     def healthReport(self) -> tuple[int, dict[str, Any]]:
         """C{(status code, report)} of C{/health}: see L{txgateway.endpoints.healthReport}."""
@@ -158,7 +161,7 @@ class GatewayRoot(Resource):
             whenDone(_requestDone, context, runtime, state)
         else:  # a plain twisted.web Request (tests, embedding)
             request.notifyFinish().addBoth(_requestDone, context, runtime, state)
-        _trace(context, raw, state.ids)
+        continueTrace(context, raw, state.ids)
         tracer = state.tracer
         if tracer is not None:
             parent = raw.get(H_TRACEPARENT)
@@ -197,7 +200,8 @@ class GatewayRoot(Resource):
                        client=context.clientIP)
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
-        match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
+        match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders,
+                                     context.query, context.clientIP)
         route = match.route
         if runtime.debug:
             _logRouting(context, runtime, match)
@@ -237,7 +241,8 @@ def _logRouting(context: RequestContext, runtime: Runtime, match: Match) -> None
         why = "method not allowed; routes for this path take " + ", ".join(sorted(m.decode() for m in match.allowed))
     else:
         reasons = [f"{r.name}: {reason}" for r, reason in
-                   runtime.routes.explain(request.method, context.host, context.path, request.requestHeaders)]
+                   runtime.routes.explain(request.method, context.host, context.path, request.requestHeaders,
+                                          context.query, context.clientIP)]
         why = "no route matches (" + ("; ".join(reasons[:20]) or "no routes configured") + \
             (f"; and {len(reasons) - 20} more" if len(reasons) > 20 else "") + ")"
     _debug(context, "no route: {why}", why=why)
@@ -265,23 +270,6 @@ def _peerIP(request: Any) -> str:
     addr = request.getClientAddress()
     host = getattr(addr, "host", None)
     return host if isinstance(host, str) else "0.0.0.0"
-
-
-def _trace(context: RequestContext, raw: dict[bytes, list[bytes]], ids: IdSource) -> None:
-    """W3C trace context: continue the caller's trace, with this hop as the new parent span."""
-    parent = raw.get(H_TRACEPARENT)
-    parsed = parseTraceparent(parent[0]) if parent else None
-    state = raw.get(H_TRACESTATE)
-    if parsed is None:
-        context.traceId = ids.traceId()
-        # W3C: vendor state belongs to the trace it came with; a new trace
-        # must not carry the old one's.
-        if state:
-            context.removeHeaders.append(b"tracestate")
-    else:
-        context.traceId, context.traceFlags = parsed
-        context.tracestate = state[0] if state else None
-    context.spanId = ids.spanId()
 
 
 def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: GatewayState) -> None:
@@ -346,11 +334,15 @@ class RouteResource(Resource):
         self.runtime = runtime
         # The route's way upstream: the attempt loop on its cluster, wrapped
         # by the route's cache when it has one.
-        upstream: IForwarder = ClusterForwarder(runtime.forwarder, route.cluster)
-        upstream = protect(upstream, route, runtime.clock, runtime.metrics)  # issue 24: admission, batching, coalescing
-        cache = route.chain.cache if route.chain is not None else None
-        if cache is not None:
-            upstream = cache.wrap(upstream)
+        upstream: IForwarder | None = answerFor(route)  # redirect / respond: no upstream
+        if upstream is None:
+            upstream = ClusterForwarder(runtime.forwarder, route.cluster)
+            upstream = protect(upstream, route, runtime.clock, runtime.metrics)  # issue 24: admission, batching, coalescing
+            cache = route.chain.cache if route.chain is not None else None
+            if cache is not None:
+                upstream = cache.wrap(upstream)
+        if route.config.compress is not None:  # outside the cache: it compresses what the cache serves
+            upstream = CompressingForwarder(upstream, route.config.compress)
         self.upstream = upstream
 
     def render(self, request: Any) -> Any:

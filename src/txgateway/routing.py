@@ -10,8 +10,15 @@ the routes are already sorted by precedence, so the first full match wins.
 
 Precedence (the same wherever a route sits in the file): exact path over any
 prefix, longer prefix over shorter, then more matchers (host, headers,
-methods) over fewer, then the more specific host (exact over wildcard, longer
-wildcard over shorter), then the earlier route.
+methods, path_regex, query, client_ip) over fewer, then the more specific
+host (exact over wildcard, longer wildcard over shorter), then the earlier
+route.
+
+A C{path_regex} route sits in the group of its C{path_prefix} (the root
+group without one), so the indexes stay; its pattern (and its C{query} and
+C{client_ip} matchers) run only for the routes the indexes and the cheap
+matchers left, i.e. after the exact and prefix candidates (see
+L{EdgeMatchers}).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from txgateway.config import RouteConfig
 from txgateway.http.paths import normalizeConfigPath
+from txgateway.matching import EdgeMatchers, PathRewrite
 
 if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
@@ -42,7 +50,7 @@ class CompiledRoute:
 
     __slots__ = ("config", "name", "exact", "prefix", "host", "hostSuffix", "methods", "headers",
                  "matcherCount", "order", "chain", "cluster", "upstreamName", "preflight", "allowEncodedSlash",
-                 "_strip", "_rewrite", "_rewriteBase")
+                 "_strip", "_rewrite", "_rewriteBase", "edge", "pathRewrite")
 
     def __init__(self, config: RouteConfig) -> None:
         self.config = config
@@ -71,7 +79,11 @@ class CompiledRoute:
             methods |= {b"HEAD"}
         self.methods: frozenset[bytes] | None = methods or None
         self.headers = tuple((k.encode("ascii"), v.encode("utf-8")) for k, v in m.headers)
-        self.matcherCount = (host is not None) + len(self.headers) + (self.methods is not None)
+        # path_regex, query and client_ip: None when the route has none, so
+        # the request path pays one attribute test for them.
+        self.edge = EdgeMatchers.forConfig(m)
+        self.matcherCount = (host is not None) + len(self.headers) + (self.methods is not None) + (
+            self.edge.count if self.edge is not None else 0)
         pathLength = len(self.exact) if self.exact is not None else len(self.prefix or "")
         hostRank = 0 if self.host is not None else (1 if self.hostSuffix is not None else 2)
         self.order = (0 if self.exact is not None else 1, -pathLength, -self.matcherCount,
@@ -87,6 +99,7 @@ class CompiledRoute:
         self._strip = _prefixKey(normalizeConfigPath(config.strip_prefix)) or None if config.strip_prefix else None
         self._rewrite = normalizeConfigPath(config.rewrite_prefix) if config.rewrite_prefix is not None else None
         self._rewriteBase = self._rewrite.rstrip("/") if self._rewrite is not None else ""
+        self.pathRewrite = PathRewrite(config.rewrite_regex) if config.rewrite_regex is not None else None
 
     def matchesHost(self, host: str) -> bool:
         if self.host is not None:
@@ -121,8 +134,11 @@ class CompiledRoute:
 
         C{rewrite_prefix} replaces what the route matched (the exact path,
         or the prefix with the rest of the path kept); C{strip_prefix}
-        removes a leading segment-prefix and leaves C{/} when nothing is left.
+        removes a leading segment-prefix and leaves C{/} when nothing is left;
+        C{rewrite_regex} replaces what its pattern finds.
         """
+        if self.pathRewrite is not None:
+            return self.pathRewrite.apply(path)
         if self._rewrite is not None:
             if self.exact is not None:
                 return self._rewrite
@@ -145,6 +161,8 @@ class CompiledRoute:
             parts.append("methods=" + ",".join(sorted(self.config.match.methods)))
         for k, v in self.config.match.headers:
             parts.append(f"header {k}={v}")
+        if self.edge is not None:
+            parts.extend(self.edge.describe())
         return " ".join(parts) or "(matches everything)"
 
     def __repr__(self) -> str:
@@ -228,8 +246,10 @@ class RouteTable:
         for group in self._groups(path):
             yield from group.all
 
-    def match(self, method: bytes, host: str, path: str, headers: Headers) -> Match:
+    def match(self, method: bytes, host: str, path: str, headers: Headers, query: bytes | None = None,
+              clientIP: str = "") -> Match:
         allowed: set[bytes] | None = None
+        queryArgs = None
         for group in self._groups(path):
             for r in group.forHost(host):
                 suffix = r.hostSuffix
@@ -237,15 +257,22 @@ class RouteTable:
                     continue
                 if r.headers and not r.matchesHeaders(headers):
                     continue
+                edge = r.edge
+                if edge is not None:
+                    if queryArgs is None and edge.query:
+                        queryArgs = EdgeMatchers.parseQuery(query)
+                    if not edge.matches(path, queryArgs, clientIP):
+                        continue
                 if r.methods is not None and method not in r.methods and not r.allowsMethod(method, headers):
                     allowed = set(r.methods) if allowed is None else allowed | r.methods
                     continue
                 return Match(r)
         return Match(None, frozenset(allowed) if allowed else None)
 
-    def explain(self, method: bytes, host: str, path: str, headers: Headers) -> list[tuple[CompiledRoute, str]]:
+    def explain(self, method: bytes, host: str, path: str, headers: Headers, query: bytes | None = None,
+                clientIP: str = "") -> list[tuple[CompiledRoute, str]]:
         """For C{check --explain}: each route, in precedence order, and why it did or did not match."""
-        winner = self.match(method, host, path, headers).route
+        winner = self.match(method, host, path, headers, query, clientIP).route
         out = []
         for r in self.routes:
             if r is winner:
@@ -257,6 +284,8 @@ class RouteTable:
                 why = f"host {host or '(none)'} is not {r.config.match.host}"
             elif not r.matchesHeaders(headers):
                 why = "a header matcher does not hold: " + "; ".join(_headerMisses(r, headers))
+            elif r.edge is not None and not r.edge.matches(path, EdgeMatchers.parseQuery(query), clientIP):
+                why = "; ".join(r.edge.misses(path, EdgeMatchers.parseQuery(query), clientIP))
             elif not r.allowsMethod(method, headers):
                 assert r.methods is not None
                 why = f"method {method.decode('latin-1')} is not one of {', '.join(sorted(m.decode() for m in r.methods))}"

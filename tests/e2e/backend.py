@@ -116,6 +116,8 @@ class Origin(resource.Resource):
             request.setHeader(b"Content-Length", str(n).encode())
             request.registerProducer(_BigProducer(request, n), True)
             return server.NOT_DONE_YET
+        if path == "/doc":
+            return _doc(request, args)
         if path == "/gzip":
             request.setHeader(b"Content-Encoding", b"gzip")
             return gzip.compress(b"compressed hello\n")
@@ -275,6 +277,39 @@ def _cacheable(request: server.Request, name: str, args: dict[str, str]) -> Any:
         reactor.callLater(int(args["ms"]) / 1000, _finish, request, data)
         return server.NOT_DONE_YET
     return data
+
+
+def docBody(n: int) -> bytes:
+    """The deterministic JSON-ish body of C{/doc?bytes=n} (the compression tests rebuild it)."""
+    out = b"[" + b",".join(b'{"id":%d,"name":"item-%d","tags":["a","b"],"ok":true}' % (i, i) for i in range(n // 40 + 2))
+    return out[:n]
+
+
+def _doc(request: server.Request, args: dict[str, str]) -> Any:
+    """C{/doc}: C{bytes} of JSON in C{chunks} writes C{ms} apart (chunked when more than one), with C{etag}, C{cc}, C{type}."""
+    body = docBody(int(args.get("bytes", "65536")))
+    request.setHeader(b"Content-Type", args.get("type", "application/json").encode())
+    if "etag" in args:
+        request.setHeader(b"ETag", args["etag"].encode())
+    if "cc" in args:
+        request.setHeader(b"Cache-Control", args["cc"].encode())
+    chunks = int(args.get("chunks", "1"))
+    if chunks <= 1:
+        return body
+    size = len(body) // chunks + 1
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    _parts(request, parts, int(args.get("ms", "20")) / 1000)
+    return server.NOT_DONE_YET
+
+
+def _parts(request: server.Request, parts: list[bytes], interval: float) -> None:
+    if getattr(request, "_disconnected", False):
+        return
+    if not parts:
+        request.finish()
+        return
+    request.write(parts[0])
+    reactor.callLater(interval, _parts, request, parts[1:], interval)
 
 
 def _finish(request: server.Request, data: bytes) -> None:

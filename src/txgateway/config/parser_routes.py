@@ -13,6 +13,7 @@ from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import hostPattern, limitKey, origin, routePath, yamlText
 from txgateway.config.parser_auth import AuthSections
 from txgateway.config.parser_concurrency import ROUTE_KEYS, parseRouteConcurrency
+from txgateway.config.parser_edge import EdgeSections
 from txgateway.config.schema import (
     AuthPolicy,
     CacheConfig,
@@ -43,7 +44,7 @@ from txgateway.config.values import (
 __all__ = ["RouteSections"]
 
 
-class RouteSections(AuthSections):
+class RouteSections(AuthSections, EdgeSections):
     """C{routes}: a route refers to upstreams and auth policies by name, so it is parsed after them."""
 
     def routes(self, value: Any, line: int | None, upstreams: Mapping[str, UpstreamConfig],
@@ -73,11 +74,14 @@ class RouteSections(AuthSections):
               policies: Mapping[str, AuthPolicy], stores: StoresConfig) -> RouteConfig | None:
         m = self.mapping(value, path, line, ["name", "match", "upstream", "strip_prefix", "rewrite_prefix",
                                              "preserve_host", "headers", "auth", "rate_limit", "cache", "cors",
-                                             "ip_allow", "ip_deny", "allow_encoded_slash", *ROUTE_KEYS])
+                                             "ip_allow", "ip_deny", "allow_encoded_slash", *ROUTE_KEYS,
+                                             "redirect", "respond", "rewrite_regex", "compress"])
         if m is None:
             return None
         name = self.get(m, "name", path, string, f"route-{index}")
-        upstream = self.required(m, "upstream", path, m.line)
+        # A route that answers itself (redirect / respond) needs no upstream.
+        answers = m.get("redirect") is not None or m.get("respond") is not None
+        upstream = self.required(m, "upstream", path, m.line) if not answers or "upstream" in m else None
         if upstream is not None and str(upstream) not in upstreams:
             self.problem(keyPath(path, "upstream"), m.lines.get("upstream"), f"no upstream named {upstream!r}")
         match = self.match(m.get("match"), keyPath(path, "match"), m.lines.get("match", m.line))
@@ -121,7 +125,11 @@ class RouteSections(AuthSections):
         if concurrency.batch is not None and match.methods and "POST" not in match.methods:
             self.problem(keyPath(path, "batch"), m.lines.get("batch"),
                          "a batching route must admit POST (its match.methods leave POST out)")
+        edge = self.routeEdge(m, path)
+        if edge["rewrite_regex"] is not None and (strip is not None or rewrite is not None):
+            self.problem(path, m.lines.get("rewrite_regex"), "give rewrite_regex or strip_prefix/rewrite_prefix, not both")
         return RouteConfig(
+            **edge,
             name=name,
             index=index,
             match=match,
@@ -141,7 +149,8 @@ class RouteSections(AuthSections):
         )
 
     def match(self, value: Any, path: str, line: int | None) -> MatchConfig:
-        m = self.mapping(value, path, line, ["host", "path", "path_prefix", "methods", "headers"])
+        m = self.mapping(value, path, line, ["host", "path", "path_prefix", "methods", "headers", "path_regex",
+                                             "query", "client_ip"])
         if m is None:
             return MatchConfig()
         headers: list[tuple[str, str]] = []
@@ -161,7 +170,13 @@ class RouteSections(AuthSections):
             path_prefix=self.get(m, "path_prefix", path, routePath, None),
             methods=self.seq(m, "methods", path, method),
             headers=tuple(headers),
+            path_regex=self.pattern(m["path_regex"], keyPath(path, "path_regex"), m.lines.get("path_regex"))
+            if m.get("path_regex") is not None else None,
+            query=self.queryMatch(m.get("query"), keyPath(path, "query"), m.lines.get("query", line)),
+            client_ip=self.seq(m, "client_ip", path, network),
         )
+        if mc.path_regex is not None and mc.path is not None:
+            self.problem(path, line, "give path or path_regex, not both (path_prefix may narrow a path_regex)")
         if mc.path is not None and mc.path_prefix is not None:
             self.problem(path, line, "give path or path_prefix, not both")
         return mc

@@ -45,7 +45,8 @@ class ServerSections(ParserBase):
         p = "server"
         m = self.mapping(value, p, line, ["listen", "max_request_body", "max_header_bytes", "max_uri_bytes",
                                           "max_connections_per_ip", "timeouts", "trusted_proxies", "endpoints",
-                                          "workers", "via", "watch_config", "backlog", "environment"])
+                                          "workers", "via", "watch_config", "backlog", "environment",
+                                          "forwarded_header"])
         if m is None:
             return ServerConfig()
         d = ServerConfig()
@@ -86,6 +87,8 @@ class ServerSections(ParserBase):
             watch_config=self.get(m, "watch_config", p, watchInterval, d.watch_config),
             backlog=self.get(m, "backlog", p, integer(1), d.backlog),
             environment=self.get(m, "environment", p, string, d.environment),
+            forwarded_header=self.get(m, "forwarded_header", p, oneOf("x-forwarded", "forwarded", "both"),
+                                      d.forwarded_header),
         )
 
     def admin(self, value: Any, line: int | None) -> AdminConfig | None:

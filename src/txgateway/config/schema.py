@@ -24,6 +24,7 @@ __all__ = [
     "BasicAuth",
     "BreakerConfig",
     "CacheConfig",
+    "CompressConfig",
     "CorsConfig",
     "Endpoints",
     "GatewayConfig",
@@ -35,7 +36,11 @@ __all__ = [
     "MatchConfig",
     "PassiveHealth",
     "PoolConfig",
+    "QueryMatch",
     "RateLimitConfig",
+    "RedirectConfig",
+    "RespondConfig",
+    "RewriteRegex",
     "RetryConfig",
     "RouteConfig",
     "ServerConfig",
@@ -79,6 +84,9 @@ class ServerConfig:
     watch_config: float = 2.0  # seconds between checks of the config file; 0 turns the watcher off
     backlog: int | None = None  # the listen queue; None: the kernel's somaxconn
     environment: str | None = None  # a label (production, staging) on /health, the status page and JSON logs
+    # Which forwarding headers are written upstream and read from trusted
+    # proxies: X-Forwarded-* (today's), RFC 7239 Forwarded, or both.
+    forwarded_header: str = "x-forwarded"
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,51 @@ class MatchConfig:
     path_prefix: str | None = None
     methods: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
+    path_regex: str | None = None  # anchored: the whole path must match
+    query: tuple[QueryMatch, ...] = ()
+    client_ip: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueryMatch:
+    """One C{match.query} entry: C{kind} is C{value} (exact), C{present} or C{regex} (anchored)."""
+
+    name: str
+    kind: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class RedirectConfig:
+    """C{routes[].redirect}: C{to} (a URL template) or C{scheme} (the same URL, another scheme)."""
+
+    status: int = 308
+    to: str | None = None
+    scheme: str | None = None
+
+
+@dataclass(frozen=True)
+class RespondConfig:
+    """C{routes[].respond}: an answer written in the config (body a template)."""
+
+    status: int = 200
+    body: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RewriteRegex:
+    pattern: str
+    replacement: str
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    encodings: tuple[str, ...] = ("zstd", "br", "gzip")  # the gateway's preference when q-values tie
+    min_bytes: int = 1024
+    types: tuple[str, ...] = ("text/*", "application/json", "application/javascript", "application/xml",
+                              "image/svg+xml")
+    level: int | None = None  # None: each codec's streaming-friendly default
 
 
 @dataclass(frozen=True)
@@ -326,6 +379,10 @@ class RouteConfig:
     ip_deny: tuple[IPNetwork, ...] = ()
     allow_encoded_slash: bool = False
     concurrency: RouteConcurrency = RouteConcurrency()  # issue 24: batch, coalesce, idempotent_post
+    redirect: RedirectConfig | None = None
+    respond: RespondConfig | None = None
+    rewrite_regex: RewriteRegex | None = None
+    compress: CompressConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ hop-by-hop (never forwarded), which a C{Connection} option may not remove,
 and which the gateway makes itself; L{HeaderPlan} is a route's C{headers:}
 rules, prepared once.
 
-This is a primitive module: it imports nothing from txgateway.
+This is a primitive module: it imports only its neighbour txgateway.http.templates.
 
 Twisted private names used here: C{Headers._rawHeaders} (L{fields}).
 
@@ -24,7 +24,10 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+from txgateway.http.templates import Template, requestValues
+
 __all__ = [
+    "fillTemplates",
     "CORS_RESPONSE", "H_CONNECTION", "H_CONTENT_LENGTH", "H_DATE", "H_HOST", "H_KEEP_ALIVE", "H_REQUEST_ID",
     "H_TRACEPARENT", "H_TRACESTATE", "H_TRANSFER_ENCODING", "H_VIA", "H_XFF", "H_XFH", "H_XFP", "HOP_BY_HOP",
     "KNOWN_KEYS", "NO_BODY_STATUS", "PROTECTED", "REGENERATED", "TCHAR", "FRAMING", "HeaderPlan", "addHeader",
@@ -43,6 +46,7 @@ H_DATE = storedName(b"Date")
 H_HOST = storedName(b"Host")
 H_CONNECTION = storedName(b"Connection")
 H_VIA = storedName(b"Via")
+H_FORWARDED = storedName(b"Forwarded")
 H_XFF = storedName(b"X-Forwarded-For")
 H_XFP = storedName(b"X-Forwarded-Proto")
 H_XFH = storedName(b"X-Forwarded-Host")
@@ -146,7 +150,8 @@ class HeaderPlan:
     instead of encoding and sanitising the same config strings every time.
     """
 
-    __slots__ = ("requestDrop", "requestSet", "responseDrop", "responseSet", "preserveHost")
+    __slots__ = ("requestDrop", "requestSet", "responseDrop", "responseSet", "preserveHost",
+                 "requestTemplates", "responseTemplates")
 
     def __init__(self, route: Any) -> None:
         rules = route.config.headers if route is not None else None
@@ -158,6 +163,28 @@ class HeaderPlan:
             # A backend's own CORS answers would make a second
             # Access-Control-Allow-Origin, which browsers refuse.
             self.responseDrop = self.responseDrop | CORS_RESPONSE
-        self.requestSet = storedPairs(request.set if request else ())
-        self.responseSet = storedPairs(response.set if response else ())
+        # A value naming a variable ({client_ip}, {host} ...) is a template,
+        # filled per request; the others are stored once, as before.
+        reqSet, self.requestTemplates = _splitTemplates(request.set if request else ())
+        respSet, self.responseTemplates = _splitTemplates(response.set if response else ())
+        self.requestSet = storedPairs(reqSet)
+        self.responseSet = storedPairs(respSet)
         self.preserveHost = route is None or route.config.preserve_host
+
+
+def _splitTemplates(pairs: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, str]], tuple[tuple[bytes, Template], ...]]:
+    plain, templated = [], []
+    for k, v in pairs:
+        t = Template(v, "header")
+        if t.static:
+            plain.append((k, v))
+        else:
+            templated.append((storedName(k.encode()), t))
+    return plain, tuple(templated)
+
+
+def fillTemplates(raw: dict[bytes, list[bytes]], templates: Sequence[tuple[bytes, Template]], context: Any) -> None:
+    """Set each templated header from this request's values (control characters never get through)."""
+    values = requestValues(context)
+    for key, t in templates:
+        raw[key] = [t.render(values).encode("utf-8")]

@@ -3,8 +3,10 @@
 The upstream request's head, made from the client's; the client response's head, made from the upstream's.
 
 L{Messages} applies the header rules (hop-by-hop fields dropped, the
-route's C{headers:} plan, X-Forwarded-*, Via, the request id and trace
-context) in both directions.  It writes straight into a C{Headers}' own
+route's C{headers:} plan, X-Forwarded-* and/or RFC 7239 C{Forwarded} as
+C{server.forwarded_header} says, Via, the request id and trace context) in
+both directions.  Header values set from templates (C{X-Client:
+{client_ip}}) are filled here, per request, from the route's plan.  It writes straight into a C{Headers}' own
 dict: the client's values were sanitised when they were parsed and the
 route's rules when its plan was made (see L{HeaderPlan}), so going through
 C{setRawHeaders} would only redo that per request.
@@ -19,11 +21,19 @@ from typing import TYPE_CHECKING, Any
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from txgateway.http.addresses import AddressSet, ForwardedFor
+from txgateway.http.addresses import (
+    AddressSet,
+    ForwardedFor,
+    bareIP,
+    forwardedElement,
+    forwardedNode,
+    splitForwarded,
+)
 from txgateway.http.headers import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
     H_DATE,
+    H_FORWARDED,
     H_HOST,
     H_REQUEST_ID,
     H_TRACEPARENT,
@@ -35,6 +45,7 @@ from txgateway.http.headers import (
     HeaderPlan,
     addHeader,
     connectionTokens,
+    fillTemplates,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +66,9 @@ class Messages:
         # through it too.
         self.trusted = AddressSet(server.trusted_proxies)
         self.forwardedFor = ForwardedFor(self.trusted)
+        self.forwardedMode = server.forwarded_header
+        self.xForwarded = server.forwarded_header != "forwarded"
+        self.forwarded = server.forwarded_header != "x-forwarded"
         self._plans: dict[Any, HeaderPlan] = {}
 
     def headerPlan(self, route: Any) -> HeaderPlan:
@@ -82,17 +96,21 @@ class Messages:
             if name.lower() not in drop:
                 o[name] = list(values)
         trustedPeer = context.peerIP in self.trusted
-        xff = self.forwardedFor.hops(raw.get(H_XFF)) if trustedPeer else None
-        peer = context.peerIP.encode()
-        o[H_XFF] = [b", ".join([*xff, peer]) if xff else peer]
-        proto = raw.get(H_XFP) if trustedPeer else None
-        o[H_XFP] = proto[-1:] if proto else [b"https" if request.isSecure() else b"http"]
         clientHost = raw.get(H_HOST)
-        fhost = raw.get(H_XFH) if trustedPeer else None
-        if fhost:
-            o[H_XFH] = fhost[-1:]
-        elif clientHost:
-            o[H_XFH] = clientHost[:1]
+        if self.xForwarded:
+            xff = self.forwardedFor.hops(raw.get(H_XFF)) if trustedPeer else None
+            peer = context.peerIP.encode()
+            o[H_XFF] = [b", ".join([*xff, peer]) if xff else peer]
+            proto = raw.get(H_XFP) if trustedPeer else None
+            o[H_XFP] = proto[-1:] if proto else [b"https" if request.isSecure() else b"http"]
+            fhost = raw.get(H_XFH) if trustedPeer else None
+            if fhost:
+                o[H_XFH] = fhost[-1:]
+            elif clientHost:
+                o[H_XFH] = clientHost[:1]
+        if self.forwarded:
+            o.pop(H_FORWARDED, None)
+            o[H_FORWARDED] = [self.forwardedValue(context, raw, clientHost, trustedPeer)]
         via = raw.get(H_VIA)
         o[H_VIA] = [*via, self.via] if via else [self.via]
         o[H_HOST] = clientHost[:1] if plan.preserveHost and clientHost else [endpoint.netloc]
@@ -101,9 +119,35 @@ class Messages:
             o[H_TRACEPARENT] = [f"00-{context.traceId}-{context.spanId}-{context.traceFlags}".encode()]
         for k, v in plan.requestSet:
             o[k] = list(v)
+        if plan.requestTemplates:
+            fillTemplates(o, plan.requestTemplates, context)
         for k2, v2 in context.forwardHeaders:
             out.setRawHeaders(k2, [v2])  # filter-made values (identity...): sanitised as usual
         return out
+
+    def forwardedValue(self, context: RequestContext, raw: dict[bytes, list[bytes]], clientHost: list[bytes] | None,
+                       trustedPeer: bool) -> bytes:
+        """
+        The C{Forwarded} field sent upstream: the trusted proxies' elements
+        (from the client's on, as the X-Forwarded-For walk keeps them), then
+        this hop's C{for=peer;host=...;proto=...}, values quoted as RFC 7239 says.
+        """
+        prior: list[bytes] = []
+        if trustedPeer:
+            elements = splitForwarded(raw.get(H_FORWARDED))
+            trusted = self.trusted
+            i = len(elements) - 1
+            while i > 0 and bareIP(elements[i][1].get("for", "unknown")) in trusted:
+                i -= 1
+            prior = [e for e, _ in elements[max(i, 0):]]
+            if not prior:
+                # A proxy in front that only speaks X-Forwarded-For: its hops
+                # become for= elements, so the backend still learns the client.
+                hops = self.forwardedFor.hops(raw.get(H_XFF)) or ()
+                prior = [b"for=" + forwardedNode(bareIP(h)).encode("latin-1") for h in hops]
+        host = clientHost[0].decode("latin-1") if clientHost else None
+        mine = forwardedElement(context.peerIP, host, "https" if context.request.isSecure() else "http")
+        return b", ".join([*prior, mine])
 
     @staticmethod
     def upstreamURL(context: RequestContext, endpoint: Endpoint) -> bytes:
@@ -142,6 +186,8 @@ class Messages:
         self.finishHeaders(context)
         for k, v in plan.responseSet:
             o[k] = list(v)
+        if plan.responseTemplates:
+            fillTemplates(o, plan.responseTemplates, context)
 
     @staticmethod
     def finishHeaders(context: RequestContext) -> None:

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
+
+from txgateway.http.headers import H_TRACEPARENT, H_TRACESTATE
+
+if TYPE_CHECKING:
+    from txgateway.context import RequestContext
 
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -82,4 +88,21 @@ class IdSource:
         return self._digits(16)
 
 
-__all__ = ["IdSource", "parentSpanId", "parseTraceparent"]
+__all__ = ["IdSource", "continueTrace", "parentSpanId", "parseTraceparent"]
+
+
+def continueTrace(context: RequestContext, raw: dict[bytes, list[bytes]], ids: IdSource) -> None:
+    """W3C trace context: continue the caller's trace, with this hop as the new parent span."""
+    parent = raw.get(H_TRACEPARENT)
+    parsed = parseTraceparent(parent[0]) if parent else None
+    state = raw.get(H_TRACESTATE)
+    if parsed is None:
+        context.traceId = ids.traceId()
+        # W3C: vendor state belongs to the trace it came with; a new trace
+        # must not carry the old one's.
+        if state:
+            context.removeHeaders.append(b"tracestate")
+    else:
+        context.traceId, context.traceFlags = parsed
+        context.tracestate = state[0] if state else None
+    context.spanId = ids.spanId()
