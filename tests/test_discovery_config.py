@@ -11,17 +11,9 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway.config.parser_discovery import isSourceItem, parseDiscovery, parseSlowStart, parseSourceItem
+from txgateway.config.schema_discovery import DiscoveryConfig, DnsSpec, DnsSrvSpec, FileSpec
 from txgateway.discovery.build import makeSource
-from txgateway.discovery.config import (
-    DiscoveryConfig,
-    DnsSpec,
-    DnsSrvSpec,
-    FileSpec,
-    isSourceItem,
-    parseDiscovery,
-    parseSlowStart,
-    parseSourceItem,
-)
 from txgateway.discovery.dns import AddressSource, ServiceSource
 from txgateway.discovery.files import FileSource
 from txgateway.discovery.slowstart import rampedWeight, rampEnds, slowStartFraction

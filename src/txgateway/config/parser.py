@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from txgateway.config.errors import ConfigError
+from txgateway.config.parser_discovery import parseDiscovery
 from txgateway.config.parser_routes import RouteSections
 from txgateway.config.parser_server import ServerSections
 from txgateway.config.parser_upstreams import UpstreamSections
@@ -30,7 +31,7 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
 
     def gateway(self, doc: Any, source: str | None) -> GatewayConfig:
         top = self.mapping(doc, "", 1, ["server", "admin", "logging", "stores", "access", "auth_policies",
-                                        "upstreams", "routes"])
+                                        "upstreams", "routes", "discovery"])
         if top is None:
             raise ConfigError(self.problems, source or "")
         server = self.server(*self.child(top, "server"))
@@ -41,7 +42,11 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         policies = self.authPolicies(*self.child(top, "auth_policies"))
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
-        return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source)
+        discovery, found = parseDiscovery(*self.child(top, "discovery"))
+        for p, line, message in found:
+            self.problem(p, line, message)
+        return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
+                             discovery=discovery)
 
 
 def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None,

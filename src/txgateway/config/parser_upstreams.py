@@ -11,6 +11,7 @@ from typing import Any
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import balancerName, hashOn, retryCondition, targetURL
 from txgateway.config.parser_base import ParserBase
+from txgateway.config.parser_discovery import isSourceItem, parseSlowStart, parseSourceItem
 from txgateway.config.schema import (
     ActiveHealth,
     BreakerConfig,
@@ -22,7 +23,8 @@ from txgateway.config.schema import (
     UpstreamConfig,
     UpstreamTimeouts,
 )
-from txgateway.config.source import YAMLSeq, lines
+from txgateway.config.schema_discovery import SourceSpec
+from txgateway.config.source import YAMLMap, YAMLSeq, lines
 from txgateway.config.values import duration, fraction, integer, method, oneOf, positive, urlPath
 
 __all__ = ["UpstreamSections"]
@@ -47,16 +49,24 @@ class UpstreamSections(ParserBase):
 
     def upstream(self, value: Any, path: str, line: int | None, name: str) -> UpstreamConfig | None:
         m = self.mapping(value, path, line, ["balancer", "hash_on", "targets", "timeouts", "pool", "health",
-                                             "circuit_breaker", "retries"])
+                                             "circuit_breaker", "retries", "slow_start"])
         if m is None:
             return None
         raw = self.required(m, "targets", path, m.line)
         targets: list[Target] = []
+        sources: list[SourceSpec] = []
         if raw is not None and not isinstance(raw, list):
             self.problem(keyPath(path, "targets"), m.lines.get("targets"), "must be a list of URLs")
         elif raw is not None:
             for i, t in enumerate(raw):
                 tline = raw.lines[i] if isinstance(raw, YAMLSeq) else None
+                if isSourceItem(t):  # {dns: ...}, {dns_srv: ...}, {file: ...}: see parser_discovery
+                    spec, found = parseSourceItem(t, itemPath(keyPath(path, "targets"), i), tline, self.baseDir)
+                    for p, pl, message in found:
+                        self.problem(p, pl, message)
+                    if spec is not None:
+                        sources.append(spec)
+                    continue
                 target = self.target(t, itemPath(keyPath(path, "targets"), i), tline)
                 if target is not None:
                     targets.append(target)
@@ -103,7 +113,15 @@ class UpstreamSections(ParserBase):
             health=self.health(m.get("health"), keyPath(path, "health"), m.lines.get("health")),
             circuit_breaker=breaker,
             retries=self.retries(m.get("retries"), keyPath(path, "retries"), m.lines.get("retries")),
+            sources=tuple(sources),
+            slow_start=self.slowStart(m, path),
         )
+
+    def slowStart(self, m: YAMLMap, path: str) -> float:
+        seconds, found = parseSlowStart(m.get("slow_start"), keyPath(path, "slow_start"), m.lines.get("slow_start"))
+        for p, line, message in found:
+            self.problem(p, line, message)
+        return seconds
 
     def target(self, value: Any, path: str, line: int | None) -> Target | None:
         weight = 1

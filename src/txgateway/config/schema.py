@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from txgateway.config.schema_discovery import DiscoveryConfig, SourceSpec
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -228,6 +229,9 @@ class UpstreamConfig:
     health: HealthConfig = HealthConfig()
     circuit_breaker: BreakerConfig | None = None
     retries: RetryConfig = RetryConfig()
+    # Discovery (issue 22): the target items naming a source, and the ramp of new targets.
+    sources: tuple[SourceSpec, ...] = ()
+    slow_start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -311,3 +315,4 @@ class GatewayConfig:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None
+    discovery: DiscoveryConfig = DiscoveryConfig()
