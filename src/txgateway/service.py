@@ -27,6 +27,7 @@ from txgateway import balancing, breaking, health, probing, retrying, stores
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
 from txgateway.context import RequestContext
+from txgateway.discovering import Discovery, droppedText
 from txgateway.forwarding import Forwarder
 from txgateway.gateway import GatewayRoot, GatewayState, Runtime
 from txgateway.http.channel import GatewaySite
@@ -257,6 +258,9 @@ class GatewayService(MultiService):
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
+        # Discovery sources (started before the listeners) and runtime target control (issue 22).
+        self.discovery = Discovery(self, reactor, self.clock, self.metrics, _breakerObserver)
+        self.discovery.attach(self.gateway.runtime, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
@@ -483,6 +487,7 @@ class GatewayService(MultiService):
             if not hadRedis and _needsRedis(config):
                 self.redis = stores.makeRedis(config.stores, self.reactor)
             runtime = self._build(config, previous)
+            dropped = self.discovery.attach(runtime, previous)
         except ConfigError as e:
             problems = [str(p) for p in e.problems]
             self._recordReload("failure", problems)
@@ -510,9 +515,9 @@ class GatewayService(MultiService):
         except Exception:
             # The new runtime already serves; what failed is housekeeping.
             log.failure("after swapping in the new config, updating health checks or pools failed")
-        self._recordReload("success", [])
-        log.info("config reloaded: {routes} routes, {upstreams} upstreams",
-                 routes=len(config.routes), upstreams=len(config.upstreams))
+        self._recordReload("success", [], dropped)
+        log.info("config reloaded: {routes} routes, {upstreams} upstreams{dropped}",
+                 routes=len(config.routes), upstreams=len(config.upstreams), dropped=droppedText(dropped))
         return []
 
     def _retire(self, previous: Runtime, current: Runtime) -> None:
@@ -530,9 +535,10 @@ class GatewayService(MultiService):
             if pool is not None and id(pool) not in inUse:
                 pool.closeCachedConnections()
 
-    def _recordReload(self, result: str, problems: list[str]) -> None:
+    def _recordReload(self, result: str, problems: list[str], dropped: list[str] | None = None) -> None:
         self.metrics.configReloads.labels(result).inc()
-        self.gateway.history.append({"time": self.clock.seconds(), "result": result, "problems": problems})
+        self.gateway.history.append({"time": self.clock.seconds(), "result": result, "problems": problems,
+                                     "dropped_runtime_changes": dropped or []})
         del self.gateway.history[:-20]
 
 

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from txgateway import __version__
 from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counters
+from txgateway.membership import endpointsOf
 from txgateway.observe import Metrics
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class StatusReport:
             report = health["upstreams"].get(name, {"usable": False, "targets": []})
             byURL = {t["url"]: t for t in report["targets"]}
             targets = []
-            for e in cluster.endpoints:
+            for e in endpointsOf(cluster):
                 t = byURL.get(e.url, {})
                 k = (name, e.url)
                 recent = now.targetLatency.get(k, LatencyHistogram()).minus(base.targetLatency.get(k))
@@ -184,6 +185,11 @@ class StatusReport:
                     "errors": int(errors.get(k, 0)),
                     "rate": round(recent.count / span, 3),
                     "latency_ms": _latency(recent),
+                    # Discovery and runtime control (txgateway.membership).
+                    "host_port": e.netloc.decode("ascii"),
+                    "source": e.source,
+                    "state": e.state,
+                    "configured_weight": e.configuredWeight,
                 })
             out.append({
                 "name": name,
@@ -192,6 +198,8 @@ class StatusReport:
                 "degraded": name in health["degraded"],
                 "retries": int(retries.get((name,), 0)),
                 "targets": targets,
+                "sources": cluster.membership.sourcesReport() if cluster.membership is not None else [],
+                "runtime_overrides": len(cluster.membership.overrides) if cluster.membership is not None else 0,
             })
         return out
 

@@ -42,7 +42,8 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         policies = self.authPolicies(*self.child(top, "auth_policies"))
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
-        discovery, found = parseDiscovery(*self.child(top, "discovery"))
+        raw, line = self.child(top, "discovery")
+        discovery, found = parseDiscovery(raw, "discovery", line)
         for p, line, message in found:
             self.problem(p, line, message)
         return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
