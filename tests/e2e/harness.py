@@ -216,18 +216,19 @@ def _stopAll(started: list[Any]) -> None:
 class Backend:
     """One origin process (tests/e2e/backend.py), on a port the OS picks unless one is given."""
 
-    def __init__(self, name: str = "b1", port: int | None = None) -> None:
+    def __init__(self, name: str = "b1", port: int | None = None, interface: str = "127.0.0.1") -> None:
         self.name = name
         self.port = port or 0
+        self.interface = interface
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         assert self.port, "the backend's port is known once it has started"
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.interface}:{self.port}"
 
     def start(self) -> Backend:
-        self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name], env=childEnv(),
+        self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name, self.interface], env=childEnv(),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
         # backend.py prints "ready PORT" once it listens (or why not, and exits).
@@ -237,7 +238,7 @@ class Backend:
         if not first.startswith("ready "):
             raise AssertionError(f"backend {self.name} did not start: {first}")
         self.port = int(first.split()[1])
-        waitFor(lambda: request(self.port, "GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
+        waitFor(lambda: self.request("GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
         return self
 
     def stop(self) -> None:
@@ -247,8 +248,17 @@ class Backend:
             if self.proc.stdout:
                 self.proc.stdout.close()
 
+    def request(self, method: str, path: str, timeout: float = 10.0) -> Response:
+        conn = http.client.HTTPConnection(self.interface, self.port, timeout=timeout)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return Response(resp.status, resp.getheaders(), resp.read())
+        finally:
+            conn.close()
+
     def count(self) -> int:
-        return int(request(self.port, "GET", "/count").body)
+        return int(self.request("GET", "/count").body)
 
 
 class GatewayProcess:
