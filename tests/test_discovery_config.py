@@ -11,8 +11,12 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.config.parser_discovery import isSourceItem, parseDiscovery, parseSlowStart, parseSourceItem
+from txgateway.config.errors import Problem
+from txgateway.config.parser_discovery import isSourceItem, parseSourceItem
+from txgateway.config.parser_discovery import parseDiscovery as _parseDiscovery
+from txgateway.config.parser_discovery import parseSlowStart as _parseSlowStart
 from txgateway.config.schema_discovery import DiscoveryConfig, DnsSpec, DnsSrvSpec, FileSpec
+from txgateway.config.source import YAMLMap
 from txgateway.discovery.build import makeSource
 from txgateway.discovery.dns import AddressSource, ServiceSource
 from txgateway.discovery.files import FileSource
@@ -22,19 +26,33 @@ BASE = Path("/etc/txgateway")
 PATH = "upstreams.api.targets[1]"
 
 
-class LinedDict(dict):  # type: ignore[type-arg]
+def LinedDict(items: dict[str, Any], line: int, lines: dict[str, int]) -> YAMLMap:
     """A mapping as the config loader gives it: with the line of each key."""
+    m = YAMLMap(items)
+    m.line = line
+    m.lines = dict(lines)
+    return m
 
-    def __init__(self, items: dict[str, Any], line: int, lines: dict[str, int]) -> None:
-        super().__init__(items)
-        self.line = line
-        self.lines = lines
+
+def triples(problems: list[Problem]) -> list[tuple[str, int | None, str]]:
+    return [(p.path, p.line, p.message) for p in problems]
+
+
+def parseDiscovery(value: Any) -> tuple[DiscoveryConfig, list[tuple[str, int | None, str]]]:
+    config, problems = _parseDiscovery(value)
+    return config, triples(problems)
+
+
+def parseSlowStart(value: Any, path: str, line: int | None) -> tuple[float, list[tuple[str, int | None, str]]]:
+    seconds, problems = _parseSlowStart(value, path, line)
+    return seconds, triples(problems)
 
 
 class SourceItemTests(SynchronousTestCase):
     def parse(self, item: dict[str, Any]) -> tuple[Any, list[tuple[str, int | None, str]]]:
         self.assertTrue(isSourceItem(item))
-        return parseSourceItem(item, PATH, 7, BASE)
+        spec, problems = parseSourceItem(item, PATH, 7, BASE)
+        return spec, triples(problems)
 
     def test_notASourceItem(self) -> None:
         """URLs and url:/weight: mappings are left to the config package."""

@@ -19,6 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+if __package__:
+    from .harness import Backend, childEnv
+else:  # run as a script: the server process needs nothing of the harness
+    Backend = object  # type: ignore[assignment,misc]
+
 HERE = Path(__file__).resolve()
 
 
@@ -61,14 +66,13 @@ def main() -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-class DNSServer:
-    """The server process, its zone file and its port; L{stop} and L{start} again keep the port."""
+class DNSServer(Backend):
+    """The server process, its zone file and its port; L{stop} (a Backend's) and L{start} again keep the port."""
 
     def __init__(self, directory: Path) -> None:
+        super().__init__("dns")
         self.zonePath = directory / "zone.json"
         self.zone: dict[str, list[list[Any]]] = {}
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
         self.write()
 
     def write(self) -> None:
@@ -85,8 +89,6 @@ class DNSServer:
         self.write()
 
     def start(self) -> DNSServer:
-        from tests.e2e.harness import childEnv
-
         self.proc = subprocess.Popen([sys.executable, str(HERE), str(self.zonePath), str(self.port)], env=childEnv(),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
@@ -97,14 +99,6 @@ class DNSServer:
             raise AssertionError(f"the DNS server did not start: {first}")
         self.port = int(first.split()[1])
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            if self.proc.stdout:
-                self.proc.stdout.close()
-        self.proc = None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from .dnsserver import DNSServer
 from .harness import Backend, GatewayProcess, request, waitFor
+from .test_health import Traffic as HealthTraffic
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -55,30 +55,8 @@ routes:
 """
 
 
-class Traffic:
-    """Requests one after another from a thread; each answer kept as (status, X-Backend)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.results: list[tuple[int, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                resp = request(self.port, "GET", "/echo", timeout=10)
-                self.results.append((resp.status, resp.header("X-Backend")))
-            except Exception:  # a client-side failure is a failed request too
-                self.results.append((0, None))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
+class Traffic(HealthTraffic):
+    """The health tests' steady traffic, with what these tests ask of it."""
 
     def since(self, mark: int) -> list[tuple[int, str | None]]:
         return self.results[mark:]

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from txgateway.config.errors import ConfigError
-from txgateway.config.parser_discovery import parseDiscovery
 from txgateway.config.parser_routes import RouteSections
 from txgateway.config.parser_server import ServerSections
 from txgateway.config.parser_upstreams import UpstreamSections
@@ -42,10 +41,7 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         policies = self.authPolicies(*self.child(top, "auth_policies"))
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
-        raw, line = self.child(top, "discovery")
-        discovery, found = parseDiscovery(raw, "discovery", line)
-        for p, line, message in found:
-            self.problem(p, line, message)
+        discovery = self.discovery(*self.child(top, "discovery"))
         return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
                              discovery=discovery)
 

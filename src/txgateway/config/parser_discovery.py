@@ -3,10 +3,9 @@
 Parsing the discovery keys (issue 22): target items naming a source,
 C{upstreams.NAME.slow_start} and the top-level C{discovery:} section.
 
-Pure functions returning C{(spec, problems)}, each problem a C{(key path,
-line, message)} triple, so L{txgateway.config.parser_upstreams} adds them
-to its own and C{txgateway check} reports them like any other mistake.
-Durations, choices and URLs use the package's own converters
+L{DiscoverySections} is a part of the parser (L{UpstreamSections} and the
+top level call it), so C{txgateway check} reports a mistake here with its
+key path and line like any other.  Durations, choices and URLs use the package's own converters
 (L{txgateway.config.values}, L{txgateway.config.fields}), so a discovery
 item reads like the rest of the file.
 """
@@ -15,11 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from txgateway.config.errors import Invalid
+from txgateway.config.errors import Invalid, Problem, keyPath
+from txgateway.config.parser_base import ParserBase
 from txgateway.config.schema_discovery import (
     DEFAULT_REFRESH,
     DEFAULT_WATCH,
@@ -29,14 +28,10 @@ from txgateway.config.schema_discovery import (
     FileSpec,
     SourceSpec,
 )
+from txgateway.config.source import YAMLMap
 from txgateway.config.values import duration, oneOf, positive
 
-__all__ = ["SOURCE_KEYS", "isSourceItem", "parseDiscovery", "parseSlowStart", "parseSourceItem"]
-
-T = TypeVar("T")
-
-#: (key path, line or None, message)
-Triple = tuple[str, int | None, str]
+__all__ = ["SOURCE_KEYS", "DiscoverySections", "isSourceItem", "parseDiscovery", "parseSlowStart", "parseSourceItem"]
 
 SOURCE_KEYS = ("dns", "dns_srv", "file")
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
@@ -91,35 +86,57 @@ def _portText(text: str, whole: str) -> int:
     return int(text)
 
 
-class _Collector:
-    """Reads keys of one mapping, converting and collecting problems with their lines."""
+class DiscoverySections(ParserBase):
+    """The discovery keys, on the parser's own plumbing (known keys, converters, problems with lines)."""
 
-    def __init__(self, mapping: dict[Any, Any], path: str, line: int | None) -> None:
-        self.m = mapping
-        self.path = path
-        self.line = line
-        self.lines: dict[Any, int] = getattr(mapping, "lines", {})
-        self.problems: list[Triple] = []
+    def sourceItem(self, value: dict[Any, Any], path: str, line: int | None) -> SourceSpec | None:
+        """
+        One C{targets:} item that L{isSourceItem}; C{path} is its key path
+        (C{upstreams.api.targets[1]}).  None when unusable (the problems are recorded).
+        """
+        kinds = [k for k in SOURCE_KEYS if k in value]
+        if len(kinds) > 1:
+            self.problem(path, line, f"has both {kinds[0]!r} and {kinds[1]!r}: one source per item")
+            return None
+        kind = kinds[0]
+        common = ["refresh", "on_empty", "family"]
+        known = {"file": ["file", "watch", "on_empty"], "dns": ["dns", "port", "scheme", *common],
+                 "dns_srv": ["dns_srv", "scheme", *common]}[kind]
+        before = len(self.problems)
+        m = self.mapping(value, path, line, known)
+        assert m is not None  # a dict, see isSourceItem
+        onEmpty = self.get(m, "on_empty", path, oneOf("keep", "drop"), "keep")
+        if kind == "file":
+            raw = m.get("file")
+            if not isinstance(raw, str) or not raw.strip():
+                self.problem(keyPath(path, "file"), m.lines.get("file", line), "must be the path of a targets file")
+                return None
+            spec: SourceSpec = FileSpec(self.file(raw.strip()), self.get(m, "watch", path, positive(duration),
+                                                                         DEFAULT_WATCH), onEmpty)
+            return spec if len(self.problems) == before else None
+        scheme = self.get(m, "scheme", path, oneOf("http", "https"), "http")
+        refresh = self.get(m, "refresh", path, positive(duration), DEFAULT_REFRESH)
+        family = self.get(m, "family", path, oneOf("any", "ipv4", "ipv6"), "any")
+        name = self.get(m, kind, path, dnsName, "")
+        if m.get(kind) is None:
+            self.problem(keyPath(path, kind), m.lines.get(kind, line), "must be a DNS name")
+        if kind == "dns":
+            spec = DnsSpec(name, self.get(m, "port", path, port, 443 if scheme == "https" else 80), scheme, refresh,
+                           onEmpty, family)
+        else:
+            spec = DnsSrvSpec(name, scheme, refresh, onEmpty, family)
+        return spec if len(self.problems) == before else None
 
-    def lineOf(self, key: str) -> int | None:
-        return self.lines.get(key, self.line)
+    def discovery(self, value: Any, line: int | None, path: str = "discovery") -> DiscoveryConfig:
+        """The top-level C{discovery:} mapping (absent or null: the defaults)."""
+        m = self.mapping(value, path, line, ["nameservers"])
+        if m is None:
+            return DiscoveryConfig()
+        return DiscoveryConfig(self.seq(m, "nameservers", path, nameserver))
 
-    def add(self, key: str, message: str) -> None:
-        self.problems.append((f"{self.path}.{key}" if key else self.path, self.lineOf(key), message))
-
-    def known(self, keys: tuple[str, ...]) -> None:
-        for key in self.m:
-            if key not in keys:
-                self.add(str(key), f"unknown key (expected one of: {', '.join(sorted(keys))})")
-
-    def get(self, key: str, conv: Callable[[Any], T], default: T) -> T:
-        if self.m.get(key) is None:
-            return default
-        try:
-            return conv(self.m[key])
-        except Invalid as e:
-            self.add(key, str(e))
-            return default
+    def slowStart(self, m: YAMLMap, path: str) -> float:
+        """C{upstreams.NAME.slow_start}: a duration, C{0s} (off) when absent."""
+        return self.get(m, "slow_start", path, duration, 0.0)
 
 
 def isSourceItem(value: Any) -> bool:
@@ -128,76 +145,21 @@ def isSourceItem(value: Any) -> bool:
 
 
 def parseSourceItem(value: dict[Any, Any], path: str, line: int | None,
-                    baseDir: Path) -> tuple[SourceSpec | None, list[Triple]]:
-    """
-    One C{targets:} item that L{isSourceItem}; C{path} is its key path
-    (C{upstreams.api.targets[1]}).  Returns the spec (None when unusable)
-    and the problems found.
-    """
-    c = _Collector(value, path, getattr(value, "line", None) or line)
-    kinds = [k for k in SOURCE_KEYS if k in value]
-    if len(kinds) > 1:
-        c.add("", f"has both {kinds[0]!r} and {kinds[1]!r}: one source per item")
-        return None, c.problems
-    kind = kinds[0]
-    common = ("refresh", "on_empty", "family")
-    onEmpty = c.get("on_empty", oneOf("keep", "drop"), "keep")
-    if kind == "file":
-        c.known(("file", "watch", "on_empty"))
-        raw = value.get("file")
-        if not isinstance(raw, str) or not raw.strip():
-            c.add("file", "must be the path of a targets file")
-            return None, c.problems
-        p = Path(raw.strip())
-        spec: SourceSpec = FileSpec(p if p.is_absolute() else baseDir / p,
-                                    c.get("watch", positive(duration), DEFAULT_WATCH), onEmpty)
-        return (spec if not c.problems else None), c.problems
-    scheme = c.get("scheme", oneOf("http", "https"), "http")
-    refresh = c.get("refresh", positive(duration), DEFAULT_REFRESH)
-    family = c.get("family", oneOf("any", "ipv4", "ipv6"), "any")
-    name = c.get(kind, dnsName, "")
-    if value.get(kind) is None:
-        c.add(kind, "must be a DNS name")
-    if kind == "dns":
-        c.known(("dns", "port", "scheme") + common)
-        number = c.get("port", port, 443 if scheme == "https" else 80)
-        spec = DnsSpec(name, number, scheme, refresh, onEmpty, family)
-    else:
-        c.known(("dns_srv", "scheme") + common)
-        spec = DnsSrvSpec(name, scheme, refresh, onEmpty, family)
-    return (spec if not c.problems else None), c.problems
+                    baseDir: Path) -> tuple[SourceSpec | None, list[Problem]]:
+    """L{DiscoverySections.sourceItem} on its own: the spec and the problems (for tests and tools)."""
+    parser = DiscoverySections(baseDir)
+    return parser.sourceItem(value, path, line), parser.problems
 
 
-def parseDiscovery(value: Any, path: str = "discovery", line: int | None = None) -> tuple[DiscoveryConfig, list[Triple]]:
-    """The top-level C{discovery:} mapping (absent or null: the defaults)."""
-    if value is None:
-        return DiscoveryConfig(), []
-    if not isinstance(value, dict):
-        return DiscoveryConfig(), [(path, line, "must be a mapping")]
-    c = _Collector(value, path, getattr(value, "line", None) or line)
-    c.known(("nameservers",))
-    raw = value.get("nameservers")
-    servers: list[tuple[str, int]] = []
-    if isinstance(raw, str):
-        raw = [raw]
-    if raw is not None and not isinstance(raw, list):
-        c.add("nameservers", "must be a list of addresses (e.g. [\"127.0.0.1:53\"])")
-    elif raw:
-        itemLines = getattr(raw, "lines", [])
-        for i, item in enumerate(raw):
-            try:
-                servers.append(nameserver(item))
-            except Invalid as e:
-                itemLine = itemLines[i] if i < len(itemLines) else c.lineOf("nameservers")
-                c.problems.append((f"{path}.nameservers[{i}]", itemLine, str(e)))
-    return DiscoveryConfig(tuple(servers)), c.problems
+def parseDiscovery(value: Any, path: str = "discovery", line: int | None = None) -> tuple[DiscoveryConfig, list[Problem]]:
+    parser = DiscoverySections(Path.cwd())
+    return parser.discovery(value, line, path), parser.problems
 
 
-def parseSlowStart(value: Any, path: str, line: int | None) -> tuple[float, list[Triple]]:
-    """C{upstreams.NAME.slow_start}: a duration, C{0s} (off) when absent."""
-    if value is None:
-        return 0.0, []
-    try:
-        return duration(value), []
-    except Invalid as e:
-        return 0.0, [(path, line, str(e))]
+def parseSlowStart(value: Any, path: str, line: int | None) -> tuple[float, list[Problem]]:
+    """C{path} is the key's own (C{upstreams.api.slow_start})."""
+    parser = DiscoverySections(Path.cwd())
+    m = YAMLMap({"slow_start": value})
+    if line is not None:
+        m.lines["slow_start"] = line
+    return parser.slowStart(m, path.rpartition(".")[0]), parser.problems

@@ -10,8 +10,7 @@ from typing import Any
 
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import balancerName, hashOn, retryCondition, targetURL
-from txgateway.config.parser_base import ParserBase
-from txgateway.config.parser_discovery import isSourceItem, parseSlowStart, parseSourceItem
+from txgateway.config.parser_discovery import DiscoverySections, isSourceItem
 from txgateway.config.schema import (
     ActiveHealth,
     BreakerConfig,
@@ -24,13 +23,13 @@ from txgateway.config.schema import (
     UpstreamTimeouts,
 )
 from txgateway.config.schema_discovery import SourceSpec
-from txgateway.config.source import YAMLMap, YAMLSeq, lines
+from txgateway.config.source import YAMLSeq, lines
 from txgateway.config.values import duration, fraction, integer, method, oneOf, positive, urlPath
 
 __all__ = ["UpstreamSections"]
 
 
-class UpstreamSections(ParserBase):
+class UpstreamSections(DiscoverySections):
     """C{upstreams}: each a named cluster of targets and the policies that choose among them."""
 
     def upstreams(self, value: Any, line: int | None) -> dict[str, UpstreamConfig]:
@@ -61,9 +60,7 @@ class UpstreamSections(ParserBase):
             for i, t in enumerate(raw):
                 tline = raw.lines[i] if isinstance(raw, YAMLSeq) else None
                 if isSourceItem(t):  # {dns: ...}, {dns_srv: ...}, {file: ...}: see parser_discovery
-                    spec, found = parseSourceItem(t, itemPath(keyPath(path, "targets"), i), tline, self.baseDir)
-                    for p, pl, message in found:
-                        self.problem(p, pl, message)
+                    spec = self.sourceItem(t, itemPath(keyPath(path, "targets"), i), tline)
                     if spec is not None:
                         sources.append(spec)
                     continue
@@ -116,12 +113,6 @@ class UpstreamSections(ParserBase):
             sources=tuple(sources),
             slow_start=self.slowStart(m, path),
         )
-
-    def slowStart(self, m: YAMLMap, path: str) -> float:
-        seconds, found = parseSlowStart(m.get("slow_start"), keyPath(path, "slow_start"), m.lines.get("slow_start"))
-        for p, line, message in found:
-            self.problem(p, line, message)
-        return seconds
 
     def target(self, value: Any, path: str, line: int | None) -> Target | None:
         weight = 1
