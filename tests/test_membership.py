@@ -214,7 +214,7 @@ class NewTargetTests(MembershipTestBase):
         self.clock.pump([1.0] * 15)
         self.assertLess(abs(share() - 6 / 16), 0.01)  # half way: 10 and round(10 * 0.55)
         self.clock.pump([1.0] * 16)
-        self.assertEqual(share(), 0.5)
+        self.assertLess(abs(share() - 0.5), 0.03)  # (smooth WRR carries its current weights over)
         self.assertEqual([e.weight for e in cluster.endpoints], [1, 1])
 
     def test_newTargetWaitsForTheActiveCheck(self) -> None:
