@@ -174,3 +174,51 @@ class MakeSourceTests(SynchronousTestCase):
         self.assertEqual((a.port, a.refreshInterval, a.onEmpty, a.running), (8000, 5.0, "drop", 0))
         self.assertIsInstance(makeSource(DnsSrvSpec("_http._tcp.api.svc"), resolver, clock), ServiceSource)
         self.assertIsInstance(makeSource(FileSpec(Path("/srv/t.yaml")), resolver, clock), FileSource)
+
+
+class WholeFileTests(SynchronousTestCase):
+    def test_everyMistakeWithKeyPathAndLine(self) -> None:
+        """In a whole file, as `txgateway check` reports it: each discovery mistake at its key path and line."""
+        from txgateway.config import ConfigError, parseConfig
+
+        text = """\
+discovery:
+  nameservers: ["dns.google", "127.0.0.1:53"]
+upstreams:
+  app:
+    slow_start: soon
+    targets:
+      - http://a:1
+      - {dns: api.svc, port: 0, refresh: fast}
+      - {dns_srv: _http._tcp.api.svc, colour: red}
+      - {file: ""}
+routes:
+  - {name: all, match: {path_prefix: /}, upstream: app}
+"""
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(text)
+        self.assertEqual(sorted((p.path, p.line) for p in caught.exception.problems), [
+            ("discovery.nameservers[0]", 2), ("upstreams.app.slow_start", 5),
+            ("upstreams.app.targets[1].port", 8), ("upstreams.app.targets[1].refresh", 8),
+            ("upstreams.app.targets[2].colour", 9), ("upstreams.app.targets[3].file", 10)])
+
+    def test_aGoodFile(self) -> None:
+        from txgateway.config import parseConfig
+
+        config = parseConfig("""\
+discovery: {nameservers: ["127.0.0.1:5353"]}
+upstreams:
+  app:
+    slow_start: 30s
+    targets:
+      - http://a:1
+      - {dns: api.svc, port: 8000}
+      - {file: t.yaml}
+routes:
+  - {name: all, match: {path_prefix: /}, upstream: app}
+""", baseDir=BASE)
+        app = config.upstreams["app"]
+        self.assertEqual(config.discovery.nameservers, (("127.0.0.1", 5353),))
+        self.assertEqual(app.slow_start, 30.0)
+        self.assertEqual([t.url for t in app.targets], ["http://a:1"])
+        self.assertEqual(app.sources, (DnsSpec("api.svc", 8000), FileSpec(BASE / "t.yaml")))
