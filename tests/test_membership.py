@@ -299,3 +299,13 @@ class DiscoveryServiceTests(SynchronousTestCase):
         third = service.sync(DiscoveryConfig(), {"api": [b]})
         self.assertEqual(list(third), [("api", 0, b)])
         self.assertIsNone(first[("api", 0, a)].parent)
+
+
+class ProbedTargetsTests(MembershipTestBase):
+    def test_drainedTargetsAreStillProbedDisabledOnesNot(self) -> None:
+        cluster, source, membership = self.cluster()
+        source.answer("10.0.0.1", "10.0.0.2", "10.0.0.3")
+        one, two, three = sorted(cluster.endpoints, key=lambda e: e.url)
+        membership.setState(one, "draining")
+        membership.setState(two, "disabled")
+        self.assertEqual(sorted(e.url for e in membership.probed()), [one.url, three.url])

@@ -239,6 +239,10 @@ class Membership:
         if ramping:
             self._scheduleRamp()
 
+    def probed(self) -> list[Endpoint]:
+        """The targets the active health check probes: in rotation or draining (not disabled or retiring)."""
+        return [e for e in self.members.values() if e.state in (ACTIVE, DRAINING)]
+
     # -- runtime control (the admin API)
 
     def find(self, hostPort: str) -> list[Endpoint]:

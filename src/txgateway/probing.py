@@ -142,7 +142,9 @@ class ActiveHealthChecker(Service):
         return HTTPClient(agent)
 
     def _sync(self) -> None:
-        endpoints = self._cluster.endpoints
+        membership = self._cluster.membership
+        # A drained target is still probed (it comes back healthy or not); a disabled one is not.
+        endpoints = self._cluster.endpoints if membership is None else membership.probed()
         for e in list(self._targets):
             if e not in endpoints:
                 self._targets.pop(e).stop()

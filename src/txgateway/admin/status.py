@@ -178,7 +178,8 @@ class StatusReport:
                 targets.append({
                     "url": e.url,
                     "weight": e.weight,
-                    "healthy": bool(t.get("healthy", False)),
+                    # A target out of rotation (drained, retiring) is not in the health report: ask it.
+                    "healthy": bool(t.get("healthy", e.healthy(self.clock.seconds()))),
                     "circuit": t.get("circuit", "closed"),
                     "in_flight": e.inFlight,
                     "requests": int(totals.get(k, 0)),
