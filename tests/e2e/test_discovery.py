@@ -228,6 +228,9 @@ class RuntimeControlTests(DiscoveryTestBase):
         waitFor(lambda: len(traffic.results) > mark + 20, what="more traffic")
         self.assertEqual(b1.count(), before + 1)  # only the /count asked in between
         self.assertEqual({t["url"]: t["state"] for t in self.targets(gw)}, {b1.url: "draining", b2.url: "active"})
+        page = request(gw.adminPort, "GET", "/", AUTH).body.decode()
+        self.assertIn(f'data-host-port="127.0.0.1:{b1.port}" data-action="enable">Enable</button>', page)
+        self.assertIn(f'data-host-port="127.0.0.1:{b2.port}" data-action="drain">Drain</button>', page)
 
         self.control(gw, b1, "enable")
         self.waitServedBy(traffic, {"b1", "b2"})
