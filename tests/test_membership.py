@@ -309,3 +309,19 @@ class ProbedTargetsTests(MembershipTestBase):
         membership.setState(one, "draining")
         membership.setState(two, "disabled")
         self.assertEqual(sorted(e.url for e in membership.probed()), [one.url, three.url])
+
+
+class StartUpTests(MembershipTestBase):
+    def test_aSourcesFirstAnswerAtStartIsNotRamped(self) -> None:
+        """Static targets and a source's first answer at start-up are the starting set: neither gated nor ramped."""
+        health = HealthConfig(active=ActiveHealth(healthy_after=2))
+        cluster, source, _ = self.cluster(static=("http://static:80",), balancer="weighted_round_robin",
+                                          slowStart=30.0, health=health)
+        source.answer("10.0.0.1")
+        self.assertTrue(all(e.activeHealthy for e in cluster.endpoints))
+        self.assertEqual([e.weight for e in cluster.endpoints], [1, 1])
+        source.answer("10.0.0.1", "10.0.0.2")
+        new = {e.url: e for e in cluster.endpoints}["http://10.0.0.2:8000"]
+        self.assertFalse(new.activeHealthy)
+        self.assertEqual(new.weight, 1)  # a tenth of 10, while the others count 10
+        self.assertEqual({e.weight for e in cluster.endpoints if e is not new}, {10})

@@ -83,6 +83,8 @@ class Membership:
         #: url -> (state, weight or None): the admin API's changes, until the next reload
         self.overrides: dict[str, tuple[str, int | None]] = {}
         self._known: dict[str, Endpoint] = dict(previous.members) if previous is not None else {}
+        # Made at start-up (not by a reload): each source's first answer is part of the start, not ramped.
+        self._startup = previous is None
         self._rampTimer: IDelayedCall | None = None
         cluster.membership = self
 
@@ -113,8 +115,9 @@ class Membership:
 
     def updateSource(self, index: int, targets: Targets) -> None:
         """Source C{index} has a new answer: recompute the set now."""
+        first = not self.answers[index] and self._startup
         self.answers[index] = targets
-        self._apply(initial=False)
+        self._apply(initial=first)
 
     def _apply(self, initial: bool) -> None:
         now = self.clock.seconds()
