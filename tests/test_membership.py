@@ -325,3 +325,33 @@ class StartUpTests(MembershipTestBase):
         self.assertFalse(new.activeHealthy)
         self.assertEqual(new.weight, 1)  # a tenth of 10, while the others count 10
         self.assertEqual({e.weight for e in cluster.endpoints if e is not new}, {10})
+
+
+class ConsistentHashSlowStartTests(MembershipTestBase):
+    def test_aRampingTargetTakesAGrowingShareOfItsKeys(self) -> None:
+        """Under consistent_hash a new target takes its keys gradually; other keys never move."""
+        cluster, source, _ = self.cluster(balancer="consistent_hash", slowStart=30.0)
+        source.answer("10.0.0.1", "10.0.0.2", "10.0.0.3")
+        keys = [f"client-{i}" for i in range(3000)]
+
+        def owners() -> dict[str, str]:
+            out = {}
+            for k in keys:
+                lease = cluster.choose(context(k))
+                out[k] = lease.endpoint.url
+                lease.release()
+            return out
+
+        before = owners()
+        source.answer("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+        new = "http://10.0.0.4:8000"
+        counts = []
+        for _ in range(4):
+            now = owners()
+            self.assertEqual({now[k] for k in keys if now[k] != before[k]} - {new}, set())
+            counts.append(sum(1 for k in keys if now[k] == new))
+            self.clock.pump([1.0] * 10)
+        final = owners()
+        self.assertEqual(counts, sorted(counts))
+        self.assertLess(counts[0], counts[-1] / 5)
+        self.assertGreater(sum(1 for k in keys if final[k] == new), 3000 / 4 * 0.7)

@@ -43,7 +43,7 @@ class Endpoint:
 
     __slots__ = ("url", "urlBytes", "scheme", "host", "port", "weight", "inFlight", "activeHealthy",
                  "ejectedUntil", "breaker", "upstream", "labels", "netloc", "probeStatus",
-                 "source", "state", "configuredWeight", "addedAt", "onIdle")
+                 "source", "state", "configuredWeight", "addedAt", "onIdle", "share")
 
     def __init__(self, target: Target, upstream: str) -> None:
         self.url = target.url
@@ -70,6 +70,7 @@ class Endpoint:
         self.configuredWeight = target.weight
         self.addedAt = 0.0
         self.onIdle: Callable[[Endpoint], None] | None = None
+        self.share = 1.0  # while ramping under consistent_hash: the share of its keys it takes
 
     def healthy(self, now: float) -> bool:
         return self.activeHealthy and now >= self.ejectedUntil

@@ -220,14 +220,21 @@ class Membership:
             self.metrics.upstreamTargets.labels(self.cluster.name, state).set(n)
 
     def _weigh(self, active: list[Endpoint], now: float) -> bool:
-        """Set each weight from its configured one and the slow-start ramp; whether any still ramps."""
+        """
+        Set each weight from its configured one and the slow-start ramp;
+        whether any still ramps.  Consistent hashing keeps its ring (weights
+        unchanged): a ramping target's C{share} admits that part of its keys.
+        """
         slowStart = self.cluster.config.slow_start
-        ramping = slowStart > 0 and self.cluster.config.balancer != "consistent_hash" and \
-            any(now < e.addedAt + slowStart for e in active)
-        scale = RAMP_SCALE if ramping else 1
+        ramping = slowStart > 0 and any(now < e.addedAt + slowStart for e in active)
+        hashing = self.cluster.config.balancer == "consistent_hash"
+        scale = RAMP_SCALE if ramping and not hashing else 1
         for e in active:
             fraction = slowStartFraction(now - e.addedAt, slowStart) if ramping else 1.0
-            e.weight = max(1, round(e.configuredWeight * scale * fraction))
+            if hashing:
+                e.weight, e.share = e.configuredWeight, fraction
+            else:
+                e.weight, e.share = max(1, round(e.configuredWeight * scale * fraction)), 1.0
         return ramping
 
     def _scheduleRamp(self) -> None:
