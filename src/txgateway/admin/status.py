@@ -117,7 +117,8 @@ class StatusReport:
         return self._upstreams(span, base, now, health)
 
     def reloads(self) -> list[dict[str, Any]]:
-        return [{"time": _iso(h["time"]), "result": h["result"], "problems": list(h.get("problems", ()))}
+        return [{"time": _iso(h["time"]), "result": h["result"], "problems": list(h.get("problems", ())),
+                 "dropped_runtime_changes": list(h.get("dropped_runtime_changes", ()))}
                 for h in reversed(self.target.gateway.history)]
 
     def _routes(self, span: float, base: Snapshot, now: Snapshot) -> list[dict[str, Any]]:
