@@ -355,3 +355,29 @@ class ConsistentHashSlowStartTests(MembershipTestBase):
         self.assertEqual(counts, sorted(counts))
         self.assertLess(counts[0], counts[-1] / 5)
         self.assertGreater(sum(1 for k in keys if final[k] == new), 3000 / 4 * 0.7)
+
+
+class ReadyTests(SynchronousTestCase):
+    def test_readyWaitsForTheSourcesFirstAnswerBounded(self) -> None:
+        """/ready waits for every source's first refresh, but never longer than READY_WITHIN."""
+        from twisted.application.service import MultiService
+
+        from txgateway.discovering import READY_WITHIN, Discovery
+
+        clock = Clock()
+        parent = MultiService()
+        discovery = Discovery(parent, None, clock, Metrics(processMetrics=False), None)  # type: ignore[arg-type]
+        self.assertTrue(discovery.whenReady().called, "no source: ready at once")
+        source = FedSource(clock)
+        discovery.service.sources[("api", 0, FileSpec(Path("/x")))] = source  # as sync() does
+        d = discovery.whenReady()
+        self.assertFalse(d.called)
+        source.answer("10.0.0.1")
+        self.assertTrue(d.called)
+        silent = FedSource(clock)
+        discovery.service.sources[("api", 1, FileSpec(Path("/y")))] = silent
+        d = discovery.whenReady()
+        clock.advance(READY_WITHIN - 0.1)
+        self.assertFalse(d.called)
+        clock.advance(0.1)
+        self.assertTrue(d.called)

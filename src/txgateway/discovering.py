@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from txgateway.config.schema_discovery import SourceSpec
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from txgateway.gateway import Runtime
     from txgateway.observe import Metrics
 
-__all__ = ["Discovery", "droppedText"]
+__all__ = ["READY_WITHIN", "Discovery", "droppedText"]
+
+#: The longest start-up waits for the sources' first answers (two DNS query timeouts).
+READY_WITHIN = 8.0
 
 
 class Discovery:
@@ -50,6 +54,29 @@ class Discovery:
             counter(outcome).inc()
 
         return observe
+
+    def whenReady(self, bound: float = READY_WITHIN) -> Deferred[None]:
+        """
+        Fires once every source has finished its first refresh (good or
+        bad), or after C{bound} seconds: what C{/ready} waits for at
+        start-up, so a load balancer does not send traffic to a gateway
+        whose upstreams have found no target yet, while a DNS outage cannot
+        keep it from ever becoming ready.
+        """
+        waits: list[Deferred[None]] = [s.whenReady() for s in self.service.sources.values()]  # type: ignore[misc]
+        if not waits:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+
+        def fire(_: object = None) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        timer = self.clock.callLater(bound, fire)
+        gatherResults(waits).addCallback(fire)
+        return done
 
     def attach(self, runtime: Runtime, previous: Runtime | None) -> list[str]:
         """

@@ -360,7 +360,8 @@ class GatewayService(MultiService):
         failure: list[Any] = []
 
         def up(port: Any) -> None:
-            self.gateway.state.ready = True
+            # Ready once the discovery sources have answered (bounded: see discovering.READY_WITHIN).
+            self.discovery.whenReady().addCallback(lambda _: setattr(self.gateway.state, "ready", True))
             log.info("txgateway listening on {address}", address=_bound(port), where=where)
 
         def failed(f: Any) -> None:
