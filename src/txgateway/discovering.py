@@ -94,6 +94,8 @@ class Discovery:
             membership = Membership(cluster, self.clock, self.metrics, self.breakerObserver, oldMembership)
             specs = config.upstreams[name].sources
             membership.attach([sources[(name, i, spec)] for i, spec in enumerate(specs)])
+            if oldMembership is not None:
+                oldMembership.retireAllBut(membership.members)
         if previous is not None:
             for name, old in previous.clusters.items():
                 if name not in runtime.clusters and old.membership is not None:

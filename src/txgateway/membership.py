@@ -83,6 +83,9 @@ class Membership:
         #: url -> (state, weight or None): the admin API's changes, until the next reload
         self.overrides: dict[str, tuple[str, int | None]] = {}
         self._known: dict[str, Endpoint] = dict(previous.members) if previous is not None else {}
+        if previous is not None and previous.cluster.config.circuit_breaker != cluster.config.circuit_breaker:
+            for e in self._known.values():
+                e.breaker = self._breaker(e)  # as the service does for static targets on such a reload
         # Made at start-up (not by a reload): each source's first answer is part of the start, not ramped.
         self._startup = previous is None
         self._rampTimer: IDelayedCall | None = None
@@ -160,9 +163,20 @@ class Membership:
             if config.health.active is not None:
                 # Probed at once (the checker hears onTargetsChanged); traffic after healthy_after passes.
                 e.activeHealthy = False
-        observer = self.breakerObserver(self.metrics, config.name, e) if self.breakerObserver and self.metrics else None
-        e.breaker = breaking.makeBreaker(config.circuit_breaker, self.clock, observer)
+        e.breaker = self._breaker(e)
         return e
+
+    def _breaker(self, e: Endpoint) -> Any:
+        config = self.cluster.config
+        observer = self.breakerObserver(self.metrics, config.name, e) if self.breakerObserver and self.metrics else None
+        return breaking.makeBreaker(config.circuit_breaker, self.clock, observer)
+
+    def retireAllBut(self, kept: dict[str, Endpoint]) -> None:
+        """This membership's cluster was replaced by a reload: retire the targets the new one dropped."""
+        for url, e in list(self.members.items()):
+            if url not in kept:
+                del self.members[url]
+                self._retire(e)
 
     def _retire(self, e: Endpoint) -> None:
         e.state = RETIRING
