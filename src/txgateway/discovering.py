@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from txgateway.building import _breakerObserver
 from txgateway.config.schema_discovery import SourceSpec
 from txgateway.discovery.base import Observer
 from txgateway.discovery.service import DiscoveryService
@@ -39,10 +40,11 @@ class Discovery:
     """The gateway's discovery: its sources (a child service) and the memberships of the running clusters."""
 
     def __init__(self, parent: IServiceCollection, reactor: Any, clock: IReactorTime, metrics: Metrics,
-                 breakerObserver: BreakerObserver) -> None:
+                 breakerObserver: BreakerObserver | None = None) -> None:
         self.clock = clock
         self.metrics = metrics
-        self.breakerObserver = breakerObserver
+        # A discovered target's breaker logs and counts its transitions as a static target's does.
+        self.breakerObserver = breakerObserver if breakerObserver is not None else _breakerObserver
         self.service = DiscoveryService(reactor, clock, self._observerFor)
         self.service.setServiceParent(parent)
 

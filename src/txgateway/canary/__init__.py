@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_canary_config,tests.test_canary_split,tests.test_canary_mirror,tests.test_canary_compare -*-
 """
 Canary releases: weighted splits among upstreams, and shadow traffic with answer comparison (issue 23).
 
@@ -119,7 +120,7 @@ Decisions taken here (and why)
 
 2. Choosing the upstream (routing, before the lease)
 ====================================================
-- service.buildRuntime: per route C{canary = buildRouteCanary(r.name,
+- building.buildRuntime: per route C{canary = buildRouteCanary(r.name,
   r.config.canary, clock, rng, mirrorSend, observe=metrics hook)};
   C{CompiledRoute} gains slots C{splitter} and C{clusters} (name ->
   Cluster, every upstream of the split) beside C{cluster}.  With a
@@ -271,3 +272,5 @@ Decisions taken here (and why)
   name in the path; a split route's upstreams resolved to clusters.
 - Metrics: the mismatch counter and the upstream label; access log field.
 """
+
+__all__: list[str] = []

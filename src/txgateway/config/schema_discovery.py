@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config,tests.test_config -*-
 """
 The frozen specs of discovery (issue 22): the target items that name a
 source instead of a URL, and the top-level C{discovery:} section.

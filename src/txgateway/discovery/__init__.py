@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config,tests.test_discovery_dns,tests.test_discovery_files,tests.test_membership -*-
 """
 Target discovery: upstream targets that come and go (issue 22).
 
@@ -51,3 +52,5 @@ How it is wired in
 Layers: this package is below C{cluster} and above C{config} (see setup.cfg);
 it knows nothing of clusters or Endpoints, only L{ITargetSource} and specs.
 """
+
+__all__: list[str] = []

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config,tests.test_discovery_files -*-
 """
 The discovery specs and the target conversion the sources share.
 
