@@ -50,6 +50,16 @@ def context(key: str) -> RequestContext:
     return RequestContext(None, 0.0, "id", key, key, b"GET", "gw", "/", None)  # type: ignore[arg-type]
 
 
+def ownersOf(cluster: Cluster, keys: list[str]) -> dict[str, str]:
+    """Which target each client key is sent to now."""
+    out = {}
+    for k in keys:
+        lease = cluster.choose(context(k))
+        out[k] = lease.endpoint.url
+        lease.release()
+    return out
+
+
 class Pool:
     """What the membership asks of a pool: idle connections to take, by key."""
 
@@ -167,12 +177,7 @@ class FollowingSourcesTests(MembershipTestBase):
         keys = [f"client-{i}" for i in range(2000)]
 
         def owners() -> dict[str, str]:
-            out = {}
-            for k in keys:
-                lease = cluster.choose(context(k))
-                out[k] = lease.endpoint.url
-                lease.release()
-            return out
+            return ownersOf(cluster, keys)
 
         before = owners()
         source.answer(*(f"10.0.0.{i}" for i in range(1, 7)))
@@ -335,12 +340,7 @@ class ConsistentHashSlowStartTests(MembershipTestBase):
         keys = [f"client-{i}" for i in range(3000)]
 
         def owners() -> dict[str, str]:
-            out = {}
-            for k in keys:
-                lease = cluster.choose(context(k))
-                out[k] = lease.endpoint.url
-                lease.release()
-            return out
+            return ownersOf(cluster, keys)
 
         before = owners()
         source.answer("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
