@@ -381,3 +381,44 @@ class ReadyTests(SynchronousTestCase):
         self.assertFalse(d.called)
         clock.advance(0.1)
         self.assertTrue(d.called)
+
+
+class FakeRequest:
+    def __init__(self, method: bytes, path: bytes, body: bytes = b"") -> None:
+        import io
+
+        self.method = method
+        self.path = path
+        self.content = io.BytesIO(body)
+
+
+class TargetControlTests(MembershipTestBase):
+    def control(self, cluster: Cluster, method: bytes, path: bytes, body: bytes = b"") -> tuple[int, Any]:
+        from txgateway.admin.targets import targetControl
+
+        code, doc, _ = targetControl({"api": cluster}, FakeRequest(method, path, body))
+        return code, doc
+
+    def test_answers(self) -> None:
+        """200 with the target; 404 unknown; 405 wrong method; 400 bad weight; 409 for http and https alike."""
+        cluster, source, membership = self.cluster(static=("http://a:80",))
+        code, doc = self.control(cluster, b"POST", b"/api/upstreams/api/targets/a:80/drain")
+        self.assertEqual((code, doc["target"]["state"], doc["target"]["source"]), (200, "draining", "static"))
+        self.assertEqual(self.control(cluster, b"POST", b"/api/upstreams/nope/targets/a:80/drain")[0], 404)
+        self.assertEqual(self.control(cluster, b"POST", b"/api/upstreams/api/targets/b:80/drain")[0], 404)
+        self.assertEqual(self.control(cluster, b"POST", b"/api/upstreams/api/targets/a:80/explode")[0], 404)
+        self.assertEqual(self.control(cluster, b"GET", b"/api/upstreams/api/targets/a:80/enable")[0], 405)
+        self.assertEqual(self.control(cluster, b"POST", b"/api/upstreams/api/targets/a:80/weight")[0], 405)
+        for body in (b'{"weight": 0}', b'{"weight": "2"}', b'{"weight": true}', b"[]", b"{"):
+            self.assertEqual(self.control(cluster, b"PUT", b"/api/upstreams/api/targets/a:80/weight", body)[0], 400,
+                             body)
+        code, doc = self.control(cluster, b"PUT", b"/api/upstreams/api/targets/a:80/weight", b'{"weight": 4}')
+        self.assertEqual((code, doc["target"]["weight"]), (200, 4))
+        source.publish([DiscoveredTarget("https", "a", 80, 1, "dns")], self.clock.seconds())
+        self.assertEqual(self.control(cluster, b"POST", b"/api/upstreams/api/targets/a:80/enable")[0], 409)
+
+    def test_ipv6HostInBrackets(self) -> None:
+        cluster, source, membership = self.cluster()
+        source.publish([DiscoveredTarget("http", "fd00::5", 8000, 1, "dns")], self.clock.seconds())
+        code, doc = self.control(cluster, b"POST", b"/api/upstreams/api/targets/%5Bfd00::5%5D:8000/disable")
+        self.assertEqual((code, doc["target"]["url"], doc["target"]["state"]), (200, "http://[fd00::5]:8000", "disabled"))
