@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_membership -*-
+# -*- test-case-name: tests.test_membership,tests.e2e.test_discovery -*-
 """
 Runtime control of upstream targets (issue 22):
 C{POST /api/upstreams/{upstream}/targets/{host:port}/drain|disable|enable}
