@@ -30,7 +30,7 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
 
     def gateway(self, doc: Any, source: str | None) -> GatewayConfig:
         top = self.mapping(doc, "", 1, ["server", "admin", "logging", "stores", "access", "auth_policies",
-                                        "upstreams", "routes", "discovery"])
+                                        "upstreams", "routes", "tracing", "discovery"])
         if top is None:
             raise ConfigError(self.problems, source or "")
         server = self.server(*self.child(top, "server"))
@@ -42,8 +42,9 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
         discovery = self.discovery(*self.child(top, "discovery"))
+        tracing = self.tracing(*self.child(top, "tracing"))
         return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
-                             discovery=discovery)
+                             tracing=tracing, discovery=discovery)
 
 
 def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None,
