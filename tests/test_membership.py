@@ -96,9 +96,9 @@ class MembershipTestBase(SynchronousTestCase):
         endpoints = [Endpoint(t, "api") for t in targets]
         cluster = Cluster(config, self.clock, balancing.makeBalancer(config, random.Random(1)), endpoints,
                           metrics=self.metrics)
-        cluster.pool = self.pool = Pool()  # type: ignore[attr-defined]
+        self.pool = Pool()
         source = FedSource(self.clock)
-        membership = Membership(cluster, self.clock, self.metrics)
+        membership = Membership(cluster, self.clock, self.metrics, pool=self.pool)
         membership.attach([source])
         return cluster, source, membership
 

@@ -64,8 +64,11 @@ class Membership:
     """
 
     def __init__(self, cluster: Cluster, clock: IReactorTime, metrics: Metrics | None,
-                 breakerObserver: BreakerObserver | None = None, previous: Membership | None = None) -> None:
+                 breakerObserver: BreakerObserver | None = None, previous: Membership | None = None,
+                 pool: Any = None) -> None:
         self.cluster = cluster
+        # The connection pool whose idle connections to a retired target are closed (the cluster's by default).
+        self.pool = pool if pool is not None else getattr(cluster, "pool", None)
         self.clock = clock
         self.metrics = metrics
         self.breakerObserver = breakerObserver
@@ -195,12 +198,12 @@ class Membership:
             self._forget(e)
             self._publishCounts()
         else:
-            self.clock.callLater(0, _closeIdle, self.cluster, e)
+            self.clock.callLater(0, _closeIdle, self.pool, e)
 
     def _forget(self, e: Endpoint) -> None:
         e.onIdle = None
         # Once the response that ended has handed its connection back to the pool.
-        self.clock.callLater(0, _closeIdle, self.cluster, e)
+        self.clock.callLater(0, _closeIdle, self.pool, e)
         if self.metrics is not None:
             for gauge in (self.metrics.targetHealthy, self.metrics.circuitState):
                 try:
@@ -287,7 +290,7 @@ class Membership:
             e.addedAt = self.clock.seconds()  # back in rotation: ramped again
         self._apply(initial=False)
         if state != ACTIVE and e.inFlight == 0:
-            self.clock.callLater(0, _closeIdle, self.cluster, e)
+            self.clock.callLater(0, _closeIdle, self.pool, e)
 
     def setWeight(self, e: Endpoint, weight: int) -> None:
         if e.url not in self.members:
@@ -351,9 +354,8 @@ def describeOverrides(clusters: dict[str, Cluster]) -> list[str]:
     return out
 
 
-def _closeIdle(cluster: Cluster, e: Endpoint) -> None:
+def _closeIdle(pool: Any, e: Endpoint) -> None:
     """Close the pooled idle connections to C{e} (the pool's public C{takeIdle}; one still in use closes later)."""
-    pool = getattr(cluster, "pool", None)
     takeIdle = getattr(pool, "takeIdle", None)
     if takeIdle is None or e.inFlight:
         return

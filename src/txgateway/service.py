@@ -92,8 +92,7 @@ class GatewayService(MultiService):
         self._observers = [s for s in (exporter, self.timeline) if s is not None]
         for s in self._observers:
             s.setServiceParent(self)
-        # Discovery sources (started before the listeners) and runtime target control (issue 22).
-        self.discovery = Discovery(self, reactor, self.clock, self.metrics)
+        self.discovery = Discovery(self, reactor, self.clock, self.metrics)  # started before the listeners (#22)
         self.discovery.attach(self.gateway.runtime, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)

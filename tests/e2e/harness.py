@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -427,3 +428,46 @@ def chromium() -> str | None:
         if path:
             return path
     return None
+
+
+class Traffic:
+    """Requests one after another from a thread; every answer is kept as (status, X-Backend)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.results: list[tuple[int, str | None]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resp = request(self.port, "GET", "/echo", timeout=10)
+                self.results.append((resp.status, resp.header("X-Backend")))
+            except Exception as e:  # a client-side failure is a failed request too
+                self.errors.append(repr(e))
+                self.results.append((0, None))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def mark(self) -> int:
+        return len(self.results)
+
+    def settled(self) -> int:
+        """
+        A mark after which every request was sent after this call: the one
+        that may be in flight now is answered (and skipped) first.
+        """
+        mark = self.mark() + 1
+        waitFor(lambda: len(self.results) >= mark, what="the request in flight to finish")
+        return mark
+
+    def since(self, mark: int) -> list[tuple[int, str | None]]:
+        return self.results[mark:]

@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from .dnsserver import DNSServer
 from .harness import Backend, GatewayProcess, request, waitFor
-from .test_health import Traffic as HealthTraffic
+from .harness import Traffic as HealthTraffic
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
