@@ -11,17 +11,13 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway.config.errors import Problem
+from txgateway.config.parser_discovery import isSourceItem, parseSourceItem
+from txgateway.config.parser_discovery import parseDiscovery as _parseDiscovery
+from txgateway.config.parser_discovery import parseSlowStart as _parseSlowStart
+from txgateway.config.schema_discovery import DiscoveryConfig, DnsSpec, DnsSrvSpec, FileSpec
+from txgateway.config.source import YAMLMap
 from txgateway.discovery.build import makeSource
-from txgateway.discovery.config import (
-    DiscoveryConfig,
-    DnsSpec,
-    DnsSrvSpec,
-    FileSpec,
-    isSourceItem,
-    parseDiscovery,
-    parseSlowStart,
-    parseSourceItem,
-)
 from txgateway.discovery.dns import AddressSource, ServiceSource
 from txgateway.discovery.files import FileSource
 from txgateway.discovery.slowstart import rampedWeight, rampEnds, slowStartFraction
@@ -30,19 +26,33 @@ BASE = Path("/etc/txgateway")
 PATH = "upstreams.api.targets[1]"
 
 
-class LinedDict(dict):  # type: ignore[type-arg]
+def LinedDict(items: dict[str, Any], line: int, lines: dict[str, int]) -> YAMLMap:
     """A mapping as the config loader gives it: with the line of each key."""
+    m = YAMLMap(items)
+    m.line = line
+    m.lines = dict(lines)
+    return m
 
-    def __init__(self, items: dict[str, Any], line: int, lines: dict[str, int]) -> None:
-        super().__init__(items)
-        self.line = line
-        self.lines = lines
+
+def triples(problems: list[Problem]) -> list[tuple[str, int | None, str]]:
+    return [(p.path, p.line, p.message) for p in problems]
+
+
+def parseDiscovery(value: Any) -> tuple[DiscoveryConfig, list[tuple[str, int | None, str]]]:
+    config, problems = _parseDiscovery(value)
+    return config, triples(problems)
+
+
+def parseSlowStart(value: Any, path: str, line: int | None) -> tuple[float, list[tuple[str, int | None, str]]]:
+    seconds, problems = _parseSlowStart(value, path, line)
+    return seconds, triples(problems)
 
 
 class SourceItemTests(SynchronousTestCase):
     def parse(self, item: dict[str, Any]) -> tuple[Any, list[tuple[str, int | None, str]]]:
         self.assertTrue(isSourceItem(item))
-        return parseSourceItem(item, PATH, 7, BASE)
+        spec, problems = parseSourceItem(item, PATH, 7, BASE)
+        return spec, triples(problems)
 
     def test_notASourceItem(self) -> None:
         """URLs and url:/weight: mappings are left to the config package."""
@@ -164,3 +174,51 @@ class MakeSourceTests(SynchronousTestCase):
         self.assertEqual((a.port, a.refreshInterval, a.onEmpty, a.running), (8000, 5.0, "drop", 0))
         self.assertIsInstance(makeSource(DnsSrvSpec("_http._tcp.api.svc"), resolver, clock), ServiceSource)
         self.assertIsInstance(makeSource(FileSpec(Path("/srv/t.yaml")), resolver, clock), FileSource)
+
+
+class WholeFileTests(SynchronousTestCase):
+    def test_everyMistakeWithKeyPathAndLine(self) -> None:
+        """In a whole file, as `txgateway check` reports it: each discovery mistake at its key path and line."""
+        from txgateway.config import ConfigError, parseConfig
+
+        text = """\
+discovery:
+  nameservers: ["dns.google", "127.0.0.1:53"]
+upstreams:
+  app:
+    slow_start: soon
+    targets:
+      - http://a:1
+      - {dns: api.svc, port: 0, refresh: fast}
+      - {dns_srv: _http._tcp.api.svc, colour: red}
+      - {file: ""}
+routes:
+  - {name: all, match: {path_prefix: /}, upstream: app}
+"""
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(text)
+        self.assertEqual(sorted((p.path, p.line) for p in caught.exception.problems), [
+            ("discovery.nameservers[0]", 2), ("upstreams.app.slow_start", 5),
+            ("upstreams.app.targets[1].port", 8), ("upstreams.app.targets[1].refresh", 8),
+            ("upstreams.app.targets[2].colour", 9), ("upstreams.app.targets[3].file", 10)])
+
+    def test_aGoodFile(self) -> None:
+        from txgateway.config import parseConfig
+
+        config = parseConfig("""\
+discovery: {nameservers: ["127.0.0.1:5353"]}
+upstreams:
+  app:
+    slow_start: 30s
+    targets:
+      - http://a:1
+      - {dns: api.svc, port: 8000}
+      - {file: t.yaml}
+routes:
+  - {name: all, match: {path_prefix: /}, upstream: app}
+""", baseDir=BASE)
+        app = config.upstreams["app"]
+        self.assertEqual(config.discovery.nameservers, (("127.0.0.1", 5353),))
+        self.assertEqual(app.slow_start, 30.0)
+        self.assertEqual([t.url for t in app.targets], ["http://a:1"])
+        self.assertEqual(app.sources, (DnsSpec("api.svc", 8000), FileSpec(BASE / "t.yaml")))

@@ -199,7 +199,7 @@ class ExpositionTests(SynchronousTestCase):
         """Every family Metrics declares is one of the lock-free classes."""
         m = Metrics(processMetrics=False)
         declared = [v for v in vars(m).values() if isinstance(v, (Counter, Gauge, Histogram))]
-        self.assertEqual(len(declared), 31)  # 18, issue 24's nine (limits, queues, sheds, batches, coalescing), issue 27's four
+        self.assertEqual(len(declared), 33)  # 18, issue 24's nine, issue 27's four, issue 22's two
         for family in declared:
             self.assertIsInstance(family, OURS)
 

@@ -315,16 +315,21 @@ class ConsistentHash:
             return self._fallback.pick(eligible, context)
         owners = self._owners
         size = len(points)
-        i = bisect.bisect_left(points, _hash64(key))
+        h = _hash64(key)
+        i = bisect.bisect_left(points, h)
         if i == size:
             i = 0
         owner = owners[i]
         # Identity checks over a short list: cheaper than building a set per request.
-        if owner in eligible:
+        if owner in eligible and owner.share >= 1.0:
             return owner
-        for step in range(1, size):
+        # A target ramping up (slow_start) takes the keys whose hash falls below its
+        # share and passes the others on: deterministic per key, and the ring is not
+        # rebuilt as the share grows.
+        position = h / 2**64
+        for step in range(size):
             owner = owners[(i + step) % size]
-            if owner in eligible:
+            if owner in eligible and (owner.share >= 1.0 or position < owner.share):
                 return owner
         # Eligible targets the ring does not know (should not happen): stay useful.
         return self._fallback.pick(eligible, context)

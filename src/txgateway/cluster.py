@@ -15,7 +15,7 @@ the slot back exactly once; nothing else touches those counters.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -42,7 +42,8 @@ class Endpoint:
     """
 
     __slots__ = ("url", "urlBytes", "scheme", "host", "port", "weight", "inFlight", "activeHealthy",
-                 "ejectedUntil", "breaker", "upstream", "labels", "netloc", "probeStatus")
+                 "ejectedUntil", "breaker", "upstream", "labels", "netloc", "probeStatus",
+                 "source", "state", "configuredWeight", "addedAt", "onIdle", "share")
 
     def __init__(self, target: Target, upstream: str) -> None:
         self.url = target.url
@@ -61,6 +62,15 @@ class Endpoint:
         self.probeStatus: int | None = None  # the latest active health probe's answer, for /health
         self.breaker: IBreaker | None = None
         self.labels: object = None  # cached metric children, see observe.Metrics
+        # Discovery and runtime control (txgateway.membership): where the target
+        # came from, active / draining / disabled, its weight before slow start or
+        # the admin API changed it, and a callback for its last in-flight release.
+        self.source = "static"
+        self.state = "active"
+        self.configuredWeight = target.weight
+        self.addedAt = 0.0
+        self.onIdle: Callable[[Endpoint], None] | None = None
+        self.share = 1.0  # while ramping under consistent_hash: the share of its keys it takes
 
     def healthy(self, now: float) -> bool:
         return self.activeHealthy and now >= self.ejectedUntil
@@ -146,7 +156,10 @@ class Lease:
         """The attempt is over: its in-flight slot is free."""
         if not self.released:
             self.released = True
-            self.endpoint.inFlight -= 1
+            endpoint = self.endpoint
+            endpoint.inFlight -= 1
+            if endpoint.onIdle is not None and endpoint.inFlight == 0:
+                endpoint.onIdle(endpoint)  # a drained or retiring target's last request ended
 
     def finish(self, complete: bool, clientGone: bool = False) -> None:
         """
@@ -198,6 +211,10 @@ class Cluster:
         # UpstreamAgent over the upstream's pool, made by the service).
         self.agent: IUpstreamClient | None = client
         balancer.setTargets(self.endpoints)
+        # Set by txgateway.membership when the upstream has discovery or runtime
+        # control; called (e.g. by the active health checker) when endpoints change.
+        self.membership: Any = None
+        self.onTargetsChanged: list[Callable[[], None]] = []
 
     def choose(self, context: RequestContext, tried: Sequence[Endpoint] = ()) -> Lease:
         """
@@ -228,6 +245,8 @@ class Cluster:
                     choice = self.balancer.pick(endpoints, context) if len(endpoints) > 1 else endpoints[0]
                     if choice is not None and (choice.breaker is None or choice.breaker.allow()):
                         return Lease(self, choice, now)
+        if not endpoints:
+            raise NoTarget("no target: none discovered yet, or all drained or disabled", 1.0)
         healthy = [e for e in endpoints if e.healthy(now)]
         if not healthy:
             if not self.failOpen:

@@ -102,6 +102,9 @@ class ActiveHealthChecker(Service):
         Swap in the reloaded Cluster.  Endpoints that stay keep their loop
         and their streaks; new ones start probing, removed ones stop.
         """
+        if self.running:
+            _unwatch(self._cluster, self._sync)
+            cluster.onTargetsChanged.append(self._sync)
         self._cluster = cluster
         if self.running:
             self._sync()
@@ -112,10 +115,13 @@ class ActiveHealthChecker(Service):
         super().startService()
         if self._client is None:
             self._client = self._makeClient()
+        # Discovery and the admin API change the targets between reloads (txgateway.membership).
+        self._cluster.onTargetsChanged.append(self._sync)
         self._sync()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        _unwatch(self._cluster, self._sync)
         for state in self._targets.values():
             state.stop()
         self._targets.clear()
@@ -136,7 +142,9 @@ class ActiveHealthChecker(Service):
         return HTTPClient(agent)
 
     def _sync(self) -> None:
-        endpoints = self._cluster.endpoints
+        membership = self._cluster.membership
+        # A drained target is still probed (it comes back healthy or not); a disabled one is not.
+        endpoints = self._cluster.endpoints if membership is None else membership.probed()
         for e in list(self._targets):
             if e not in endpoints:
                 self._targets.pop(e).stop()
@@ -244,6 +252,11 @@ class ActiveHealthChecker(Service):
                 publish(self.metrics, cluster, endpoint, "unhealthy", now)
             else:
                 log.debug("health probe of {target} failed: {detail}", target=endpoint.url, detail=detail)
+
+
+def _unwatch(cluster: Cluster, hook: Any) -> None:
+    if hook in cluster.onTargetsChanged:
+        cluster.onTargetsChanged.remove(hook)
 
 
 def _loopDied(f: Failure, url: str) -> None:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from txgateway import probing, stores
 from txgateway.building import ClientFactory, Gateway, accessLogFor, buildRuntime, needsRedis
 from txgateway.config import ConfigError, GatewayConfig, loadConfig
-from txgateway.context import RequestContext
+from txgateway.discovering import Discovery, droppedText
 from txgateway.gateway import GatewayRoot, Runtime
 from txgateway.http.process import markCleanStop
 from txgateway.http.sending import WriteBatcher
@@ -92,6 +92,8 @@ class GatewayService(MultiService):
         self._observers = [s for s in (exporter, self.timeline) if s is not None]
         for s in self._observers:
             s.setServiceParent(self)
+        self.discovery = Discovery(self, reactor, self.clock, self.metrics)  # started before the listeners (#22)
+        self.discovery.attach(self.gateway.runtime, None)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
@@ -135,24 +137,9 @@ class GatewayService(MultiService):
                     endpoint.breaker.state  # noqa: B018 - reading settles the lazy transition
 
     def _refused(self, client: str, method: bytes, target: bytes, headers: Any, status: int) -> str:
-        """
-        A request the listening channel refused (400, 408, 413, 414, 431):
-        its request id (the client's, if plain, as for any request) and its
-        access-log line, as every answered request has.
-        """
-        sent = headers.getRawHeaders(b"x-request-id") if headers is not None else None
-        requestId = self.gateway.state.ids.requestId(sent[0] if sent else None)
-        hosts = headers.getRawHeaders(b"host") if headers is not None else None
-        # The raw target, without its query (which may hold tokens) and cut
-        # short: it may be the very thing refused for its length.
-        path = target.partition(b"?")[0][:256].decode("latin-1")
-        # No Request object: the channel refused the bytes before making one.
-        context = RequestContext(None, self.clock.seconds(), requestId, client, client, method[:32],  # type: ignore[arg-type]
-                                 hosts[0][:256].decode("latin-1") if hosts else "", path, None)
-        context.status = status
-        context.outcome = "refused"
-        self.accessLog.record(context, 0.0)
-        return requestId
+        """A request the listening channel refused: its request id and access-log line (see L{AccessLog.refused})."""
+        return self.accessLog.refused(self.gateway.state.ids, self.clock.seconds(), client, method, target, headers,
+                                      status)
 
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
@@ -191,7 +178,8 @@ class GatewayService(MultiService):
         failure: list[Any] = []
 
         def up(port: Any) -> None:
-            self.gateway.state.ready = True
+            # Ready once the discovery sources have answered (bounded: see discovering.READY_WITHIN).
+            self.discovery.whenReady().addCallback(lambda _: setattr(self.gateway.state, "ready", True))
             log.info("txgateway listening on {address}", address=boundAddress(port), where=where)
 
         def failed(f: Any) -> None:
@@ -320,6 +308,7 @@ class GatewayService(MultiService):
             if not hadRedis and needsRedis(config):
                 self.redis = stores.makeRedis(config.stores, self.reactor)
             runtime = self._build(config, previous)
+            dropped = self.discovery.attach(runtime, previous)
         except ConfigError as e:
             problems = [str(p) for p in e.problems]
             self._recordReload("failure", problems)
@@ -348,9 +337,9 @@ class GatewayService(MultiService):
         except Exception:
             # The new runtime already serves; what failed is housekeeping.
             log.failure("after swapping in the new config, updating health checks or pools failed")
-        self._recordReload("success", [])
-        log.info("config reloaded: {routes} routes, {upstreams} upstreams",
-                 routes=len(config.routes), upstreams=len(config.upstreams))
+        self._recordReload("success", [], dropped)
+        log.info("config reloaded: {routes} routes, {upstreams} upstreams{dropped}",
+                 routes=len(config.routes), upstreams=len(config.upstreams), dropped=droppedText(dropped))
         return []
 
     def _retire(self, previous: Runtime, current: Runtime) -> None:
@@ -369,9 +358,10 @@ class GatewayService(MultiService):
             if pool is not None and id(pool) not in inUse:
                 pool.closeCachedConnections()
 
-    def _recordReload(self, result: str, problems: list[str]) -> None:
+    def _recordReload(self, result: str, problems: list[str], dropped: list[str] | None = None) -> None:
         self.metrics.configReloads.labels(result).inc()
-        self.gateway.history.append({"time": self.clock.seconds(), "result": result, "problems": problems})
+        self.gateway.history.append({"time": self.clock.seconds(), "result": result, "problems": problems,
+                                     "dropped_runtime_changes": dropped or []})
         del self.gateway.history[:-20]
 
 

@@ -357,10 +357,11 @@ class _BigProducer:
 
 def main() -> None:
     port, name = int(sys.argv[1]), sys.argv[2]
+    interface = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"  # another loopback address: DNS discovery tests
     site = server.Site(Origin(name))
     site.log = lambda request: None  # type: ignore[method-assign]
     # PORT 0: the OS picks; the harness reads the port from the first line.
-    d = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
+    d = TCP4ServerEndpoint(reactor, port, interface=interface).listen(site)
     d.addCallback(lambda listening: print("ready", listening.getHost().port, flush=True))
     d.addErrback(lambda f: (print(f.getErrorMessage(), flush=True), reactor.stop()))  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]

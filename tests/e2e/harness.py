@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -216,18 +217,19 @@ def _stopAll(started: list[Any]) -> None:
 class Backend:
     """One origin process (tests/e2e/backend.py), on a port the OS picks unless one is given."""
 
-    def __init__(self, name: str = "b1", port: int | None = None) -> None:
+    def __init__(self, name: str = "b1", port: int | None = None, interface: str = "127.0.0.1") -> None:
         self.name = name
         self.port = port or 0
+        self.interface = interface
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         assert self.port, "the backend's port is known once it has started"
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.interface}:{self.port}"
 
     def start(self) -> Backend:
-        self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name], env=childEnv(),
+        self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name, self.interface], env=childEnv(),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
         # backend.py prints "ready PORT" once it listens (or why not, and exits).
@@ -237,7 +239,7 @@ class Backend:
         if not first.startswith("ready "):
             raise AssertionError(f"backend {self.name} did not start: {first}")
         self.port = int(first.split()[1])
-        waitFor(lambda: request(self.port, "GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
+        waitFor(lambda: self.request("GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
         return self
 
     def stop(self) -> None:
@@ -247,8 +249,17 @@ class Backend:
             if self.proc.stdout:
                 self.proc.stdout.close()
 
+    def request(self, method: str, path: str, timeout: float = 10.0) -> Response:
+        conn = http.client.HTTPConnection(self.interface, self.port, timeout=timeout)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return Response(resp.status, resp.getheaders(), resp.read())
+        finally:
+            conn.close()
+
     def count(self) -> int:
-        return int(request(self.port, "GET", "/count").body)
+        return int(self.request("GET", "/count").body)
 
 
 class GatewayProcess:
@@ -417,3 +428,46 @@ def chromium() -> str | None:
         if path:
             return path
     return None
+
+
+class Traffic:
+    """Requests one after another from a thread; every answer is kept as (status, X-Backend)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.results: list[tuple[int, str | None]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resp = request(self.port, "GET", "/echo", timeout=10)
+                self.results.append((resp.status, resp.header("X-Backend")))
+            except Exception as e:  # a client-side failure is a failed request too
+                self.errors.append(repr(e))
+                self.results.append((0, None))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def mark(self) -> int:
+        return len(self.results)
+
+    def settled(self) -> int:
+        """
+        A mark after which every request was sent after this call: the one
+        that may be in flight now is answered (and skipped) first.
+        """
+        mark = self.mark() + 1
+        waitFor(lambda: len(self.results) >= mark, what="the request in flight to finish")
+        return mark
+
+    def since(self, mark: int) -> list[tuple[int, str | None]]:
+        return self.results[mark:]

@@ -9,11 +9,9 @@ backend dies and returns.
 
 from __future__ import annotations
 
-import threading
-
 from twisted.trial.unittest import SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, Traffic, request, simpleConfig, waitFor
 
 UPSTREAM = """\
     balancer: round_robin
@@ -22,49 +20,6 @@ UPSTREAM = """\
       active: {path: /health, interval: 100ms, timeout: 500ms, healthy_after: 2, unhealthy_after: 2}
       when_all_unhealthy: fail_open
     retries: {attempts: 2, on: [connect_failure, reset, 502, 503], backoff: 1ms, budget: 100%}"""
-
-
-class Traffic:
-    """Requests one after another from a thread; every answer is kept as (status, X-Backend)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.results: list[tuple[int, str | None]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                resp = request(self.port, "GET", "/echo", timeout=10)
-                self.results.append((resp.status, resp.header("X-Backend")))
-            except Exception as e:  # a client-side failure is a failed request too
-                self.errors.append(repr(e))
-                self.results.append((0, None))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def mark(self) -> int:
-        return len(self.results)
-
-    def settled(self) -> int:
-        """
-        A mark after which every request was sent after this call: the one
-        that may be in flight now is answered (and skipped) first.
-        """
-        mark = self.mark() + 1
-        waitFor(lambda: len(self.results) >= mark, what="the request in flight to finish")
-        return mark
-
-    def since(self, mark: int) -> list[tuple[int, str | None]]:
-        return self.results[mark:]
 
 
 def targetHealth(gw: GatewayProcess) -> dict[str, bool]:

@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 from txgateway.admin.auth import sameOrigin, tokenAccepted
 from txgateway.admin.page import StatusPage, renderBody
 from txgateway.admin.status import AdminTarget, StatusReport
+from txgateway.admin.targets import PREFIX, targetControl
 from txgateway.caching.purging import PURGE_KINDS, purgeAll, routeCaches
 
 log = Logger(namespace="txgateway.admin")
@@ -71,6 +72,13 @@ class AdminResource(Resource):
                 if method == b"POST" else None
             if handler is not None:
                 return handler(request)
+            if path.startswith(PREFIX):  # runtime target control: see admin/targets.py
+                if not sameOrigin(request):
+                    return self._json(request, 403, {"error": "cross-origin request refused"})
+                code, body, allow = targetControl(self.target.gateway.runtime.clusters, request)
+                if allow is not None:
+                    request.responseHeaders.setRawHeaders(b"Allow", [allow])
+                return self._json(request, code, body)
             if path in self._get or path in self._post:
                 allow = b"GET, HEAD" if path in self._get else b"POST"
                 request.responseHeaders.setRawHeaders(b"Allow", [allow])

@@ -61,6 +61,13 @@ def concurrencyLine(c: dict[str, Any] | None) -> str:
     return f'<p class="concurrency">{_esc(text)}</p>'
 
 
+def _actions(upstream: str, t: dict[str, Any]) -> str:
+    """The drain / enable button of a target (the page's script posts it to the admin API)."""
+    action = "drain" if t["state"] == "active" else "enable"
+    return (f'<td class="actions"><button type="button" data-upstream="{_esc(upstream)}" '
+            f'data-host-port="{_esc(t["host_port"])}" data-action="{action}">{action.capitalize()}</button></td>')
+
+
 def renderBody(doc: dict[str, Any]) -> str:
     """
     The status as HTML, the same markup the page's script builds from
@@ -84,8 +91,9 @@ def renderBody(doc: dict[str, Any]) -> str:
             _row([("url", t["url"]), ("health " + ("ok" if t["healthy"] else "bad"),
                                       "healthy" if t["healthy"] else "unhealthy"),
                   ("circuit c-" + t["circuit"], t["circuit"]), ("n", t["in_flight"]), ("n", _num(t["rate"])),
-                  ("n", t["requests"]), ("n", t["errors"]), ("n", _num(t["latency_ms"]["p95"]))],
-                 f' data-target="{_esc(t["url"])}"')
+                  ("n", t["requests"]), ("n", t["errors"]), ("n", _num(t["latency_ms"]["p95"])),
+                  ("source", t["source"]), ("state s-" + t["state"], t["state"])],
+                 f' data-target="{_esc(t["url"])}"')[:-5] + _actions(u["name"], t) + "</tr>"
             for t in u["targets"]
         ]
         parts.append(
@@ -93,8 +101,8 @@ def renderBody(doc: dict[str, Any]) -> str:
             f'<span class="badge {state}">{state}</span> <small>{_esc(u["balancer"])} · retries {u["retries"]}'
             f"</small></h3>"
             + concurrencyLine(u.get("concurrency"))
-            + _table("targets", ["Target", "Health", "Circuit", "In flight", "Req/s", "Requests", "Errors", "p95 ms"],
-                     rows)
+            + _table("targets", ["Target", "Health", "Circuit", "In flight", "Req/s", "Requests", "Errors", "p95 ms",
+                                 "Source", "State", ""], rows)
             + "</section>")
     if doc.get("stores"):
         parts.append("<h2>Stores</h2>")

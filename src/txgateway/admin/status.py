@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from txgateway import __version__
 from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counters
 from txgateway.caching.purging import cacheStats, routeCaches
+from txgateway.membership import endpointsOf
 from txgateway.observe import Metrics
 from txgateway.protection.report import admissionReport
 
@@ -118,7 +119,8 @@ class StatusReport:
         return self._upstreams(span, base, now, health)
 
     def reloads(self) -> list[dict[str, Any]]:
-        return [{"time": _iso(h["time"]), "result": h["result"], "problems": list(h.get("problems", ()))}
+        return [{"time": _iso(h["time"]), "result": h["result"], "problems": list(h.get("problems", ())),
+                 "dropped_runtime_changes": list(h.get("dropped_runtime_changes", ()))}
                 for h in reversed(self.target.gateway.history)]
 
     def _routes(self, span: float, base: Snapshot, now: Snapshot) -> list[dict[str, Any]]:
@@ -175,20 +177,26 @@ class StatusReport:
             report = health["upstreams"].get(name, {"usable": False, "targets": []})
             byURL = {t["url"]: t for t in report["targets"]}
             targets = []
-            for e in cluster.endpoints:
+            for e in endpointsOf(cluster):
                 t = byURL.get(e.url, {})
                 k = (name, e.url)
                 recent = now.targetLatency.get(k, LatencyHistogram()).minus(base.targetLatency.get(k))
                 targets.append({
                     "url": e.url,
                     "weight": e.weight,
-                    "healthy": bool(t.get("healthy", False)),
+                    # A target out of rotation (drained, retiring) is not in the health report: ask it.
+                    "healthy": bool(t.get("healthy", e.healthy(self.clock.seconds()))),
                     "circuit": t.get("circuit", "closed"),
                     "in_flight": e.inFlight,
                     "requests": int(totals.get(k, 0)),
                     "errors": int(errors.get(k, 0)),
                     "rate": round(recent.count / span, 3),
                     "latency_ms": _latency(recent),
+                    # Discovery and runtime control (txgateway.membership).
+                    "host_port": e.netloc.decode("ascii"),
+                    "source": e.source,
+                    "state": e.state,
+                    "configured_weight": e.configuredWeight,
                 })
             out.append({
                 "name": name,
@@ -198,6 +206,8 @@ class StatusReport:
                 "retries": int(retries.get((name,), 0)),
                 "concurrency": admissionReport(cluster),  # issue 24: None without a limit
                 "targets": targets,
+                "sources": cluster.membership.sourcesReport() if cluster.membership is not None else [],
+                "runtime_overrides": len(cluster.membership.overrides) if cluster.membership is not None else 0,
             })
         return out
 

@@ -31,7 +31,7 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
 
     def gateway(self, doc: Any, source: str | None) -> GatewayConfig:
         top = self.mapping(doc, "", 1, ["server", "admin", "logging", "stores", "access", "auth_policies",
-                                        "upstreams", "routes", "tracing"])
+                                        "upstreams", "routes", "tracing", "discovery"])
         if top is None:
             raise ConfigError(self.problems, source or "")
         server = self.server(*self.child(top, "server"))
@@ -43,9 +43,10 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
         self.checkConcurrency(top, upstreams, routes)
+        discovery = self.discovery(*self.child(top, "discovery"))
         tracing = self.tracing(*self.child(top, "tracing"))
         return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
-                             tracing=tracing)
+                             tracing=tracing, discovery=discovery)
 
     def checkConcurrency(self, top: Any, upstreams: Mapping[str, UpstreamConfig],
                          routes: tuple[RouteConfig, ...]) -> None:

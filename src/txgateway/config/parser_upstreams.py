@@ -10,8 +10,8 @@ from typing import Any
 
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import balancerName, hashOn, retryCondition, targetURL
-from txgateway.config.parser_base import ParserBase
 from txgateway.config.parser_concurrency import parseConcurrency
+from txgateway.config.parser_discovery import DiscoverySections, isSourceItem
 from txgateway.config.schema import (
     ActiveHealth,
     BreakerConfig,
@@ -23,13 +23,14 @@ from txgateway.config.schema import (
     UpstreamConfig,
     UpstreamTimeouts,
 )
+from txgateway.config.schema_discovery import SourceSpec
 from txgateway.config.source import YAMLSeq, lines
 from txgateway.config.values import duration, fraction, integer, method, oneOf, positive, urlPath
 
 __all__ = ["UpstreamSections"]
 
 
-class UpstreamSections(ParserBase):
+class UpstreamSections(DiscoverySections):
     """C{upstreams}: each a named cluster of targets and the policies that choose among them."""
 
     def upstreams(self, value: Any, line: int | None) -> dict[str, UpstreamConfig]:
@@ -48,16 +49,22 @@ class UpstreamSections(ParserBase):
 
     def upstream(self, value: Any, path: str, line: int | None, name: str) -> UpstreamConfig | None:
         m = self.mapping(value, path, line, ["balancer", "hash_on", "targets", "timeouts", "pool", "health",
-                                             "circuit_breaker", "retries", "concurrency"])
+                                             "circuit_breaker", "retries", "concurrency", "slow_start"])
         if m is None:
             return None
         raw = self.required(m, "targets", path, m.line)
         targets: list[Target] = []
+        sources: list[SourceSpec] = []
         if raw is not None and not isinstance(raw, list):
             self.problem(keyPath(path, "targets"), m.lines.get("targets"), "must be a list of URLs")
         elif raw is not None:
             for i, t in enumerate(raw):
                 tline = raw.lines[i] if isinstance(raw, YAMLSeq) else None
+                if isSourceItem(t):  # {dns: ...}, {dns_srv: ...}, {file: ...}: see parser_discovery
+                    spec = self.sourceItem(t, itemPath(keyPath(path, "targets"), i), tline)
+                    if spec is not None:
+                        sources.append(spec)
+                    continue
                 target = self.target(t, itemPath(keyPath(path, "targets"), i), tline)
                 if target is not None:
                     targets.append(target)
@@ -109,6 +116,8 @@ class UpstreamSections(ParserBase):
             circuit_breaker=breaker,
             retries=self.retries(m.get("retries"), keyPath(path, "retries"), m.lines.get("retries")),
             concurrency=concurrency,
+            sources=tuple(sources),
+            slow_start=self.slowStart(m, path),
         )
 
     def target(self, value: Any, path: str, line: int | None) -> Target | None:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from txgateway.concurrency.specs import ConcurrencySpec, RouteConcurrency
+from txgateway.config.schema_discovery import DiscoveryConfig, SourceSpec
+from txgateway.config.schema_edge import CompressConfig, QueryMatch, RedirectConfig, RespondConfig, RewriteRegex
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -259,6 +261,9 @@ class UpstreamConfig:
     circuit_breaker: BreakerConfig | None = None
     retries: RetryConfig = RetryConfig()
     concurrency: ConcurrencySpec | None = None  # issue 24: the admission limit and queue
+    # Discovery (issue 22): the target items naming a source, and the ramp of new targets.
+    sources: tuple[SourceSpec, ...] = ()
+    slow_start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -271,48 +276,6 @@ class MatchConfig:
     path_regex: str | None = None  # anchored: the whole path must match
     query: tuple[QueryMatch, ...] = ()
     client_ip: tuple[IPNetwork, ...] = ()
-
-
-@dataclass(frozen=True)
-class QueryMatch:
-    """One C{match.query} entry: C{kind} is C{value} (exact), C{present} or C{regex} (anchored)."""
-
-    name: str
-    kind: str
-    value: str = ""
-
-
-@dataclass(frozen=True)
-class RedirectConfig:
-    """C{routes[].redirect}: C{to} (a URL template) or C{scheme} (the same URL, another scheme)."""
-
-    status: int = 308
-    to: str | None = None
-    scheme: str | None = None
-
-
-@dataclass(frozen=True)
-class RespondConfig:
-    """C{routes[].respond}: an answer written in the config (body a template)."""
-
-    status: int = 200
-    body: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class RewriteRegex:
-    pattern: str
-    replacement: str
-
-
-@dataclass(frozen=True)
-class CompressConfig:
-    encodings: tuple[str, ...] = ("zstd", "br", "gzip")  # the gateway's preference when q-values tie
-    min_bytes: int = 1024
-    types: tuple[str, ...] = ("text/*", "application/json", "application/javascript", "application/xml",
-                              "image/svg+xml")
-    level: int | None = None  # None: each codec's streaming-friendly default
 
 
 @dataclass(frozen=True)
@@ -397,3 +360,4 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None
     tracing: TracingConfig | None = None
+    discovery: DiscoveryConfig = DiscoveryConfig()

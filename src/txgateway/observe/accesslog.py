@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from txgateway.context import RequestContext
 from txgateway.observe.metrics import KNOWN_METHODS
 from txgateway.observe.timestamps import MILLIS, isoSecond, isoTime
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.logger import Logger
 
-    from txgateway.context import RequestContext
+    from txgateway.observe.ids import IdSource
 
 
 class AccessLog:
@@ -86,6 +87,27 @@ class AccessLog:
             "trace_id": context.traceId,
             "worker": self.worker,
         }
+
+    def refused(self, ids: IdSource, now: float, client: str, method: bytes, target: bytes, headers: Any,
+                status: int) -> str:
+        """
+        A request the listening channel refused (400, 408, 413, 414, 431):
+        its request id (the client's, if plain, as for any request) and its
+        access-log line, as every answered request has.
+        """
+        sent = headers.getRawHeaders(b"x-request-id") if headers is not None else None
+        requestId = ids.requestId(sent[0] if sent else None)
+        hosts = headers.getRawHeaders(b"host") if headers is not None else None
+        # The raw target, without its query (which may hold tokens) and cut
+        # short: it may be the very thing refused for its length.
+        path = target.partition(b"?")[0][:256].decode("latin-1")
+        # No Request object: the channel refused the bytes before making one.
+        context = RequestContext(None, now, requestId, client, client, method[:32],  # type: ignore[arg-type]
+                                 hosts[0][:256].decode("latin-1") if hosts else "", path, None)
+        context.status = status
+        context.outcome = "refused"
+        self.record(context, 0.0)
+        return requestId
 
     def record(self, context: RequestContext, duration: float) -> None:
         if not self.enabled:

@@ -60,6 +60,12 @@ class Metrics:
                                    ["upstream", "target"], multiprocess_mode="livemin", registry=r)
         self.circuitState = FastGauge("txgateway_circuit_state", "0 closed, 1 open, 2 half-open.",
                                   ["upstream", "target"], multiprocess_mode="livemax", registry=r)
+        # Discovery and runtime control (issue 22).
+        self.upstreamTargets = FastGauge("txgateway_upstream_targets", "Targets of an upstream by state (active, "
+                                     "draining, disabled, retiring).", ["upstream", "state"],
+                                     multiprocess_mode="livemax", registry=r)
+        self.discoveryRefreshes = FastCounter("txgateway_discovery_refreshes", "Discovery refreshes by outcome (changed, "
+                                          "unchanged, empty, failed).", ["upstream", "source", "outcome"], registry=r)
         self.rateLimited = FastCounter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
         self.retries = FastCounter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
         self.cacheRequests = FastCounter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
