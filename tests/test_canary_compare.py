@@ -19,7 +19,7 @@ from txgateway.canary.compare import (
     diffJson,
     redactJson,
 )
-from txgateway.canary.config import CompareSpec, JsonCompareSpec, RedactSpec
+from txgateway.canary.specs import CompareSpec, JsonCompareSpec, RedactSpec
 from txgateway.canary.interfaces import Answer, MirrorRequest
 from txgateway.canary.jsonpath import ANY, formatPath, matchesPrefix, parsePath
 

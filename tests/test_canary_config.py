@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.canary.config import (
+from txgateway.config.parser_canary import (
     CANARY_ROUTE_KEYS,
     INTERNAL_NETWORKS,
     CanaryRouteSpec,

@@ -12,6 +12,7 @@ from typing import Any
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import hostPattern, limitKey, origin, routePath, yamlText
 from txgateway.config.parser_auth import AuthSections
+from txgateway.config.parser_canary import CANARY_ROUTE_KEYS, parseRouteCanary
 from txgateway.config.schema import (
     AuthPolicy,
     CacheConfig,
@@ -72,13 +73,18 @@ class RouteSections(AuthSections):
               policies: Mapping[str, AuthPolicy], stores: StoresConfig) -> RouteConfig | None:
         m = self.mapping(value, path, line, ["name", "match", "upstream", "strip_prefix", "rewrite_prefix",
                                              "preserve_host", "headers", "auth", "rate_limit", "cache", "cors",
-                                             "ip_allow", "ip_deny", "allow_encoded_slash"])
+                                             "ip_allow", "ip_deny", "allow_encoded_slash", *CANARY_ROUTE_KEYS])
         if m is None:
             return None
         name = self.get(m, "name", path, string, f"route-{index}")
-        upstream = self.required(m, "upstream", path, m.line)
-        if upstream is not None and str(upstream) not in upstreams:
-            self.problem(keyPath(path, "upstream"), m.lines.get("upstream"), f"no upstream named {upstream!r}")
+        # A weighted split (routes[].upstreams, issue 23) stands instead of upstream.
+        canary, found = parseRouteCanary(m, path, m.line, upstreams.keys())
+        self.problems.extend(found)
+        upstream = canary.upstreams[0].name if canary.upstreams else None
+        if upstream is None and m.get("upstreams") is None:
+            upstream = self.required(m, "upstream", path, m.line)
+            if upstream is not None and str(upstream) not in upstreams:
+                self.problem(keyPath(path, "upstream"), m.lines.get("upstream"), f"no upstream named {upstream!r}")
         match = self.match(m.get("match"), keyPath(path, "match"), m.lines.get("match", m.line))
         auth = None
         if m.get("auth") is not None:
@@ -127,6 +133,7 @@ class RouteSections(AuthSections):
             rate_limit=rl,
             cache=cache,
             cors=cors,
+            canary=canary,
             ip_allow=self.seq(m, "ip_allow", path, network),
             ip_deny=self.seq(m, "ip_deny", path, network),
             allow_encoded_slash=self.get(m, "allow_encoded_slash", path, boolean, False),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from txgateway.canary.specs import CanaryRouteSpec
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -298,6 +299,9 @@ class RouteConfig:
     ip_allow: tuple[IPNetwork, ...] = ()
     ip_deny: tuple[IPNetwork, ...] = ()
     allow_encoded_slash: bool = False
+    # upstreams (a weighted split), sticky, canary_override, mirror: issue 23.
+    # With a split, upstream above is its first upstream.
+    canary: CanaryRouteSpec = CanaryRouteSpec()
 
 
 @dataclass(frozen=True)
