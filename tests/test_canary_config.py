@@ -15,6 +15,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway.canary.split import Splitter
+from txgateway.config.errors import Problem
 from txgateway.config.parser_canary import (
     CANARY_ROUTE_KEYS,
     INTERNAL_NETWORKS,
@@ -28,8 +30,6 @@ from txgateway.config.parser_canary import (
     WeightedUpstream,
     parseRouteCanary,
 )
-from txgateway.canary.split import Splitter
-from txgateway.config.errors import Problem
 from txgateway.config.source import loadYAML
 
 UPSTREAMS = ("model-v1", "model-v2", "model-v3")

@@ -24,11 +24,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
-from txgateway.forwarding import BODY_RESET, ClusterForwarder, forward
+from txgateway.forwarding import BODY_RESET, forward
 from txgateway.http.addresses import AddressSet
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
+from txgateway.splitting import routeForwarder
 from txgateway.workshop import workshopHealth
 
 if TYPE_CHECKING:
@@ -280,7 +281,8 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     else:
         context.status = request.code if not getattr(request, "gone", False) or request.finished else 499
     route = context.route
-    runtime.metrics.observeRequest(route.name if route is not None else "", context.method, context.status, duration)
+    runtime.metrics.observeRequest(route.name if route is not None else "", context.method, context.status, duration,
+                                   context.upstream or "")
     try:
         runtime.accessLog.record(context, duration)
     except Exception:
@@ -359,7 +361,7 @@ class RouteResource(Resource):
         self.runtime = runtime
         # The route's way upstream: the attempt loop on its cluster, wrapped
         # by the route's cache when it has one.
-        upstream: IForwarder = ClusterForwarder(runtime.forwarder, route.cluster)
+        upstream: IForwarder = routeForwarder(route, runtime.forwarder)  # split and mirror: txgateway.splitting
         cache = route.chain.cache if route.chain is not None else None
         if cache is not None:
             upstream = cache.wrap(upstream)

@@ -37,6 +37,7 @@ from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
 from txgateway.reloading import ConfigWatcher
 from txgateway.routing import RouteTable, compileRoutes
+from txgateway.splitting import attachCanaries, stopMirrors
 
 log = Logger(namespace="txgateway")
 
@@ -70,6 +71,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     for r in routes:
         r.cluster = clusters[r.upstreamName]
         r.chain = buildChain(r, deps)
+    attachCanaries(routes, clusters, clock, rng, metrics, previous.routes.routes if previous is not None else ())
     forwarder = Forwarder(reactor, clock, config.server, metrics)
     if accessLog is None:
         accessLog = AccessLog(config.logging.access_log)
@@ -432,6 +434,7 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
+            stopMirrors(self.gateway.runtime.routes.routes)
             if self.adminListener is not None:  # last: the status page shows the drain
                 waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():

@@ -107,6 +107,10 @@ class RouteSections(AuthSections):
             cache = self.cache(m["cache"], keyPath(path, "cache"), m.lines.get("cache"))
             if cache is not None and cache.store == "redis" and stores.redis is None:
                 self.problem(keyPath(keyPath(path, "cache"), "store"), m.lines.get("cache"), "redis needs stores.redis")
+        if cache is not None and canary.upstreams:
+            # The cache is looked up before the split chooses: one version's answers would reach the other's clients.
+            self.problem(keyPath(path, "cache"), m.lines.get("cache"),
+                         "cannot be used on a route with upstreams (a weighted split) yet")
         cors = None
         if m.get("cors") is not None:
             cors = self.cors(m["cors"], keyPath(path, "cors"), m.lines.get("cors"))

@@ -38,11 +38,14 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = FastCounter("txgateway_http_requests", "Requests answered, by route, method and status.",
-                                ["route", "method", "status"], registry=r)
+        # upstream: the one the request went to (on a split route, the one
+        # chosen), "" when answered without one; so versions can be compared.
+        self.requests = FastCounter("txgateway_http_requests",
+                                    "Requests answered, by route, method, status and upstream.",
+                                    ["route", "method", "status", "upstream"], registry=r)
         self.requestDuration = FastHistogram("txgateway_http_request_duration_seconds",
                                          "Time from request head to last response byte.",
-                                         ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+                                         ["route", "method", "upstream"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstreamRequests = FastCounter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
                                         ["upstream", "target", "status"], registry=r)
         self.upstreamDuration = FastHistogram("txgateway_upstream_request_duration_seconds",
@@ -76,19 +79,27 @@ class Metrics:
         self._refusedChildren: dict[int, Any] = {}
         self.writeTimeouts = FastCounter("txgateway_write_timeouts", "Responses aborted because the client read "
                                          "nothing for server.timeouts.write.", registry=r)
+        # Issue 23: weighted splits and shadow traffic.
+        self.splitWeight = FastGauge("txgateway_split_weight", "A split route's weight for each of its upstreams.",
+                                     ["route", "upstream"], multiprocess_mode="livemax", registry=r)
+        self.mirrorRequests = FastCounter("txgateway_mirror_requests", "Mirrored copies by outcome (sent, dropped, "
+                                          "skipped, failed, timed_out, compared, mismatched, not_compared).",
+                                          ["route", "outcome"], registry=r)
+        self.mirrorMismatches = FastCounter("txgateway_mirror_mismatches", "Mirror answers that differed from "
+                                            "the primary's.", ["route"], registry=r)
         self.beforeRender: Callable[[], None] | None = None
-        self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
+        self._requestChildren: dict[tuple[str, bytes, int, str], tuple[Any, Any]] = {}
 
-    def observeRequest(self, route: str, method: bytes, status: int, seconds: float) -> None:
-        children = self._requestChildren.get((route, method, status))
+    def observeRequest(self, route: str, method: bytes, status: int, seconds: float, upstream: str = "") -> None:
+        children = self._requestChildren.get((route, method, status, upstream))
         if children is None:
-            children = self._requestChildrenFor(route, method, status)
+            children = self._requestChildrenFor(route, method, status, upstream)
         children[0].inc()
         children[1].observe(seconds)
 
-    def _requestChildrenFor(self, route: str, method: bytes, status: int) -> tuple[Any, Any]:
+    def _requestChildrenFor(self, route: str, method: bytes, status: int, upstream: str) -> tuple[Any, Any]:
         """
-        The counter and histogram children of one (route, method, status), looked up once.
+        The counter and histogram children of one (route, method, status, upstream), looked up once.
 
         Methods outside the standard ones share the label C{OTHER}, so a
         client inventing methods cannot grow the series; the cache is
@@ -97,8 +108,8 @@ class Metrics:
         if len(self._requestChildren) > 10000:
             self._requestChildren.clear()
         m = method.decode("latin-1") if method in KNOWN_METHODS else "OTHER"
-        children = self._requestChildren[(route, method, status)] = (
-            self.requests.labels(route, m, str(status)), self.requestDuration.labels(route, m))
+        children = self._requestChildren[(route, method, status, upstream)] = (
+            self.requests.labels(route, m, str(status), upstream), self.requestDuration.labels(route, m, upstream))
         return children
 
     def observeRefusal(self, status: int) -> None:
