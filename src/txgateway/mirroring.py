@@ -273,7 +273,13 @@ async def _send(cluster: Cluster, limit: int, request: MirrorRequest) -> Answer:
         lease.cancel()  # the mirror's own timeout or a stop: no verdict on the target
         raise
     except Exception as e:
-        lease.record(classify(Failure(e)), False)
+        outcome = classify(Failure(e))
+        if outcome == "cancelled":
+            # The client wraps the cancellation (ResponseNeverReceived): unwrap it, so the
+            # mirror's timeout sees its own cancel and counts timed_out, not failed.
+            lease.cancel()
+            raise CancelledError() from e
+        lease.record(outcome, False)
         raise
     finally:
         lease.release()
