@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from txgateway.admin.auth import sameOrigin, tokenAccepted
+from txgateway.admin.canary import handleSplit, mirrors, splitRouteOf
 from txgateway.admin.page import StatusPage, renderBody
 from txgateway.admin.status import AdminTarget, StatusReport
 
@@ -51,6 +52,7 @@ class AdminResource(Resource):
             b"/api/upstreams": lambda r: self._json(r, 200, {"upstreams": self.report.upstreams()}),
             b"/api/reloads": lambda r: self._json(r, 200, {"reloads": self.report.reloads()}),
             b"/api/health": self._health,
+            b"/api/mirrors": lambda r: self._json(r, 200, mirrors(self.target)),
             b"/metrics": self._metrics,
         }
         self._post: dict[bytes, Callable[[Any], bytes]] = {b"/api/config/reload": self._reload}
@@ -67,6 +69,11 @@ class AdminResource(Resource):
                 if method == b"POST" else None
             if handler is not None:
                 return handler(request)
+            split = splitRouteOf(path)  # /api/routes/{route}/split (issue 23)
+            if split is not None:
+                if request.method == b"PUT" and not sameOrigin(request):
+                    return self._json(request, 403, {"error": "cross-origin request refused"})
+                return self._json(request, *handleSplit(self.target, request, split))
             if path in self._get or path in self._post:
                 allow = b"GET, HEAD" if path in self._get else b"POST"
                 request.responseHeaders.setRawHeaders(b"Allow", [allow])
