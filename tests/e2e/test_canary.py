@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import Backend, GatewayProcess, deadPort, request, shared, waitFor
+from tests.e2e.harness import Backend, GatewayProcess, childEnv, deadPort, request, shared, waitFor
 
 TOKEN = "canary-admin-token"
 
@@ -275,3 +280,24 @@ class MirrorTests(TestCase):
         page = request(gw.adminPort, "GET", "/", {"Authorization": f"Bearer {TOKEN}"}).body.decode()
         self.assertIn("<h2>Mirrors</h2>", page)
         self.assertIn('<span class="diff">  &quot;score&quot;: 0.6', page)
+
+
+class CheckTests(TestCase):
+    def test_checkNamesUnknownUpstreamsWithKeyPathAndLine(self) -> None:
+        """`txgateway check` refuses a split or mirror naming an upstream the file does not define."""
+        directory = Path(tempfile.mkdtemp(prefix="txgw-canary-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        (directory / "gw.yaml").write_text("""\
+upstreams:
+  model-v1: {targets: [http://127.0.0.1:9]}
+routes:
+  - name: predict
+    upstreams: [{name: model-v1, weight: 95}, {name: model-v2, weight: 5}]
+    mirror: {upstream: model-v3, percent: 10}
+""")
+        done = subprocess.run([str(Path(sys.executable).parent / "txgateway"), "check", "gw.yaml"], cwd=directory,
+                              env=childEnv(), capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("line 5", done.stderr)
+        self.assertIn("routes[0](predict).upstreams[1](model-v2).name: no upstream named 'model-v2'", done.stderr)
+        self.assertIn("routes[0](predict).mirror.upstream: no upstream named 'model-v3'", done.stderr)
