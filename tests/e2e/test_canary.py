@@ -8,6 +8,7 @@ delay).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.e2e.harness import Backend, GatewayProcess, childEnv, deadPort, request, shared, waitFor
 
@@ -46,7 +47,7 @@ def seen(b: Backend) -> dict[str, int]:
     return request(b.port, "GET", "/model-seen").json()  # type: ignore[no-any-return]
 
 
-def config(routes: str, deadMirror: bool = False) -> str:
+def config(routes: str, deadMirror: bool = False, token: str | None = TOKEN) -> str:
     v1, v2 = backends()
     dead = f"\n  dead:\n    targets: [http://127.0.0.1:{deadPort()}]\n    retries: false" if deadMirror else ""
     return f"""\
@@ -56,7 +57,7 @@ server:
   timeouts: {{drain: 10s}}
 admin:
   listen: "tcp:0:interface=127.0.0.1"
-  token: {TOKEN}
+{f"  token: {token}" if token else ""}
 logging:
   level: info
 upstreams:
@@ -70,10 +71,10 @@ routes:
 {routes}"""
 
 
-def start(test: TestCase, routes: str, deadMirror: bool = False) -> GatewayProcess:
+def start(test: TestCase, routes: str, deadMirror: bool = False, token: str | None = TOKEN) -> GatewayProcess:
     for b in backends():
         control(b)
-    gw = GatewayProcess(config(routes, deadMirror)).start()
+    gw = GatewayProcess(config(routes, deadMirror, token)).start()
     test.addCleanup(gw.cleanup)
     test.addCleanup(gw.stop)
     return gw
@@ -232,7 +233,7 @@ class MirrorTests(TestCase):
             mirrored += latencies(gw, "/model", 3)
             plain += latencies(gw, "/plain", 3)
         self.assertLess(statistics.median(mirrored), statistics.median(plain) + 0.02, (mirrored, plain))
-        self.assertLess(max(mirrored), 0.5, mirrored)
+        self.assertLess(max(mirrored), 0.9, mirrored)  # below the mirror timeout (1 s) and far below its delay (3 s)
 
     def test_mirrorUpstreamDown(self) -> None:
         gw = start(self, mirrorRoutes("{upstream: dead, percent: 100, timeout: 1s}"), deadMirror=True)
@@ -301,3 +302,47 @@ routes:
         self.assertIn("line 5", done.stderr)
         self.assertIn("routes[0](predict).upstreams[1](model-v2).name: no upstream named 'model-v2'", done.stderr)
         self.assertIn("routes[0](predict).mirror.upstream: no upstream named 'model-v3'", done.stderr)
+
+
+class StatusPageTests(TestCase):
+    timeout = 180
+
+    def test_splitsAndSamplesInHeadlessChromium(self) -> None:
+        """The page's script draws each split with its live shares, and the samples side by side, diffs marked."""
+        browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if browser is None:
+            raise SkipTest("chromium is not installed (scripts/ensure-chromium.sh installs it)")
+        v1, v2 = backends()
+        gw = start(self, SPLIT + """\
+  - name: shadowed
+    match: {path_prefix: /shadow}
+    upstream: model-v1
+    rewrite_prefix: /model
+    mirror: {upstream: model-v2, compare: {json: {ignore: [$.version, $.meta]}}}
+""", token=None)
+        control(v2, score=0.75)
+        for _ in range(20):
+            gw.request("GET", "/model")
+        for _ in range(3):
+            gw.request("GET", "/shadow")
+        waitFor(lambda: request(gw.adminPort, "GET", "/api/mirrors").json()["mirrors"]["shadowed"]["mismatched"] == 3,
+                what="three mismatches")
+        profile = Path(tempfile.mkdtemp(prefix="txgw-chromium-"))
+        self.addCleanup(shutil.rmtree, profile, True)
+        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
+        url = f"http://127.0.0.1:{gw.adminPort}/"
+        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, timeout=120, check=False)
+        page = dom.stdout.decode("utf-8", "replace")
+        self.assertIn('data-live="true"', page, dom.stderr.decode("utf-8", "replace")[-2000:])
+        self.assertIn("model-v1 90 % (", page)
+        self.assertIn("model-v2 10 % (", page)
+        self.assertIn('data-mirror="shadowed"', page)
+        self.assertIn("<code>$.score</code>", page)
+        self.assertIn('<span class="diff">  "score": 0.5,</span>', page)
+        self.assertIn('<span class="diff">  "score": 0.75,</span>', page)
+        shot = Path(os.environ.get("TXGW_CANARY_SHOT", str(profile / "status.png")))
+        subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,1400", url], capture_output=True,
+                       timeout=120, check=False)
+        self.assertEqual(shot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")

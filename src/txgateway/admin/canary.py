@@ -108,7 +108,8 @@ class CanaryStatus:
         self.target = target
         self.clock = clock
         self.window = window
-        self._snapshots: deque[tuple[float, dict[str, dict[str, int]]]] = deque()
+        # From start (every count 0) until the window has passed, as the page's rates are.
+        self._snapshots: deque[tuple[float, dict[str, dict[str, int]]]] = deque([(clock.seconds(), {})])
 
     def _counts(self) -> dict[str, dict[str, int]]:
         return {r.name: r.canary.splitter.counts() for r in self.target.gateway.runtime.routes.routes
