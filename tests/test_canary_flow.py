@@ -6,14 +6,22 @@ resource tree, forwarder, clusters and upstream client over GatewayFixture.
 from __future__ import annotations
 
 import json
+from random import Random
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from txgateway.canary.interfaces import Answer
+from txgateway.canary.mirror import Mirror
+from txgateway.canary.specs import MirrorSpec
 from txgateway.config import parseConfig
+from txgateway.mirroring import MirroringForwarder
 from txgateway.testing import GatewayFixture
 
 V1 = "http://v1.internal:8000"
@@ -212,3 +220,60 @@ class MirrorTests(SynchronousTestCase):
         gw.flush()
         gw.service.gateway.runtime.routes.routes[0].canary.mirror.stop()
         self.assertEqual(gw.service.gateway.runtime.routes.routes[0].canary.mirror.report()["in_flight"], 0)
+
+
+class MirroringForwarderTests(SynchronousTestCase):
+    """The wrapper alone, around a fake primary: the order of events is the promise."""
+
+    def test_copyLeavesAfterThePrimaryWasSentInALaterTurn(self) -> None:
+        events: list[str] = []
+        clock = Clock()
+
+        def send(request: Any) -> Deferred[Answer]:
+            events.append("copy sent")
+            return succeed(Answer(200))
+
+        class Primary:
+            def fetch(self, context: Any, method: Any = None, extraHeaders: Any = None) -> Deferred[Any]:
+                events.append("primary sent")
+                context.upstream = "model-v1"
+                return Deferred()
+
+        class Messages:
+            def upstreamHeaders(self, context: Any, endpoint: Any) -> Any:
+                return Headers({b"X-Request-Id": [b"r1"]})
+
+        class Request:
+            content = None
+
+        class Context:
+            request = Request()
+            method = b"POST"
+            upstreamPath = "/predict"
+            query = None
+            requestId = "r1"
+            upstream = None
+
+        mirror = Mirror("predict", MirrorSpec("model-v2"), send, clock, Random(0))
+        forwarder = MirroringForwarder(Primary(), mirror, Messages())  # type: ignore[arg-type]
+        forwarder.fetch(Context())  # type: ignore[arg-type]
+        self.assertEqual(events, ["primary sent"])
+        clock.advance(0)
+        self.assertEqual(events, ["primary sent", "copy sent"])
+
+    def test_largeBodiesAreSkippedAndTheSplitsOwnChoiceIsNotShadowed(self) -> None:
+        v2 = Model("v2")
+        gw = fixture("""
+  - name: predict
+    match: {path_prefix: /predict}
+    upstreams: [{name: model-v1, weight: 1}, {name: model-v2, weight: 1}]
+    canary_override: {header: X-Canary}
+    mirror: {upstream: model-v2, max_body: 10B}
+""", v2=v2)
+        gw.request(b"POST", b"http://gw/predict", {b"X-Canary": [b"model-v1"]}, b"x" * 11)
+        gw.request(b"POST", b"http://gw/predict", {b"X-Canary": [b"model-v2"]}, b"x" * 5)
+        gw.request(b"POST", b"http://gw/predict", {b"X-Canary": [b"model-v1"]}, b"x" * 10)
+        gw.flush()
+        report = gw.service.gateway.runtime.routes.routes[0].canary.mirror.report()
+        self.assertEqual((report["skipped"], report["sent"]), (1, 1))
+        self.assertEqual([s[3] for s in v2.seen], [b"x" * 5, b"x" * 10])  # the chosen request, then the copy
