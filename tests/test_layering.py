@@ -1,7 +1,7 @@
 """
 Twisted's internals in one place (#17): only modules under
 C{src/txgateway/http/} may use a private name of Twisted, treq,
-prometheus-client or txredisapi; each such use is named in that module's
+or prometheus-client; each such use is named in that module's
 docstring.  One library release can then break the gateway in one package,
 where the differential tests watch it, rather than in eight modules.
 
@@ -43,7 +43,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "txgateway"
-LIBRARIES = ("twisted", "treq", "prometheus_client", "txredisapi")
+LIBRARIES = ("twisted", "treq", "prometheus_client")
 # Where private names of those libraries may be used.
 PRIVATE_USE_ALLOWED_UNDER = ("http/",)
 
@@ -253,7 +253,7 @@ def allUses() -> list[Use]:
 
 class PrivateNameTests(SynchronousTestCase):
     def test_noPrivateLibraryNamesOutsideHttp(self) -> None:
-        """No module outside txgateway/http/ uses a private name of Twisted, treq, prometheus-client or txredisapi."""
+        """No module outside txgateway/http/ uses a private name of Twisted, treq or prometheus-client."""
         unexpected = [u for u in allUses() if (u.module, u.name) not in ALLOWED]
         self.assertEqual(unexpected, [], "private library names used outside src/txgateway/http/ "
                          "(move the use into http/ and name it in that module's docstring):\n"
