@@ -110,7 +110,8 @@ class StatusReport:
 
     def routes(self) -> list[dict[str, Any]]:
         span, base, now = self.rates.sample(self.target.metrics)
-        return self._routes(span, base, now)
+        routes: list[dict[str, Any]] = self.canary.add({"routes": self._routes(span, base, now)})["routes"]
+        return routes
 
     def upstreams(self) -> list[dict[str, Any]]:
         span, base, now = self.rates.sample(self.target.metrics)
