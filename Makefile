@@ -41,7 +41,7 @@ test: $(STAMP)
 
 ## The whole suite in a separate venv against the newest releases on the
 ## package index, pre-releases included, ignoring setup.cfg's upper bounds:
-## an upgrade of Twisted (or treq, prometheus-client, txredisapi) is decided
+## an upgrade of Twisted (or treq, prometheus-client) is decided
 ## on this evidence.  Prints the versions it ran against.
 test-latest:
 	rm -rf $(LATEST)
@@ -49,7 +49,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q --pre -U $$($(PYTHON) scripts/unbounded-requirements.py)
 	$(LATEST)/bin/python -m pip install -q --no-deps -e .
-	$(LATEST)/bin/python -c 'from importlib.metadata import version as v; print(*(f"{n} {v(n)}" for n in ("twisted", "treq", "prometheus-client", "txredisapi", "pyopenssl")), sep="; ")'
+	$(LATEST)/bin/python -c 'from importlib.metadata import version as v; print(*(f"{n} {v(n)}" for n in ("twisted", "treq", "prometheus-client", "pyopenssl")), sep="; ")'
 	bash scripts/ensure-redis.sh
 	$(SUITE_ENV) $(LATEST)/bin/python -m twisted.trial -j2 --temp-directory=/tmp/_trial_temp_txgw_latest tests
 

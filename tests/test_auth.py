@@ -877,7 +877,7 @@ routes:
 """
 
     def setUp(self) -> None:
-        from txgateway.service import Gateway, buildRuntime
+        from txgateway.building import Gateway, buildRuntime
 
         self.metrics = Metrics(processMetrics=False)
         self.gateway = Gateway(buildRuntime(parseConfig(self.CONFIG), reactor=MemoryReactorClock(), clock=Clock(),

@@ -25,12 +25,12 @@ from txgateway.balancing import (
     WeightedRoundRobin,
     makeBalancer,
 )
+from txgateway.building import buildRuntime
 from txgateway.cluster import Cluster, Endpoint, NoTarget
 from txgateway.config import ConfigError, HealthConfig, Target, UpstreamConfig, parseConfig
 from txgateway.context import RequestContext
 from txgateway.interfaces import IBalancer
 from txgateway.observe import Metrics
-from txgateway.service import buildRuntime
 
 
 def chosen(cluster: Cluster, context: Any, tried: Any = ()) -> Endpoint:

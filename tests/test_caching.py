@@ -39,8 +39,8 @@ from txgateway.config import (
 )
 from txgateway.context import RequestContext
 from txgateway.forwarding import forward
-from txgateway.http.channel import GatewayRequest
 from txgateway.http.messages import Messages
+from txgateway.http.request import GatewayRequest
 from txgateway.interfaces import IForwarder
 from txgateway.middleware import Deps
 from txgateway.observe import Metrics

@@ -15,7 +15,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.http.channel import GatewayChannel, GatewayRequest, GatewaySite
+from txgateway.http.channel import GatewayChannel
+from txgateway.http.request import GatewayRequest
+from txgateway.http.site import GatewaySite
 
 from .test_hardening import BASE_CONFIG, FakeResponse, Wire, get, parseResponses
 

@@ -30,19 +30,19 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txgateway.attempts import UpstreamFailure, classify
+from txgateway.building import buildRuntime
 from txgateway.cluster import Cluster, Endpoint, NoTarget
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.deadlines import totalTimeout
 from txgateway.forwarding import ClusterForwarder, forward
 from txgateway.gateway import Runtime
-from txgateway.http.channel import GatewayRequest
 from txgateway.http.client.agent import UpstreamAgent, makeClient
 from txgateway.http.client.pool import ConnectionPool
 from txgateway.http.replay import bodyProducer
+from txgateway.http.request import GatewayRequest
 from txgateway.interfaces import IForwarder, IUpstreamClient
 from txgateway.observe import AccessLog, Metrics
-from txgateway.service import buildRuntime
 
 PORTS = (9001, 9002, 9003)
 

@@ -21,7 +21,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
-from txgateway.http.channel import GatewayRequest
+from txgateway.http.request import GatewayRequest
 
 from .test_hardening import FakeResponse, Wire, parseResponses
 

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from txgateway.context import RequestContext
-from txgateway.http.channel import GatewayRequest
+from txgateway.http.request import GatewayRequest
 from txgateway.testing import GatewayFixture
 
 CONFIG = """

@@ -28,14 +28,15 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from txgateway.attempts import classify
+from txgateway.building import Gateway, buildRuntime
 from txgateway.config import parseConfig
 from txgateway.gateway import GatewayRoot
-from txgateway.http.channel import GatewaySite, splitAbsoluteForm, validAuthority
 from txgateway.http.client.parser import InvalidUpstreamResponse, StrictResponseParser
 from txgateway.http.client.protocol import StrictClientProtocol
+from txgateway.http.heads import splitAbsoluteForm, validAuthority
 from txgateway.http.paths import pathHazards
+from txgateway.http.site import GatewaySite
 from txgateway.observe import IdSource, Metrics
-from txgateway.service import Gateway, buildRuntime
 
 # ---------------------------------------------------------------------------
 # Support shared with test_channel and test_fuzz.

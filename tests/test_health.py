@@ -20,6 +20,7 @@ from twisted.web.server import Request
 from zope.interface.verify import verifyObject
 
 from txgateway.balancing import RoundRobin
+from txgateway.building import buildRuntime
 from txgateway.cluster import Cluster, Endpoint
 from txgateway.config import ActiveHealth, HealthConfig, PassiveHealth, Target, UpstreamConfig, parseConfig
 from txgateway.context import RequestContext
@@ -27,7 +28,7 @@ from txgateway.health import PassiveHealthCheck, passiveFor
 from txgateway.interfaces import IHealthCheck, IPassiveHealth
 from txgateway.observe import Metrics
 from txgateway.probing import ActiveHealthChecker, checkerFor
-from txgateway.service import GatewayService, buildRuntime
+from txgateway.service import GatewayService
 
 ACTIVE = ActiveHealth(path="/health", interval=5.0, timeout=2.0, healthy_after=2, unhealthy_after=3)
 PASSIVE = PassiveHealth(window=10.0, min_requests=10, max_error_rate=0.5, eject_for=30.0)

@@ -17,8 +17,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgateway.config import parseConfig
+from txgateway.listening import StartupError, listenBacklog, withBacklog
 from txgateway.observe import Metrics
-from txgateway.service import EXIT_DRAIN_CUT, GatewayService, StartupError, listenBacklog, withBacklog
+from txgateway.service import EXIT_DRAIN_CUT, GatewayService
 from txgateway.tap import _installStartupErrorHook
 
 CONFIG = """\

@@ -789,7 +789,7 @@ class CancellationTests(SynchronousTestCase):
 class ReloadTests(SynchronousTestCase):
     def test_countersSurviveARuntimeRebuild(self) -> None:
         """buildRuntime for an unchanged config (a reload) reuses the route's limiter and its counters."""
-        from txgateway.service import buildRuntime
+        from txgateway.building import buildRuntime
 
         clock = Clock()
         config = gatewayConfig("{rate: 1/m, burst: 1}")

@@ -399,9 +399,9 @@ class StatusTests(SynchronousTestCase):
     def test_healthReportAndStatusPageShowTheStore(self) -> None:
         """/health's report has stores.redis with the client's state; the status page renders it."""
         from txgateway.admin import renderBody
+        from txgateway.building import buildRuntime
         from txgateway.config import parseConfig
         from txgateway.observe import Metrics
-        from txgateway.service import buildRuntime
 
         config = parseConfig("""\
 stores: {redis: "redis://127.0.0.1:6390/0"}

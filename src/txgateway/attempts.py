@@ -9,6 +9,13 @@ request's total deadline, see L{txgateway.deadlines}), and ends the lease
 of every try that does not become the answer.  What a failure means for the
 target is the lease's business; whether to try again is the retry
 policy's.
+
+At C{logging.level: debug} each decision is also a log line carrying
+C{request_id}, C{route}, C{upstream} and C{target}: the target the balancer
+chose and why the others were not (health, ejection, breaker, cap, tried
+already), each failed try and whether and why it is retried.  Whether to
+write them is decided once, when the config is built (C{debug}); with it
+off, the loop pays one attribute test per try and formats nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.iweb import IResponse
@@ -32,13 +40,15 @@ from txgateway.http.replay import bodyProducer
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from txgateway.cluster import Cluster, Lease
+    from txgateway.cluster import Cluster, Endpoint, Lease
     from txgateway.context import RequestContext
     from txgateway.http.messages import Messages
     from txgateway.interfaces import IRetryPolicy
     from txgateway.observe import Metrics
 
 __all__ = ["AttemptLoop", "UpstreamFailure", "classify", "discard", "statusFor"]
+
+log = Logger(namespace="txgateway.upstream")
 
 
 class UpstreamFailure(Exception):
@@ -100,10 +110,12 @@ def discard(response: IResponse) -> None:
 class AttemptLoop:
     """Sends a request to an upstream, with retries, each attempt on a leased target."""
 
-    def __init__(self, clock: IReactorTime, messages: Messages, metrics: Metrics) -> None:
+    def __init__(self, clock: IReactorTime, messages: Messages, metrics: Metrics, debug: bool = False) -> None:
         self.clock = clock
         self.messages = messages
         self.metrics = metrics
+        # logging.level is debug: explain every choice and retry (see the module docstring).
+        self.debug = debug
 
     async def fetch(self, context: RequestContext, cluster: Cluster,
                     method: bytes | None = None, extraHeaders: list[tuple[bytes, bytes]] | None = None) -> Lease:
@@ -127,10 +139,13 @@ class AttemptLoop:
         config = cluster.config
         responseTimeout = config.timeouts.response
         deadline = clock.seconds() + totalTimeout(config)
+        debug = self.debug
         while True:
             try:
                 lease = cluster.choose(context, tried)
             except NoTarget as e:
+                if debug:
+                    _logNoTarget(context, cluster, tried, e.reason)
                 if tried and context.outcome is not None:
                     raise UpstreamFailure(statusFor(context.outcome), context.outcome) from None
                 context.outcome = "no_target"
@@ -142,6 +157,8 @@ class AttemptLoop:
             context.target = endpoint.url
             if context.attempts > 1:
                 self.metrics.retries.labels(cluster.name).inc()
+            if debug:
+                _logChoice(context, cluster, endpoint, tried)
             try:
                 response = await self._attempt(context, cluster, lease, method, extraHeaders,
                                                min(responseTimeout, max(deadline - lease.sent, 0.001)))
@@ -156,8 +173,11 @@ class AttemptLoop:
                     raise CancelledError() from e
                 context.outcome = outcome
                 lease.record(outcome, False)
-                delay = self._retryDelay(policy, context, outcome, outcome != "connect_failure",
-                                         deadline - clock.seconds())
+                bodySent = outcome != "connect_failure"
+                remaining = deadline - clock.seconds()
+                delay = self._retryDelay(policy, context, outcome, bodySent, remaining)
+                if debug:
+                    _logRetry(context, endpoint, outcome, delay, policy, bodySent, remaining)
                 if delay is None:
                     raise UpstreamFailure(statusFor(outcome), outcome) from None
                 if delay > 0:
@@ -173,6 +193,8 @@ class AttemptLoop:
             lease.record(code, False)
             context.outcome = f"status_{code}"
             delay = self._retryDelay(policy, context, code, True, deadline - now)
+            if debug:
+                _logRetry(context, endpoint, f"status {code}", delay, policy, True, deadline - now, code)
             if delay is None:
                 return lease
             discard(response)
@@ -202,3 +224,79 @@ class AttemptLoop:
         d: Deferred[IResponse] = client.request(method, messages.upstreamURL(context, endpoint), headers,
                                                 bodyProducer(context.request))
         return withDeadline(d, timeout, self.clock)
+
+
+# -- the debug lines (written only when AttemptLoop.debug is set)
+
+
+def _fields(context: RequestContext, target: str | None = None) -> dict[str, Any]:
+    route = context.route
+    return {"request_id": context.requestId, "route": route.name if route is not None else "",
+            "upstream": context.upstream or "", "target": target or ""}
+
+
+def _whyNot(cluster: Cluster, endpoint: Endpoint, tried: list[Any], now: float) -> str:
+    """Why C{endpoint} did not take this attempt, as far as its state shows."""
+    if not endpoint.activeHealthy:
+        return "unhealthy (active check failing)"
+    if now < endpoint.ejectedUntil:
+        return f"ejected by passive health for {endpoint.ejectedUntil - now:.3g}s more"
+    breaker = endpoint.breaker
+    state = breaker.state if breaker is not None else "closed"
+    if state == "open":
+        return "circuit breaker open"
+    if endpoint.inFlight >= cluster.maxPerTarget:
+        return f"at pool.max_per_target ({cluster.maxPerTarget} in flight)"
+    if endpoint in tried:
+        return "tried already for this request"
+    if state == "half_open":
+        return "circuit breaker half-open, probe slots taken"
+    return "not picked by the balancer"
+
+
+def _others(cluster: Cluster, chosen: Endpoint | None, tried: list[Any]) -> str:
+    now = cluster.clock.seconds()
+    skipped = [f"{e.url}: {_whyNot(cluster, e, tried, now)}" for e in cluster.endpoints if e is not chosen]
+    return "; ".join(skipped) if skipped else "none"
+
+
+def _logChoice(context: RequestContext, cluster: Cluster, endpoint: Endpoint, tried: list[Any]) -> None:
+    # `tried` already holds this attempt's endpoint: the others' reasons are judged without it.
+    earlier = tried[:-1]
+    log.debug("request {request_id} attempt {attempt} on upstream {upstream}: target {target} chosen by "
+              "{balancer} (others: {others})", attempt=context.attempts, balancer=cluster.config.balancer,
+              others=_others(cluster, endpoint, earlier), **_fields(context, endpoint.url))
+
+
+def _logNoTarget(context: RequestContext, cluster: Cluster, tried: list[Any], reason: str) -> None:
+    log.debug("request {request_id} on upstream {upstream}: no target for attempt {attempt}: {reason} "
+              "(targets: {others})", attempt=context.attempts + 1, reason=reason,
+              others=_others(cluster, None, tried), **_fields(context))
+
+
+def _logRetry(context: RequestContext, endpoint: Endpoint, outcome: str, delay: float | None,
+              policy: IRetryPolicy | None, bodySent: bool, remaining: float, code: int | None = None) -> None:
+    if delay is not None:
+        decision = f"retrying in {delay:.3g}s"
+    else:
+        decision = "not retrying: " + _whyNoRetry(context, policy, code if code is not None else outcome,
+                                                  bodySent, remaining)
+    log.debug("request {request_id} attempt {attempt} on {target} failed: {outcome}; {decision}",
+              attempt=context.attempts, outcome=outcome, decision=decision, **_fields(context, endpoint.url))
+
+
+def _whyNoRetry(context: RequestContext, policy: IRetryPolicy | None, outcome: str | int, bodySent: bool,
+                remaining: float) -> str:
+    if policy is None:
+        return "the upstream has no retry policy"
+    if remaining <= 0:
+        return "the request's total deadline has passed"
+    config = getattr(policy, "config", None)
+    attempts = getattr(config, "attempts", None)
+    if attempts is not None and context.attempts > attempts:
+        return f"retries.attempts ({attempts}) used up"
+    retryable = getattr(policy, "retryable", None)
+    if retryable is not None and not retryable(context.method, outcome, bodySent):
+        return (f"{outcome} is not a retry condition for {context.method.decode('latin-1')} "
+                "(retries.on, retries.methods)")
+    return "the backoff would pass the deadline, or the retry budget is spent"

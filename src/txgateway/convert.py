@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_seedcompat -*-
 """
 C{txgateway convert FILE}: go-reverse-proxy's configuration file as a
 txgateway config, printed as YAML with comments, so its users move over in
@@ -31,6 +32,8 @@ from txgateway.config.seeds import (
     serverListen,
     targets,
 )
+
+__all__ = ["convert", "main", "toYAML"]
 
 
 def _q(value: str) -> str:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cors -*-
 """
 CORS at the edge: the gateway answers for the backends it fronts.
 
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from txgateway.middleware import Deps
     from txgateway.observe import Metrics
     from txgateway.routing import CompiledRoute
+
+__all__ = ["CorsFilter", "OriginMatcher", "corsFilter"]
 
 _VARY_ORIGIN = (b"Vary", b"Origin")
 _VARY_PREFLIGHT = (b"Vary", b"Access-Control-Request-Method, Access-Control-Request-Headers")

@@ -53,12 +53,13 @@ BODY_RESET = "body_reset"
 class Forwarder:
     """One config's way to upstreams: its header rules (L{Messages}) and its attempt loop."""
 
-    def __init__(self, reactor: Any, clock: IReactorTime, server: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, reactor: Any, clock: IReactorTime, server: ServerConfig, metrics: Metrics,
+                 debug: bool = False) -> None:
         self.clock = clock
         self.messages = Messages(server)
         self.via = self.messages.via
         self.trusted = self.messages.trusted
-        self.attempts = AttemptLoop(clock, self.messages, metrics)
+        self.attempts = AttemptLoop(clock, self.messages, metrics, debug)
         self.startResponse = self.messages.startResponse
         self.finishHeaders = self.messages.finishHeaders
         self.upstreamHeaders = self.messages.upstreamHeaders

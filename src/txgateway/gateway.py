@@ -7,16 +7,18 @@ once per request (a reload swaps that one attribute, so a request never sees
 half of two configs), answers the gateway's own endpoints, and hands a
 matched request to its route's leaf, L{RouteResource}, which runs the chain
 and the forward.
+
+At C{logging.level: debug} the routing decision of every request is a log
+line (the route chosen and what it matched, or why none did), carrying
+C{request_id}, C{route} and C{upstream}; C{Runtime.debug} is decided once per
+config, so with debug off no request formats anything for it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,13 +26,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
+from txgateway.endpoints import OwnEndpoint, healthReport
 from txgateway.forwarding import BODY_RESET, forward
 from txgateway.http.addresses import AddressSet
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parseTraceparent, requestBodySize
 from txgateway.splitting import routeForwarder
-from txgateway.workshop import workshopHealth
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from txgateway.forwarding import Forwarder
     from txgateway.interfaces import IForwarder
     from txgateway.observe import AccessLog, Metrics
-    from txgateway.routing import CompiledRoute, RouteTable
+    from txgateway.routing import CompiledRoute, Match, RouteTable
 
 __all__ = ["GatewayRoot", "GatewayState", "RouteResource", "Runtime"]
 
@@ -103,6 +105,8 @@ class Runtime:
         self.globalAllow = AddressSet(config.access.ip_allow)
         self.globalDeny = AddressSet(config.access.ip_deny)
         self.leaves = {r.name: RouteResource(r, self) for r in routes.routes}
+        # logging.level is debug: log each routing decision (decided once, here).
+        self.debug = config.logging.level == "debug"
 
     def clientIP(self, peer: str, request: Any) -> str:
         """The real client of C{request} from C{peer} (see L{ForwardedFor})."""
@@ -112,40 +116,8 @@ class Runtime:
         return ff.clientIP(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
 
     def healthReport(self) -> tuple[int, dict[str, Any]]:
-        now = self.clock.seconds()
-        upstreams: dict[str, Any] = {}
-        degraded = []
-        anyUsable = False
-        for name, cluster in self.clusters.items():
-            targets = []
-            for e in cluster.endpoints:
-                healthy = e.healthy(now)
-                circuit = e.breaker.state if e.breaker is not None else "closed"
-                targets.append({
-                    "url": e.url,
-                    "healthy": healthy,
-                    # Why not, when not: the active probe says so, or real traffic ejected it.
-                    "active_check": "passing" if e.activeHealthy else "failing",
-                    "ejected": now < e.ejectedUntil,
-                    "circuit": circuit,
-                    "usable": healthy and circuit != "open",
-                    "in_flight": e.inFlight,
-                })
-            usable = cluster.usable()
-            # fail_open with no healthy target still forwards (to targets whose
-            # circuit is not open): that gateway works, degraded, and must not
-            # tell a load balancer otherwise.
-            failingOpen = not usable and cluster.failOpen and any(t["circuit"] != "open" for t in targets)
-            anyUsable = anyUsable or usable or failingOpen
-            # Degraded: some target cannot take traffic now (unhealthy or its circuit open).
-            if not usable or not all(t["usable"] for t in targets):
-                degraded.append(name)
-            upstreams[name] = {"usable": usable, "failing_open": failingOpen, "targets": targets}
-        status = "ok" if anyUsable and not degraded else ("degraded" if anyUsable else "unavailable")
-        # Redis down is not unhealthy (limits and the cache decide locally) but an operator must see it.
-        report = {"status": status, "degraded": degraded, "upstreams": upstreams,
-                  "stores": {"redis": self.redis.describe()} if self.redis is not None else {}}
-        return (200 if anyUsable else 503), workshopHealth(report, self.config.server.environment, self.clusters)
+        """C{(status code, report)} of C{/health}: see L{txgateway.endpoints.healthReport}."""
+        return healthReport(self)
 
 
 class GatewayRoot(Resource):
@@ -201,7 +173,9 @@ class GatewayRoot(Resource):
 
         kind = runtime.endpoints.get(context.path)
         if kind is not None:
-            return _OwnEndpoint(kind, runtime, gw.state)
+            if runtime.debug:
+                _debug(context, "answered by the gateway's own {kind} endpoint (server.endpoints)", kind=kind)
+            return OwnEndpoint(kind, runtime, gw.state)
 
         if runtime.viaName is not None and _looped(raw.get(H_VIA), runtime.viaName):
             log.warn("request {request_id} already passed through this gateway ({via}): refused as a loop",
@@ -211,10 +185,15 @@ class GatewayRoot(Resource):
         if (runtime.globalDeny and context.clientIP in runtime.globalDeny) or (
                 runtime.globalAllow and context.clientIP not in runtime.globalAllow):
             runtime.metrics.authFailures.labels("", "ip").inc()
+            if runtime.debug:
+                _debug(context, "refused before routing: client {client} is not allowed by access.ip_allow/ip_deny",
+                       client=context.clientIP)
             return _Local(jsonResponse(context, 403, "forbidden: client address not allowed"))
 
         match = runtime.routes.match(request.method, context.host, context.path, request.requestHeaders)
         route = match.route
+        if runtime.debug:
+            _logRouting(context, runtime, match)
         if route is None:
             if match.allowed:
                 allow = b", ".join(sorted(match.allowed))
@@ -226,6 +205,35 @@ class GatewayRoot(Resource):
             return _refusePath(context, "encoded slash or backslash in the path")
         context.upstreamPath = route.upstreamPath(context.path)
         return runtime.leaves[route.name]
+
+
+def _debug(context: RequestContext, text: str, **fields: Any) -> None:
+    route = context.route
+    log.debug("request {request_id} {method} {host}{path}: " + text, request_id=context.requestId,
+              method=context.method.decode("latin-1"), host=context.host, path=context.path,
+              route=route.name if route is not None else "", upstream=route.upstreamName if route is not None else "",
+              **fields)
+
+
+def _logRouting(context: RequestContext, runtime: Runtime, match: Match) -> None:
+    """The routing decision, in words: the route and what it matched, or why no route did."""
+    route = match.route
+    request = context.request
+    if route is not None:
+        log.debug("request {request_id} {method} {host}{path}: route {route} ({matched}) to upstream {upstream}, "
+                  "upstream path {upstream_path}", request_id=context.requestId,
+                  method=context.method.decode("latin-1"), host=context.host, path=context.path, route=route.name,
+                  matched=route.describe(), upstream=route.upstreamName,
+                  upstream_path=route.upstreamPath(context.path))
+        return
+    if match.allowed:
+        why = "method not allowed; routes for this path take " + ", ".join(sorted(m.decode() for m in match.allowed))
+    else:
+        reasons = [f"{r.name}: {reason}" for r, reason in
+                   runtime.routes.explain(request.method, context.host, context.path, request.requestHeaders)]
+        why = "no route matches (" + ("; ".join(reasons[:20]) or "no routes configured") + \
+            (f"; and {len(reasons) - 20} more" if len(reasons) > 20 else "") + ")"
+    _debug(context, "no route: {why}", why=why)
 
 
 def _refusePath(context: RequestContext, reason: str) -> Resource:
@@ -311,43 +319,6 @@ class _Local(Resource):
     def render(self, request: Any) -> Any:
         respond(request.context, self.response)
         return NOT_DONE_YET
-
-
-class _OwnEndpoint(Resource):
-    """/health, /ready and /metrics: GET and HEAD only."""
-
-    isLeaf = True
-
-    def __init__(self, kind: str, runtime: Runtime, state: GatewayState) -> None:
-        super().__init__()
-        self.kind = kind
-        self.runtime = runtime
-        self.state = state
-
-    def render(self, request: Any) -> Any:
-        context: RequestContext = request.context
-        if request.method not in (b"GET", b"HEAD"):
-            respond(context, jsonResponse(context, 405, "method not allowed", [(b"Allow", b"GET, HEAD")]))
-            return NOT_DONE_YET
-        if self.kind == "metrics":
-            body = self.runtime.metrics.render()
-            respond(context, LocalResponse(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], body))
-        elif self.kind == "ready":
-            ok = self.state.ready and not self.state.draining
-            status = "ready" if ok else ("draining" if self.state.draining else "starting")
-            facts: dict[str, Any] = {"status": status, "pid": os.getpid()}
-            if self.state.workerId is not None:
-                facts["worker"] = self.state.workerId
-            respond(context, _json(200 if ok else 503, facts))
-        else:
-            code, report = self.runtime.healthReport()
-            respond(context, _json(code, report))
-        return NOT_DONE_YET
-
-
-def _json(code: int, obj: Any) -> LocalResponse:
-    return LocalResponse(code, [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")],
-                         json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
 
 class RouteResource(Resource):

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_reloading -*-
 """
 Hot reload from the config file: poll it, and reload when its content changes.
 
@@ -22,6 +23,8 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+__all__ = ["ConfigWatcher"]
 
 log = Logger(namespace="txgateway")
 

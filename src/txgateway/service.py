@@ -1,138 +1,43 @@
+# -*- test-case-name: tests.test_lifecycle,tests.test_reloading -*-
 """
-The gateway as a Twisted service: build from config, listen, reload, drain.
+The gateway as a Twisted service: start, reload, drain.
 
 L{GatewayService} owns one L{Gateway} (the swappable runtime plus process
 state) and the listening ports.  A config becomes a L{Runtime} through
-L{buildRuntime}, which, like buildbot's reconfig, keeps what survives from
-the previous runtime: an upstream whose targets stay keeps their Endpoint
-objects (health, breakers, in-flight counts) and, when its pool settings are
-unchanged, its connection pool.
+L{txgateway.building.buildRuntime}, which keeps what survives from the
+previous runtime; the listeners and the listen backlog are in
+L{txgateway.listening}.  What stays here is the order of things: start-up
+(and its one-line failure), reload (atomic swap, housekeeping after) and the
+drain sequence.
 """
 
 from __future__ import annotations
 
-import os
 import random as _random
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txgateway import balancing, breaking, health, probing, retrying, stores
-from txgateway.cluster import Cluster, Endpoint
-from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig, loadConfig
+from txgateway import probing, stores
+from txgateway.building import Gateway, accessLogFor, buildRuntime, needsRedis
+from txgateway.config import ConfigError, GatewayConfig, loadConfig
 from txgateway.context import RequestContext
-from txgateway.forwarding import Forwarder
-from txgateway.gateway import GatewayRoot, GatewayState, Runtime
-from txgateway.http.channel import GatewaySite
-from txgateway.http.client.agent import makeClient
+from txgateway.gateway import GatewayRoot, Runtime
 from txgateway.http.process import markCleanStop
 from txgateway.http.sending import WriteBatcher
-from txgateway.middleware import Deps, buildChain
-from txgateway.observe import AccessLog, Metrics
+from txgateway.http.site import GatewaySite
+from txgateway.listening import Listener, StartupError, bindProblem, boundAddress, listenBacklog, withBacklog
+from txgateway.observe import Metrics
 from txgateway.reloading import ConfigWatcher
-from txgateway.routing import RouteTable, compileRoutes
-from txgateway.splitting import attachCanaries, stopMirrors
+from txgateway.splitting import stopMirrors
+
+__all__ = ["EXIT_DRAIN_CUT", "EXIT_STARTUP_FAILED", "GatewayService"]
 
 log = Logger(namespace="txgateway")
-
-
-def _circuitCode(state: str) -> int:
-    return {"closed": 0, "open": 1, "half_open": 2}.get(state, 0)
-
-
-class Gateway:
-    """What the resource tree reads: the current runtime, and state that outlives it."""
-
-    def __init__(self, runtime: Runtime | None = None) -> None:
-        self.runtime: Runtime = runtime  # type: ignore[assignment]
-        self.state = GatewayState()
-        self.history: list[dict[str, Any]] = []  # recent reloads, newest last
-
-
-def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, metrics: Metrics,
-                 previous: Runtime | None = None, rng: _random.Random | None = None,
-                 accessLog: AccessLog | None = None, redis: Any = None,
-                 shared: dict[str, Any] | None = None, writes: WriteBatcher | None = None) -> Runtime:
-    """Compile one config into a runtime, reusing what survives from C{previous}."""
-    rng = rng or _random.Random()
-    old = previous.clusters if previous is not None else {}
-    clusters: dict[str, Cluster] = {}
-    for name, upstream in config.upstreams.items():
-        clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng, writes)
-    routes = compileRoutes(config.routes)
-    deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
-                shared=shared if shared is not None else {})
-    for r in routes:
-        r.cluster = clusters[r.upstreamName]
-        r.chain = buildChain(r, deps)
-    attachCanaries(routes, clusters, clock, rng, metrics, previous.routes.routes if previous is not None else ())
-    forwarder = Forwarder(reactor, clock, config.server, metrics)
-    if accessLog is None:
-        accessLog = AccessLog(config.logging.access_log)
-    return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock, redis=redis)
-
-
-def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clock: IReactorTime,
-                  metrics: Metrics, rng: _random.Random, writes: WriteBatcher | None = None) -> Cluster:
-    endpoints = []
-    for target in config.targets:
-        e = old.endpointByURL(target.url) if old is not None else None
-        if e is None:
-            e = Endpoint(target, config.name)
-        else:
-            e.weight = target.weight
-        if old is None or old.config.circuit_breaker != config.circuit_breaker or e.breaker is None:
-            e.breaker = breaking.makeBreaker(config.circuit_breaker, clock, _breakerObserver(metrics, config.name, e))
-        metrics.circuitState.labels(config.name, e.url).set(_circuitCode(e.breaker.state if e.breaker else "closed"))
-        metrics.targetHealthy.labels(config.name, e.url).set(1 if e.healthy(clock.seconds()) else 0)
-        endpoints.append(e)
-    # The balancer survives a reload that keeps its kind, so rotations and
-    # smooth-WRR weights carry on; Cluster() hands it the new targets.
-    if old is not None and balancing.sameBalancer(old.config, config):
-        balancer = old.balancer
-    else:
-        balancer = balancing.makeBalancer(config, rng)
-    cluster = Cluster(config, clock, balancer, endpoints,
-                      retrying.RetryPolicy(config.retries, clock, rng), None, rng, metrics)
-    cluster.passive = health.passiveFor(cluster, clock, metrics)
-    reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect
-    if reuse:
-        assert old is not None
-        cluster.agent, cluster.pool = old.agent, old.pool  # type: ignore[attr-defined]
-    else:
-        client = makeClient(reactor, config.pool.max_per_target, config.pool.idle_timeout, config.timeouts.connect,
-                            writes)
-        cluster.agent, cluster.pool = client, client.pool  # type: ignore[attr-defined]
-    return cluster
-
-
-def _breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Callable[[str, str], None]:
-    def onTransition(old: str, new: str) -> None:
-        log.warn("circuit breaker for {target} of {upstream}: {old} -> {new}",
-                 target=endpoint.url, upstream=upstream, old=old, new=new)
-        metrics.circuitState.labels(upstream, endpoint.url).set(_circuitCode(new))
-        metrics.breakerTransitions.labels(upstream, endpoint.url, new).inc()
-
-    return onTransition
-
-
-class StartupError(Exception):
-    """
-    The gateway cannot start (a port in use, a socket it may not bind).
-
-    Raised from C{startService}, so twistd does not run the reactor: in the
-    foreground the process exits non-zero (L{txgateway.tap} shows the
-    message as one line instead of a traceback), and a daemonising twistd
-    reports it to the parent, which exits 1.
-    """
-
-    oneLine = True  # shown as one line, not a traceback (txgateway.tap)
 
 
 # The exit status of a drain that reached server.timeouts.drain with
@@ -141,95 +46,6 @@ class StartupError(Exception):
 EXIT_DRAIN_CUT = 3
 # The exit status when the listener failed after start-up began.
 EXIT_STARTUP_FAILED = 1
-
-_SOMAXCONN = "/proc/sys/net/core/somaxconn"
-_BACKLOG_KINDS = ("tcp:", "tcp6:", "ssl:", "unix:")
-
-
-def listenBacklog(configured: int | None, somaxconn: str = _SOMAXCONN) -> int:
-    """
-    The listen queue for C{server.backlog}: as configured, else the kernel's
-    C{somaxconn} (the most it grants anyway), else 4096.
-
-    Twisted's endpoints default to 50, which a burst of new clients fills at
-    once: the rest wait for SYN retransmits or are refused.
-    """
-    if configured is not None:
-        return configured
-    try:
-        with open(somaxconn, encoding="ascii") as f:
-            value = int(f.read().strip())
-    except (OSError, ValueError):
-        return 4096
-    return value if value > 0 else 4096
-
-
-def withBacklog(description: str, backlog: int) -> str:
-    """
-    C{description} with C{backlog=} added, for the endpoint kinds that take
-    it (tcp, tcp6, ssl, unix); a backlog written in the string itself wins.
-    """
-    if not description.startswith(_BACKLOG_KINDS) or ":backlog=" in description:
-        return description
-    return f"{description}:backlog={backlog}"
-
-
-def _bindProblem(error: BaseException) -> str:
-    """C{"127.0.0.1:8080: Address already in use"}, or the error's own words."""
-    socketError = getattr(error, "socketError", None)
-    if isinstance(socketError, OSError) and socketError.strerror:
-        return f"{getattr(error, 'interface', '') or '*'}:{getattr(error, 'port', '?')}: {socketError.strerror}"
-    return str(error)
-
-
-class _Listener(Service):
-    """One listening endpoint; remembers its port so the drain can stop accepting."""
-
-    def __init__(self, reactor: Any, description: str, factory: Any, inheritedFd: int | None = None) -> None:
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.inheritedFd = inheritedFd
-        self.port: Any = None
-        self.listening: Deferred[Any] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        if self.inheritedFd is not None:
-            # A worker: the supervisor bound the socket (see workers.py).
-            self.listening = maybeDeferred(_adopt, self.reactor, self.inheritedFd, self.factory)
-        else:
-            self.listening = serverFromString(self.reactor, self.description).listen(self.factory)
-
-        def listening(port: Any) -> Any:
-            self.port = port
-            return port
-
-        self.listening.addCallback(listening)
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return succeed(None).addCallback(lambda _: port.stopListening())
-        if self.listening is not None:
-            self.listening.cancel()
-        return succeed(None)
-
-
-def _bound(port: Any) -> str:
-    """C{host:port} (or the socket path) a listening port is bound to: with C{tcp:0}, the port the OS chose."""
-    address = port.getHost()
-    return f"{address.host}:{address.port}" if hasattr(address, "port") else str(getattr(address, "name", address))
-
-
-def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
-    sock = socket.socket(fileno=fd)
-    family = sock.family
-    sock.detach()
-    port = reactor.adoptStreamPort(fd, family, factory)
-    os.close(fd)  # the port holds its own duplicate
-    return port
 
 
 class GatewayService(MultiService):
@@ -248,9 +64,9 @@ class GatewayService(MultiService):
         self.metrics = metrics if metrics is not None else Metrics()
         self.rng = rng or _random.Random()
         self._loadConfig = loadConfig
-        self.redis = stores.makeRedis(config.stores, reactor) if _needsRedis(config) else None
+        self.redis = stores.makeRedis(config.stores, reactor) if needsRedis(config) else None
         self.shared: dict[str, Any] = {}
-        self.accessLog = _accessLog(config, self.clock)
+        self.accessLog = accessLogFor(config, self.clock)
         # Shared by the client side and every upstream pool: each side's
         # event writes to the other side's sockets.
         self.writes = WriteBatcher()
@@ -262,15 +78,15 @@ class GatewayService(MultiService):
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
-        self.listener = _Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd)
+        self.listener = Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd)
         self.listener.setServiceParent(self)
-        self.adminListener: _Listener | None = None
+        self.adminListener: Listener | None = None
         if config.admin is not None:
             from txgateway.admin import makeAdminSite
 
             startToken = config.admin.token
             self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
-            self.adminListener = _Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd)
+            self.adminListener = Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd)
             self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)
@@ -359,10 +175,10 @@ class GatewayService(MultiService):
 
         def up(port: Any) -> None:
             self.gateway.state.ready = True
-            log.info("txgateway listening on {address}", address=_bound(port), where=where)
+            log.info("txgateway listening on {address}", address=boundAddress(port), where=where)
 
         def failed(f: Any) -> None:
-            failure.append(_bindProblem(f.value))
+            failure.append(bindProblem(f.value))
             # One line: the reason is the whole story (a port in use, a
             # permission); a traceback of the reactor's bind would hide it.
             log.critical("cannot listen on {problem} (server.listen: {where})", problem=failure[-1], where=where)
@@ -383,7 +199,7 @@ class GatewayService(MultiService):
             adminWhere = self.adminListener.description
             # A busy admin port must not take client traffic down with it: say so loudly, keep serving.
             self.adminListener.listening.addCallbacks(
-                lambda port: log.info("admin listening on {address}", address=_bound(port), where=adminWhere),
+                lambda port: log.info("admin listening on {address}", address=boundAddress(port), where=adminWhere),
                 lambda f: log.error("cannot listen on admin.listen {where}: {reason}; no admin listener",
                                     where=adminWhere, reason=f.getErrorMessage()))
 
@@ -434,7 +250,7 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
-            stopMirrors(self.gateway.runtime.routes.routes)
+            stopMirrors(self.gateway.runtime.routes.routes)  # copies in flight cancelled, no timer left
             if self.adminListener is not None:  # last: the status page shows the drain
                 waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():
@@ -483,7 +299,7 @@ class GatewayService(MultiService):
                     self.watcher.sync()  # this content is being loaded now: not a change to reload again
                 config = self._loadConfig(self.configPath)
             hadRedis = self.redis is not None
-            if not hadRedis and _needsRedis(config):
+            if not hadRedis and needsRedis(config):
                 self.redis = stores.makeRedis(config.stores, self.reactor)
             runtime = self._build(config, previous)
         except ConfigError as e:
@@ -532,6 +348,7 @@ class GatewayService(MultiService):
             pool = getattr(c, "pool", None)
             if pool is not None and id(pool) not in inUse:
                 pool.closeCachedConnections()
+        stopMirrors(previous.routes.routes)  # the new runtime's mirrors carry on their counts and samples
 
     def _recordReload(self, result: str, problems: list[str]) -> None:
         self.metrics.configReloads.labels(result).inc()
@@ -559,18 +376,3 @@ def _withDeadline(d: Deferred[None], seconds: float, clock: IReactorTime) -> Def
     return out
 
 
-def _needsRedis(config: GatewayConfig) -> bool:
-    if config.stores.redis is None:
-        return False
-    return any((r.rate_limit is not None and r.rate_limit.shared) or (r.cache is not None and r.cache.store == "redis")
-               for r in config.routes)
-
-
-def _accessLog(config: GatewayConfig, clock: IReactorTime) -> AccessLog:
-    lc = config.logging
-    out = None
-    if lc.access_log and lc.access_log_file:
-        # Buffered: AccessLog flushes once per reactor turn (given the clock),
-        # not once per line.
-        out = open(lc.access_log_file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-    return AccessLog(lc.access_log, out, lc.format, clock)

@@ -114,11 +114,9 @@ def attachCanaries(routes: Iterable[CompiledRoute], clusters: Mapping[str, Clust
                              weights=", ".join(f"{n}={w}" for n, w in zip(split.names, split.weights, strict=True)))
             publishSplit(metrics, canary.splitter)
         if canary.mirror is not None and beforeCanary is not None and beforeCanary.mirror is not None:
+            # The old mirror is stopped once the new runtime serves (stopMirrors, from the reload):
+            # copies it still had queued or in flight are abandoned, not counted.
             canary.mirror.continueFrom(beforeCanary.mirror)
-    for before in old.values():
-        if before.canary is not None and before.canary.mirror is not None:
-            # Copies the old runtime queued or sent are abandoned, not counted.
-            before.canary.mirror.stop()
 
 
 def _senders(clusters: Mapping[str, Cluster], limit: int) -> Callable[[str], MirrorSend]:
@@ -133,7 +131,11 @@ def publishSplit(metrics: Metrics, splitter: Splitter) -> None:
 
 
 def stopMirrors(routes: Iterable[CompiledRoute]) -> None:
-    """Shutdown: cancel the copies in flight and forget the queued ones, so no timer outlives the gateway."""
+    """
+    Cancel the copies in flight and forget the queued ones: at shutdown (no
+    timer outlives the gateway), and for the previous runtime's routes once
+    a reload's new runtime serves.
+    """
     for r in routes:
         if r.canary is not None and r.canary.mirror is not None:
             r.canary.mirror.stop()

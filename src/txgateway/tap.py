@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_lifecycle -*-
 """
 The twistd plugin's options and service: a thin adapter over L{txgateway.service}.
 
@@ -16,6 +17,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from txgateway.config import ConfigError, GatewayConfig, configFromEnvironment, loadConfig
+
+__all__ = ["Options", "loadFromOptions", "makeService"]
 
 
 class Options(usage.Options):
@@ -84,7 +87,7 @@ def _installStartupErrorHook(options: Any) -> None:
     """
     Show a start-up failure as one line, not a traceback.
 
-    A L{txgateway.service.StartupError} (or a worker set-up error: each
+    A L{txgateway.listening.StartupError} (or a worker set-up error: each
     says C{oneLine = True}, so neither module is imported here) raised
     from C{startService} escapes twistd, which exits 1; the service has
     already logged it as one line.  The foreground with the log in a file
@@ -198,7 +201,7 @@ def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IServic
     argv.append("txgateway")
     if options["config"]:
         argv += ["--config", os.path.abspath(options["config"])]
-    from txgateway.service import listenBacklog, withBacklog
+    from txgateway.listening import listenBacklog, withBacklog
 
     backlog = listenBacklog(config.server.backlog)
     supervisor = WorkerSupervisor(reactor, reactor, count, withBacklog(config.server.listen, backlog), argv,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_workers -*-
 """
 Worker processes: one gateway process per core, supervised.
 
@@ -33,6 +34,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgateway.http.process import markCleanStop
+
+__all__ = ["WorkerSetupError", "WorkerSupervisor", "bindReusePort", "followSupervisor", "installSignals",
+           "parseListen", "workerCount"]
 
 log = Logger(namespace="txgateway.workers")
 

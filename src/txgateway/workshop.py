@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_seedcompat -*-
 """
 The Go workshop gateway's interface on txgateway's: its C{/health} fields
 (C{environment}, C{backend}, C{backend_status}) and its C{ENVIRONMENT} as a
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
+
+__all__ = ["labelledFormatter", "workshopHealth"]
 
 
 def workshopHealth(report: dict[str, Any], environment: str | None, clusters: Mapping[str, Any]) -> dict[str, Any]:

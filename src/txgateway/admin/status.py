@@ -20,7 +20,7 @@ from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counte
 from txgateway.observe import Metrics
 
 if TYPE_CHECKING:
-    from txgateway.service import Gateway
+    from txgateway.building import Gateway
 
 
 class AdminTarget(Protocol):

@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.test_caching -*-
 """
-Collapsed forwarding: concurrent misses for one key wait on one backend request.
+Collapsed forwarding: concurrent misses for one key wait on one backend request,
+except for keys recently found uncacheable.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
     from txgateway.caching.policy import StoredResponse
 
-__all__ = ["Flight"]
+__all__ = ["Flight", "UncacheableMarks"]
 
 
 class Flight:
@@ -53,3 +55,38 @@ class Flight:
         for d in waiters:
             if not d.called:
                 d.callback(entry)
+
+
+class UncacheableMarks:
+    """
+    Keys whose last response could not be stored ("hit-for-miss" marks):
+    their misses are not collapsed for C{seconds}.  Without them every burst
+    for an uncacheable URL would wait for one request before all go anyway.
+    At most C{limit} keys are kept, the oldest mark dropped first.
+    """
+
+    __slots__ = ("clock", "seconds", "limit", "_until")
+
+    def __init__(self, clock: IReactorTime, seconds: float, limit: int) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.limit = limit
+        self._until: OrderedDict[bytes, float] = OrderedDict()
+
+    def __contains__(self, key: bytes) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= self.clock.seconds():
+            del self._until[key]
+            return False
+        return True
+
+    def mark(self, key: bytes) -> None:
+        self._until.pop(key, None)
+        self._until[key] = self.clock.seconds() + self.seconds
+        while len(self._until) > self.limit:
+            self._until.popitem(last=False)
+
+    def clear(self, key: bytes) -> None:
+        self._until.pop(key, None)

@@ -24,8 +24,6 @@ commit message for the full evaluation.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.defer import TimeoutError as DeferTimeout
@@ -36,8 +34,9 @@ from zope.interface import implementer
 
 from txgateway.attempts import UpstreamFailure, discard
 from txgateway.caching import policy
-from txgateway.caching.collapsing import Flight
+from txgateway.caching.collapsing import Flight, UncacheableMarks
 from txgateway.caching.exchanges import Exchange, Tee, TeeResponse, storedResponse
+from txgateway.caching.keys import cacheKey, originFields
 from txgateway.caching.policy import StoredResponse
 from txgateway.caching.revalidation import revalidateLater
 from txgateway.caching.stores import MemoryStore, RedisStore
@@ -54,13 +53,14 @@ if TYPE_CHECKING:
     from txgateway.observe import Metrics
     from txgateway.routing import CompiledRoute
 
+__all__ = ["CachingForwarder", "ResponseCache", "UNCACHEABLE_MARK", "cacheFor"]
+
 log = Logger(namespace="txgateway.cache")
 
 _GET = b"GET"
 _HEAD = b"HEAD"
 # How long a key whose last response could not be stored stops concurrent
-# misses from being collapsed (a "hit-for-miss" mark): without it every burst
-# for an uncacheable URL would wait for one request before all go anyway.
+# misses from being collapsed (a "hit-for-miss" mark: L{UncacheableMarks}).
 UNCACHEABLE_MARK = 10.0
 _UNCACHEABLE_KEYS = 4096
 # Store refusals that say something about the resource, not this exchange.
@@ -130,7 +130,7 @@ class ResponseCache:
         self.collapseTimeout = config.collapse_timeout
         self._pending: dict[bytes, Flight] = {}
         self.revalidating: set[bytes] = set()
-        self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
+        self._uncacheable = UncacheableMarks(clock, UNCACHEABLE_MARK, _UNCACHEABLE_KEYS)
         self._counters: dict[str, Any] = {}
 
     # -- bookkeeping
@@ -146,59 +146,6 @@ class ResponseCache:
 
     def _status(self, context: RequestContext, **params: Any) -> None:
         context.responseHeaders.append((b"Cache-Status", policy.cacheStatus(self.name, **params)))
-
-    def key(self, context: RequestContext, path: str | None = None, query: bytes | None = None,
-            useContext: bool = True) -> bytes:
-        """The primary cache key: the target URI as the gateway sees it (scheme, host, normalised path, query)."""
-        if useContext:
-            path, query = context.path, context.query
-        scheme = b"https" if context.request.isSecure() else b"http"
-        target = (path or "/").encode("latin-1")
-        if query is not None:
-            target += b"?" + query
-        return scheme + b"://" + context.host.encode("latin-1") + target
-
-    def originFields(self, context: RequestContext) -> policy.HeaderLookup:
-        """
-        Request fields as the origin saw them, for Vary: what the gateway set
-        (identity, route rules) replaces, what it removed is absent.  An
-        origin that varies on C{X-Consumer} thus varies on the identity.
-        """
-        route = context.route
-        rules = route.config.headers.request if route is not None else None
-        setHere: dict[bytes, bytes] = {}
-        removed = {h.lower() for h in context.removeHeaders}
-        if rules is not None:
-            removed |= {h.lower().encode() for h in rules.remove}
-            for k, v in rules.set:
-                setHere[k.lower().encode()] = v.encode()
-        for k2, v2 in context.forwardHeaders:
-            setHere[k2.lower()] = v2
-        raw = context.request.requestHeaders.getRawHeaders
-
-        def get(name: bytes) -> Sequence[bytes] | None:
-            if name in setHere:
-                return [setHere[name]]
-            if name in removed:
-                return None
-            return raw(name)  # type: ignore[no-any-return]
-
-        return get
-
-    def _isUncacheable(self, key: bytes) -> bool:
-        until = self._uncacheable.get(key)
-        if until is None:
-            return False
-        if until <= self.clock.seconds():
-            del self._uncacheable[key]
-            return False
-        return True
-
-    def _markUncacheable(self, key: bytes) -> None:
-        self._uncacheable.pop(key, None)
-        self._uncacheable[key] = self.clock.seconds() + UNCACHEABLE_MARK
-        while len(self._uncacheable) > _UNCACHEABLE_KEYS:
-            self._uncacheable.popitem(last=False)
 
     # -- the request path
 
@@ -221,8 +168,8 @@ class ResponseCache:
             # Ranges are passed through: the cache stores and serves whole responses only.
             return await self._writeThrough(context, upstream, "bypass", "bypass", detail="range")
         rules = policy.requestRules(raw)
-        key = self.key(context)
-        fields = self.originFields(context)
+        key = cacheKey(context, context.path, context.query)
+        fields = originFields(context)
         entry, varyMiss = await self.entries.lookup(key, fields)
         now = self.clock.seconds()
         if entry is not None:
@@ -268,7 +215,7 @@ class ResponseCache:
                     return self._serve(context, entry, a.age, "collapsed", fwd=fwd, fwdStatus=entry.code,
                                        collapsed=True, ttl=a.ttl)
             return await self._fetch(context, upstream, key, rules, fwd, None, None)
-        if self._isUncacheable(key):
+        if key in self._uncacheable:
             return await self._fetch(context, upstream, key, rules, fwd, None, None)
         flight = self._pending[key] = Flight()
 
@@ -350,11 +297,11 @@ class ResponseCache:
                 if flight is not None:
                     flight.release(None)
                 if code != 304 and refusal in _MARKING_REFUSALS:
-                    self._markUncacheable(key)
+                    self._uncacheable.mark(key)
                 if entry is not None and 200 <= code < 500 and code != 304:
                     self.entries.forget(key)  # §4: a newer response supersedes the stored one
             else:
-                self._uncacheable.pop(key, None)
+                self._uncacheable.clear(key)
             self._count(context, "miss")
             self._status(context, fwd=fwd, fwdStatus=code, stored=refusal is None, detail=refusal)
             if refusal is not None:
@@ -369,7 +316,7 @@ class ResponseCache:
                 vary = policy.varyOf(headers) or ()
                 stored = StoredResponse(code, response.phrase or b"", policy.storableHeaders(headers, cc),
                                         b"".join(tee.chunks), requestTime, responseTime, vary,
-                                        policy.varyValues(vary, self.originFields(context)))
+                                        policy.varyValues(vary, originFields(context)))
                 self.entries.saveLater(key, stored, self.maxTTL, self.defaultTTL)
                 if flight is not None:
                     flight.release(stored)
@@ -403,7 +350,7 @@ class ResponseCache:
         headers = _pairs(response.headers)
         for path, query in policy.invalidationTargets(context.method, response.code, headers, context.host,
                                                       context.path, context.query):
-            self.entries.forget(self.key(context, path, query, useContext=False))
+            self.entries.forget(cacheKey(context, path, query))
         self._status(context, fwd=fwd, fwdStatus=response.code, detail=detail)
         return exchange
 
@@ -419,6 +366,7 @@ class ResponseCache:
         notModified = policy.clientNotModified(context.request.requestHeaders.getRawHeaders, entry)
         self._status(context, **status)
         return Exchange(storedResponse(entry, age, notModified), None)
+
 
 @implementer(IForwarder)
 class CachingForwarder:

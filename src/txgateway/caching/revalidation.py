@@ -19,6 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from txgateway.attempts import UpstreamFailure, discard
 from txgateway.caching import policy
 from txgateway.caching.exchanges import BodyCollector, detached
+from txgateway.caching.keys import originFields
 from txgateway.caching.policy import StoredResponse
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
                 vary = policy.varyOf(headers) or ()
                 await cache.entries.save(key, StoredResponse(
                     code, response.phrase or b"", policy.storableHeaders(headers, cc), body, requestTime,
-                    responseTime, vary, policy.varyValues(vary, cache.originFields(context))), cache.maxTTL, cache.defaultTTL)
+                    responseTime, vary, policy.varyValues(vary, originFields(context))), cache.maxTTL, cache.defaultTTL)
             return
         discard(response)
         if code in policy.ERROR_STATUS:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_caching_store -*-
 """
 Where cached responses live: a bounded in-process LRU, or Redis shared by replicas.
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from txgateway.observe import Metrics
+
+__all__ = ["MemoryStore", "Record", "RedisStore", "VaryIndex", "decodeRecord", "encodeRecord"]
 
 log = Logger(namespace="txgateway.cache")
 

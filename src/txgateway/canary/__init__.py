@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_canary_config,tests.test_canary_split,tests.test_canary_mirror,tests.test_canary_compare,tests.test_canary_flow -*-
 """
 Canary releases: weighted splits among upstreams, and shadow traffic with answer comparison (issue 23).
 
@@ -104,3 +105,5 @@ How it is wired in
   C{txgateway_mirror_queue} gauge, and listing split changes beside
   C{/api/reloads} (they are logged).
 """
+
+__all__: list[str] = []

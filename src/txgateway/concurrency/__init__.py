@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_concurrency_config,tests.test_concurrency_limits,tests.test_concurrency_queue,tests.test_concurrency_coalescing,tests.test_concurrency_batching -*-
 """
 Protecting slow backends (issue 24): concurrency limits, an admission
 queue with load shedding, micro-batching and coalescing.
@@ -151,7 +152,7 @@ shape):
   skipping endpoints at their limit as it does at C{max_per_target}, and
   the upstream's controller using the sum of the healthy endpoints'
   limits (a C{SumLimit} over them) so the queue stays per upstream.
-- Reload (service.buildRuntime): controllers are kept per upstream name
+- Reload (building.buildRuntime): controllers are kept per upstream name
   in the runtime; C{rebuildAdmission((oldSpec, oldController), spec,
   clock, onWait, onShed)} returns the same controller for an unchanged
   spec, else a new one that took over the old one's permits and waiters
@@ -309,3 +310,5 @@ docs/performance.md: the e2e overload run below, with and without limits
   lease), reload keeping and taking over controllers, drain shedding
   waiters, the status JSON.
 """
+
+__all__: list[str] = []

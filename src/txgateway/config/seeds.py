@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_seedcompat -*-
 """
 The configuration interfaces of the gateways txgateway was specified from,
 translated into txgateway's own, so their users move over in one step.
@@ -35,6 +36,11 @@ from typing import Any
 
 from txgateway.config.errors import ConfigError
 from txgateway.config.errors import Problem as ConfigProblem
+
+__all__ = ["DEFAULT_CACHE_TTL", "DEFAULT_FORWARD_RETRIES", "DEFAULT_HTTP_RETRIES", "GoHost", "GoProxyConfig",
+           "GoService", "GoSettings", "PROXY_PREFIX", "Problem", "RETRY_ON", "SEED_VARIABLES", "SeedError",
+           "environmentDocument", "goSettings", "isGoReverseProxy", "metricsListen", "parseGoProxy", "seedDocument",
+           "seeds", "serverListen", "targets", "toDocument"]
 
 # go-reverse-proxy's defaults for its environment variables (its README).
 DEFAULT_HTTP_RETRIES = 2

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config,tests.test_discovery_dns,tests.test_discovery_files -*-
 """
 Target discovery: upstream targets that come and go (issue 22).
 
@@ -104,7 +105,7 @@ merged list synchronously and swaps it in one assignment.
   and source), a duplicate is logged once per change.  Runtime overrides
   (section 4) are applied last.
 - Keep Endpoint state for targets that stay: look each URL up in the
-  current endpoints (as C{service._buildCluster} does across reloads) and
+  current endpoints (as C{building._buildCluster} does across reloads) and
   reuse the object, updating only C{weight}; health, breaker, in-flight
   count, balancer state (WRR current weight, rotation) and metric label
   children carry over.  C{Endpoint} gains slots C{source}, C{state}
@@ -224,3 +225,5 @@ What cluster.py must provide:
 - docs: docs/operations.md Kubernetes walkthrough (headless Service,
   C{dns: api.default.svc.cluster.local}) with the manifest under deploy/.
 """
+
+__all__: list[str] = []

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_dns,tests.test_discovery_files -*-
 """
 What every discovery source shares: listeners, change detection, counters.
 
@@ -17,6 +18,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from txgateway.discovery.interfaces import DiscoveredTarget, Listener, SourceCounters, Targets
+
+__all__ = ["Observer", "SourceBase", "canonical"]
 
 log = Logger(namespace="txgateway.discovery")
 

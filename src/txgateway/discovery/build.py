@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config -*-
 """
 From a parsed spec to a running source: the one place that knows every kind.
 
@@ -15,6 +16,8 @@ from txgateway.discovery.config import DnsSpec, DnsSrvSpec, FileSpec, SourceSpec
 from txgateway.discovery.dns import AddressSource, ServiceSource
 from txgateway.discovery.files import FileSource
 from txgateway.discovery.interfaces import ITargetSource
+
+__all__ = ["makeSource"]
 
 
 def makeSource(spec: SourceSpec, resolver: IResolver, clock: IReactorTime,

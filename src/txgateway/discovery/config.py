@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config -*-
 """
 Parsing the discovery keys into frozen specs: pure functions, no I/O.
 
@@ -25,6 +26,11 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from txgateway.discovery.interfaces import DiscoveredTarget
+
+__all__ = ["DEFAULT_REFRESH", "DEFAULT_WATCH", "DiscoveryConfig", "DnsSpec", "DnsSrvSpec", "FileSpec", "Problem",
+           "SOURCE_KEYS", "SourceSpec", "dnsName", "duration", "isSourceItem", "nameserver", "oneOf",
+           "parseDiscovery", "parseSlowStart", "parseSourceItem", "port", "positiveDuration", "targetFromURL",
+           "weight"]
 
 T = TypeVar("T")
 

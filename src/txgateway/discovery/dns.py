@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_dns -*-
 """
 DNS discovery: every A/AAAA address of a name, or the SRV records of a service.
 
@@ -42,6 +43,8 @@ from zope.interface import implementer
 
 from txgateway.discovery.base import Observer, SourceBase, log
 from txgateway.discovery.interfaces import DiscoveredTarget, ITargetSource
+
+__all__ = ["AddressSource", "MIN_INTERVAL", "QUERY_TIMEOUT", "ServiceSource", "makeResolver", "systemNameservers"]
 
 #: Seconds between the first query and its retransmissions; the query
 #: fails after their sum.  Twisted's default (1, 3, 11, 45) waits a minute.

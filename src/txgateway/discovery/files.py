@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_files -*-
 """
 File discovery: C{{file: targets.yaml}}, a list of targets any tool may rewrite.
 
@@ -38,6 +39,8 @@ from zope.interface import implementer
 from txgateway.discovery.base import Observer, SourceBase, log
 from txgateway.discovery.config import targetFromURL, weight
 from txgateway.discovery.interfaces import DiscoveredTarget, ITargetSource
+
+__all__ = ["FileSource", "TargetsFileError", "parseTargetsFile"]
 
 _Fingerprint = tuple[int, int, int, int, int]
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_dns,tests.test_discovery_files -*-
 """
 What a discovery source promises, and the value it delivers.
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 from twisted.application.service import IService
 from zope.interface import Attribute
+
+__all__ = ["DiscoveredTarget", "ITargetSource", "Listener", "SourceCounters", "Targets"]
 
 
 @dataclass(frozen=True, order=True)

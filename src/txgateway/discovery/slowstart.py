@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_discovery_config -*-
 """
 Slow start: a new target's share of traffic ramps up instead of jumping.
 
@@ -15,6 +16,8 @@ then, and slowing all of it slows nothing.
 """
 
 from __future__ import annotations
+
+__all__ = ["MINIMUM", "rampEnds", "rampedWeight", "slowStartFraction"]
 
 #: The share a brand-new target gets: small, but never zero (a zero weight
 #: would starve it of the requests that warm it up).

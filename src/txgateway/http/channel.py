@@ -1,12 +1,15 @@
+# -*- test-case-name: tests.test_channel,tests.test_hardening -*-
 """
-The listening side: twisted.web's Site, Channel and Request, bounded.
+The listening channel: a client's request heads and bodies, bounded.
 
 twisted.web reads whatever a client sends; a gateway must cap the request
 head (431) and body (413) before anything is buffered, put deadlines on how
 long a client may take to send them (408), refuse request heads a backend
-could read differently from us (400, RFC 9112), count connections per client
-address and answer with its own small JSON errors instead of Twisted's bare
-or HTML pages.
+could read differently from us (400, RFC 9112) and answer with its own small
+JSON errors instead of Twisted's bare or HTML pages.  The checks that need no
+connection state are in L{txgateway.http.heads}; the connection-lifetime
+timers in L{txgateway.http.connection}; the Site that counts connections in
+L{txgateway.http.site}.
 
 Everything here happens before a request reaches the resource tree, so a
 refused request never costs a route, a filter or an upstream connection.
@@ -15,207 +18,35 @@ Private Twisted names used here (held to stock Twisted by tests/test_channel.py)
 C{twisted.web.http._parseRequestLine}; C{HTTPChannel._transferDecoder} and
 its C{_ChunkedTransferDecoder.state} / C{.length} (the size a chunk line
 declared, to answer 413 before the chunk is sent); C{HTTPChannel}'s
-C{_receivedHeaderCount}, C{_buffer} (LineReceiver), C{_abortingCall},
-C{_handleStar}; C{Headers._rawHeaders}.
+C{_receivedHeaderCount}, C{_buffer} (LineReceiver), C{_abortingCall};
+C{Headers._rawHeaders}.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import http, server
 from twisted.web.http import _parseRequestLine  # type: ignore[attr-defined]
-from twisted.web.resource import getChildForRequest
 
-from txgateway.http.addresses import AddressSet
-from txgateway.http.errors import errorBody
-from txgateway.http.headers import FRAMING as _FRAMING
+from txgateway.http.connection import GatewayConnection
 from txgateway.http.headers import H_CONNECTION as _CONNECTION
-from txgateway.http.headers import H_DATE as _DATE
 from txgateway.http.headers import H_HOST as _HOST
-from txgateway.http.headers import TCHAR as _TCHAR
-from txgateway.http.sending import pendingBytes
+from txgateway.http.heads import checkRequestLine, rawResponse, splitAbsoluteForm, splitWholeHead, validAuthority
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
-    from twisted.web.http_headers import Headers
 
-    from txgateway.config import ServerConfig
-    from txgateway.http.sending import WriteBatcher
-    from txgateway.observe import Metrics
+__all__ = ["GatewayChannel"]
 
 log = Logger(namespace="txgateway")
-
-
-def _rawResponse(status: int, reason: bytes, message: str, requestId: str | None = None) -> bytes:
-    body = errorBody(status, message, requestId)
-    # The id is one the gateway made or accepted (plain characters only).
-    idLine = b"X-Request-ID: %s\r\n" % requestId.encode("ascii") if requestId is not None else b""
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s"
-            b"Connection: close\r\n\r\n%s" % (status, reason, len(body), idLine, body))
-
-
-# What the Site calls for a request the channel refused: (client address,
-# method, request-target, the request's headers so far or None, status)
-# -> the request id to answer with, after writing its access-log line.
-RefusalHook = Callable[[str, bytes, bytes, "Headers | None", int], "str | None"]
-
-
-# RFC 3986 §3.2.2 host (reg-name restricted to unreserved characters: nothing
-# a log line, a header or a backend's router could read two ways) and §3.2.3
-# port.
-_AUTHORITY = re.compile(rb"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._~-]+))(?::([0-9]{0,5}))?")
-
-
-def validAuthority(value: bytes) -> bool:
-    """
-    Whether C{value} is a usable C{host[:port]} (RFC 9112 §3.2, RFC 3986 §3.2.2).
-
-    An empty host is refused: an C{http} URI must name one (RFC 9110 §4.2.1).
-    """
-    m = _AUTHORITY.fullmatch(value)
-    if m is None:
-        return False
-    literal, _, port = m.groups()
-    if literal is not None:
-        try:
-            ipaddress.IPv6Address(literal.decode("ascii"))
-        except ValueError:
-            return False
-    return not port or int(port) <= 65535
-
-
-def splitAbsoluteForm(target: bytes) -> tuple[bytes, bytes]:
-    """
-    C{(authority, origin-form)} of an absolute-form request-target (RFC 9112 §3.2.2).
-
-    Raises L{ValueError} for a scheme other than http(s), user information
-    (RFC 9110 §4.2.4) or an invalid authority.
-    """
-    scheme, sep, rest = target.partition(b"://")
-    if not sep or scheme.lower() not in (b"http", b"https"):
-        raise ValueError("only http and https absolute-form targets are served")
-    end = len(rest)
-    for stop in (b"/", b"?"):
-        i = rest.find(stop)
-        if i != -1 and i < end:
-            end = i
-    authority, origin = rest[:end], rest[end:]
-    if b"@" in authority:
-        raise ValueError("user information in the request-target")
-    if not validAuthority(authority):
-        raise ValueError("invalid authority in the request-target")
-    if not origin.startswith(b"/"):
-        origin = b"/" + origin
-    return authority, origin
-
-
-class GatewayRequest(server.Request):
-    """A request that adds no default Content-Type and knows when its client left."""
-
-    defaultContentType = None
-    # A proxy never reads form fields; parsing a 10 MiB multipart body for
-    # request.args would only cost CPU a client chooses to make us spend.
-    _parsePOSTFormSubmission = False
-    gone = False
-    context: Any = None
-    _bodyBytes: int | None = None  # body bytes read so far; set once the head is in (gotLength)
-
-    def gotLength(self, length: int | None) -> None:
-        self._bodyBytes = 0
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        channel: Any = self.channel
-        if channel is None or channel.refused:
-            return
-        limit = channel.site.limits.max_request_body
-        n = self._bodyBytes = (self._bodyBytes or 0) + len(data)
-        if n > limit:
-            channel.refuse(413, b"Content Too Large", f"request body over {limit} bytes")
-            return
-        super().handleContentChunk(data)
-
-    _onDone: tuple[Callable[..., None], tuple[Any, ...]] | None = None
-
-    def whenDone(self, hook: Callable[..., None], *args: Any) -> None:
-        """
-        Call C{hook(result, *args)} once: C{result} is None when the response
-        is finished, the reason (a Failure) when the client left first.
-
-        What C{notifyFinish().addBoth(hook, *args)} does, as one plain call
-        instead of a Deferred made, chained and fired for every request.
-        """
-        self._onDone = (hook, args)
-
-    def _done(self, result: Failure | None) -> None:
-        onDone = self._onDone
-        if onDone is not None:
-            self._onDone = None
-            onDone[0](result, *onDone[1])
-
-    def finish(self) -> None:
-        super().finish()
-        self._done(None)
-
-    def connectionLost(self, reason: Any) -> None:
-        self.gone = True
-        super().connectionLost(reason)
-        self._done(reason)
-
-    def process(self) -> None:
-        """
-        twisted.web's C{process}, minus what the gateway would only undo.
-
-        No C{Server} header: the gateway does not advertise its software, so
-        this is the one place that would have set it (nothing downstream has
-        to remove it again).  C{Date} comes from the Site,
-        formatted once a second rather than once a response.  The path is not
-        split into unquoted segments (C{postpath}) nor C{prepath} copied:
-        the root routes on the whole raw path in one step (see
-        L{txgateway.gateway.GatewayRoot}) and no resource reads them.
-        """
-        site = self.site = self.channel.site  # type: ignore[attr-defined]
-        self.responseHeaders._rawHeaders[_DATE] = [site.httpDate()]
-        if self.path == b"*":
-            self._handleStar()  # type: ignore[no-untyped-call]
-            return
-        self.prepath = []
-        self.postpath = [self.path[1:]]
-        try:
-            self.render(getChildForRequest(site.resource, self))
-        except BaseException:
-            self.processingFailed(Failure())
-
-    def processingFailed(self, reason: Any) -> None:
-        # Never Twisted's HTML traceback page: log, then a JSON 500.
-        log.failure("unhandled error handling a request", reason)
-        if self.gone or self.finished:
-            return None
-        if not self.startedWriting:
-            body = errorBody(500, "internal gateway error")
-            self.setResponseCode(500)
-            self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-            self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
-            self.write(body)
-            self.finish()
-        else:
-            self.channel.transport.abortConnection()  # type: ignore[union-attr]
-        return None
 
 
 # What the channel is reading or doing, for the deadlines.
 _HEAD, _BODY, _BUSY, _IDLE = "head", "body", "busy", "idle"
 
 
-class GatewayChannel(http.HTTPChannel):
+class GatewayChannel(GatewayConnection):
     """
     One client connection, with every limit enforced before Twisted buffers.
 
@@ -237,15 +68,7 @@ class GatewayChannel(http.HTTPChannel):
     _phase = _HEAD
     _expectRequestLine = True
     _deadline: IDelayedCall | None = None
-    _peerHost: str | None = None
-    _localAddress: Any = None
-    _peerAddress: Any = None
-    _idleCall: IDelayedCall | None = None
-    _idleFrom = 0.0
-    _secure: bool | None = None
     _validHost: bytes | None = None
-    _writeCall: IDelayedCall | None = None
-    _writePending: int | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -262,124 +85,9 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
-        self._stopWriteTimer()
-        idle, self._idleCall = self._idleCall, None
-        if idle is not None and idle.active():
-            idle.cancel()
+        self._stopConnectionTimers()
         self.site.connectionClosed(self)
         super().connectionLost(reason)
-
-    # -- the write timeout (server.timeouts.write)
-
-    def pauseProducing(self) -> None:
-        """
-        The transport's buffer is full: the client is not taking what we
-        send.  Twisted pauses the response's producer (the upstream), which
-        then waits as long as the client does; a client that never reads
-        again would hold both connections for ever.  From now on the
-        response owes progress within C{timeouts.write}.
-        """
-        super().pauseProducing()
-        seconds = self.site.limits.timeouts.write
-        if self._writeCall is None and seconds and seconds > 0 and self.transport is not None:
-            self._writePending = pendingBytes(self.transport)
-            self._writeCall = self.site.reactor.callLater(seconds, self._writeStalled, seconds)
-
-    def resumeProducing(self) -> None:
-        self._stopWriteTimer()
-        super().resumeProducing()
-
-    def _stopWriteTimer(self) -> None:
-        call, self._writeCall = self._writeCall, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _writeStalled(self, seconds: float) -> None:
-        self._writeCall = None
-        transport = self.transport
-        if transport is None:
-            return
-        pending = pendingBytes(transport)
-        before, self._writePending = self._writePending, pending
-        if pending is not None and before is not None and pending < before:
-            # Slow, but reading: the socket took some since the last look.
-            self._writeCall = self.site.reactor.callLater(seconds, self._writeStalled, seconds)
-            return
-        log.warn("client {peer} read nothing of its response for {seconds:g}s (server.timeouts.write); "
-                 "closing its connection and the upstream's", peer=self._peerHost or "?", seconds=seconds)
-        self.site.metrics.writeTimeouts.inc()
-        # The request sees the connection lost, as when a client leaves: the
-        # forward is cancelled and its upstream connection closed.
-        transport.abortConnection()  # type: ignore[attr-defined]
-
-    # -- the idle timeout (server.timeouts.idle), kept lazily
-
-    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
-        """
-        TimeoutMixin's idle timeout, with one timer kept across requests.
-
-        twisted.web turns the idle timeout off while a request is handled and
-        on again once it is answered: a timer cancelled and another made for
-        every request.  Here turning it off only records that; the timer
-        stays, and when it fires it looks at when the connection was last
-        active (and whether the timeout is on) before closing anything,
-        setting itself again for what is left.
-        """
-        previous = self.timeOut
-        self.timeOut = period  # type: ignore[assignment]
-        if period is not None:
-            self._idleFrom = now = self.site.reactor.seconds()
-            call = self._idleCall
-            if call is None:
-                self._idleCall = self.callLater(period, self._idleCheck)
-            elif call.getTime() > now + period:
-                call.reset(period)
-        return previous
-
-    def resetTimeout(self) -> None:
-        if self.timeOut is not None and self._idleCall is not None:
-            self._idleFrom = self.site.reactor.seconds()
-
-    def _idleCheck(self) -> None:
-        self._idleCall = None
-        period = self.timeOut
-        if period is None:
-            return  # a request is being handled; setTimeout sets a timer again when it is done
-        now = self.site.reactor.seconds()
-        due = self._idleFrom + period
-        if now >= due:
-            self.timeoutConnection()
-        else:
-            self._idleCall = self.callLater(due - now, self._idleCheck)
-
-    def getHost(self) -> Any:
-        # Every Request asks for it; the TCP transport answers with a
-        # getsockname(2) each time.  A connection's own address never changes.
-        host = self._localAddress
-        if host is None:
-            host = self._localAddress = super().getHost()
-        return host
-
-    def getPeer(self) -> Any:
-        # Every Request asks for it; the TCP transport builds a new address
-        # object each time.  A connection's peer never changes.
-        peer = self._peerAddress
-        if peer is None:
-            peer = super().getPeer()
-            if self.transport is not None:
-                self._peerAddress = peer
-        return peer
-
-    def isSecure(self) -> bool:
-        # Asked twice a request (twisted.web, X-Forwarded-Proto), each time a
-        # zope interface adaptation of the transport; a connection is TLS or
-        # not for its whole life.
-        secure = self._secure
-        if secure is None:
-            secure = bool(super().isSecure())
-            if self.transport is not None:
-                self._secure = secure
-        return secure
 
     # -- deadlines
 
@@ -422,7 +130,7 @@ class GatewayChannel(http.HTTPChannel):
                                  status)
             except Exception:
                 log.failure("recording a refused request failed")
-        self.transport.write(_rawResponse(status, reason, message, requestId))
+        self.transport.write(rawResponse(status, reason, message, requestId))
         self.persistent = False
         self.loseConnection()
         if self.abortTimeout is not None and self._abortingCall is None:
@@ -499,22 +207,12 @@ class GatewayChannel(http.HTTPChannel):
         the ordinary path: the request line checks, the request, the fields,
         C{allHeadersReceived}, C{allContentReceived}.
         """
-        limits = self.site.limits
-        if len(data) > limits.max_header_bytes or not self.persistent or self.refused:
+        if len(data) > self.site.limits.max_header_bytes or not self.persistent or self.refused:
             return False
-        lines = data[:-4].split(b"\r\n")
-        first = lines[0]
-        if not first or len(lines) - 1 > self.maxHeaders or b"\n" in first:
+        head = splitWholeHead(data, self.maxHeaders)
+        if head is None:
             return False
-        fields = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or not _TCHAR.issuperset(name) or name.lower() in _FRAMING:
-                return False
-            value = value.strip(b" \t")
-            if b"\x00" in value or b"\r" in value or b"\n" in value:
-                return False
-            fields.append((name, value))
+        first, fields = head
         self.resetTimeout()
         if not self._checkRequestLine(first):
             return True
@@ -565,23 +263,9 @@ class GatewayChannel(http.HTTPChannel):
         super().lineReceived(line)
 
     def _checkRequestLine(self, line: bytes) -> bool:
-        parts = line.split(b" ")
-        if len(parts) != 3:
-            self.refuse(400, b"Bad Request", "malformed request line")
-            return False
-        target = parts[1]
-        limit = self.site.limits.max_uri_bytes
-        if len(target) > limit:
-            self.refuse(414, b"URI Too Long", f"request-target over {limit} bytes")
-            return False
-        if not target.isascii() or b"\x7f" in target:
-            # RFC 3986: a URI is ASCII; DEL and bytes above are never valid.
-            self.refuse(400, b"Bad Request", "non-ASCII byte in the request-target")
-            return False
-        if b"#" in target:
-            # RFC 9112 §3.2: no fragment; a backend that cuts at '#' would
-            # see another path than the one we routed.
-            self.refuse(400, b"Bad Request", "fragment in the request-target")
+        problem = checkRequestLine(line, self.site.limits.max_uri_bytes)
+        if problem is not None:
+            self.refuse(*problem)
             return False
         return True
 
@@ -691,104 +375,3 @@ class GatewayChannel(http.HTTPChannel):
         self._phase = _IDLE
         self._expectRequestLine = True
         super().requestDone(request)
-
-
-class _TooManyConnections(Protocol):
-    """Says why, then hangs up: this client already holds its share of sockets."""
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(_rawResponse(503, b"Service Unavailable", "too many connections from this address"))
-        self.transport.loseConnection()
-
-
-class GatewaySite(server.Site):
-    """
-    A Site that swaps its resource tree atomically on reload and counts
-    connections, in total and per client address.
-    """
-
-    requestFactory = GatewayRequest
-    protocol = GatewayChannel  # type: ignore[assignment]
-    displayTracebacks = False
-
-    def __init__(self, resource: Any, limits: ServerConfig, metrics: Metrics, reactor: Any = None,
-                 writes: WriteBatcher | None = None, onRefusal: RefusalHook | None = None) -> None:
-        super().__init__(resource, timeout=limits.timeouts.idle, reactor=reactor)
-        self.limits = limits
-        # Gives a refused request (400, 408, 413, 414, 431) its request id
-        # and access-log line: it never reaches the resource tree that does.
-        self.onRefusal = onRefusal
-        self.writes = writes
-        self.metrics = metrics
-        self.channels: set[GatewayChannel] = set()
-        self.perAddress: dict[str, int] = {}
-        self._trusted = AddressSet(limits.trusted_proxies)
-        self._dateSecond = -1
-        self._date = b""
-        self._capped: set[str] = set()
-        self._allClosed: list[Deferred[None]] = []
-
-    def httpDate(self) -> bytes:
-        """The C{Date} of a response sent now (RFC 9110 §6.6.1: whole seconds)."""
-        now = int(self.reactor.seconds())
-        if now != self._dateSecond:
-            self._dateSecond = now
-            self._date = http.datetimeToString(now)
-        return self._date
-
-    def buildProtocol(self, addr: Any) -> Any:
-        cap = self.limits.max_connections_per_ip
-        host = getattr(addr, "host", None)
-        if cap and isinstance(host, str) and self.perAddress.get(host, 0) >= cap and host not in self._trusted:
-            if host not in self._capped:
-                # Once per episode, not once per refused socket.
-                self._capped.add(host)
-                log.warn("{peer} holds {n} connections (server.max_connections_per_ip); refusing more",
-                         peer=host, n=cap)
-            self.metrics.observeRefusal(503)
-            return _TooManyConnections()
-        return super().buildProtocol(addr)
-
-    def connectionOpened(self, channel: GatewayChannel) -> None:
-        self.channels.add(channel)
-        self.metrics.activeConnections.inc()
-        peer = getattr(channel.transport.getPeer(), "host", None) if channel.transport is not None else None
-        if isinstance(peer, str):
-            channel._peerHost = peer
-            self.perAddress[peer] = self.perAddress.get(peer, 0) + 1
-
-    def connectionClosed(self, channel: GatewayChannel) -> None:
-        if channel in self.channels:
-            self.channels.discard(channel)
-            self.metrics.activeConnections.dec()
-            peer = channel._peerHost
-            if peer is not None:
-                n = self.perAddress.get(peer, 0) - 1
-                if n > 0:
-                    self.perAddress[peer] = n
-                else:
-                    self.perAddress.pop(peer, None)
-                if n < self.limits.max_connections_per_ip:
-                    self._capped.discard(peer)
-        if not self.channels and self._allClosed:
-            waiters, self._allClosed = self._allClosed, []
-            for d in waiters:
-                d.callback(None)
-
-    def whenAllClosed(self) -> Deferred[None]:
-        """
-        Fires once every client connection is closed.  The drain waits for
-        this, not just for requests to finish: a response still in the
-        socket buffer when the reactor stops would be cut off.
-        """
-        d: Deferred[None] = Deferred()
-        if not self.channels:
-            d.callback(None)
-        else:
-            self._allClosed.append(d)
-        return d
-
-    def log(self, request: Any) -> None:
-        # The gateway writes its own access log (observe.AccessLog).
-        pass

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_sending -*-
 """
 How bytes leave the gateway: what one reactor event wrote, sent when the event ends.
 
@@ -34,6 +35,8 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.logger import Logger
 
+__all__ = ["WriteBatcher", "pendingBytes"]
+
 log = Logger(namespace="txgateway.http.sending")
 
 
@@ -42,7 +45,7 @@ def pendingBytes(transport: Any) -> int | None:
     How many bytes C{transport} holds that the socket has not taken yet, or
     None when that cannot be known (a TLS transport, a test's transport).
 
-    The write timeout (L{txgateway.http.channel}) compares two of these to
+    The write timeout (L{txgateway.http.connection}) compares two of these to
     tell a client that reads slowly (fewer pending) from one that stopped.
     """
     if not isinstance(transport, tcp.Connection):

@@ -1,0 +1,137 @@
+# -*- test-case-name: tests.test_hardening,tests.test_channel -*-
+"""
+Request-head checks that need no connection: the request line, the
+authority (Host or an absolute-form target), a head read whole, and the raw
+answer a refused request gets.
+
+Pure functions of bytes, so the channel (L{txgateway.http.channel}) keeps
+only the state machine and each rule here can be read, and tested, on its
+own.  No private Twisted name is used here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from txgateway.http.errors import errorBody
+from txgateway.http.headers import FRAMING as _FRAMING
+from txgateway.http.headers import TCHAR as _TCHAR
+
+if TYPE_CHECKING:
+    from twisted.web.http_headers import Headers
+
+__all__ = ["RefusalHook", "checkRequestLine", "rawResponse", "splitAbsoluteForm", "splitWholeHead",
+           "validAuthority"]
+
+
+def rawResponse(status: int, reason: bytes, message: str, requestId: str | None = None) -> bytes:
+    """A whole JSON error response, written straight to a transport, that closes the connection."""
+    body = errorBody(status, message, requestId)
+    # The id is one the gateway made or accepted (plain characters only).
+    idLine = b"X-Request-ID: %s\r\n" % requestId.encode("ascii") if requestId is not None else b""
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s"
+            b"Connection: close\r\n\r\n%s" % (status, reason, len(body), idLine, body))
+
+
+# What the Site calls for a request the channel refused: (client address,
+# method, request-target, the request's headers so far or None, status)
+# -> the request id to answer with, after writing its access-log line.
+RefusalHook = Callable[[str, bytes, bytes, "Headers | None", int], "str | None"]
+
+
+# RFC 3986 §3.2.2 host (reg-name restricted to unreserved characters: nothing
+# a log line, a header or a backend's router could read two ways) and §3.2.3
+# port.
+_AUTHORITY = re.compile(rb"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._~-]+))(?::([0-9]{0,5}))?")
+
+
+def validAuthority(value: bytes) -> bool:
+    """
+    Whether C{value} is a usable C{host[:port]} (RFC 9112 §3.2, RFC 3986 §3.2.2).
+
+    An empty host is refused: an C{http} URI must name one (RFC 9110 §4.2.1).
+    """
+    m = _AUTHORITY.fullmatch(value)
+    if m is None:
+        return False
+    literal, _, port = m.groups()
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    return not port or int(port) <= 65535
+
+
+def splitAbsoluteForm(target: bytes) -> tuple[bytes, bytes]:
+    """
+    C{(authority, origin-form)} of an absolute-form request-target (RFC 9112 §3.2.2).
+
+    Raises L{ValueError} for a scheme other than http(s), user information
+    (RFC 9110 §4.2.4) or an invalid authority.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise ValueError("only http and https absolute-form targets are served")
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        i = rest.find(stop)
+        if i != -1 and i < end:
+            end = i
+    authority, origin = rest[:end], rest[end:]
+    if b"@" in authority:
+        raise ValueError("user information in the request-target")
+    if not validAuthority(authority):
+        raise ValueError("invalid authority in the request-target")
+    if not origin.startswith(b"/"):
+        origin = b"/" + origin
+    return authority, origin
+
+
+def checkRequestLine(line: bytes, maxUriBytes: int) -> tuple[int, bytes, str] | None:
+    """
+    C{(status, reason, message)} to refuse a request line with, or None.
+
+    The checks twisted.web does not make: the length of the target (414),
+    and bytes a backend could read differently from us (400).
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return 400, b"Bad Request", "malformed request line"
+    target = parts[1]
+    if len(target) > maxUriBytes:
+        return 414, b"URI Too Long", f"request-target over {maxUriBytes} bytes"
+    if not target.isascii() or b"\x7f" in target:
+        # RFC 3986: a URI is ASCII; DEL and bytes above are never valid.
+        return 400, b"Bad Request", "non-ASCII byte in the request-target"
+    if b"#" in target:
+        # RFC 9112 §3.2: no fragment; a backend that cuts at '#' would
+        # see another path than the one we routed.
+        return 400, b"Bad Request", "fragment in the request-target"
+    return None
+
+
+def splitWholeHead(data: bytes, maxHeaders: int) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    """
+    C{(request line, [(name, value), ...])} of a bodiless head ending in
+    C{data}'s final CRLF CRLF, or None when anything in it needs the
+    line-by-line path (a body's framing fields, obs-fold, an invalid name
+    or value, too many fields, a bare LF in the request line).
+    """
+    lines = data[:-4].split(b"\r\n")
+    first = lines[0]
+    if not first or len(lines) - 1 > maxHeaders or b"\n" in first:
+        return None
+    fields = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or not _TCHAR.issuperset(name) or name.lower() in _FRAMING:
+            return None
+        value = value.strip(b" \t")
+        if b"\x00" in value or b"\r" in value or b"\n" in value:
+            return None
+        fields.append((name, value))
+    return first, fields
