@@ -155,6 +155,14 @@ class SplitTests(TestCase):
             self.assertEqual(backendOf(gw.request("GET", "/model", [("X-Canary", "always"),
                                                                   ("X-Forwarded-For", "10.1.2.3")])), "model-v2")
 
+        def accessLines() -> list[dict[str, Any]]:
+            lines = [json.loads(x[x.index("{"):]) for x in gw.log().splitlines() if '"upstream_choice"' in x]
+            return lines if len(lines) >= 80 else []
+
+        lines = waitFor(accessLines, what="the access log lines")
+        self.assertEqual({(x["upstream"], x["upstream_choice"]) for x in lines if x["path"] == "/model"},
+                         {("model-v2", "override"), ("model-v1", "override"), ("model-v1", "weighted")})
+
     def test_weightsChangedThroughTheAdminAPIUnderLoad(self) -> None:
         """Four clients send 150 requests each while the ramp goes 10 -> 25 -> 50 -> 100 %: none fails."""
         gw = start(self, SPLIT)
