@@ -81,3 +81,10 @@ class CanaryAdminTests(SynchronousTestCase):
         self.assertIn("<h2>Mirrors</h2>", page)
         self.assertIn('<span class="diff">  &quot;score&quot;: 0.9', page)
         self.assertIn('<span class="diff">  &quot;score&quot;: 0.5', page)
+
+    def test_workersRefuseARunTimeSplit(self) -> None:
+        """Under server.workers the PUT would reach one worker of several: 409, change weights by reload."""
+        self.gw.service.workerId = 1
+        code, body = self.call("PUT", "/api/routes/predict/split", {"weights": {"model-v1": 50, "model-v2": 50}})
+        self.assertEqual((code, body["error"]), (409, "with server.workers > 1, change weights by reload"))
+        self.assertEqual([u["weight"] for u in self.call("GET", "/api/routes/predict/split")[1]["upstreams"]], [95, 5])
