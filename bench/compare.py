@@ -26,7 +26,10 @@ import run  # noqa: E402
 
 
 def export(rev: str, into: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(run.REPO), "archive", rev, "src", "twisted"],
+    # The plugin lived in a top-level twisted/ before it moved under src/: take whichever the revision has.
+    present = subprocess.run(["git", "-C", str(run.REPO), "ls-tree", "--name-only", rev, "src", "twisted"],
+                             capture_output=True, check=True, text=True).stdout.split()
+    archive = subprocess.run(["git", "-C", str(run.REPO), "archive", rev, *present],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
 
