@@ -479,14 +479,20 @@ class ValidationTests(CacheTestCase):
         self.assertEqual(self.get().body, b"new")
 
     def test_unmatched304IsNotRelayedToAnUnconditionalClient(self) -> None:
-        """§4.3.4: a 304 whose validator matches nothing stored is not used; the request is sent again plainly."""
+        """
+        §4.3.4: a 304 whose validator matches nothing stored updates nothing
+        and is not relayed to a client that did not ask conditionally; the
+        client gets the stored response, and (issue #19) the origin is not
+        asked again unconditionally.
+        """
         self.runtime.script(self.ok(b"max-age=10", (b"ETag", b'"v1"'), body=b"old"))
         self.get()
         self.clock.advance(20)
         self.runtime.script(FakeResponse(304, [(b"ETag", b'"v9"')], b""), self.ok(b"max-age=10", body=b"new"))
         ex = self.get()
-        self.assertEqual((ex.status, ex.body), (200, b"new"))
-        self.assertEqual(self.runtime.calls[2][2], {})
+        self.assertEqual((ex.status, ex.body), (200, b"old"))
+        self.assertEqual(len(self.runtime.calls), 2)
+        self.assertIn(b"detail=validator-mismatch", ex.cacheStatus)
 
     def test_staleWithoutValidatorIsRefetched(self) -> None:
         """§4.3.1: without a validator the request is forwarded unconditionally."""
@@ -804,3 +810,39 @@ class RedisConfiguredTests(CacheTestCase):
         deps.redis = None
         self.assertIsInstance(caching.cacheFor(route(CacheConfig(store="redis")), deps).store,  # type: ignore[union-attr]
                               MemoryStore)
+
+
+class IssueNineteenConfigTests(SynchronousTestCase):
+    """The route keys issue #19 adds under routes[].cache, with their defaults and errors."""
+
+    BASE = ("upstreams: {app: {targets: [http://127.0.0.1:1]}}\n"
+            "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: app\n    cache: %s\n")
+
+    def cache(self, text: str) -> Any:
+        from txgateway.config.parser import parseConfig
+
+        return parseConfig(self.BASE % text).routes[0].cache
+
+    def test_defaults(self) -> None:
+        """targeted_fields [CDN-Cache-Control], serve_stale_on_error 0s, tag_field Surrogate-Key, no Set-Cookie."""
+        c = self.cache("true")
+        self.assertEqual((c.targeted_fields, c.serve_stale_on_error, c.tag_field, c.store_set_cookie),
+                         (("CDN-Cache-Control",), 0.0, "Surrogate-Key", False))
+
+    def test_values(self) -> None:
+        """Every key parsed; an empty targeted_fields turns RFC 9213 off."""
+        c = self.cache("{targeted_fields: [Gateway-Cache-Control, CDN-Cache-Control], serve_stale_on_error: 10m,"
+                       " tag_field: Cache-Tag, store_set_cookie: true}")
+        self.assertEqual((c.targeted_fields, c.serve_stale_on_error, c.tag_field, c.store_set_cookie),
+                         (("Gateway-Cache-Control", "CDN-Cache-Control"), 600.0, "Cache-Tag", True))
+        self.assertEqual(self.cache("{targeted_fields: []}").targeted_fields, ())
+
+    def test_errorsNameTheKey(self) -> None:
+        """A bad value is an error naming its key path."""
+        from txgateway.config.errors import ConfigError
+
+        for bad, key in (('{targeted_fields: ["bad name"]}', "cache.targeted_fields[0]"),
+                         ("{store_set_cookie: maybe}", "cache.store_set_cookie"),
+                         ("{serve_stale_on_error: soon}", "cache.serve_stale_on_error")):
+            e = self.assertRaises(ConfigError, self.cache, bad)
+            self.assertIn(key, str(e))

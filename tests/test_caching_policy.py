@@ -569,3 +569,130 @@ class CacheStatusTests(SynchronousTestCase):
         self.assertEqual(p.cacheName("txgateway"), b"txgateway")
         self.assertEqual(p.cacheName("edge 1"), b'"edge 1"')
         self.assertEqual(self.parse(p.cacheStatus(p.cacheName("edge 1"), hit=True))[0][0], "edge 1")
+
+
+class StrictExpiresTests(SynchronousTestCase):
+    """Issue #19: RFC 9111 §5.3 with RFC 9110 §5.6.7."""
+
+    def test_threeFormsParse(self) -> None:
+        """RFC 9110 §5.6.7: IMF-fixdate, RFC 850 and asctime dates are all read."""
+        t = 784111777.0
+        self.assertEqual(p.strictHttpDate(b"Sun, 06 Nov 1994 08:49:37 GMT"), t)
+        self.assertEqual(p.strictHttpDate(b"Sunday, 06-Nov-94 08:49:37 GMT"), t)
+        self.assertEqual(p.strictHttpDate(b"Sun Nov  6 08:49:37 1994"), t)
+
+    def test_anythingElseIsInvalid(self) -> None:
+        """§5.3: another zone, a missing comma, doubled spaces, dashes or a one-digit hour are invalid."""
+        for bad in (b"Sun, 06 Nov 1994 08:49:37 UTC", b"Sun 06 Nov 1994 08:49:37 GMT",
+                    b"Sun,  06 Nov 1994 08:49:37 GMT", b"Sun, 06-Nov-1994 08:49:37 GMT",
+                    b"Sun, 06 Nov 1994 8:49:37 GMT", b"0", b"", b"Sun, 06 Nov 1994 25:49:37 GMT"):
+            self.assertIsNone(p.strictHttpDate(bad), bad)
+
+    def test_invalidOrRepeatedExpiresIsStale(self) -> None:
+        """§5.3: an invalid Expires, or two Expires lines, give no freshness at all."""
+        good = (b"Expires", date(T0 + 100))
+        self.assertEqual(p.lifetimeOf(stored(good), None), 100)
+        self.assertEqual(p.lifetimeOf(stored((b"Expires", date(T0 + 100).replace(b"GMT", b"UTC"))), None), 0)
+        self.assertEqual(p.lifetimeOf(stored(good, good), None), 0)
+
+
+class AgeListTests(SynchronousTestCase):
+    def test_listCountsByItsFirstMember(self) -> None:
+        """RFC 9111 §5.1: `Age: 7200, 0` is 7200; on max-age=3600 the response is stale."""
+        e = stored((b"Age", b"7200, 0"), (b"Cache-Control", b"max-age=3600"))
+        self.assertEqual(p.currentAge(e, T0), 7200)
+        self.assertEqual(p.assess(e, PLAIN, T0, None).action, p.VALIDATE)
+        self.assertEqual(p.ageOf([(b"Age", b"30"), (b"Age", b"0")]), 30)
+
+
+class TargetedFieldTests(SynchronousTestCase):
+    """RFC 9213: targeted cache-control fields."""
+
+    def test_targetedFieldReplacesCacheControlAndExpires(self) -> None:
+        """RFC 9213 §2.1, §2.2: CDN-Cache-Control wins; Expires is ignored with it."""
+        hs = [(b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", b"max-age=60"), (b"Expires", b"0")]
+        d = p.responseDirectives(hs)
+        self.assertTrue(d.targeted)
+        self.assertNotIn(b"no-store", d)
+        self.assertEqual(d.seconds(b"max-age"), 60)
+        e = stored(*hs)
+        self.assertEqual(p.lifetimeOf(e, None), 60)
+        self.assertIsNone(p.storeRefusal(b"GET", 200, hs, d, PLAIN, T0, None))
+
+    def test_priorityAndInvalidValues(self) -> None:
+        """RFC 9213 §2.1: the first listed field with a valid, non-empty value; an invalid one is skipped."""
+        hs = [(b"Gateway-Cache-Control", b"no-store"), (b"CDN-Cache-Control", b"max-age=60"),
+              (b"Cache-Control", b"max-age=5")]
+        self.assertIn(b"no-store", p.responseDirectives(hs, (b"gateway-cache-control", b"cdn-cache-control")))
+        self.assertEqual(p.responseDirectives(hs, (b"other",)).seconds(b"max-age"), 5)
+        broken = [(b"CDN-Cache-Control", b"max-age=60;x, (a b)"), (b"Cache-Control", b"max-age=5")]
+        self.assertFalse(p.responseDirectives(broken).targeted)
+
+    def test_structuredBooleans(self) -> None:
+        """RFC 8941 §3.3.6 in RFC 9213: `private=?0` is absent, `no-store=?1` present."""
+        d = p.responseDirectives([(b"CDN-Cache-Control", b"private=?0, no-store=?1")])
+        self.assertNotIn(b"private", d)
+        self.assertIn(b"no-store", d)
+
+    def test_storedEntryReadsItsRoutesTargets(self) -> None:
+        """A stored response's directives follow the route's targeted_fields, set when it is read."""
+        e = stored((b"Cache-Control", b"max-age=5"), (b"Gateway-Cache-Control", b"max-age=50"))
+        self.assertEqual(p.lifetimeOf(e, None), 5)
+        self.assertEqual(p.lifetimeOf(e.withTargets((b"gateway-cache-control",)), None), 50)
+
+
+class IssueNineteenRuleTests(SynchronousTestCase):
+    def test_acceptLanguageNormalised(self) -> None:
+        """RFC 9111 §4.1 with RFC 9110 §12.5.4: order, case and how a weight is written do not matter."""
+        a = p.varyValues((b"accept-language",), lookup((b"Accept-Language", b"en-US, fr;q=0.5")))
+        b = p.varyValues((b"accept-language",), lookup((b"Accept-Language", b"FR;q=0.50,en-us")))
+        c = p.varyValues((b"accept-language",), lookup((b"Accept-Language", b"fr, en-us")))
+        self.assertEqual(a, b)
+        self.assertNotEqual(a, c)
+
+    def test_setCookieOptIn(self) -> None:
+        """RFC 9111 §3 allows it; the route's store_set_cookie opts in."""
+        hs = [(b"Cache-Control", b"max-age=60"), (b"Set-Cookie", b"a=1")]
+        self.assertEqual(p.storeRefusal(b"GET", 200, hs, cc(b"max-age=60"), PLAIN, T0, None), "set-cookie")
+        self.assertIsNone(p.storeRefusal(b"GET", 200, hs, cc(b"max-age=60"), PLAIN, T0, None, storeSetCookie=True))
+
+    def test_serveStaleOnError(self) -> None:
+        """RFC 9111 §4.2.4: the route's window, never with must-revalidate, no-cache or s-maxage."""
+        e = stored((b"Cache-Control", b"max-age=10"))
+        later = T0 + 100
+        self.assertIsNone(p.staleIfError(e, PLAIN, later, None))
+        self.assertEqual(p.staleIfError(e, PLAIN, later, None, onError=300), "serve-stale-on-error")
+        self.assertIsNone(p.staleIfError(e, PLAIN, later, None, onError=60))
+        for directive in (b"max-age=10, must-revalidate", b"max-age=10, no-cache", b"s-maxage=10",
+                          b"max-age=10, proxy-revalidate"):
+            self.assertIsNone(p.staleIfError(stored((b"Cache-Control", directive)), PLAIN, later, None, onError=300))
+        self.assertGreaterEqual(p.retention(e, T0, None, None, 3600), 3600)
+
+
+class RangeTests(SynchronousTestCase):
+    """RFC 9110 §14.1.2, §13.1.5: ranges served from a stored complete response."""
+
+    def test_byteRanges(self) -> None:
+        """First-last, open-ended and suffix ranges; past the end is unsatisfiable; anything else is the whole."""
+        from txgateway.caching.ranges import UNSATISFIABLE, byteRange
+
+        self.assertEqual(byteRange(b"bytes=2-9", 100), (2, 9))
+        self.assertEqual(byteRange(b"bytes=90-200", 100), (90, 99))
+        self.assertEqual(byteRange(b"bytes=95-", 100), (95, 99))
+        self.assertEqual(byteRange(b"bytes=-5", 100), (95, 99))
+        self.assertEqual(byteRange(b"bytes=-500", 100), (0, 99))
+        self.assertEqual(byteRange(b"bytes=100-", 100), UNSATISFIABLE)
+        self.assertEqual(byteRange(b"bytes=-0", 100), UNSATISFIABLE)
+        for whole in (b"bytes=0-1,5-6", b"items=0-1", b"bytes=9-2", b"bytes=-", b"nonsense"):
+            self.assertIsNone(byteRange(whole, 100), whole)
+
+    def test_ifRange(self) -> None:
+        """§13.1.5: a strong ETag match or the exact Last-Modified; weak tags never match."""
+        from txgateway.caching.ranges import ifRangeMatches
+
+        e = stored((b"ETag", b'"a"'), (b"Last-Modified", date(T0 - 100)))
+        self.assertTrue(ifRangeMatches(b'"a"', e))
+        self.assertFalse(ifRangeMatches(b'"b"', e))
+        self.assertFalse(ifRangeMatches(b'W/"a"', e))
+        self.assertTrue(ifRangeMatches(date(T0 - 100), e))
+        self.assertFalse(ifRangeMatches(date(T0 - 50), e))

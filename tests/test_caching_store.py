@@ -293,3 +293,104 @@ class RealRedisTests(SynchronousTestCase):
         spin(self.store.set(b"m", entry(b"mem"), 30))
         self.assertEqual(spin(self.store.get(b"m")).body, b"mem")
         self.assertTrue(self.store.down)
+
+
+class _Rng:
+    def getrandbits(self, n: int) -> int:
+        return 7
+
+
+class ReadYourWritesTests(SynchronousTestCase):
+    """Issue #19 item 6: a response being saved answers the next lookup, whatever the store's latency."""
+
+    def test_savingEntryIsVisibleBeforeTheStoreAnswers(self) -> None:
+        """RFC 9111 §4.1: a Vary response is matched from the save in flight; once it lands, from the store."""
+        from txgateway.caching.variants import VaryingStore
+
+        pending: list[Deferred[Any]] = []
+
+        class SlowStore:
+            def __init__(self) -> None:
+                self.data: dict[bytes, Any] = {}
+
+            def get(self, key: bytes) -> Deferred[Any]:
+                d: Deferred[Any] = Deferred()
+                pending.append(d)
+                return d.addCallback(lambda _: self.data.get(key))
+
+            def set(self, key: bytes, value: Any, ttl: float) -> Deferred[None]:
+                self.data[key] = value
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+
+            def delete(self, key: bytes) -> Deferred[None]:
+                self.data.pop(key, None)
+                return succeed(None)
+
+        clock = Clock()
+        clock.advance(11)
+        varying = VaryingStore(SlowStore(), clock, _Rng())  # type: ignore[arg-type]
+        foo = {b"foo": [b"bar"]}
+        e = entry(varyFields=(b"foo",), varyValues=(b"bar",))
+        saved = Deferred.fromCoroutine(varying.save(b"k", e, None))
+        found = self.successResultOf(Deferred.fromCoroutine(varying.lookup(b"k", foo.get)))
+        self.assertIs(found[0], e)
+        other = Deferred.fromCoroutine(varying.lookup(b"k", {b"foo": [b"baz"]}.get))
+        while pending:
+            pending.pop(0).callback(None)
+        self.successResultOf(saved)
+        self.assertEqual(self.successResultOf(other), (None, True))
+        self.assertEqual(varying._saving, {})
+
+
+class PurgeTests(SynchronousTestCase):
+    """Issue #19 item 8: purging a route's memory store by URL, prefix, tag and route."""
+
+    def setUp(self) -> None:
+        from txgateway.caching.variants import VaryingStore
+
+        self.clock = Clock()
+        self.memory = MemoryStore(self.clock, 1_000_000)
+
+        class Cache:
+            store = self.memory
+            entries = VaryingStore(self.memory, self.clock, _Rng())
+
+            class config:
+                tag_field = "Surrogate-Key"
+
+        self.cache = Cache()
+        for path, tags in ((b"/a", b"red blue"), (b"/a/b", b"red"), (b"/c", b"")):
+            e = StoredResponse(200, b"OK", [(b"Surrogate-Key", tags)], b"x", 0.0, 0.0)
+            self.memory.put(b"http://h" + path, e, 60)
+        self.memory.put(b"http://h/v", VaryIndex((b"foo",), b"g"), 60)
+        self.memory.put(b"http://h/v#g#1", entry(), 60)
+        self.memory.put(b"http://h/v#g#2", entry(), 60)
+
+    def purge(self, kind: str, value: str) -> int:
+        from txgateway.caching.purging import purge
+
+        return self.successResultOf(purge(self.cache, kind, value))  # type: ignore[arg-type]
+
+    def test_urlTakesEveryVariant(self) -> None:
+        """A URL purge removes the URL's response, or its Vary index and every variant."""
+        self.assertEqual(self.purge("url", "http://h/v"), 2)
+        self.assertEqual(self.purge("url", "http://h/a"), 1)
+        self.assertEqual(len(self.memory), 2)
+
+    def test_prefixTagAndRoute(self) -> None:
+        """Prefix, tag (space-separated Surrogate-Key members) and route purges count stored responses."""
+        self.assertEqual(self.purge("tag", "blue"), 1)
+        self.assertEqual(self.purge("tag", "red"), 1)
+        self.assertEqual(self.purge("prefix", "http://h/v"), 2)
+        self.assertEqual(self.purge("route", "all"), 1)
+        self.assertEqual(len(self.memory), 0)
+
+    def test_evictionsCounted(self) -> None:
+        """The status page's evictions: entries dropped for room."""
+        small = MemoryStore(self.clock, 1000)
+        for i in range(5):
+            small.put(b"k%d" % i, entry(b"x" * 300), 60)
+        self.assertEqual(small.evictions, 5 - len(small))
+        self.assertTrue(small.evictions > 0)

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from txgateway.attempts import AttemptLoop, UpstreamFailure, discard
 from txgateway.context import jsonResponse, respond
 from txgateway.http.headers import NO_BODY_STATUS
+from txgateway.http.interim import INTERIM, interimTarget
 from txgateway.http.messages import Messages
 from txgateway.interfaces import IForwarder
 
@@ -86,12 +87,20 @@ class ClusterForwarder:
 
 
 async def forward(context: RequestContext, upstream: Any, messages: Messages) -> None:
-    """Fetch through C{upstream} (an L{IForwarder}), write the response to the client, end the exchange."""
+    """
+    Fetch through C{upstream} (an L{IForwarder}), write the response to the
+    client, end the exchange.  Interim responses (1xx) the upstream sends
+    before its final one reach the client as they come (RFC 9110 §15.2, see
+    L{txgateway.http.interim}); this coroutine's own context carries the client.
+    """
+    token = INTERIM.set(interimTarget(context.request))
     try:
         exchange = await upstream.fetch(context)
     except UpstreamFailure as e:
         upstreamFailed(context, e)
         return
+    finally:
+        INTERIM.reset(token)
     complete = False
     try:
         response = exchange.response

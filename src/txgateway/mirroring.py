@@ -37,6 +37,7 @@ from zope.interface import implementer
 from txgateway.attempts import classify
 from txgateway.canary.build import BodyKeeper
 from txgateway.canary.interfaces import Answer, MirrorRequest
+from txgateway.http.interim import INTERIM
 from txgateway.http.replay import BytesProducer
 from txgateway.interfaces import IForwarder
 
@@ -244,6 +245,9 @@ def mirrorSender(cluster: Cluster, limit: int) -> Callable[[MirrorRequest], Defe
 
 
 async def _send(cluster: Cluster, limit: int, request: MirrorRequest) -> Answer:
+    # The mirror's interim (1xx) responses must never reach the client: this
+    # coroutine runs in its own context, where no client is set for them.
+    INTERIM.set(None)
     view = _MirrorView(request)
     lease = cluster.choose(view)  # type: ignore[arg-type]  # NoTarget: the copy failed, counted by the mirror
     endpoint = lease.endpoint

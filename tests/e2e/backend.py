@@ -35,7 +35,9 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
                           may be negative), date=N (Date shifted N s), age=N (Age), vary (Vary, and the body
                           echoes those request fields), cookie=1 (Set-Cookie), auth=1 (body says whether
                           Authorization came), status, ms (delay), bytes=N (body padded to N bytes),
-                          key (counter name; default the path+query).  The body is JSON with "n", the
+                          key (counter name; default the path+query), hdr=NAME:VALUE (repeatable: exact
+                          field lines, e.g. a malformed Expires), etag304=TAG (the 304 carries this ETag
+                          instead).  The body is JSON with "n", the
                           number of requests this key has seen, so a test can tell a cached answer.
                           POST/PUT/DELETE answer 201/200/204 (Location from loc=).
   /cacheable-count?key=K  how many requests /cacheable saw for key K
@@ -228,6 +230,11 @@ RAW = {
                   b"Content-Length: 2\r\n\r\nok",
     "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
     "chunked-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    # Interim responses before the final one (RFC 9110 §15.2, RFC 8297).
+    "early-hints": b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                   b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+    "processing": b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
 }
 
 
@@ -253,6 +260,9 @@ def _cacheable(request: server.Request, name: str, args: dict[str, str]) -> Any:
         request.setHeader(b"Age", args["age"].encode())
     if "cc" in args:
         request.setHeader(b"Cache-Control", args["cc"].encode())
+    for line in request.args.get(b"hdr", []):
+        name, _, value = line.partition(b":")
+        request.responseHeaders.addRawHeader(name.strip(), value.strip())
     if "expires" in args:
         request.setHeader(b"Expires", formatdate(now + float(args["expires"]), usegmt=True).encode())
     if "cookie" in args:
@@ -266,6 +276,8 @@ def _cacheable(request: server.Request, name: str, args: dict[str, str]) -> Any:
         inm = request.getHeader(b"if-none-match")
         if inm is not None and etag.encode() in [t.strip() for t in inm.split(b",")]:
             request.setResponseCode(304)
+            if "etag304" in args:
+                request.setHeader(b"ETag", args["etag304"].encode())
             return b""
     elif lm is not None and request.getHeader(b"if-modified-since") == lm:
         request.setResponseCode(304)

@@ -258,10 +258,16 @@ class DrainTests(SynchronousTestCase):
         def slow() -> None:
             result["resp"] = gw.request("GET", "/slow?ms=1500", timeout=20)
 
-        before = backend.count()
+        before = backend.count()  # /count counts itself: each poll below adds one
+        polls = [0]
+
+        def arrived() -> bool:
+            polls[0] += 1
+            return backend.count() >= before + polls[0] + 1
+
         t = threading.Thread(target=slow)
         t.start()
-        waitFor(lambda: backend.count() > before + 1, what="the slow request to reach the backend")
+        waitFor(arrived, what="the slow request to reach the backend")
         gw.signal(15)
         waitFor(lambda: _refused(gw.port), what="the listener to close")
         t.join(20)

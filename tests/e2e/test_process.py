@@ -179,9 +179,16 @@ class DrainExitTests(SynchronousTestCase):
         self.addCleanup(backend.stop)
         gw = self._gateway(backend)
         result: list[int] = []
+        before = backend.count()  # /count counts itself: each poll below adds one
+        polls = [0]
+
+        def arrived() -> bool:
+            polls[0] += 1
+            return backend.count() >= before + polls[0] + 1
+
         t = threading.Thread(target=lambda: result.append(gw.request("GET", "/slow?ms=300").status))
         t.start()
-        waitFor(lambda: backend.count() >= 1, what="the request at the origin")
+        waitFor(arrived, what="the request at the origin")
         gw.signal(signal.SIGTERM)
         t.join(10)
         self.assertEqual(result, [200])

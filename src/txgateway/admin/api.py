@@ -14,12 +14,15 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from txgateway.admin.auth import sameOrigin, tokenAccepted
 from txgateway.admin.canary import handleSplit, mirrors, splitRouteOf
 from txgateway.admin.page import StatusPage, renderBody
 from txgateway.admin.status import AdminTarget, StatusReport
+from txgateway.caching.purging import PURGE_KINDS, purgeAll, routeCaches
 
 log = Logger(namespace="txgateway.admin")
 
@@ -55,7 +58,8 @@ class AdminResource(Resource):
             b"/api/mirrors": lambda r: self._json(r, 200, mirrors(self.target)),
             b"/metrics": self._metrics,
         }
-        self._post: dict[bytes, Callable[[Any], bytes]] = {b"/api/config/reload": self._reload}
+        self._post: dict[bytes, Callable[[Any], Any]] = {b"/api/config/reload": self._reload,
+                                                         b"/api/cache/purge": self._purge}
 
     def render(self, request: Any) -> bytes:
         request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-store"])
@@ -118,6 +122,41 @@ class AdminResource(Resource):
             # on to every worker (this one reloads again, harmlessly).
             os.kill(os.getppid(), signal.SIGHUP)
         return self._json(request, 200 if not problems else 422, {"ok": not problems, "problems": problems})
+
+    def _purge(self, request: Any) -> Any:
+        """
+        C{POST /api/cache/purge} with one of C{{"url"}}, C{{"route"}},
+        C{{"prefix"}}, C{{"tag"}}: 200 C{{"purged": N}} (stored responses
+        removed), 400 for anything else, 503 when Redis could not be reached.
+        """
+        if not sameOrigin(request):
+            return self._json(request, 403, {"error": "cross-origin request refused"})
+        try:
+            body = json.loads(request.content.read() or b"null")
+        except ValueError:
+            body = None
+        if not (isinstance(body, dict) and len(body) == 1):
+            return self._json(request, 400, {"error": "send one of " + ", ".join(f'{{"{k}": ...}}' for k in PURGE_KINDS)})
+        ((kind, value),) = body.items()
+        if kind not in PURGE_KINDS or not isinstance(value, str) or not value:
+            return self._json(request, 400, {"error": f"unknown purge {kind!r}: use one of {', '.join(PURGE_KINDS)}"})
+        caches = routeCaches(self.target.gateway.runtime.routes.routes)
+        if kind == "route" and value not in {name for name, _ in caches}:
+            return self._json(request, 404, {"error": f"no cached route named {value!r}"})
+        log.info("cache purge {kind}={value} requested on the admin listener by {peer}", kind=kind, value=value,
+                 peer=_peer(request))
+
+        def done(n: int) -> None:
+            request.write(self._json(request, 200, {"purged": n}))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            log.warn("cache purge {kind}={value} failed: {why}", kind=kind, value=value, why=f.getErrorMessage())
+            request.write(self._json(request, 503, {"error": "purge failed: " + f.getErrorMessage()}))
+            request.finish()
+
+        purgeAll(caches, kind, value).addCallbacks(done, failed)
+        return NOT_DONE_YET
 
     # -- writing
 

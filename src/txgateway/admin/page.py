@@ -95,6 +95,13 @@ def renderBody(doc: dict[str, Any]) -> str:
         ], f' data-route="{_esc(r["name"])}"'))
     parts.append(_table("routes", ["Route", "Match", "Upstream", "Req/s", "Requests", "Errors", "p50 ms", "p95 ms",
                                    "Rate limit", "429s", "Auth refused", "Cache"], routeRows))
+    cached = [r for r in doc["routes"] if r.get("cache_store")]
+    if cached:
+        parts.append("<h2>Caches</h2>")
+        parts.append(_table("caches", ["Route", "Store", "Entries", "Bytes", "Hit ratio", "Evictions"], [
+            _row([("name", r["name"]), ("", c["store"]), ("n", _num(c.get("entries"))), ("n", _num(c.get("bytes"))),
+                  ("n", _num(c["hit_ratio"])), ("n", _num(c.get("evictions")))], f' data-cache="{_esc(r["name"])}"')
+            for r in cached for c in (r["cache_store"],)]))
     parts.append(renderCanary(doc))
     parts.append("<h2>Recent reloads</h2>")
     if doc["reloads"]:

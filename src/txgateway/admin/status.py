@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from txgateway import __version__
 from txgateway.admin.canary import CanaryStatus
 from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counters
+from txgateway.caching.purging import cacheStats, routeCaches
 from txgateway.observe import Metrics
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ class StatusReport:
             if _isError(status):
                 errors[routeName] = errors.get(routeName, 0.0) + v
         out = []
+        caches = dict(routeCaches(self.target.gateway.runtime.routes.routes))
         # In the config's order, the order the operator wrote and reads them in.
         for route in sorted(self.target.gateway.runtime.routes.routes, key=lambda r: r.config.index):
             c = route.config
@@ -154,7 +156,9 @@ class StatusReport:
                 "latency_ms": _latency(recent),
                 "rate_limited": int(limited.get(key, 0)),
                 "auth_failures": int(authFailed.get(key, 0)),
-                "cache_results": {r: int(v) for (name, r), v in sorted(cache.items()) if name == route.name},
+                "cache_results": (results := {r: int(v) for (name, r), v in sorted(cache.items())
+                                              if name == route.name}),
+                "cache_store": cacheStats(caches[route.name], results) if route.name in caches else None,
             })
         return out
 

@@ -71,7 +71,7 @@ def freshen(entry: StoredResponse, headers: HeaderPairs, requestTime: float, res
         merged = [(k, v) for k, v in merged if k.lower() != b"date"]
         merged.append((b"Date", datetimeToString(int(responseTime))))
     return StoredResponse(entry.code, entry.phrase, merged, entry.body, requestTime, responseTime,
-                          entry.varyFields, entry.varyValues)
+                          entry.varyFields, entry.varyValues).withTargets(entry.targeted)
 
 
 def clientNotModified(get: HeaderLookup, entry: StoredResponse) -> bool:

@@ -7,6 +7,7 @@ Pure functions, like all of the cache's rules (see L{txgateway.caching.policy}).
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -66,11 +67,14 @@ class Directives:
     freshness rules treat as stale (§4.2.1 allows either that or the first).
     """
 
-    __slots__ = ("values", "conflicts")
+    __slots__ = ("values", "conflicts", "targeted")
 
-    def __init__(self, values: dict[bytes, bytes | None], conflicts: frozenset[bytes] = frozenset()) -> None:
+    def __init__(self, values: dict[bytes, bytes | None], conflicts: frozenset[bytes] = frozenset(),
+                 targeted: bool = False) -> None:
         self.values = values
         self.conflicts = conflicts
+        # RFC 9213 §2.2: read from a targeted field (CDN-Cache-Control...), so Expires is ignored.
+        self.targeted = targeted
 
     def __contains__(self, name: object) -> bool:
         return name in self.values
@@ -123,6 +127,79 @@ def parseCacheControl(values: Iterable[bytes] | None) -> Directives:
             continue
         found[name] = arg
     return Directives(found, frozenset(conflicts))
+
+
+# RFC 9213 §2.1: the targeted fields a CDN-like cache obeys when no other list is configured.
+DEFAULT_TARGETED = (b"cdn-cache-control",)
+
+
+def responseDirectives(headers: HeaderPairs, targeted: Sequence[bytes] = DEFAULT_TARGETED) -> Directives:
+    """
+    The directives that govern storing and freshness (RFC 9213 §2.1): the
+    first of C{targeted} (lower-case names, highest priority first) present
+    with a valid, non-empty value, which then replaces C{Cache-Control} and
+    C{Expires} altogether; otherwise C{Cache-Control}.  A targeted field is
+    a Structured Fields dictionary (RFC 8941 §3.2) whose members read as
+    C{Cache-Control} directives do (C{max-age=60, private}); a value that is
+    not one (a parameter, an inner list) makes the field invalid, and the
+    next one is tried.
+    """
+    for name in targeted:
+        values = headerValues(headers, name)
+        if not values:
+            continue
+        members = splitList(values)
+        if not members or any(not _SF_MEMBER.match(m) for m in members):
+            continue
+        cc = parseCacheControl(members)
+        # RFC 8941 booleans: "private=?0" is absent, "private=?1" present.
+        present = {k: v for k, v in cc.values.items() if v != b"?0"}
+        for k, v in present.items():
+            if v == b"?1":
+                present[k] = None
+        return Directives(present, cc.conflicts, targeted=True)
+    return parseCacheControl(headerValues(headers, b"cache-control"))
+
+
+_SF_MEMBER = re.compile(rb'^[a-z*][a-z0-9_.*-]*(=(\?[01]|-?[0-9]+|"([^"\\]|\\.)*"|[A-Za-z*][A-Za-z0-9!#$%&\'*+.^_`|~:/-]*))?$')
+
+_MONTHS = {m.encode(): i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_DAY = rb"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MON = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = rb"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+# RFC 9110 §5.6.7: exactly the three forms, case-sensitive, single spaces, GMT.
+_IMF_FIXDATE = re.compile(_DAY + rb", ([0-9]{2}) " + _MON + rb" ([0-9]{4}) " + _TIME + rb" GMT$")
+_RFC850 = re.compile(rb"(Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), ([0-9]{2})-" + _MON
+                     + rb"-([0-9]{2}) " + _TIME + rb" GMT$")
+_ASCTIME = re.compile(_DAY + rb" " + _MON + rb" ([ 0-9][0-9]) " + _TIME + rb" ([0-9]{4})$")
+
+
+def strictHttpDate(value: bytes) -> float | None:
+    """
+    An HTTP-date exactly as RFC 9110 §5.6.7 writes it (IMF-fixdate, or the
+    obsolete RFC 850 and asctime forms), else None.  For C{Expires}, where
+    §5.3 of RFC 9111 makes anything else (another zone, a missing comma,
+    doubled spaces, a one-digit hour) a time in the past.
+    """
+    value = value.strip()
+    try:
+        if m := _IMF_FIXDATE.match(value):
+            _, day, mon, year, hh, mm, ss = m.groups()
+        elif m := _RFC850.match(value):
+            _, day, mon, yy, hh, mm, ss = m.groups()
+            # §5.6.7 wants "more than 50 years in the future" read as the past century; without
+            # a clock here, a fixed pivot does the same for every date this form still carries.
+            year = b"%d" % ((1900 if int(yy) >= 70 else 2000) + int(yy))
+        elif m := _ASCTIME.match(value):
+            _, mon, day, hh, mm, ss, year = m.groups()
+        else:
+            return None
+        if int(hh) > 23 or int(mm) > 59 or int(ss) > 60:
+            return None
+        return float(calendar.timegm((int(year), _MONTHS[mon], int(day), int(hh), int(mm), int(ss), 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
 
 
 def httpDate(value: bytes | None) -> float | None:
@@ -197,4 +274,5 @@ def requestRules(get: HeaderLookup) -> RequestRules:
 
 
 __all__ = ["MAX_DELTA", "Directives", "HeaderLookup", "HeaderPairs", "RequestRules", "formatDelta", "headerValues",
-           "httpDate", "parseCacheControl", "requestRules", "splitList"]
+           "httpDate", "parseCacheControl", "requestRules", "responseDirectives", "splitList", "strictHttpDate",
+           "DEFAULT_TARGETED"]

@@ -24,6 +24,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from txgateway.caching import policy
+from txgateway.caching.ranges import UNSATISFIABLE
 from txgateway.context import RequestContext
 
 if TYPE_CHECKING:
@@ -96,24 +97,37 @@ class StoredBody:
         pass
 
 
-def storedResponse(entry: StoredResponse, age: float, notModified: bool) -> StoredBody:
+def storedResponse(entry: StoredResponse, age: float, notModified: bool,
+                   span: tuple[int, int] | None = None) -> StoredBody:
     """
     C{entry} as an answer: its fields but for those made afresh (C{Age}
     per §4.2.3, C{Content-Length}); a 304 with §4.1's fields instead when
-    C{notModified}.
+    C{notModified}; the bytes C{span} (first, last) of its body as a 206
+    with C{Content-Range}, or a 416 for L{ranges.UNSATISFIABLE} (RFC 9110
+    §14.4, §15.3.7, §15.5.17).
     """
     code = 304 if notModified else entry.code
+    phrase = None if notModified else (entry.phrase or None)
     headers = Headers()
     for k, v in (policy.notModifiedFields(entry.headers) if notModified else entry.headers):
         if k.lower() not in _NOT_REPLAYED:
             headers.addRawHeader(k, v)
     headers.setRawHeaders(b"Age", [policy.formatDelta(age)])
     body = entry.body
+    if span is not None and not notModified:
+        total = len(body)
+        if span == UNSATISFIABLE:
+            code, phrase, body = 416, b"Range Not Satisfiable", b""
+            headers.setRawHeaders(b"Content-Range", [b"bytes */%d" % total])
+        else:
+            first, last = span
+            code, phrase, body = 206, b"Partial Content", body[first:last + 1]
+            headers.setRawHeaders(b"Content-Range", [b"bytes %d-%d/%d" % (first, last, total)])
     if notModified or code < 200 or code in (204, 304):
         body = b""
     else:
         headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-    return StoredBody(code, None if notModified else (entry.phrase or None), headers, body)
+    return StoredBody(code, phrase, headers, body)
 
 
 class Tee:

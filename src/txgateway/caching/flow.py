@@ -38,6 +38,7 @@ from txgateway.caching.collapsing import Flight, UncacheableMarks
 from txgateway.caching.exchanges import Exchange, Tee, TeeResponse, storedResponse
 from txgateway.caching.keys import cacheKey, originFields
 from txgateway.caching.policy import StoredResponse
+from txgateway.caching.ranges import requestedSpan
 from txgateway.caching.revalidation import revalidateLater
 from txgateway.caching.stores import MemoryStore, RedisStore
 from txgateway.caching.variants import VaryingStore
@@ -120,7 +121,11 @@ class ResponseCache:
         self.routeName = routeName
         self.config = config
         self.store = store
-        self.entries = VaryingStore(store, clock, rng)
+        self.targeted = tuple(f.lower().encode("latin-1") for f in config.targeted_fields)
+        self.storeSetCookie = config.store_set_cookie
+        self.staleOnError = config.serve_stale_on_error
+        self.entries = VaryingStore(store, clock, rng, self.targeted, self.staleOnError,
+                                    config.tag_field.lower().encode("latin-1"))
         self.clock = clock
         self.metrics = metrics
         self.name = policy.cacheName(pseudonym)
@@ -164,9 +169,7 @@ class ResponseCache:
         if method != _GET and method != _HEAD:
             return await self._writeThrough(context, upstream, "method", "bypass")
         raw = context.request.requestHeaders.getRawHeaders
-        if raw(b"range") is not None:
-            # Ranges are passed through: the cache stores and serves whole responses only.
-            return await self._writeThrough(context, upstream, "bypass", "bypass", detail="range")
+        ranged = raw(b"range") if method == _GET else None
         rules = policy.requestRules(raw)
         key = cacheKey(context, context.path, context.query)
         fields = originFields(context)
@@ -175,7 +178,12 @@ class ResponseCache:
         if entry is not None:
             a = policy.assess(entry, rules, now, self.maxTTL, self.defaultTTL)
             if a.action == policy.FRESH:
-                return self._serve(context, entry, a.age, "hit", hit=True, ttl=a.ttl)
+                # RFC 9111 §3.3: a stored complete response answers a Range itself.
+                span = requestedSpan(raw, entry, ranged) if ranged is not None and entry.code == 200 else None
+                return self._serve(context, entry, a.age, "hit", span=span, hit=True, ttl=a.ttl)
+        if ranged is not None:  # nothing fresh: passed through untouched (only whole responses are stored)
+            return await self._writeThrough(context, upstream, "bypass", "bypass", detail="range")
+        if entry is not None:
             if a.action == policy.STALE_OK:
                 return self._serve(context, entry, a.age, "stale", hit=True, ttl=a.ttl, detail="max-stale")
             if a.action == policy.REVALIDATE_LATER:
@@ -244,11 +252,13 @@ class ResponseCache:
         try:
             exchange = await upstream.fetch(context, None, conditional or None)
         except UpstreamFailure as e:
-            if entry is not None and policy.staleIfError(entry, rules, self.clock.seconds(), self.maxTTL, self.defaultTTL):
+            why = None if entry is None else policy.staleIfError(entry, rules, self.clock.seconds(), self.maxTTL,
+                                                                 self.defaultTTL, self.staleOnError)
+            if entry is not None and why is not None:
                 now = self.clock.seconds()
                 age, ttl = policy.currentAge(entry, now), policy.lifetimeOf(entry, self.maxTTL, self.defaultTTL)
                 return self._serve(context, entry, age, "stale", fwd=fwd, fwdStatus=e.status, ttl=ttl - age,
-                                   detail="stale-if-error")
+                                   detail=why)
             self._count(context, "miss")
             self._status(context, fwd=fwd, detail="upstream-failure")
             raise
@@ -262,7 +272,7 @@ class ResponseCache:
                 discard(response)
                 fresh = policy.freshen(entry, headers, requestTime, responseTime)
                 refusal = policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules,
-                                              responseTime, self.maxTTL, self.defaultTTL)
+                                              responseTime, self.maxTTL, self.defaultTTL, self.storeSetCookie)
                 if refusal is None:
                     self.entries.saveLater(key, fresh, self.maxTTL, self.defaultTTL)
                 else:
@@ -274,22 +284,25 @@ class ResponseCache:
                 return self._serve(context, fresh, age, "revalidated", fwd=fwd, fwdStatus=304,
                                    stored=refusal is None, ttl=ttl, detail=refusal)
             if entry is not None and code == 304 and not self._clientConditional(context):
-                # §4.3.4: a 304 that matches nothing stored answers our validators,
-                # not the client's request: forget the entry and ask again plainly.
+                # §4.3.4: a 304 whose validator matches nothing stored updates nothing; the client
+                # gets the stored response as it is, and the origin is not asked again unconditionally.
                 discard(response)
-                self.entries.forget(key)
-                exchange.finish(True, False)
-                exchange = None
-                return await self._fetch(context, upstream, key, rules, fwd, None, flight)
-            if entry is not None and code in policy.ERROR_STATUS and policy.staleIfError(
-                    entry, rules, responseTime, self.maxTTL, self.defaultTTL):
+                if flight is not None:
+                    flight.release(None)
+                age = policy.currentAge(entry, responseTime)
+                ttl = policy.lifetimeOf(entry, self.maxTTL, self.defaultTTL) - age
+                return self._serve(context, entry, age, "revalidated", fwd=fwd, fwdStatus=304, ttl=ttl,
+                                   detail="validator-mismatch")
+            why = None if entry is None or code not in policy.ERROR_STATUS else policy.staleIfError(
+                entry, rules, responseTime, self.maxTTL, self.defaultTTL, self.staleOnError)
+            if entry is not None and why is not None:
                 discard(response)
                 age = policy.currentAge(entry, responseTime)
                 ttl = policy.lifetimeOf(entry, self.maxTTL, self.defaultTTL) - age
-                return self._serve(context, entry, age, "stale", fwd=fwd, fwdStatus=code, ttl=ttl,
-                                   detail="stale-if-error")
-            cc = policy.parseCacheControl(policy.headerValues(headers, b"cache-control"))
-            refusal = policy.storeRefusal(context.method, code, headers, cc, rules, responseTime, self.maxTTL, self.defaultTTL)
+                return self._serve(context, entry, age, "stale", fwd=fwd, fwdStatus=code, ttl=ttl, detail=why)
+            cc = policy.responseDirectives(headers, self.targeted)
+            refusal = policy.storeRefusal(context.method, code, headers, cc, rules, responseTime, self.maxTTL,
+                                          self.defaultTTL, self.storeSetCookie)
             length = response.length
             if refusal is None and length is not UNKNOWN_LENGTH and length > self.maxObject:
                 refusal = "too-big"
@@ -316,7 +329,7 @@ class ResponseCache:
                 vary = policy.varyOf(headers) or ()
                 stored = StoredResponse(code, response.phrase or b"", policy.storableHeaders(headers, cc),
                                         b"".join(tee.chunks), requestTime, responseTime, vary,
-                                        policy.varyValues(vary, originFields(context)))
+                                        policy.varyValues(vary, originFields(context))).withTargets(self.targeted)
                 self.entries.saveLater(key, stored, self.maxTTL, self.defaultTTL)
                 if flight is not None:
                     flight.release(stored)
@@ -355,17 +368,17 @@ class ResponseCache:
         return exchange
 
     def _serve(self, context: RequestContext, entry: StoredResponse, age: float, result: str,
-               **status: Any) -> Exchange:
+               span: tuple[int, int] | None = None, **status: Any) -> Exchange:
         """
         An answer from a stored response: its status and fields (the
         route's response rules apply as to any response), a fresh C{Age}
-        (§4.2.3), and a 304 instead when the client's own conditions say it
-        already has this representation (§4.3.2).
+        (§4.2.3), a 304 instead when the client's own conditions say it
+        already has this representation (§4.3.2), or the byte range C{span}.
         """
         self._count(context, result)
         notModified = policy.clientNotModified(context.request.requestHeaders.getRawHeaders, entry)
         self._status(context, **status)
-        return Exchange(storedResponse(entry, age, notModified), None)
+        return Exchange(storedResponse(entry, age, notModified, span), None)
 
 
 @implementer(IForwarder)

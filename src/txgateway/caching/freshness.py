@@ -7,7 +7,16 @@ Pure functions, like all of the cache's rules (see L{txgateway.caching.policy}).
 
 from __future__ import annotations
 
-from txgateway.caching.directives import MAX_DELTA, Directives, HeaderPairs, RequestRules, headerValues, httpDate
+from txgateway.caching.directives import (
+    MAX_DELTA,
+    Directives,
+    HeaderPairs,
+    RequestRules,
+    headerValues,
+    httpDate,
+    splitList,
+    strictHttpDate,
+)
 from txgateway.caching.stored import StoredResponse
 
 # §4.2.2 allows any heuristic; a day bounds what a long-unchanged resource can earn.
@@ -50,10 +59,12 @@ def freshnessLifetime(code: int, headers: HeaderPairs, cc: Directives, responseT
     elif maxAge is not None:
         lifetime = max(0, maxAge)
     else:
-        expires = headerValues(headers, b"expires")
+        # RFC 9213 §2.2: a targeted field replaces Expires as well as Cache-Control.
+        expires = [] if cc.targeted else headerValues(headers, b"expires")
         if expires:
-            when = httpDate(expires[0])
-            # §5.3: an invalid Expires (notably "0") is a time in the past.
+            # §5.3: an invalid Expires (notably "0", another zone than GMT, a date not written
+            # exactly as RFC 9110 §5.6.7 says, or two Expires lines) is a time in the past.
+            when = strictHttpDate(expires[0]) if len(expires) == 1 else None
             lifetime = 0.0 if when is None else max(0.0, when - _dateOf(headers, responseTime))
         elif defaultTTL is not None and code in DEFAULT_TTL_STATUS:
             lifetime = defaultTTL
@@ -87,16 +98,26 @@ def currentAge(entry: StoredResponse, now: float) -> float:
     origin's Date) and the Age the response came with corrected by how long
     the request took, plus how long it has been resident here.
     """
-    ageValues = headerValues(entry.headers, b"age")
-    ageValue = 0
-    if ageValues:
-        raw = ageValues[0].strip()
-        ageValue = min(int(raw), MAX_DELTA) if raw.isdigit() else 0
+    ageValue = ageOf(entry.headers)
     date = _dateOf(entry.headers, entry.responseTime)
     apparent = max(0.0, entry.responseTime - date)
     delay = max(0.0, entry.responseTime - entry.requestTime)
     initial = max(apparent, ageValue + delay)
     return initial + max(0.0, now - entry.responseTime)
+
+
+def ageOf(headers: HeaderPairs) -> int:
+    """
+    §5.1: the origin's C{Age}.  A list (one line C{7200, 0}, or several
+    lines) counts by its first member, as §5.1 says, so a list cannot hide
+    a large age behind a small one; a value that is not a non-negative
+    integer is ignored (0), as §5.1 says too (the apparent age from C{Date}
+    still counts).
+    """
+    members = splitList(headerValues(headers, b"age"))
+    if not members or not members[0].isdigit():
+        return 0
+    return min(int(members[0]), MAX_DELTA)
 
 
 def hasValidator(headers: HeaderPairs) -> bool:
@@ -168,21 +189,29 @@ def assess(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float
 
 
 def staleIfError(entry: StoredResponse, rules: RequestRules, now: float, maxTTL: float | None,
-                 defaultTTL: float | None = None) -> bool:
+                 defaultTTL: float | None = None, onError: float = 0.0) -> str | None:
     """
     RFC 5861 §4: after an error (a 500, 502, 503 or 504, or no answer at
     all) the stored response may be used if it is not staler than the
     response's or the request's C{stale-if-error} allows, unless the
-    response forbids stale use outright.
+    response forbids stale use outright.  RFC 9111 §4.2.4 also lets a cache
+    disconnected from the origin serve stale: the route's
+    C{serve_stale_on_error} (C{onError} seconds), never where
+    C{must-revalidate}, C{proxy-revalidate}, C{no-cache} or C{s-maxage}
+    (§5.2.2.10) forbid it.  The reason for C{Cache-Status} C{detail}, or None.
     """
     cc = entry.cacheControl
     if neverStale(cc):
-        return False
+        return None
     staleness = currentAge(entry, now) - lifetimeOf(entry, maxTTL, defaultTTL)
     windows = [w for w in (cc.seconds(b"stale-if-error"), rules.staleIfError) if w is not None and w >= 0]
-    return any(staleness <= w for w in windows)
+    if any(staleness <= w for w in windows):
+        return "stale-if-error"
+    if onError > 0 and b"s-maxage" not in cc and staleness <= onError:
+        return "serve-stale-on-error"
+    return None
 
 
 __all__ = ["ERROR_STATUS", "FRESH", "HEURISTIC_CAP", "HEURISTIC_FRACTION", "HEURISTIC_STATUS", "REVALIDATE_LATER",
-           "STALE_OK", "VALIDATE", "Assessment", "assess", "currentAge", "freshnessLifetime", "hasValidator",
+           "STALE_OK", "VALIDATE", "Assessment", "ageOf", "assess", "currentAge", "freshnessLifetime", "hasValidator",
            "lifetimeOf", "neverStale", "staleIfError"]

@@ -35,6 +35,7 @@ from txgateway.caching.conditional import (
     notModifiedMatches,
 )
 from txgateway.caching.directives import (
+    DEFAULT_TARGETED,
     MAX_DELTA,
     Directives,
     HeaderLookup,
@@ -45,7 +46,9 @@ from txgateway.caching.directives import (
     httpDate,
     parseCacheControl,
     requestRules,
+    responseDirectives,
     splitList,
+    strictHttpDate,
 )
 from txgateway.caching.freshness import (
     DEFAULT_TTL_STATUS,
@@ -58,6 +61,7 @@ from txgateway.caching.freshness import (
     STALE_OK,
     VALIDATE,
     Assessment,
+    ageOf,
     assess,
     currentAge,
     freshnessLifetime,
@@ -71,7 +75,7 @@ from txgateway.caching.storable import STALE_RETENTION, retention, storeRefusal
 from txgateway.caching.stored import HOP_BY_HOP, StoredResponse, storableHeaders
 from txgateway.caching.vary import normalizedField, varyKeySuffix, varyMatches, varyOf, varyValues
 
-__all__ = ["DEFAULT_TTL_STATUS", "ERROR_STATUS", "FRESH", "HEURISTIC_CAP", "HEURISTIC_FRACTION", "HEURISTIC_STATUS", "HOP_BY_HOP",
+__all__ = ["DEFAULT_TARGETED", "ageOf", "responseDirectives", "strictHttpDate", "DEFAULT_TTL_STATUS", "ERROR_STATUS", "FRESH", "HEURISTIC_CAP", "HEURISTIC_FRACTION", "HEURISTIC_STATUS", "HOP_BY_HOP",
            "MAX_DELTA", "REVALIDATE_LATER", "SAFE_METHODS", "STALE_OK", "STALE_RETENTION", "VALIDATE", "Assessment",
            "Directives", "HeaderLookup", "HeaderPairs", "RequestRules", "StoredResponse", "assess", "cacheName",
            "cacheStatus", "clientNotModified", "conditionalHeaders", "currentAge", "formatDelta", "freshen",

@@ -21,6 +21,7 @@ from txgateway.caching import policy
 from txgateway.caching.exchanges import BodyCollector, detached
 from txgateway.caching.keys import originFields
 from txgateway.caching.policy import StoredResponse
+from txgateway.http.interim import INTERIM
 
 if TYPE_CHECKING:
     from txgateway.caching.flow import ResponseCache
@@ -62,6 +63,9 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
     stale copy when it gives no answer or an error (stale-if-error may still
     want it).
     """
+    # Started from a client's forward, this coroutine inherited its interim target: the client
+    # already has its (stale) answer, so a 1xx of the background request is not for it.
+    INTERIM.set(None)
     requestTime = cache.clock.seconds()
     try:
         exchange = await upstream.fetch(context, None, policy.conditionalHeaders(entry) or None)
@@ -79,13 +83,14 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
             discard(response)
             fresh = policy.freshen(entry, headers, requestTime, responseTime)
             if policy.storeRefusal(_GET, fresh.code, fresh.headers, fresh.cacheControl, rules, responseTime,
-                                   cache.maxTTL, cache.defaultTTL) is None:
+                                   cache.maxTTL, cache.defaultTTL, cache.storeSetCookie) is None:
                 await cache.entries.save(key, fresh, cache.maxTTL, cache.defaultTTL)
             else:
                 await cache.entries.store.delete(key)
             return
-        cc = policy.parseCacheControl(policy.headerValues(headers, b"cache-control"))
-        refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, cache.maxTTL, cache.defaultTTL)
+        cc = policy.responseDirectives(headers, cache.targeted)
+        refusal = policy.storeRefusal(_GET, code, headers, cc, rules, responseTime, cache.maxTTL, cache.defaultTTL,
+                                      cache.storeSetCookie)
         length = response.length
         if refusal is None and (length is UNKNOWN_LENGTH or length <= cache.maxObject):
             done: Deferred[tuple[bytes | None, bool]] = Deferred()
@@ -96,7 +101,8 @@ async def refresh(cache: ResponseCache, key: bytes, entry: StoredResponse, conte
                 vary = policy.varyOf(headers) or ()
                 await cache.entries.save(key, StoredResponse(
                     code, response.phrase or b"", policy.storableHeaders(headers, cc), body, requestTime,
-                    responseTime, vary, policy.varyValues(vary, originFields(context))), cache.maxTTL, cache.defaultTTL)
+                    responseTime, vary, policy.varyValues(vary, originFields(context))).withTargets(cache.targeted),
+                    cache.maxTTL, cache.defaultTTL)
             return
         discard(response)
         if code in policy.ERROR_STATUS:

@@ -25,7 +25,8 @@ STALE_RETENTION = 600.0
 
 
 def storeRefusal(method: bytes, code: int, headers: HeaderPairs, cc: Directives, rules: RequestRules,
-                 responseTime: float, maxTTL: float | None, defaultTTL: float | None = None) -> str | None:
+                 responseTime: float, maxTTL: float | None, defaultTTL: float | None = None,
+                 storeSetCookie: bool = False) -> str | None:
     """
     Why this response must not (or need not) be stored, as a short token for
     C{Cache-Status} C{detail}; None when it is storable.
@@ -33,7 +34,8 @@ def storeRefusal(method: bytes, code: int, headers: HeaderPairs, cc: Directives,
     §3 for a shared cache, plus two choices of this gateway: a response
     with C{Set-Cookie} is not stored (RFC 9111 permits it, but replaying one
     client's cookie to another is the classic shared-cache leak; the origin
-    can send C{private="Set-Cookie"} to have the rest stored), and a
+    can send C{private="Set-Cookie"} to have the rest stored; a route opts
+    in with C{store_set_cookie}, C{storeSetCookie} here), and a
     response nobody could reuse (no freshness, no validator, no stale
     extension) is not stored.
     """
@@ -49,11 +51,12 @@ def storeRefusal(method: bytes, code: int, headers: HeaderPairs, cc: Directives,
         return "authorization"
     if varyOf(headers) is None:
         return "vary-star"
-    if headerValues(headers, b"set-cookie"):
+    if not storeSetCookie and headerValues(headers, b"set-cookie"):
         private = cc.fieldNames(b"private")
         if private is None or b"set-cookie" not in private:
             return "set-cookie"
-    explicit = (b"public" in cc or b"max-age" in cc or b"s-maxage" in cc or bool(headerValues(headers, b"expires")))
+    explicit = (b"public" in cc or b"max-age" in cc or b"s-maxage" in cc
+                or (not cc.targeted and bool(headerValues(headers, b"expires"))))
     if not explicit and code not in HEURISTIC_STATUS:
         return "status"
     lifetime = freshnessLifetime(code, headers, cc, responseTime, maxTTL, defaultTTL)
@@ -66,16 +69,18 @@ def _staleExtension(cc: Directives) -> bool:
     return (cc.seconds(b"stale-while-revalidate") or 0) > 0 or (cc.seconds(b"stale-if-error") or 0) > 0
 
 
-def retention(entry: StoredResponse, now: float, maxTTL: float | None, defaultTTL: float | None = None) -> float:
+def retention(entry: StoredResponse, now: float, maxTTL: float | None, defaultTTL: float | None = None,
+              staleOnError: float = 0.0) -> float:
     """
     How long the store should keep the entry: its remaining freshness plus
     the longest window in which it may still be used stale (RFC 5861) or
-    revalidated or served to a client's max-stale (L{STALE_RETENTION}).
+    revalidated or served to a client's max-stale (L{STALE_RETENTION}), or
+    served when the origin fails (the route's C{serve_stale_on_error}).
     """
     cc = entry.cacheControl
     remaining = max(0.0, lifetimeOf(entry, maxTTL, defaultTTL) - currentAge(entry, now))
     extra = float(max(STALE_RETENTION, cc.seconds(b"stale-while-revalidate") or 0,
-                      cc.seconds(b"stale-if-error") or 0))
+                      cc.seconds(b"stale-if-error") or 0, staleOnError))
     return remaining + extra
 
 

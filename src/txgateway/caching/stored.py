@@ -7,7 +7,14 @@ Pure functions, like all of the cache's rules (see L{txgateway.caching.policy}).
 
 from __future__ import annotations
 
-from txgateway.caching.directives import Directives, HeaderPairs, headerValues, parseCacheControl, splitList
+from txgateway.caching.directives import (
+    DEFAULT_TARGETED,
+    Directives,
+    HeaderPairs,
+    headerValues,
+    responseDirectives,
+    splitList,
+)
 
 # §3.1 (RFC 9110 §7.6.1): connection-specific fields are never stored.
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
@@ -22,11 +29,14 @@ class StoredResponse:
 
     C{varyFields}/C{varyValues} are the request fields the origin's C{Vary}
     nominated and their normalised values in the request that caused the
-    response to be stored (§4.1).
+    response to be stored (§4.1).  C{targeted} is the route's list of
+    targeted fields (RFC 9213), read by L{cacheControl}: it is the route's
+    configuration, not part of the response, so a store sets it on read
+    (L{withTargets}).
     """
 
     __slots__ = ("code", "phrase", "headers", "body", "requestTime", "responseTime", "varyFields",
-                 "varyValues", "_cc")
+                 "varyValues", "targeted", "_cc")
 
     def __init__(self, code: int, phrase: bytes, headers: HeaderPairs, body: bytes, requestTime: float,
                  responseTime: float, varyFields: tuple[bytes, ...] = (),
@@ -39,7 +49,15 @@ class StoredResponse:
         self.responseTime = responseTime
         self.varyFields = varyFields
         self.varyValues = varyValues
+        self.targeted: tuple[bytes, ...] = DEFAULT_TARGETED
         self._cc: Directives | None = None
+
+    def withTargets(self, targeted: tuple[bytes, ...]) -> StoredResponse:
+        """This response, its directives read from C{targeted} fields first (RFC 9213 §2.1)."""
+        if targeted != self.targeted:
+            self.targeted = targeted
+            self._cc = None
+        return self
 
     def __repr__(self) -> str:
         return f"<StoredResponse {self.code} {len(self.body)} bytes>"
@@ -48,7 +66,7 @@ class StoredResponse:
     def cacheControl(self) -> Directives:
         cc = self._cc
         if cc is None:
-            cc = self._cc = parseCacheControl(headerValues(self.headers, b"cache-control"))
+            cc = self._cc = responseDirectives(self.headers, self.targeted)
         return cc
 
     def header(self, name: bytes) -> bytes | None:

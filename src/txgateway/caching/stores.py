@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -112,6 +113,7 @@ class MemoryStore:
         self.clock = clock
         self.maxBytes = maxBytes
         self.bytes = 0
+        self.evictions = 0  # entries dropped for room (not expiry, not deletes): for the status page
         self._entries: OrderedDict[bytes, tuple[Any, float, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -154,6 +156,14 @@ class MemoryStore:
         while self.bytes > self.maxBytes and entries:
             _, (_, _, size) = entries.popitem(last=False)
             self.bytes -= size
+            self.evictions += 1
+
+    def purgeWhere(self, matches: Callable[[bytes, Any], bool]) -> int:
+        """Delete every entry C{matches(key, record)} accepts; how many stored responses went."""
+        doomed = [(k, r) for k, (r, _, _) in self._entries.items() if matches(k, r)]
+        for k, _ in doomed:
+            self.remove(k)
+        return sum(1 for _, r in doomed if isinstance(r, StoredResponse))
 
     # ICacheStore
 
@@ -232,7 +242,10 @@ class RedisStore:
         def got(value: Any) -> None:
             self.health.succeeded()
             if value is None:
-                result.callback(None)
+                # The memory store holds only what was written while Redis failed (a write that
+                # reaches Redis removes the memory copy): this gateway reads its own writes across
+                # an outage.
+                result.callback(self.fallback.lookup(key))
                 return
             if isinstance(value, str):  # a client that decodes valid UTF-8 (ours does not): back to bytes
                 value = value.encode("utf-8")
@@ -284,3 +297,91 @@ class RedisStore:
 
         self._call("delete", self.prefix + key).addCallbacks(done, failed)
         return result
+
+
+# Purging in Redis: one script per request, so a purge is one round trip and
+# sees no half-deleted state.  Counting reads each value's two-byte format
+# tag (L{encodeRecord}): a stored response counts, a Vary index does not.
+_PURGE_MATCHING = b"""
+local n = 0
+for i = 1, #ARGV do
+  local cursor = "0"
+  repeat
+    local r = redis.call("SCAN", cursor, "MATCH", KEYS[1] .. ARGV[i], "COUNT", 1000)
+    cursor = r[1]
+    for _, k in ipairs(r[2]) do
+      if redis.call("TYPE", k)["ok"] == "string" and redis.call("GETRANGE", k, 0, 1) == "R1" then n = n + 1 end
+      redis.call("DEL", k)
+    end
+  until cursor == "0"
+end
+return n
+"""
+
+_PURGE_TAG = b"""
+local n = 0
+for _, k in ipairs(redis.call("SMEMBERS", KEYS[1])) do
+  if redis.call("GETRANGE", k, 0, 1) == "R1" then n = n + 1 end
+  redis.call("DEL", k)
+end
+redis.call("DEL", KEYS[1])
+return n
+"""
+
+_TAG = b"""
+for i = 2, #KEYS do
+  redis.call("SADD", KEYS[i], KEYS[1])
+  if redis.call("TTL", KEYS[i]) < tonumber(ARGV[1]) then redis.call("EXPIRE", KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+
+
+def globEscape(raw: bytes) -> bytes:
+    """C{raw} as a literal in a Redis C{MATCH} pattern."""
+    out = bytearray()
+    for c in raw:
+        if c in b"*?[]\\":
+            out.append(0x5C)
+        out.append(c)
+    return bytes(out)
+
+
+class RedisPurging:
+    """
+    Purging and tag indexing for a L{RedisStore}, which keeps the plain
+    C{ICacheStore} calls: tags are sets under C{PREFIX tags:TAG} naming the
+    stored keys (they cannot clash with URIs, which start with a scheme).
+    Purges also reach the memory fallback, and fail (the admin API says so)
+    rather than pretend when Redis is not there.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def tag(self, key: bytes, tags: list[bytes], ttl: float) -> Deferred[None]:
+        """Index C{key} under C{tags} for at least C{ttl} seconds; never fails (a lost tag misses a purge)."""
+        store = self.store
+        if not tags or store.redis is None or store.down:
+            return succeed(None)
+        keys = [store.prefix + key] + [store.prefix + b"tags:" + t for t in tags]
+        d = store._call("eval", _TAG, keys, [int(ttl + 0.999)])
+        d.addErrback(lambda f: log.warn("tagging a cache entry failed: {why}", why=f.getErrorMessage()))
+        return d.addCallback(lambda _: None)
+
+    def matching(self, patterns: list[bytes], memory: Callable[[bytes, Any], bool]) -> Deferred[int]:
+        """Delete what C{patterns} (MATCH patterns after the prefix) name in Redis, and C{memory} in the fallback."""
+        store = self.store
+        local = store.fallback.purgeWhere(memory)
+        if store.redis is None:
+            return succeed(local)
+        d = store._call("eval", _PURGE_MATCHING, [store.prefix], patterns)
+        return d.addCallback(lambda n: int(n) + local)
+
+    def tagged(self, tag: bytes, memory: Callable[[bytes, Any], bool]) -> Deferred[int]:
+        store = self.store
+        local = store.fallback.purgeWhere(memory)
+        if store.redis is None:
+            return succeed(local)
+        d = store._call("eval", _PURGE_TAG, [store.prefix + b"tags:" + tag], [])
+        return d.addCallback(lambda n: int(n) + local)

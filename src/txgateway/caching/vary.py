@@ -32,8 +32,57 @@ def normalizedField(values: Sequence[bytes] | None) -> bytes | None:
     return b",".join(splitList(values))
 
 
+def normalizedLanguages(values: Sequence[bytes] | None) -> bytes | None:
+    """
+    §4.1 allows normalising a field whose semantics are known: two
+    C{Accept-Language} values (RFC 9110 §12.5.4) match when they name the
+    same ranges with the same weights, whatever the case, the order of
+    equally weighted ranges, or how a weight is written (C{q=0.50}, C{q=.5}
+    is invalid and kept as written).  Ranges are listed by weight, highest
+    first, then by name.
+    """
+    if values is None:
+        return None
+    ranges: dict[bytes, bytes] = {}
+    for member in splitList(values):
+        name, _, params = member.partition(b";")
+        tag = name.strip().lower()
+        weight = b"1"
+        for p in params.split(b";"):
+            k, _, v = p.strip().partition(b"=")
+            if k.strip().lower() == b"q":
+                weight = _weight(v.strip())
+        if tag and tag not in ranges:
+            ranges[tag] = weight
+    ordered = sorted(ranges.items(), key=lambda tw: (-_numeric(tw[1]), tw[0]))
+    return b",".join(t if w == b"1" else t + b";q=" + w for t, w in ordered)
+
+
+def _weight(q: bytes) -> bytes:
+    """A qvalue (RFC 9110 §12.4.2) without trailing zeros; an invalid one as it was written."""
+    try:
+        n = float(q)
+    except ValueError:
+        return q
+    if not 0 <= n <= 1:
+        return q
+    text = (b"%.3f" % n).rstrip(b"0").rstrip(b".")
+    return text or b"0"
+
+
+def _numeric(w: bytes) -> float:
+    try:
+        return float(w)
+    except ValueError:
+        return -1.0
+
+
+# Fields whose values are normalised by their meaning, not only their list syntax.
+_NORMALISERS = {b"accept-language": normalizedLanguages}
+
+
 def varyValues(fields: tuple[bytes, ...], get: HeaderLookup) -> tuple[bytes | None, ...]:
-    return tuple(normalizedField(get(f)) for f in fields)
+    return tuple(_NORMALISERS.get(f, normalizedField)(get(f)) for f in fields)
 
 
 def varyMatches(entry: StoredResponse, get: HeaderLookup) -> bool:
@@ -53,4 +102,4 @@ def varyKeySuffix(values: tuple[bytes | None, ...]) -> bytes:
     return h.hexdigest().encode()
 
 
-__all__ = ["normalizedField", "varyKeySuffix", "varyMatches", "varyOf", "varyValues"]
+__all__ = ["normalizedField", "normalizedLanguages", "varyKeySuffix", "varyMatches", "varyOf", "varyValues"]

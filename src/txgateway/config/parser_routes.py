@@ -220,7 +220,8 @@ class RouteSections(AuthSections):
         if value is True:
             return CacheConfig()
         m = self.mapping(value, path, line, ["max_ttl", "max_bytes", "max_object_size", "store", "collapse_timeout",
-                                             "default_ttl"])
+                                             "default_ttl", "targeted_fields", "serve_stale_on_error", "tag_field",
+                                             "store_set_cookie"])
         if m is None:
             return None
         d = CacheConfig()
@@ -231,6 +232,11 @@ class RouteSections(AuthSections):
             store=self.get(m, "store", path, oneOf("memory", "redis"), d.store),
             collapse_timeout=self.get(m, "collapse_timeout", path, duration, d.collapse_timeout),
             default_ttl=self.get(m, "default_ttl", path, duration, None),
+            targeted_fields=(self.seq(m, "targeted_fields", path, headerName) if "targeted_fields" in m
+                             else d.targeted_fields),
+            serve_stale_on_error=self.get(m, "serve_stale_on_error", path, duration, d.serve_stale_on_error),
+            tag_field=self.get(m, "tag_field", path, headerName, d.tag_field),
+            store_set_cookie=self.get(m, "store_set_cookie", path, boolean, d.store_set_cookie),
         )
 
     def cors(self, value: Any, path: str, line: int | None) -> CorsConfig | None:

@@ -270,6 +270,10 @@ class CacheConfig:
     store: str = "memory"
     collapse_timeout: float = 5.0
     default_ttl: float | None = None  # freshness of a response that carries none (as nginx's proxy_cache_valid)
+    targeted_fields: tuple[str, ...] = ("CDN-Cache-Control",)  # RFC 9213, highest priority first
+    serve_stale_on_error: float = 0.0  # RFC 9111 §4.2.4: stale while the origin fails (0: off)
+    tag_field: str = "Surrogate-Key"  # space-separated purge tags
+    store_set_cookie: bool = False  # store responses with Set-Cookie (off: never shared)
 
 
 @dataclass(frozen=True)

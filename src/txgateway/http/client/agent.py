@@ -11,7 +11,11 @@ byte-for-byte comparisons in tests/test_forwarder.py C{AgentTests}):
   - C{twisted.web._newclient.Request} (subclassed; C{_construct},
     C{_writeHeaders}) and C{Headers._rawHeaders};
   - C{Agent._getEndpoint}, C{Agent._requestWithEndpoint}, C{Agent._pool};
-  - C{Agent._endpointFactory} (replaced by L{UpstreamAgent.connectVia}).
+  - C{Agent._endpointFactory} (replaced by L{UpstreamAgent.connectVia});
+  - C{twisted.web.client._ensureValidMethod} and C{Agent._computeHostValue},
+    in L{UpstreamAgent._requestWithEndpoint} (the stock one, which also
+    gives the request the client to relay interim responses to,
+    L{txgateway.http.interim}).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web._newclient import Request as _Request
-from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, HTTPConnectionPool, _ensureValidMethod
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
@@ -30,6 +34,7 @@ from zope.interface import implementer
 
 from txgateway.http.client.pool import ConnectionPool, TargetEndpoints
 from txgateway.http.headers import H_HOST
+from txgateway.http.interim import INTERIM
 from txgateway.interfaces import IUpstreamClient
 
 if TYPE_CHECKING:
@@ -143,9 +148,36 @@ class UpstreamAgent(Agent):
             # request's Deferred onto it that _requestWithEndpoint goes through.
             connection = takeIdle(key)
             if connection is not None:
-                return connection.request(UpstreamRequest._construct(method, target, headers, bodyProducer,
-                                                              persistent=pool.persistent, parsedURI=full))
+                req = UpstreamRequest._construct(method, target, headers, bodyProducer,
+                                                 persistent=pool.persistent, parsedURI=full)
+                req.interim = INTERIM.get()
+                return connection.request(req)  # type: ignore[no-any-return]
         return self._requestWithEndpoint(key, endpoint, method, full, headers, bodyProducer, target)
+
+    def _requestWithEndpoint(self, key: Any, endpoint: IStreamClientEndpoint, method: bytes,  # type: ignore[override]
+                             parsedURI: URI, headers: Headers | None, bodyProducer: IBodyProducer | None,
+                             requestPath: bytes) -> Deferred[IResponse]:
+        """
+        Twisted's own, but the request carries the forward's client for
+        interim responses (read here, in the forward's context: the
+        connection may be made later, outside it).
+        """
+        client = INTERIM.get()
+        method = _ensureValidMethod(method)
+        if headers is None:
+            headers = Headers()
+        if not headers.hasHeader(b"Host"):
+            headers = headers.copy()
+            headers.addRawHeader(b"Host", self._computeHostValue(parsedURI.scheme, parsedURI.host, parsedURI.port))
+        pool: Any = self._pool
+
+        def connected(proto: Any) -> Deferred[IResponse]:
+            req = _Request._construct(method, requestPath, headers, bodyProducer, persistent=pool.persistent,
+                                      parsedURI=parsedURI)
+            req.interim = client
+            return proto.request(req)  # type: ignore[no-any-return]
+
+        return pool.getConnection(key, endpoint).addCallback(connected)  # type: ignore[no-any-return]
 
 
 def makeClient(reactor: Any, maxPerTarget: int, idleTimeout: float, connectTimeout: float,

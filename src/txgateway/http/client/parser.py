@@ -11,7 +11,12 @@ tests/test_upstream_response.py):
   - C{twisted.web._newclient.HTTPClientParser}, C{HTTPParser} (subclassed;
     C{CONNECTION_CONTROL_HEADERS}, C{connHeaders}, C{response},
     C{switchToBodyMode}) and C{Response} (its C{_state}, C{_construct});
-  - C{Headers._rawHeaders}, the dict a Headers keeps its fields in.
+  - C{Headers._rawHeaders}, the dict a Headers keeps its fields in;
+  - C{HTTPClientParser.request} and C{connectionMade} as Twisted's own
+    reset after a 1xx head uses them: an interim response
+    (L{txgateway.http.interim}) is relayed to the request's C{interim} client
+    and the parser reset for the final head, as Twisted does but without
+    its "Ignoring unexpected 1xx response" log line.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from txgateway.http.headers import (
     storedKey,
     storedName,
 )
+from txgateway.http.interim import RELAYED, relayInterim
 
 __all__ = ["InvalidUpstreamResponse", "StrictResponseParser", "plainHead"]
 
@@ -76,7 +82,17 @@ class StrictResponseParser(HTTPClientParser):
         super().headerReceived(name, value)
 
     def allHeadersReceived(self) -> None:
-        if not 100 <= self.response.code < 200:
+        code = self.response.code
+        if 100 <= code < 200 and code != 101:
+            # RFC 9110 §15.2: a proxy forwards the 1xx it did not ask for; the
+            # final head follows on the same response, read by a fresh parse.
+            client = getattr(self.request, "interim", None)
+            if client is not None and code in RELAYED:
+                relayInterim(client, code, self.response.phrase, self.response.headers)
+            self.connectionMade()
+            del self.response
+            return
+        if not 100 <= code < 200:
             conn = self.connHeaders
             te = conn._rawHeaders.get(H_TRANSFER_ENCODING)
             if te is not None:
