@@ -14,6 +14,12 @@ It also runs bench/reference_proxy.py's resource the same way, so the
 result is a ratio as in run.py.
 
 python bench/inproc.py [--requests 5000] [--rounds 7] [--routes 20] [--size 13] [--chunks 0] [--side gateway|reference|both]
+                      [--tracing SAMPLE]
+
+--tracing adds a C{tracing:} section with that sample ratio: spans are
+made, queued, batched and encoded as OTLP JSON as in a running gateway; only
+the POST is replaced by one that answers 200 at once (its cost is one HTTP
+request per batch of 512 spans).
 
 Run it with PYTHONPATH pointing at another tree's src to time that tree
 (bench/compare.py --inproc does that, alternating).
@@ -117,14 +123,22 @@ REQUEST = (b"GET " + run.PATH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n
            b"User-Agent: bench\r\nAccept: */*\r\n\r\n")
 
 
-def gatewaySite(clock: MemoryReactorClock, origins: OriginEndpoints, routes: int, tmp: Path) -> Any:
+def gatewaySite(clock: MemoryReactorClock, origins: OriginEndpoints, routes: int, tmp: Path,
+                tracing: float | None = None) -> Any:
     from txgateway.config import parseConfig
     from txgateway.observe import Metrics
     from txgateway.service import GatewayService
 
     targets = ["http://127.0.0.1:9101", "http://127.0.0.1:9102", "http://127.0.0.1:9103"]
-    config = parseConfig(run.gatewayConfig(8080, targets, routes, tmp / "access.log"))
+    text = run.gatewayConfig(8080, targets, routes, tmp / "access.log")
+    if tracing is not None:
+        text += f"tracing:\n  otlp: {{endpoint: 'http://127.0.0.1:4318'}}\n  sample: {tracing}\n"
+    config = parseConfig(text)
     service = GatewayService(config, clock, clock=clock, metrics=Metrics())
+    if tracing is not None:
+        exporter = service.getServiceNamed("tracing")
+        exporter.post = lambda body: succeed(200)
+        exporter.startService()
     for cluster in service.gateway.runtime.clusters.values():
         # The gateway's own Agent and pool, connecting to the in-memory origins.
         cluster.agent._endpointFactory = origins  # type: ignore[attr-defined]
@@ -147,11 +161,13 @@ def referenceSite(clock: MemoryReactorClock, origins: OriginEndpoints) -> Any:
     return site
 
 
-def timeSide(side: str, requests: int, rounds: int, routes: int, size: int, chunks: int = 0) -> dict[str, Any]:
+def timeSide(side: str, requests: int, rounds: int, routes: int, size: int, chunks: int = 0,
+             tracing: float | None = None) -> dict[str, Any]:
     clock = MemoryReactorClock()
     origins = OriginEndpoints(streamResponse(size, chunks) if chunks else originResponse(size))
     with tempfile.TemporaryDirectory(prefix="txgw-inproc-") as tmp:
-        site = gatewaySite(clock, origins, routes, Path(tmp)) if side == "gateway" else referenceSite(clock, origins)
+        site = (gatewaySite(clock, origins, routes, Path(tmp), tracing) if side == "gateway"
+                else referenceSite(clock, origins))
         client = Client(site)
 
         def one() -> None:
@@ -188,11 +204,13 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=0,
                         help="a chunked stream of this many chunks of --size bytes, each its own read (0: one plain response)")
     parser.add_argument("--side", choices=("gateway", "reference", "both"), default="both")
+    parser.add_argument("--tracing", type=float, default=None, help="trace with this sample ratio (0.1, 1.0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per side")
     parser.add_argument("--show-response", action="store_true")
     args = parser.parse_args()
     sides = ("reference", "gateway") if args.side == "both" else (args.side,)
-    results = {s: timeSide(s, args.requests, args.rounds, args.routes, args.size, args.chunks) for s in sides}
+    results = {s: timeSide(s, args.requests, args.rounds, args.routes, args.size, args.chunks, args.tracing)
+               for s in sides}
     for r in results.values():
         if args.json:
             print(json.dumps(r))

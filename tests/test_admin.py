@@ -10,14 +10,13 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import TARGETS, BrokenBreaker, InMemoryGateway, configText
 from txgateway.admin.api import AdminResource
 from txgateway.admin.page import renderBody
 from txgateway.admin.rates import LatencyHistogram
 from txgateway.config import ConfigError, parseConfig
 from txgateway.observe import Metrics
 from txgateway.service import GatewayService
-
-from .test_observe import TARGETS, BrokenBreaker, InMemoryGateway, configText
 
 ADMIN = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
 
@@ -151,9 +150,8 @@ class StatusTests(SynchronousTestCase):
 class ReloadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.configs = [configText()]
-        self.gw = InMemoryGateway()
+        self.gw = InMemoryGateway(loadConfig=lambda path: parseConfig(self.configs[-1]))
         self.gw.service.configPath = "gw.yaml"
-        self.gw.service._loadConfig = lambda path: parseConfig(self.configs[-1])
         self.admin = AdminClient(self, self.gw)
 
     def test_reloadSwapsConfigAndIsListed(self) -> None:
@@ -262,9 +260,9 @@ class ConfigAndWiringTests(SynchronousTestCase):
 
     def test_tokenRotatesOnReload(self) -> None:
         """A reloaded admin.token replaces the old one at once."""
-        gw = InMemoryGateway(configText() + ADMIN + "  token: one\n")
+        gw = InMemoryGateway(configText() + ADMIN + "  token: one\n",
+                             loadConfig=lambda path: parseConfig(configText() + ADMIN + "  token: two\n"))
         gw.service.configPath = "gw.yaml"
-        gw.service._loadConfig = lambda path: parseConfig(configText() + ADMIN + "  token: two\n")
         self.assertEqual(gw.service.adminSite.resource.token(), "one")
         self.assertEqual(gw.service.reload(), [])
         self.assertEqual(gw.service.adminSite.resource.token(), "two")
@@ -279,3 +277,31 @@ class QuantileTests(SynchronousTestCase):
         h.buckets = [0, 0, 0, 0, 10] + [10] * (len(h.buckets) - 5)
         self.assertAlmostEqual(h.quantile(0.5), 0.0175)  # type: ignore[arg-type]
         self.assertIsNone(LatencyHistogram().quantile(0.5))
+
+
+class TimelineAPITests(SynchronousTestCase):
+    def test_timelineServesTheLastSecondsAndOpenMetricsOnAsk(self) -> None:
+        """/api/timeline has a point a second once the service runs; /metrics speaks OpenMetrics when asked."""
+        gw = InMemoryGateway(configText() + ADMIN)
+        timeline = gw.service.timeline
+        self.assertIsNotNone(timeline)
+        timeline.startService()
+        self.addCleanup(timeline.stopService)
+        admin = AdminClient(self, gw)
+        gw.request("GET", "/t")
+        gw.clock.advance(1)
+        doc = admin.json("/api/timeline")
+        self.assertEqual(len(doc["t"]), 1)
+        self.assertEqual(doc["series"]["route:all"]["rps"], [1.0])
+        gw.clock.advance(1)
+        later = admin.json(f"/api/timeline?since={doc['t'][-1]}")
+        self.assertEqual(len(later["t"]), 1)
+        response, _ = admin.call("GET", "/api/timeline?since=x")
+        self.assertEqual(response.code, 400)
+        response, body = admin.call("GET", "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+        self.assertIn(b"openmetrics", response.headers.getRawHeaders(b"content-type")[0])
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
+    def test_noTimelineWithoutAdmin(self) -> None:
+        """A gateway without an admin listener keeps no timeline."""
+        self.assertIsNone(InMemoryGateway().service.timeline)

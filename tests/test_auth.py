@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -151,7 +152,11 @@ class FilterHelpers(SynchronousTestCase):
         self.clock.advance(NOW)
         self.metrics = Metrics(processMetrics=False)
         self.threads = ManualThreads()
-        self.resources = AuthResources(MemoryReactorClock(), self.clock, runInThread=self.threads)
+        self.resources = AuthResources(MemoryReactorClock(), self.clock, self.idpAgent(), runInThread=self.threads)
+
+    def idpAgent(self) -> IAgent | None:
+        """The agent the JWKS fetches go through (None: a real one)."""
+        return None
 
     def makeFilter(self, policy: AuthPolicy, route: str = "r") -> AuthFilter:
         f = AuthFilter(policy, authenticatorsFor(policy, self.resources), self.metrics, route)
@@ -457,11 +462,10 @@ def jwksPolicy(**extra: Any) -> AuthPolicy:
 
 
 class JwksTests(FilterHelpers):
-    def setUp(self) -> None:
-        super().setUp()
+    def idpAgent(self) -> IAgent:
         self.idp = JWKSResource([jwk(RSA_KEY, "k1", "RS256")])
         self.agent = RequestTraversalAgent(self.idp)
-        self.resources.agent = self.agent
+        return self.agent
 
     def check(self, f: AuthFilter, token: bytes) -> LocalResponse | None:
         result = f.filterRequest(makeContext(bearer(token)))

@@ -15,11 +15,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import BASE_CONFIG, FakeResponse, Wire, get, parseResponses
 from txgateway.http.channel import GatewayChannel
 from txgateway.http.request import GatewayRequest
 from txgateway.http.site import GatewaySite
-
-from .test_hardening import BASE_CONFIG, FakeResponse, Wire, get, parseResponses
 
 
 def _status(transport: StringTransport) -> bytes:

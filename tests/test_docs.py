@@ -171,3 +171,28 @@ class LinkTests(SynchronousTestCase):
                 elif fragment and target.suffix == ".md" and fragment not in _anchors(target.read_text()):
                     broken.append(f"{page.name}: {link} (no such heading)")
         self.assertEqual(broken, [])
+
+
+def pythonBlocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+class TestingGuideTests(SynchronousTestCase):
+    def test_examplesRun(self) -> None:
+        """docs/testing.md's Python blocks run, in order, as one script, and the test case they define passes."""
+        import unittest
+
+        blocks = pythonBlocks(REPO / "docs" / "testing.md")
+        self.assertGreaterEqual(len(blocks), 5)
+        namespace: dict[str, object] = {"__name__": "docs_testing"}
+        exec(compile("\n".join(blocks), "docs/testing.md", "exec"), namespace)  # noqa: S102 - our own docs
+        cases = [v for v in namespace.values()
+                 if isinstance(v, type) and issubclass(v, unittest.TestCase) and v.__module__ == "docs_testing"]
+        self.assertEqual([c.__name__ for c in cases], ["SearchLimitTests"])
+        result = unittest.TestResult()
+        unittest.defaultTestLoader.loadTestsFromTestCase(cases[0]).run(result)
+        self.assertEqual((result.testsRun, result.failures, result.errors), (2, [], []))
+
+    def test_linkedFromTheReadme(self) -> None:
+        """The README's list of docs points at the testing guide."""
+        self.assertIn("(docs/testing.md)", (REPO / "README.md").read_text())

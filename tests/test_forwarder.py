@@ -182,11 +182,10 @@ routes:
   - {{name: r, match: {{path_prefix: /}}, upstream: u}}
 """
     clock = Clock()
-    runtime = buildRuntime(parseConfig(text), reactor=clock, clock=clock, metrics=Metrics(processMetrics=False),
-                           rng=random.Random(0), accessLog=AccessLog(False))
-    cluster = runtime.clusters["u"]
     agent = FakeAgent()
-    cluster.agent = agent
+    runtime = buildRuntime(parseConfig(text), reactor=clock, clock=clock, metrics=Metrics(processMetrics=False),
+                           rng=random.Random(0), accessLog=AccessLog(False), clients=lambda upstream: agent)
+    cluster = runtime.clusters["u"]
     return runtime, cluster, agent, clock
 
 

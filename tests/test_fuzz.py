@@ -21,9 +21,8 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
+from tests.support import FakeResponse, Wire, parseResponses
 from txgateway.http.request import GatewayRequest
-
-from .test_hardening import FakeResponse, Wire, parseResponses
 
 # The longest a connection may legitimately stay open with nothing more
 # sent: head deadline + body deadline + upstream answer (immediate here) +

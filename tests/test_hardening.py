@@ -10,234 +10,45 @@ section each behaviour comes from is named in the test's docstring.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web._newclient import ResponseFailed
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
-from zope.interface import implementer
 
+from tests.support import BASE_CONFIG, FakeResponse, NullProducer, Wire, get, parseResponses
 from txgateway.attempts import classify
-from txgateway.building import Gateway, buildRuntime
-from txgateway.config import parseConfig
-from txgateway.gateway import GatewayRoot
 from txgateway.http.client.parser import InvalidUpstreamResponse, StrictResponseParser
 from txgateway.http.client.protocol import StrictClientProtocol
 from txgateway.http.heads import splitAbsoluteForm, validAuthority
 from txgateway.http.paths import pathHazards
-from txgateway.http.site import GatewaySite
-from txgateway.observe import IdSource, Metrics
+from txgateway.observe import IdSource
 
 # ---------------------------------------------------------------------------
 # Support shared with test_channel and test_fuzz.
 
-BASE_CONFIG = """\
-server:
-  listen: "tcp:8080"
-  max_request_body: 1KiB
-  max_header_bytes: 2KiB
-  max_uri_bytes: 200
-  max_connections_per_ip: 3
-  timeouts: {{request_header: 10s, request_body: 20s, idle: 60s}}
-  trusted_proxies: [10.0.0.0/8]
-logging: {{access_log: false}}
-upstreams:
-  app:
-    targets: [http://127.0.0.1:9999]
-    retries: false
-routes:
-  - name: files
-    match: {{path_prefix: /files}}
-    upstream: app
-    allow_encoded_slash: true
-  - name: all
-    match: {{path_prefix: /}}
-    upstream: app
-{extra}
-"""
 
 
-@implementer(IResponse)
-class FakeResponse:
-    """A scripted upstream response with the shape the Forwarder reads."""
-
-    def __init__(self, code: int = 200, headers: Sequence[tuple[bytes, bytes]] = (), body: bytes = b"",
-                 phrase: bytes = b"OK", length: Any = None) -> None:
-        self.code = code
-        self.phrase = phrase
-        self.version = (b"HTTP", 1, 1)
-        self.headers = Headers()
-        for k, v in headers:
-            self.headers.addRawHeader(k, v)
-        self.body = body
-        self.length = len(body) if length is None else length
-        self.request = None
-        self.previousResponse = None
-
-    def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(_NullProducer())
-        if self.body:
-            protocol.dataReceived(self.body)
-        protocol.connectionLost(Failure(ResponseDone()))
-
-    def setPreviousResponse(self, response: Any) -> None:
-        pass
 
 
-class _NullProducer:
-    disconnecting = False
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
-class Sent:
-    """One request the gateway sent upstream."""
-
-    def __init__(self, method: bytes, uri: bytes, headers: Headers, body: bytes | None,
-                 length: Any, deferred: Deferred[Any]) -> None:
-        self.method = method
-        self.uri = uri
-        self.headers = headers
-        self.body = body
-        self.length = length
-        self.deferred = deferred
-
-    def header(self, name: bytes) -> list[bytes]:
-        return list(self.headers.getRawHeaders(name, []))
 
 
-class FakeAgent:
-    """Stands for the upstream's pooled Agent: records each request, answers when told."""
-
-    def __init__(self) -> None:
-        self.sent: list[Sent] = []
-        self.autoRespond: FakeResponse | None = None
-
-    def request(self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
-                ) -> Deferred[Any]:
-        body: bytes | None = None
-        length = None
-        if bodyProducer is not None:
-            length = bodyProducer.length
-            parts: list[bytes] = []
-
-            class Consumer:
-                def write(self, data: bytes) -> None:
-                    parts.append(data)
-
-            bodyProducer.startProducing(Consumer())
-            body = b"".join(parts)
-        d: Deferred[Any] = Deferred() if self.autoRespond is None else succeed(self.autoRespond)
-        self.sent.append(Sent(method, uri, headers or Headers(), body, length, d))
-        return d
 
 
-class Wire:
-    """A gateway (real Site and resource tree) with a fake upstream, driven over StringTransports."""
-
-    def __init__(self, extra: str = "", config: str | None = None) -> None:
-        self.clock = MemoryReactorClock()
-        self.config = parseConfig(config if config is not None else BASE_CONFIG.format(extra=extra))
-        self.metrics = Metrics(processMetrics=False)
-        runtime = buildRuntime(self.config, reactor=self.clock, clock=self.clock, metrics=self.metrics)
-        self.agent = FakeAgent()
-        for cluster in runtime.clusters.values():
-            cluster.agent = self.agent  # type: ignore[attr-defined]
-        self.gateway = Gateway(runtime)
-        self.gateway.state.ready = True
-        self.site = GatewaySite(GatewayRoot(self.gateway), self.config.server, self.metrics, reactor=self.clock)
-
-    def connect(self, peer: str = "192.0.2.10", port: int = 40000) -> tuple[Any, StringTransport]:
-        addr = IPv4Address("TCP", peer, port)
-        proto = self.site.buildProtocol(addr)
-        transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
-        proto.makeConnection(transport)
-        return proto, transport
-
-    def send(self, data: bytes, peer: str = "192.0.2.10") -> tuple[Any, StringTransport]:
-        proto, transport = self.connect(peer)
-        proto.dataReceived(data)
-        return proto, transport
-
-    def exchange(self, data: bytes, response: FakeResponse | None = None,
-                 peer: str = "192.0.2.10") -> tuple[list[ParsedResponse], StringTransport]:
-        """Send C{data}; answer every upstream request with C{response}; parse what the client got."""
-        self.agent.autoRespond = response or FakeResponse(200, [(b"Content-Type", b"text/plain")], b"ok")
-        _, transport = self.send(data, peer)
-        return parseResponses(transport.value()), transport
 
 
-class ParsedResponse:
-    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
-
-    def header(self, name: bytes) -> list[bytes]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-    def __repr__(self) -> str:
-        return f"<ParsedResponse {self.status} {self.headers!r} {self.body[:120]!r}>"
 
 
-def parseResponses(data: bytes) -> list[ParsedResponse]:
-    """Split what a client read into responses (Content-Length or chunked framing only)."""
-    out = []
-    while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        if not sep:
-            raise AssertionError(f"incomplete response head: {head!r}")
-        lines = head.split(b"\r\n")
-        m = re.match(rb"HTTP/1\.[01] (\d{3}) ?(.*)", lines[0])
-        assert m is not None, lines[0]
-        headers = []
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            headers.append((k, v.strip()))
-        status = int(m.group(1))
-        lower = {k.lower(): v for k, v in headers}
-        if status in (100,):
-            continue
-        if b"content-length" in lower:
-            n = int(lower[b"content-length"])
-            body, data = data[:n], data[n:]
-        elif lower.get(b"transfer-encoding", b"").lower() == b"chunked":
-            body = b""
-            while True:
-                size, _, data = data.partition(b"\r\n")
-                n = int(size, 16)
-                if n == 0:
-                    _, _, data = data.partition(b"\r\n")
-                    break
-                body += data[:n]
-                data = data[n + 2:]
-        else:
-            body, data = data, b""
-        out.append(ParsedResponse(status, m.group(2), headers, body))
-    return out
 
 
-def get(path: bytes = b"/", headers: Sequence[bytes] = (b"Host: example.com",), method: bytes = b"GET",
-        version: bytes = b"HTTP/1.1") -> bytes:
-    return b"%s %s %s\r\n%s\r\n" % (method, path, version, b"".join(h + b"\r\n" for h in headers))
 
 
 # ---------------------------------------------------------------------------
@@ -606,7 +417,7 @@ class ClientAddressTests(SynchronousTestCase):
 # Upstream responses
 
 
-class _StreamedBody(_NullProducer):
+class _StreamedBody(NullProducer):
     """A body producer that streams (a large upload): the stock way sends it."""
 
     length = 1
@@ -658,7 +469,7 @@ class UpstreamResponseTests(SynchronousTestCase):
         response = self.successResultOf(d)
         got: list[Any] = []
 
-        class Collect(_NullProducer):
+        class Collect(NullProducer):
             def makeConnection(self, transport: Any) -> None:
                 pass
 

@@ -346,18 +346,6 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(list(limiter.state), ["new"])
 
 
-def _lookingEveryCheck(limiter: Any) -> Any:
-    """C{limiter}, made to look at its cold end on every check (as it did before C{_collectAt})."""
-    collect = limiter._collect
-
-    def always(now: float) -> None:
-        collect(now)
-        limiter._collectAt = float("-inf")
-
-    limiter._collect = always
-    return limiter
-
-
 class CollectionScheduleTests(SynchronousTestCase):
     @settings(max_examples=150, deadline=None)
     @given(st.lists(st.tuples(st.sampled_from([0.0, 0.001, 0.1, 0.5, 1.0, 1.999, 2.0, 3.0]), st.integers(0, 6)),
@@ -370,7 +358,7 @@ class CollectionScheduleTests(SynchronousTestCase):
         clock.advance(1000.25)
         config = limitConfig(algorithm, "1/s", 2)
         fast = limiting.localLimiter(config, clock)
-        slow = _lookingEveryCheck(limiting.localLimiter(config, clock))
+        slow = limiting.localLimiter(config, clock, lookEveryCheck=True)
         fast.maxKeys = slow.maxKeys = maxKeys
         for gap, k in steps:
             clock.advance(gap)

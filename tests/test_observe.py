@@ -15,163 +15,19 @@ import re
 from typing import Any
 
 from prometheus_client import REGISTRY
-from treq.testing import RequestTraversalAgent
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import FileLogObserver, Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
+from tests.support import TARGETS, BrokenBreaker, InMemoryGateway, configText
 from txgateway.config import parseConfig
 from txgateway.context import RequestContext
 from txgateway.http.twistdlog import TwistdLogAdopter
-from txgateway.observe import accesslog
 from txgateway.observe import ids as idsModule
 from txgateway.observe.accesslog import AccessLog
 from txgateway.observe.ids import IdSource, parseTraceparent
 from txgateway.observe.logging import configSummary, jsonFormatter, logConfigLoaded, redact, textFormatter
 from txgateway.observe.metrics import LATENCY_BUCKETS, Metrics
-from txgateway.service import GatewayService
-
-TARGETS = ("http://127.0.0.1:9101", "http://127.0.0.1:9102")
-
-
-def configText(targets: tuple[str, ...] = TARGETS, extra: str = "") -> str:
-    lines = "\n".join(f"      - {t}" for t in targets)
-    return f"""\
-server:
-  listen: "tcp:0:interface=127.0.0.1"
-upstreams:
-  app:
-    targets:
-{lines}
-routes:
-  - name: all
-    match: {{path_prefix: /}}
-    upstream: app
-{extra}
-"""
-
-
-class Origin(Resource):
-    """The backend: echoes the headers it got; C{?status=N}, C{?delay=S} (on the test's clock)."""
-
-    isLeaf = True
-
-    def __init__(self, clock: MemoryReactorClock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.seen: list[dict[str, list[str]]] = []
-
-    def render(self, request: Any) -> Any:
-        headers = {k.decode().lower(): [v.decode() for v in vs] for k, vs in request.requestHeaders.getAllRawHeaders()}
-        self.seen.append(headers)
-        status = int(request.args.get(b"status", [b"200"])[0])
-        delay = float(request.args.get(b"delay", [b"0"])[0])
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        body = json.dumps({"headers": headers}).encode()
-        if delay:
-            def later() -> None:
-                request.write(body)
-                request.finish()
-
-            self.clock.callLater(delay, later)
-            return NOT_DONE_YET
-        return body
-
-
-class Reply:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def parseReply(data: bytes, head: bool = False) -> Reply | None:
-    head, sep, rest = data.partition(b"\r\n\r\n")
-    if not sep:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    if head:
-        return Reply(status, headers, rest)
-    if "content-length" in headers:
-        n = int(headers["content-length"])
-        return Reply(status, headers, rest[:n]) if len(rest) >= n else None
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            size, sep, rest = rest.partition(b"\r\n")
-            if not sep:
-                return None
-            n = int(size, 16)
-            if n == 0:
-                return Reply(status, headers, body)
-            body, rest = body + rest[:n], rest[n + 2:]
-    return Reply(status, headers, rest)
-
-
-class InMemoryGateway:
-    """A whole GatewayService with in-memory clients and backend."""
-
-    def __init__(self, text: str | None = None, metrics: Metrics | None = None) -> None:
-        self.clock = MemoryReactorClock()
-        self.config = parseConfig(text or configText())
-        self.metrics = metrics or Metrics(processMetrics=False)
-        self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics)
-        self.service.accessLog.enabled = False
-        self.origin = Origin(self.clock)
-        self.agent = RequestTraversalAgent(self.origin)
-        self.patchAgents()
-        self.service.gateway.state.ready = True
-
-    @property
-    def gateway(self) -> Any:
-        return self.service.gateway
-
-    def patchAgents(self) -> None:
-        for cluster in self.service.gateway.runtime.clusters.values():
-            cluster.agent = self.agent
-
-    def open(self) -> tuple[Any, StringTransport]:
-        addr = IPv4Address("TCP", "127.0.0.1", 40000)
-        proto = self.service.site.buildProtocol(addr)
-        transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
-        proto.makeConnection(transport)
-        return proto, transport
-
-    def send(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None,
-             body: bytes = b"") -> tuple[Any, StringTransport]:
-        proto, transport = self.open()
-        lines = [f"{method} {path} HTTP/1.1", "Host: gw.example"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if body:
-            lines.append(f"Content-Length: {len(body)}")
-        proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        self.agent.flush()
-        return proto, transport
-
-    def reply(self, transport: StringTransport, head: bool = False) -> Reply | None:
-        self.agent.flush()
-        return parseReply(transport.value(), head)
-
-    def request(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None,
-                body: bytes = b"") -> Reply:
-        proto, transport = self.send(method, path, headers, body)
-        reply = self.reply(transport, method == "HEAD")
-        assert reply is not None, f"no complete response: {transport.value()!r}"
-        proto.connectionLost(None)
-        return reply
-
-    def value(self, name: str, **labels: str) -> float:
-        v = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if v is None else v
 
 
 class MetricsTests(SynchronousTestCase):
@@ -520,8 +376,8 @@ stores:
         """Without a file the access line is a twisted.logger event that the JSON formatter prints as is."""
         gw = InMemoryGateway()
         events: list[dict[str, Any]] = []
-        gw.service.accessLog.enabled = True
-        gw.service.accessLog._log = Logger(namespace="txgateway.access", observer=events.append)
+        logger = Logger(namespace="txgateway.access", observer=events.append)
+        gw.service.accessLog = gw.gateway.runtime.accessLog = AccessLog(True, logger=logger)
         gw.request("GET", "/x", {"X-Request-ID": "via-logger"})
         [event] = events
         line = json.loads(jsonFormatter("info")(event) or "")
@@ -559,8 +415,7 @@ stores:
         one.outcome, one.cacheStatus = "client_gone", "miss"
         times = iter([1700000000.0, 1700000000.9996, 1700000001.0015, 1700000059.5, 1e9 + 0.25, 1700000000.0])
         now: list[float] = []
-        self.patch(accesslog, "_now", lambda: now[0])  # one timestamp for both
-        log = AccessLog(True)
+        log = AccessLog(True, now=lambda: now[0])  # one timestamp for both
         cases = ((plain, 0.0, None), (odd, 1.23456789, 3), (plain, 12345.0006, 0), (one, 0.0004, None))
         for t in times:  # the same log again and again: its remembered strings and second change nothing
             now[:] = [t]
@@ -575,11 +430,10 @@ stores:
         class Request:
             bytesIn = 0
 
-        self.patch(accesslog, "_now", lambda: 1700000000.5)
         context = RequestContext(Request(), 0.0, "rid", "192.0.2.1", "192.0.2.1", b"GET", "h", "/", None)  # type: ignore[arg-type]
         context.upstream, context.target, context.targetsTried = 5, "http://t:1", [1.5]  # type: ignore[assignment]
         out = io.StringIO()
-        log = AccessLog(True, out, "json")
+        log = AccessLog(True, out, "json", now=lambda: 1700000000.5)
         log.record(context, 0.001)
         line = out.getvalue()
         self.assertEqual(line, json.dumps(log.entry(context, 0.001), separators=(",", ":")) + "\n")
@@ -620,17 +474,6 @@ stores:
         self.assertNotIn(adopter, publisher._observers)
 
 
-class BrokenBreaker:
-    """A stand-in breaker in a fixed state (the breaker module belongs to another issue)."""
-
-    def __init__(self, state: str) -> None:
-        self.state = state
-
-    def allow(self) -> bool:
-        return self.state != "open"
-
-    def retryAfter(self) -> float:
-        return 5.0
 
 
 class HealthTests(SynchronousTestCase):

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgateway.context import RequestContext
-from txgateway.observe import accesslog
 from txgateway.observe.accesslog import AccessLog
 
 
@@ -37,8 +36,7 @@ def context() -> RequestContext:
 class JsonLineTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.now = [1700000000.0]
-        self.patch(accesslog, "_now", lambda: self.now[0])
-        self.log = AccessLog(True)
+        self.log = AccessLog(True, now=lambda: self.now[0])
         self.context = context()
 
     def assertSameAsJsonDumps(self, duration: float) -> None:

@@ -199,7 +199,7 @@ class ExpositionTests(SynchronousTestCase):
         """Every family Metrics declares is one of the lock-free classes."""
         m = Metrics(processMetrics=False)
         declared = [v for v in vars(m).values() if isinstance(v, (Counter, Gauge, Histogram))]
-        self.assertEqual(len(declared), 21)  # 18 + the split weight and two mirror families (issue 23)
+        self.assertEqual(len(declared), 25)  # 22 + the split weight and two mirror families (issue 23)
         for family in declared:
             self.assertIsInstance(family, OURS)
 
@@ -281,8 +281,8 @@ class MultiprocessTests(SynchronousTestCase):
         """Metrics.render in a worker reports what went into the mmap files, not an in-process registry."""
         self.multiprocessDirectory()
         m = Metrics(processMetrics=False)
-        m.observeRequest("api", b"GET", 200, 0.004, "app")
-        m.observeRequest("api", b"GET", 200, 0.2, "app")
+        m.observeRequest("api", b"GET", 200, 0.004, upstream="app")
+        m.observeRequest("api", b"GET", 200, 0.2, upstream="app")
         m.inFlight.inc()
         text = m.render()
         self.assertIn(b'txgateway_http_requests_total{method="GET",route="api",status="200",upstream="app"} 2.0', text)

@@ -16,13 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
 
 from txgateway import tap
-from txgateway.config import loadConfig
+from txgateway.building import ClientFactory
+from txgateway.config import UpstreamConfig, loadConfig
 from txgateway.reloading import ConfigWatcher
 from txgateway.service import GatewayService
 
@@ -201,10 +204,10 @@ class ServiceReloadTests(FileMixin, SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.clock = Clock()
 
-    def makeService(self, text: str) -> GatewayService:
+    def makeService(self, text: str, clients: ClientFactory | None = None) -> GatewayService:
         path = self.makeFile(text)
         service = GatewayService(loadConfig(path, {}), self.reactor, clock=self.clock, configPath=str(path),
-                                 loadConfig=lambda p: loadConfig(p, {}))
+                                 loadConfig=lambda p: loadConfig(p, {}), clients=clients)
         return service
 
     def routeFor(self, service: GatewayService, path: str) -> str | None:
@@ -247,12 +250,16 @@ class ServiceReloadTests(FileMixin, SynchronousTestCase):
 
     def test_aBugWhileBuildingIsARejectedReload(self) -> None:
         """An unexpected exception while building keeps the old config and is reported."""
-        service = self.makeService(configText())
+        builds: list[str] = []
 
-        def explode(config: Any, previous: Any) -> Any:
-            raise RuntimeError("boom")
+        def clients(upstream: UpstreamConfig) -> Any:
+            """The first build's client; the reload's build hits a bug."""
+            if upstream.name in builds:
+                raise RuntimeError("boom")
+            builds.append(upstream.name)
+            return RequestTraversalAgent(Resource())
 
-        service._build = explode  # type: ignore[method-assign]
+        service = self.makeService(configText(), clients)
         problems = service.reload()
         self.assertIn("internal error", problems[0])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -11,6 +11,7 @@ or dropped the same way, in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -50,9 +51,9 @@ class _Exchange:
     """One request on a fresh connection, the upstream's bytes fed in the given pieces, all that happened noted."""
 
     def __init__(self, protocolClass: type[StrictClientProtocol], method: bytes = b"GET",
-                 claim: str = "now") -> None:
+                 claim: str = "now", quiescent: Callable[[Any], None] | None = None) -> None:
         self.events: list[Any] = []
-        self.proto = protocolClass(lambda p: self.events.append("pooled"))
+        self.proto = protocolClass(quiescent or (lambda p: self.events.append("pooled")))
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
         self.claim = claim
@@ -219,12 +220,10 @@ class ShortWayTests(SynchronousTestCase):
 
     def test_aFailingPoolCallbackClosesTheConnection(self) -> None:
         """As the stock way: the connection cannot be reused, so it is closed, and the response still completes."""
-        x = _Exchange(StrictClientProtocol)
-
         def broken(p: Any) -> None:
             raise RuntimeError("pool bug")
 
-        x.proto._quiescentCallback = broken
+        x = _Exchange(StrictClientProtocol, quiescent=broken)
         x.proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
         self.assertTrue(x.transport.disconnecting)
         self.assertEqual(x.events[-1], ("end", ("ResponseDone",)))

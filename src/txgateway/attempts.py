@@ -159,12 +159,19 @@ class AttemptLoop:
                 self.metrics.retries.labels(cluster.name).inc()
             if debug:
                 _logChoice(context, cluster, endpoint, tried)
+            if context.forwarded < 0:
+                context.forwarded = lease.sent
+            server = context.trace
+            span = None if server is None else server.tracer.attempt(
+                context, method, endpoint.url, context.attempts, context.outcome if context.attempts > 1 else None)
             try:
                 response = await self._attempt(context, cluster, lease, method, extraHeaders,
-                                               min(responseTimeout, max(deadline - lease.sent, 0.001)))
+                                               min(responseTimeout, max(deadline - lease.sent, 0.001)), span)
             except BaseException as e:
                 lease.release()
                 outcome = classify(Failure(e)) if isinstance(e, Exception) else "cancelled"
+                if span is not None:
+                    server.tracer.attemptEnded(span, outcome)
                 if outcome == "cancelled" or getattr(context.request, "gone", False):
                     # The client left: no verdict on the target, no retry for nobody.
                     lease.cancel()
@@ -186,6 +193,9 @@ class AttemptLoop:
             code = response.code
             now = clock.seconds()
             lease.responded(response, now)
+            context.answered = now
+            if span is not None:
+                server.tracer.attemptEnded(span, code)
             if code < 500:
                 # Judged when its body has ended: see Lease.finish.
                 context.outcome = None
@@ -210,10 +220,18 @@ class AttemptLoop:
         return policy.shouldRetry(context, outcome, bodySent, remaining)
 
     def _attempt(self, context: RequestContext, cluster: Cluster, lease: Lease, method: bytes,
-                 extraHeaders: list[tuple[bytes, bytes]] | None, timeout: float) -> Deferred[IResponse]:
+                 extraHeaders: list[tuple[bytes, bytes]] | None, timeout: float, span: Any = None) -> Deferred[IResponse]:
         endpoint = lease.endpoint
         messages = self.messages
-        headers = messages.upstreamHeaders(context, endpoint)
+        if span is None:
+            headers = messages.upstreamHeaders(context, endpoint)
+        else:
+            # The traceparent sent names this attempt's client span as the parent.
+            own, context.spanId = context.spanId, span.spanId
+            try:
+                headers = messages.upstreamHeaders(context, endpoint)
+            finally:
+                context.spanId = own
         if extraHeaders:
             for k, v in extraHeaders:
                 headers.setRawHeaders(k, [v])

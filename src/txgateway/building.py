@@ -26,14 +26,18 @@ from txgateway.forwarding import Forwarder
 from txgateway.gateway import GatewayState, Runtime
 from txgateway.http.client.agent import makeClient
 from txgateway.http.sending import WriteBatcher
+from txgateway.interfaces import IUpstreamClient
 from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
 from txgateway.routing import RouteTable, compileRoutes
 from txgateway.splitting import attachCanaries
 
-__all__ = ["Gateway", "accessLogFor", "buildRuntime", "needsRedis"]
+__all__ = ["ClientFactory", "Gateway", "accessLogFor", "buildRuntime", "needsRedis"]
 
 log = Logger(namespace="txgateway")
+
+# Makes the client of one upstream (see buildRuntime's C{clients}).
+ClientFactory = Callable[[UpstreamConfig], IUpstreamClient]
 
 
 def _circuitCode(state: str) -> int:
@@ -52,13 +56,21 @@ class Gateway:
 def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, metrics: Metrics,
                  previous: Runtime | None = None, rng: _random.Random | None = None,
                  accessLog: AccessLog | None = None, redis: Any = None,
-                 shared: dict[str, Any] | None = None, writes: WriteBatcher | None = None) -> Runtime:
-    """Compile one config into a runtime, reusing what survives from C{previous}."""
+                 shared: dict[str, Any] | None = None, writes: WriteBatcher | None = None,
+                 clients: ClientFactory | None = None) -> Runtime:
+    """
+    Compile one config into a runtime, reusing what survives from C{previous}.
+
+    C{clients}, when given, makes every upstream's client (called for each
+    upstream on every build, so a reload gets one too): the seam through
+    which a test puts an in-memory or scripted L{IUpstreamClient} in front
+    of the gateway.  Without it each upstream gets the pooled HTTP/1.1 client.
+    """
     rng = rng or _random.Random()
     old = previous.clusters if previous is not None else {}
     clusters: dict[str, Cluster] = {}
     for name, upstream in config.upstreams.items():
-        clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng, writes)
+        clusters[name] = _buildCluster(upstream, old.get(name), reactor, clock, metrics, rng, writes, clients)
     routes = compileRoutes(config.routes)
     deps = Deps(clock=clock, reactor=reactor, metrics=metrics, config=config, rng=rng, redis=redis,
                 shared=shared if shared is not None else {})
@@ -74,7 +86,8 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
 
 
 def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clock: IReactorTime,
-                  metrics: Metrics, rng: _random.Random, writes: WriteBatcher | None = None) -> Cluster:
+                  metrics: Metrics, rng: _random.Random, writes: WriteBatcher | None = None,
+                  clients: ClientFactory | None = None) -> Cluster:
     endpoints = []
     for target in config.targets:
         e = old.endpointByURL(target.url) if old is not None else None
@@ -97,9 +110,11 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
                       retrying.RetryPolicy(config.retries, clock, rng), None, rng, metrics)
     cluster.passive = health.passiveFor(cluster, clock, metrics)
     reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect
-    if reuse:
+    if clients is not None:
+        cluster.agent = clients(config)
+    elif reuse:
         assert old is not None
-        cluster.agent, cluster.pool = old.agent, old.pool  # type: ignore[attr-defined]
+        cluster.agent, cluster.pool = old.agent, getattr(old, "pool", None)  # type: ignore[attr-defined]
     else:
         client = makeClient(reactor, config.pool.max_per_target, config.pool.idle_timeout, config.timeouts.connect,
                             writes)

@@ -49,6 +49,7 @@ class RequestContext:
         "route", "upstreamPath", "identity", "upstream", "target", "attempts", "targetsTried",
         "cacheStatus", "status", "bytesOut", "responseHeaders", "forwardHeaders", "removeHeaders",
         "traceId", "spanId", "traceFlags", "tracestate", "outcome", "bodySent", "extra", "onGone",
+        "trace", "forwarded", "answered",
         "upstreamChoice",
     )
 
@@ -92,6 +93,12 @@ class RequestContext:
         # finished.  None when nothing dispatches them (a request that did
         # not come through GatewayRoot): then use request.notifyFinish().
         self.onGone: list[Callable[[Any], object]] | None = None
+        # The server span (L{txgateway.observe.tracing.Span}) when tracing is on.
+        self.trace: Any = None
+        # Clock times: the first attempt sent upstream, the answer's head
+        # received (-1.0 until then): the processing-time SLIs.
+        self.forwarded = -1.0
+        self.answered = -1.0
 
     @property
     def headers(self) -> Any:

@@ -14,7 +14,6 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -86,8 +85,10 @@ class OwnEndpoint(Resource):
             respond(context, jsonResponse(context, 405, "method not allowed", [(b"Allow", b"GET, HEAD")]))
             return NOT_DONE_YET
         if self.kind == "metrics":
-            body = self.runtime.metrics.render()
-            respond(context, LocalResponse(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], body))
+            # OpenMetrics (with exemplars) when the scraper asks for it.
+            openMetrics, contentType = self.runtime.metrics.negotiate(context.header(b"accept"))
+            body = self.runtime.metrics.render(openMetrics)
+            respond(context, LocalResponse(200, [(b"Content-Type", contentType)], body))
         elif self.kind == "ready":
             ok = self.state.ready and not self.state.draining
             status = "ready" if ok else ("draining" if self.state.draining else "starting")

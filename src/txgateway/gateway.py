@@ -31,7 +31,7 @@ from txgateway.forwarding import BODY_RESET, forward
 from txgateway.http.addresses import AddressSet
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
-from txgateway.observe import IdSource, parseTraceparent, requestBodySize
+from txgateway.observe import IdSource, parentSpanId, parseTraceparent, requestBodySize
 from txgateway.splitting import routeForwarder
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from txgateway.forwarding import Forwarder
     from txgateway.interfaces import IForwarder
     from txgateway.observe import AccessLog, Metrics
+    from txgateway.observe.tracing import Tracer
     from txgateway.routing import CompiledRoute, Match, RouteTable
 
 __all__ = ["GatewayRoot", "GatewayState", "RouteResource", "Runtime"]
@@ -58,6 +59,7 @@ class GatewayState:
         self.inFlight = 0
         self.workerId: int | None = None  # set in a worker process (see workers.py)
         self.ids = IdSource()
+        self.tracer: Tracer | None = None  # set once by the service when the config has tracing:
         self._idle: list[Deferred[None]] = []
 
     def requestStarted(self) -> None:
@@ -157,6 +159,10 @@ class GatewayRoot(Resource):
         else:  # a plain twisted.web Request (tests, embedding)
             request.notifyFinish().addBoth(_requestDone, context, runtime, state)
         _trace(context, raw, state.ids)
+        tracer = state.tracer
+        if tracer is not None:
+            parent = raw.get(H_TRACEPARENT)
+            tracer.begin(context, parentSpanId(parent[0]) if parent else None)
 
         uri = request.uri
         q = uri.find(b"?")
@@ -173,6 +179,7 @@ class GatewayRoot(Resource):
 
         kind = runtime.endpoints.get(context.path)
         if kind is not None:
+            context.trace = None  # probes and scrapes are not traced
             if runtime.debug:
                 _debug(context, "answered by the gateway's own {kind} endpoint (server.endpoints)", kind=kind)
             return OwnEndpoint(kind, runtime, gw.state)
@@ -280,7 +287,8 @@ def _trace(context: RequestContext, raw: dict[bytes, list[bytes]], ids: IdSource
 def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: GatewayState) -> None:
     state.requestEnded()
     runtime.metrics.inFlight.dec()
-    duration = runtime.clock.seconds() - context.started
+    end = runtime.clock.seconds()
+    duration = end - context.started
     request = context.request
     if context.outcome == BODY_RESET:
         # The target broke off the body and the gateway cut the client: the
@@ -289,8 +297,15 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     else:
         context.status = request.code if not getattr(request, "gone", False) or request.finished else 499
     route = context.route
-    runtime.metrics.observeRequest(route.name if route is not None else "", context.method, context.status, duration,
+    routeName = route.name if route is not None else ""
+    exemplar = None
+    if context.trace is not None and context.trace.tracer.end(context, end):
+        exemplar = context.traceId
+    runtime.metrics.observeRequest(routeName, context.method, context.status, duration, exemplar,
                                    context.upstream or "")
+    if context.forwarded >= 0:
+        runtime.metrics.observeProcessing(routeName, context.forwarded - context.started,
+                                          end - context.answered if context.answered >= 0 else None)
     try:
         runtime.accessLog.record(context, duration)
     except Exception:

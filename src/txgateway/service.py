@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from txgateway import probing, stores
-from txgateway.building import Gateway, accessLogFor, buildRuntime, needsRedis
+from txgateway.building import ClientFactory, Gateway, accessLogFor, buildRuntime, needsRedis
 from txgateway.config import ConfigError, GatewayConfig, loadConfig
 from txgateway.context import RequestContext
 from txgateway.gateway import GatewayRoot, Runtime
@@ -32,6 +32,8 @@ from txgateway.http.sending import WriteBatcher
 from txgateway.http.site import GatewaySite
 from txgateway.listening import Listener, StartupError, bindProblem, boundAddress, listenBacklog, withBacklog
 from txgateway.observe import Metrics
+from txgateway.observe.otlp import buildTracing
+from txgateway.observe.timeline import Timeline
 from txgateway.reloading import ConfigWatcher
 from txgateway.splitting import stopMirrors
 
@@ -55,7 +57,14 @@ class GatewayService(MultiService):
                  configPath: str | None = None,
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
                  loadConfig: Callable[[str], GatewayConfig] = loadConfig,
-                 listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None) -> None:
+                 listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None,
+                 clients: ClientFactory | None = None) -> None:
+        """
+        @param loadConfig: how a reload reads C{configPath}.
+        @param clients: makes each upstream's client (see
+            L{txgateway.building.buildRuntime}); by default the pooled
+            HTTP/1.1 client.  Tests pass in-memory ones.
+        """
         super().__init__()
         self.workerId = workerId
         self.reactor = reactor
@@ -64,6 +73,7 @@ class GatewayService(MultiService):
         self.metrics = metrics if metrics is not None else Metrics()
         self.rng = rng or _random.Random()
         self._loadConfig = loadConfig
+        self._clients = clients
         self.redis = stores.makeRedis(config.stores, reactor) if needsRedis(config) else None
         self.shared: dict[str, Any] = {}
         self.accessLog = accessLogFor(config, self.clock)
@@ -75,6 +85,13 @@ class GatewayService(MultiService):
         self.gateway.state.workerId = workerId
         self.accessLog.worker = workerId
         self.gateway.runtime = self._build(config, None)
+        # Tracing and the status page's timeline (issue #27): built only when configured.
+        self.gateway.state.tracer, exporter = buildTracing(config.tracing, reactor, self.clock, self.gateway.state.ids,
+                                                           self.metrics, workerId)
+        self.timeline = Timeline(self.metrics, self.clock) if config.admin is not None else None
+        self._observers = [s for s in (exporter, self.timeline) if s is not None]
+        for s in self._observers:
+            s.setServiceParent(self)
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
@@ -140,7 +157,7 @@ class GatewayService(MultiService):
     def _build(self, config: GatewayConfig, previous: Runtime | None) -> Runtime:
         return buildRuntime(config, reactor=self.reactor, clock=self.clock, metrics=self.metrics,
                             previous=previous, rng=self.rng, accessLog=self.accessLog, redis=self.redis,
-                            shared=self.shared, writes=self.writes)
+                            shared=self.shared, writes=self.writes, clients=self._clients)
 
     def _syncHealthCheckers(self, previous: Runtime | None) -> None:
         """Start checkers for new or changed upstreams, stop those of removed ones."""
@@ -251,6 +268,7 @@ class GatewayService(MultiService):
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
             stopMirrors(self.gateway.runtime.routes.routes)  # copies in flight cancelled, no timer left
+            waits.extend(maybeDeferred(s.stopService) for s in self._observers)  # spans still queued are sent
             if self.adminListener is not None:  # last: the status page shows the drain
                 waits.append(self.adminListener.stopService())
             for cluster in self.gateway.runtime.clusters.values():
@@ -318,6 +336,7 @@ class GatewayService(MultiService):
                                ("admin.listen", pa.listen if pa else None, na.listen if na else None),
                                ("server.workers", previous.config.server.workers, config.server.workers),
                                ("logging settings", previous.config.logging, config.logging),
+                               ("tracing", previous.config.tracing, config.tracing),
                                ("stores.redis", previous.config.stores.redis, config.stores.redis)):
             if old != new and (what != "stores.redis" or hadRedis):
                 log.warn("{what} changed; a restart is needed for that to take effect", what=what)

@@ -403,3 +403,17 @@ routes:
 {routeExtra}
 {extra}
 """
+
+
+def adminBlock(token: str | None = None) -> str:
+    """An admin listener on a port the OS picks (the harness reads it back as C{adminPort})."""
+    text = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
+    return text + (f"  token: {token}\n" if token else "")
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None

@@ -14,23 +14,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from .harness import Backend, GatewayProcess, request, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, adminBlock, chromium, request, simpleConfig, waitFor
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def adminBlock(token: str | None = None) -> str:
-    """An admin listener on a port the OS picks (the harness reads it back as C{adminPort})."""
-    text = 'admin:\n  listen: "tcp:0:interface=127.0.0.1"\n'
-    return text + (f"  token: {token}\n" if token else "")
-
-
-def chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 class ObservabilityTests(SynchronousTestCase):

@@ -11,7 +11,6 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +56,7 @@ class AdminResource(Resource):
             b"/api/health": self._health,
             b"/api/mirrors": lambda r: self._json(r, 200, mirrors(self.target)),
             b"/metrics": self._metrics,
+            b"/api/timeline": self._timeline,
         }
         self._post: dict[bytes, Callable[[Any], Any]] = {b"/api/config/reload": self._reload,
                                                          b"/api/cache/purge": self._purge}
@@ -110,7 +110,23 @@ class AdminResource(Resource):
         return self._json(request, code, report)
 
     def _metrics(self, request: Any) -> bytes:
-        return self._send(request, 200, CONTENT_TYPE_LATEST.encode(), self.target.metrics.render())
+        metrics = self.target.metrics
+        openMetrics, contentType = metrics.negotiate(request.getHeader(b"accept"))
+        return self._send(request, 200, contentType, metrics.render(openMetrics))
+
+    def _timeline(self, request: Any) -> bytes:
+        """The last 15 minutes for the page's charts (C{?since=T}: only points after T)."""
+        timeline = getattr(self.target, "timeline", None)
+        if timeline is None:
+            return self._json(request, 404, {"error": "no timeline in this gateway"})
+        since = None
+        raw = request.args.get(b"since")
+        if raw:
+            try:
+                since = float(raw[0])
+            except ValueError:
+                return self._json(request, 400, {"error": "since must be a number (a time from an earlier answer)"})
+        return self._json(request, 200, timeline.document(since))
 
     def _reload(self, request: Any) -> bytes:
         if not sameOrigin(request):

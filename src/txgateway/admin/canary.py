@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_canary_admin -*-
+# -*- test-case-name: tests.test_canary_flow -*-
 """
 The admin side of issue 23: splits changed at run time, mirrors reported.
 

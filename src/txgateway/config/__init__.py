@@ -55,6 +55,8 @@ from txgateway.config.schema import (
     ServerTimeouts,
     StoresConfig,
     Target,
+    TracingConfig,
+    TracingOTLP,
     UpstreamConfig,
     UpstreamTimeouts,
 )
@@ -106,6 +108,8 @@ __all__ = [
     "ServerConfig",
     "ServerTimeouts",
     "StoresConfig",
+    "TracingConfig",
+    "TracingOTLP",
     "Target",
     "UpstreamConfig",
     "UpstreamTimeouts",

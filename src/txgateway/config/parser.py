@@ -30,7 +30,7 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
 
     def gateway(self, doc: Any, source: str | None) -> GatewayConfig:
         top = self.mapping(doc, "", 1, ["server", "admin", "logging", "stores", "access", "auth_policies",
-                                        "upstreams", "routes"])
+                                        "upstreams", "routes", "tracing"])
         if top is None:
             raise ConfigError(self.problems, source or "")
         server = self.server(*self.child(top, "server"))
@@ -41,7 +41,9 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         policies = self.authPolicies(*self.child(top, "auth_policies"))
         upstreams = self.upstreams(*self.child(top, "upstreams"))
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
-        return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source)
+        tracing = self.tracing(*self.child(top, "tracing"))
+        return GatewayConfig(server, admin, logging_, stores, access, policies, upstreams, routes, source,
+                             tracing=tracing)
 
 
 def parseConfig(text: str, source: str = "<config>", baseDir: Path | None = None,

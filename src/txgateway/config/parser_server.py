@@ -1,13 +1,13 @@
 # -*- test-case-name: tests.test_config -*-
 """
-Parsing the process-wide sections: server, admin, logging, stores, access.
+Parsing the process-wide sections: server, admin, logging, stores, access, tracing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from txgateway.config.errors import keyPath
+from txgateway.config.errors import Invalid, keyPath
 from txgateway.config.fields import level, loopbackOnly, redisURL, viaPseudonym, watchInterval, workers
 from txgateway.config.parser_base import ParserBase
 from txgateway.config.schema import (
@@ -18,8 +18,22 @@ from txgateway.config.schema import (
     ServerConfig,
     ServerTimeouts,
     StoresConfig,
+    TracingConfig,
+    TracingOTLP,
 )
-from txgateway.config.values import boolean, duration, integer, network, oneOf, size, string
+from txgateway.config.values import (
+    boolean,
+    duration,
+    fraction,
+    headerName,
+    headerValue,
+    integer,
+    network,
+    oneOf,
+    positive,
+    size,
+    string,
+)
 
 __all__ = ["ServerSections"]
 
@@ -107,6 +121,55 @@ class ServerSections(ParserBase):
             format=self.get(m, "format", "logging", oneOf("json", "text"), d.format),
             access_log=self.get(m, "access_log", "logging", boolean, d.access_log),
             access_log_file=self.get(m, "access_log_file", "logging", lambda v: str(self.file(v)), None),
+        )
+
+    def tracing(self, value: Any, line: int | None) -> TracingConfig | None:
+        """C{tracing:}: absent means None, so the gateway builds no tracer at all."""
+        if value is None:
+            return None
+        p = "tracing"
+        m = self.mapping(value, p, line, ["otlp", "sample", "always_sample_errors", "max_queue", "batch_size",
+                                          "flush_interval", "timeout"])
+        if m is None:
+            return None
+        op = keyPath(p, "otlp")
+        ov, ol = self.child(m, "otlp")
+        if ov is None:
+            self.problem(op, m.line, "is required (otlp: {endpoint: http://collector:4318})")
+            return None
+        om = self.mapping(ov, op, ol, ["endpoint", "headers"])
+        if om is None:
+            return None
+        endpoint = self.required(om, "endpoint", op, om.line)
+        if endpoint is None:
+            return None
+        endpoint = str(endpoint).rstrip("/")
+        if not endpoint.startswith(("http://", "https://")):
+            self.problem(keyPath(op, "endpoint"), om.lines.get("endpoint"), "must be an http:// or https:// URL")
+            return None
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"  # the OTLP/HTTP exporters' convention: the base URL, the signal's path added
+        headers: dict[str, str] = {}
+        hp = keyPath(op, "headers")
+        hv, hl = self.child(om, "headers")
+        if hv is not None and not isinstance(hv, dict):
+            self.problem(hp, hl, "must be a mapping of header names to values")
+        elif hv is not None:
+            lines = getattr(hv, "lines", {})
+            for k, v in hv.items():
+                try:
+                    headers[headerName(k)] = headerValue(str(v))
+                except Invalid as e:
+                    self.problem(keyPath(hp, str(k)), lines.get(k, hl), str(e))
+        d = TracingConfig(otlp=TracingOTLP(endpoint))
+        return TracingConfig(
+            otlp=TracingOTLP(endpoint, headers),
+            sample=self.get(m, "sample", p, fraction, d.sample),
+            always_sample_errors=self.get(m, "always_sample_errors", p, boolean, d.always_sample_errors),
+            max_queue=self.get(m, "max_queue", p, integer(1), d.max_queue),
+            batch_size=self.get(m, "batch_size", p, integer(1), d.batch_size),
+            flush_interval=self.get(m, "flush_interval", p, positive(duration), d.flush_interval),
+            timeout=self.get(m, "timeout", p, positive(duration), d.timeout),
         )
 
     def stores(self, value: Any, line: int | None) -> StoresConfig:

@@ -42,6 +42,8 @@ __all__ = [
     "ServerTimeouts",
     "StoresConfig",
     "Target",
+    "TracingConfig",
+    "TracingOTLP",
     "UpstreamConfig",
     "UpstreamTimeouts",
 ]
@@ -91,6 +93,25 @@ class LoggingConfig:
     format: str = "json"
     access_log: bool = True
     access_log_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TracingOTLP:
+    endpoint: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """Spans over OTLP/HTTP; absent (None on L{GatewayConfig}) means no tracing code runs at all."""
+
+    otlp: TracingOTLP
+    sample: float = 1.0
+    always_sample_errors: bool = False
+    max_queue: int = 2048
+    batch_size: int = 512
+    flush_interval: float = 1.0
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -319,3 +340,4 @@ class GatewayConfig:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None
+    tracing: TracingConfig | None = None

@@ -18,7 +18,9 @@ private-name rule must allow them in this module, or it moves):
     layout of a sample;
   - of the metric classes: C{_metric_init}, C{_value}, C{_sum},
     C{_buckets}, C{_upper_bounds}, C{_multiprocess_mode},
-    C{_MOST_RECENT_MODES}.
+    C{_MOST_RECENT_MODES};
+  - the C{time} module as C{prometheus_client.metrics} imported it: an
+    exemplar is time-stamped by the same clock as the stock classes' ones.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from prometheus_client import (
     Histogram,
     values,
 )
+from prometheus_client import metrics as _stockMetrics
+from prometheus_client.samples import Exemplar
 
 
 class _PlainValue:
@@ -212,7 +216,10 @@ class FastHistogram(Histogram):
     prometheus-client walks the bounds one by one (an observation in the
     last buckets compares against all of them) and locks twice; the first
     bound not below the amount is what C{bisect_left} finds.  NaN, which
-    no bucket takes, and exemplars go through the base class.
+    no bucket takes, goes through the base class.  An exemplar (the trace
+    id of a sampled request) is stored on its bucket's value as the base
+    class stores it; with workers (mmap values) it is dropped, as
+    prometheus-client's multiprocess mode has no exemplars.
     """
 
     _plainBuckets: list[_PlainValue | _MmapValue] | None = None
@@ -230,11 +237,16 @@ class FastHistogram(Histogram):
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         buckets = self._plainBuckets
-        if buckets is None or exemplar or amount != amount:
+        if buckets is None or amount != amount:
             super().observe(amount, exemplar)
             return
         self._sum._value += amount
-        buckets[bisect_left(self._upper_bounds, amount)]._value += 1
+        bucket = buckets[bisect_left(self._upper_bounds, amount)]
+        bucket._value += 1
+        if exemplar:
+            # What the base class stores (an Exemplar time-stamped now), without
+            # its label re-validation: the gateway's exemplar is one short trace id.
+            bucket.set_exemplar(Exemplar(exemplar, amount, _stockMetrics.time.time()))
 
 
 __all__ = ["FastCounter", "FastGauge", "FastHistogram"]

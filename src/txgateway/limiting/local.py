@@ -112,15 +112,18 @@ class _KeyedState:
     then: what is collected, and when, is the same as looking every time.
     (If the clock steps back, the cold end may be passed a little later:
     memory only, since an idle entry answers exactly as a fresh one.)
+    C{lookEveryCheck=True} turns that skipping off (the plain behaviour a
+    test holds the skipping to).
     """
 
-    def __init__(self, clock: IReactorTime, maxKeys: int) -> None:
+    def __init__(self, clock: IReactorTime, maxKeys: int, lookEveryCheck: bool = False) -> None:
         self.clock = clock
         self.maxKeys = maxKeys
         self.state: OrderedDict[str, Any] = OrderedDict()
         self.evictions = 0
         self.collected = 0
         self._collectAt = -math.inf
+        self._lookEveryCheck = lookEveryCheck
 
     def __len__(self) -> int:
         return len(self.state)
@@ -146,7 +149,10 @@ class _KeyedState:
             del state[oldest]
             self.collected += 1
         # An empty table looks again at the next check (when it has an entry).
-        self._collectAt = self._idleAt(state[next(iter(state))]) - _COLLECT_SLACK if state else -math.inf
+        if state and not self._lookEveryCheck:
+            self._collectAt = self._idleAt(state[next(iter(state))]) - _COLLECT_SLACK
+        else:
+            self._collectAt = -math.inf
 
     def _entry(self, key: str, now: float) -> Any:
         state = self.state
@@ -172,8 +178,9 @@ class TokenBucketLimiter(_KeyedState):
     C{rate * T + burst} times.
     """
 
-    def __init__(self, rate: float, burst: int, clock: IReactorTime, maxKeys: int = 100_000) -> None:
-        super().__init__(clock, maxKeys)
+    def __init__(self, rate: float, burst: int, clock: IReactorTime, maxKeys: int = 100_000, *,
+                 lookEveryCheck: bool = False) -> None:
+        super().__init__(clock, maxKeys, lookEveryCheck)
         self.rate = rate
         self.burst = burst
         # A bucket untouched this long is full again, i.e. the same as a new one.
@@ -217,8 +224,9 @@ class SlidingWindowLimiter(_KeyedState):
     overlaps the sliding window: two integers per key, whatever the rate.
     """
 
-    def __init__(self, limit: int, per: float, clock: IReactorTime, maxKeys: int = 100_000) -> None:
-        super().__init__(clock, maxKeys)
+    def __init__(self, limit: int, per: float, clock: IReactorTime, maxKeys: int = 100_000, *,
+                 lookEveryCheck: bool = False) -> None:
+        super().__init__(clock, maxKeys, lookEveryCheck)
         self.limit = limit
         self.per = per
 
@@ -277,7 +285,9 @@ def windowRetryAfter(previous: int, current: int, limit: int, per: float, elapse
     return left + per * (1 - need / current)
 
 
-def localLimiter(config: RateLimitConfig, clock: IReactorTime) -> LocalLimiter:
+def localLimiter(config: RateLimitConfig, clock: IReactorTime, *, lookEveryCheck: bool = False) -> LocalLimiter:
     if config.algorithm == "sliding_window":
-        return SlidingWindowLimiter(config.rate.count, config.rate.per, clock, config.max_keys)
-    return TokenBucketLimiter(config.rate.perSecond, config.burst, clock, config.max_keys)
+        return SlidingWindowLimiter(config.rate.count, config.rate.per, clock, config.max_keys,
+                                    lookEveryCheck=lookEveryCheck)
+    return TokenBucketLimiter(config.rate.perSecond, config.burst, clock, config.max_keys,
+                              lookEveryCheck=lookEveryCheck)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from txgateway.observe.metrics import KNOWN_METHODS
@@ -14,10 +15,9 @@ from txgateway.observe.timestamps import MILLIS, isoSecond, isoTime
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
+    from twisted.logger import Logger
 
     from txgateway.context import RequestContext
-
-_now = time.time  # the access log's clock, one name for a test to pin
 
 
 class AccessLog:
@@ -31,11 +31,18 @@ class AccessLog:
     """
 
     def __init__(self, enabled: bool, outFile: IO[str] | None = None, format: str = "json",
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, *, logger: Logger | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        """
+        @param logger: where lines go without C{outFile} (a test passes one
+            with its own observer); by default C{Logger("txgateway.access")}.
+        @param now: the wall clock that stamps each line (a test pins it).
+        """
         from twisted.logger import Logger
 
         self.enabled = enabled
-        self._log = Logger(namespace="txgateway.access")
+        self._log = logger if logger is not None else Logger(namespace="txgateway.access")
+        self._now = now
         self._file = outFile
         # With a clock, lines written to a buffered file are flushed once per
         # reactor turn instead of once per line: every request that ends in
@@ -56,7 +63,7 @@ class AccessLog:
     def entry(self, context: RequestContext, duration: float) -> dict[str, Any]:
         route = context.route
         return {
-            "time": isoTime(_now()),
+            "time": isoTime(self._now()),
             "request_id": context.requestId,
             "client": context.clientIP,
             "method": context.method.decode("latin-1"),
@@ -70,6 +77,8 @@ class AccessLog:
             "targets_tried": context.targetsTried or None,
             "status": context.status,
             "duration_ms": round(duration * 1000, 3),
+            "request_processing_ms": _processingMs(context.forwarded, context.started),
+            "response_processing_ms": _processingMs(context.answered, context.started + duration, True),
             "bytes_in": _bytesIn(context),
             "bytes_out": context.bytesOut,
             "cache": context.cacheStatus,
@@ -111,7 +120,7 @@ class AccessLog:
         A test holds the two to the same bytes.
         """
         c = context
-        t = _now()
+        t = self._now()
         second = int(t)
         if second != self._second:
             self._second = second
@@ -158,6 +167,8 @@ class AccessLog:
             f'"target":{"null" if target is None else get(target) or self._encode(target)},'
             f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
             f'"duration_ms":{durationJson},'
+            f'"request_processing_ms":{_processingJson(c.forwarded, c.started)},'
+            f'"response_processing_ms":{_processingJson(c.answered, c.started + duration, True)},'
             f'"bytes_in":{_bytesIn(c)!r},"bytes_out":{c.bytesOut!r},'
             f'"cache":{"null" if cache is None else get(cache) or self._encode(cache)},'
             f'"identity":{"null" if identity is None else enc(identity)},'
@@ -196,6 +207,23 @@ class AccessLog:
 
 
 _encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
+
+
+def _processingMs(mark: float, other: float, reverse: bool = False) -> float | None:
+    """
+    Milliseconds between a mark of a forwarded request and C{other}:
+    request read -> forwarded (C{mark} the forward), upstream answer ->
+    last byte to the client (C{mark} the answer, C{reverse}).  None when the
+    request never got that far (the mark still -1.0: a local answer, a cache hit).
+    """
+    if mark < 0:
+        return None
+    return round(max(other - mark if reverse else mark - other, 0.0) * 1000, 3)
+
+
+def _processingJson(mark: float, other: float, reverse: bool = False) -> str:
+    ms = _processingMs(mark, other, reverse)
+    return "null" if ms is None else repr(ms)
 
 
 def _bytesIn(context: RequestContext) -> int:

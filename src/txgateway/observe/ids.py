@@ -31,6 +31,13 @@ def parseTraceparent(value: bytes | None) -> tuple[str, str] | None:
     return m.group(2).decode(), m.group(4).decode()
 
 
+def parentSpanId(value: bytes) -> str | None:
+    """The caller's span id (the parent-id field) of a traceparent that L{parseTraceparent} accepts, else None."""
+    if parseTraceparent(value) is None:
+        return None
+    return value.strip()[36:52].decode()
+
+
 class IdSource:
     """
     Request, trace and span ids from the OS's random source, read in blocks.
@@ -75,4 +82,4 @@ class IdSource:
         return self._digits(16)
 
 
-__all__ = ["IdSource", "parseTraceparent"]
+__all__ = ["IdSource", "parentSpanId", "parseTraceparent"]

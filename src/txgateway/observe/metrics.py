@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
     GCCollector,
@@ -22,9 +23,13 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as generateOpenMetrics
 
 from txgateway.http.fastmetrics import FastCounter, FastGauge, FastHistogram
 
+OPENMETRICS_CONTENT_TYPE = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
+# The gateway's own share of a request is usually well under a millisecond.
+PROCESSING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -79,6 +84,20 @@ class Metrics:
         self._refusedChildren: dict[int, Any] = {}
         self.writeTimeouts = FastCounter("txgateway_write_timeouts", "Responses aborted because the client read "
                                          "nothing for server.timeouts.write.", registry=r)
+        # Where the time goes (issue #27): the gateway's own share of a
+        # request, before it went upstream and after the answer came back.
+        self.requestProcessing = FastHistogram(
+            "txgateway_request_processing_seconds", "From the request read to it being forwarded upstream.",
+            ["route"], buckets=PROCESSING_BUCKETS, registry=r)
+        self.responseProcessing = FastHistogram(
+            "txgateway_response_processing_seconds", "From the upstream's response head to the response "
+            "forwarded to the client (its last byte).", ["route"], buckets=PROCESSING_BUCKETS, registry=r)
+        self._processingChildren: dict[str, tuple[Any, Any]] = {}
+        self.traceSpansExported = FastCounter("txgateway_trace_spans_exported", "Spans the trace collector accepted.",
+                                              registry=r)
+        self.traceSpansDropped = FastCounter("txgateway_trace_spans_dropped", "Spans dropped: the export queue was "
+                                             "full, or the collector refused or did not answer.", ["reason"],
+                                             registry=r)
         # Issue 23: weighted splits and shadow traffic.
         self.splitWeight = FastGauge("txgateway_split_weight", "A split route's weight for each of its upstreams.",
                                      ["route", "upstream"], multiprocess_mode="livemax", registry=r)
@@ -90,12 +109,34 @@ class Metrics:
         self.beforeRender: Callable[[], None] | None = None
         self._requestChildren: dict[tuple[str, bytes, int, str], tuple[Any, Any]] = {}
 
-    def observeRequest(self, route: str, method: bytes, status: int, seconds: float, upstream: str = "") -> None:
+    def observeRequest(self, route: str, method: bytes, status: int, seconds: float,
+                       traceId: str | None = None, upstream: str = "") -> None:
+        """
+        One answered request; C{traceId} (a sampled request's) becomes the
+        exemplar of the latency bucket it falls in, so a dashboard can jump
+        from a slow bucket to a trace.  C{upstream}: the one it went to (on
+        a split route, the one chosen), "" when answered without one.
+        """
         children = self._requestChildren.get((route, method, status, upstream))
         if children is None:
             children = self._requestChildrenFor(route, method, status, upstream)
         children[0].inc()
-        children[1].observe(seconds)
+        if traceId is None:
+            children[1].observe(seconds)
+        else:
+            children[1].observe(seconds, {"trace_id": traceId})
+
+    def observeProcessing(self, route: str, requestSeconds: float, responseSeconds: float | None) -> None:
+        """The gateway's own time on a forwarded request: before forwarding, and after the upstream answered."""
+        children = self._processingChildren.get(route)
+        if children is None:
+            if len(self._processingChildren) > 10000:
+                self._processingChildren.clear()
+            children = self._processingChildren[route] = (self.requestProcessing.labels(route),
+                                                          self.responseProcessing.labels(route))
+        children[0].observe(requestSeconds)
+        if responseSeconds is not None:
+            children[1].observe(responseSeconds)
 
     def _requestChildrenFor(self, route: str, method: bytes, status: int, upstream: str) -> tuple[Any, Any]:
         """
@@ -118,7 +159,7 @@ class Metrics:
             child = self._refusedChildren[status] = self.refused.labels(str(status))
         child.inc()
 
-    def render(self) -> bytes:
+    def render(self, openMetrics: bool = False) -> bytes:
         """
         The exposition.  A worker (PROMETHEUS_MULTIPROC_DIR set by the
         supervisor) reports the sum over every worker, so /metrics tells the
@@ -136,8 +177,19 @@ class Metrics:
 
             merged = CollectorRegistry()
             multiprocess.MultiProcessCollector(merged, path=directory)
-            return generate_latest(merged)
-        return generate_latest(self.registry)
+            return generateOpenMetrics(merged) if openMetrics else generate_latest(merged)
+        return generateOpenMetrics(self.registry) if openMetrics else generate_latest(self.registry)
+
+    @staticmethod
+    def negotiate(accept: bytes | None) -> tuple[bool, bytes]:
+        """
+        (OpenMetrics?, content type) for a scrape's Accept header: OpenMetrics
+        (which carries exemplars) when the scraper asks for it, as Prometheus
+        does with exemplar storage on; the classic text format otherwise.
+        """
+        if accept is not None and b"application/openmetrics-text" in accept:
+            return True, OPENMETRICS_CONTENT_TYPE
+        return False, CONTENT_TYPE_LATEST.encode()
 
     @staticmethod
     def samples(family: Any) -> list[tuple[str, dict[str, str], float]]:
@@ -160,4 +212,4 @@ class Metrics:
 KNOWN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
 
 
-__all__ = ["KNOWN_METHODS", "LATENCY_BUCKETS", "Metrics"]
+__all__ = ["KNOWN_METHODS", "LATENCY_BUCKETS", "OPENMETRICS_CONTENT_TYPE", "PROCESSING_BUCKETS", "Metrics"]
