@@ -133,7 +133,7 @@ class StatusTests(SynchronousTestCase):
         self.gw.request("GET", "/x")
         response, body = self.admin.call("GET", "/metrics")
         self.assertEqual(response.code, 200)
-        self.assertIn(b'txgateway_http_requests_total{method="GET",route="all",status="200"} 1.0', body)
+        self.assertIn(b'txgateway_http_requests_total{method="GET",route="all",status="200",upstream="app"} 1.0', body)
         self.assertEqual(self.admin.json("/api/health")["status"], "ok")
         response, body = self.admin.call("HEAD", "/metrics")
         self.assertEqual((response.code, body), (200, b""))

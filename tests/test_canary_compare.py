@@ -19,9 +19,9 @@ from txgateway.canary.compare import (
     diffJson,
     redactJson,
 )
-from txgateway.canary.config import CompareSpec, JsonCompareSpec, RedactSpec
 from txgateway.canary.interfaces import Answer, MirrorRequest
 from txgateway.canary.jsonpath import ANY, formatPath, matchesPrefix, parsePath
+from txgateway.canary.specs import CompareSpec, JsonCompareSpec, RedactSpec
 
 
 def js(doc: Any, status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Answer:

@@ -15,7 +15,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.canary.config import (
+from txgateway.canary.split import Splitter
+from txgateway.config.errors import Problem
+from txgateway.config.parser_canary import (
     CANARY_ROUTE_KEYS,
     INTERNAL_NETWORKS,
     CanaryRouteSpec,
@@ -28,8 +30,6 @@ from txgateway.canary.config import (
     WeightedUpstream,
     parseRouteCanary,
 )
-from txgateway.canary.split import Splitter
-from txgateway.config.errors import Problem
 from txgateway.config.source import loadYAML
 
 UPSTREAMS = ("model-v1", "model-v2", "model-v3")
@@ -233,3 +233,47 @@ class LayeringTests(SynchronousTestCase):
             "txgateway.canary", "txgateway.canary.build", "txgateway.canary.compare", "txgateway.canary.interfaces",
             "txgateway.canary.jsonpath", "txgateway.canary.mirror", "txgateway.canary.specs",
             "txgateway.canary.split"]))
+
+
+class RouteParserTests(SynchronousTestCase):
+    """The whole config parser: canary keys on a route, problems with the route's name, key path and line."""
+
+    HEAD = ("upstreams:\n  model-v1: {targets: ['http://127.0.0.1:9001']}\n"
+            "  model-v2: {targets: ['http://127.0.0.1:9002']}\nroutes:\n")
+
+    def problems(self, route: str) -> list[tuple[str, int | None, str]]:
+        from txgateway.config import ConfigError, parseConfig
+
+        try:
+            parseConfig(self.HEAD + route)
+        except ConfigError as e:
+            return [(p.path, p.line, p.message) for p in e.problems]
+        return []
+
+    def test_splitRoute(self) -> None:
+        from txgateway.config import parseConfig
+
+        config = parseConfig(self.HEAD + "  - name: predict\n    upstreams: [{name: model-v1, weight: 95}, "
+                             "{name: model-v2, weight: 5}]\n    sticky: {key: consumer}\n"
+                             "    mirror: {upstream: model-v2, percent: 10}\n")
+        route = config.routes[0]
+        self.assertEqual(route.upstream, "model-v1")  # what single-upstream readers show
+        self.assertEqual([(u.name, u.weight) for u in route.canary.upstreams], [("model-v1", 95), ("model-v2", 5)])
+        self.assertEqual(route.canary.sticky, StickySpec("consumer"))
+        self.assertEqual(route.canary.mirror, MirrorSpec("model-v2", percent=10.0))
+
+    def test_mistakesNameTheRouteKeyAndLine(self) -> None:
+        found = self.problems("  - name: predict\n    upstreams: [{name: model-v1, weight: 95}, "
+                              "{name: model-v3, weight: 5}]\n    mirror: {upstream: nowhere}\n")
+        self.assertEqual(len(found), 2, found)
+        self.assertTrue(all(p.startswith("routes[0](predict).") for p, _, _ in found), found)
+        self.assertTrue(any("model-v3" in m for _, _, m in found), found)
+        self.assertTrue(any("nowhere" in m and line == 7 for _, line, m in found), found)
+
+    def test_upstreamOrUpstreamsIsRequired(self) -> None:
+        self.assertEqual(self.problems("  - name: predict\n"),
+                         [("routes[0](predict).upstream", 5, "is required")])
+
+    def test_cacheOnASplitRouteIsRefused(self) -> None:
+        found = self.problems("  - name: predict\n    upstreams: [{name: model-v1, weight: 1}]\n    cache: true\n")
+        self.assertEqual([p for p, _, _ in found], ["routes[0](predict).cache"])

@@ -19,9 +19,9 @@ from zope.interface.verify import verifyObject
 
 from txgateway.canary.build import BodyKeeper, RouteCanary, buildRouteCanary
 from txgateway.canary.compare import mirrorsReport
-from txgateway.canary.config import CanaryRouteSpec, CompareSpec, JsonCompareSpec, MirrorSpec, WeightedUpstream
 from txgateway.canary.interfaces import Answer, IMirror, MirrorRequest
 from txgateway.canary.mirror import Mirror
+from txgateway.canary.specs import CanaryRouteSpec, CompareSpec, JsonCompareSpec, MirrorSpec, WeightedUpstream
 
 
 class FakeMirrorUpstream:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from txgateway.canary.config import OverrideSpec, StickySpec
 from txgateway.canary.interfaces import Choice, ISplitter
+from txgateway.canary.specs import OverrideSpec, StickySpec
 from txgateway.canary.split import (
     OVERRIDE,
     STICKY,

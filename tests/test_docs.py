@@ -30,6 +30,9 @@ def parserKeys() -> set[str]:
         lists = re.findall(r"\[((?:\s*\"[a-z_]+\",?)+)\s*\]", window[:end])
         if lists:
             keys.update(re.findall(r'"([a-z_]+)"', lists[-1]))
+    # parser_canary's sections list their keys as known(("a", "b")), its route keys in CANARY_ROUTE_KEYS.
+    for listed in re.findall(r"(?:\.known\(|CANARY_ROUTE_KEYS = )\(((?:\s*\"[a-z_]+\",?)+)\s*\)", source):
+        keys.update(re.findall(r'"([a-z_]+)"', listed))
     return keys
 
 

@@ -35,8 +35,8 @@ class MetricsTests(SynchronousTestCase):
         """Every metric family of the issue exists with its exact name, type and labels."""
         m = Metrics(processMetrics=False)
         want = {
-            "txgateway_http_requests": ("counter", ["route", "method", "status"]),
-            "txgateway_http_request_duration_seconds": ("histogram", ["route", "method"]),
+            "txgateway_http_requests": ("counter", ["route", "method", "status", "upstream"]),
+            "txgateway_http_request_duration_seconds": ("histogram", ["route", "method", "upstream"]),
             "txgateway_upstream_requests": ("counter", ["upstream", "target", "status"]),
             "txgateway_upstream_request_duration_seconds": ("histogram", ["upstream", "target"]),
             "txgateway_target_healthy": ("gauge", ["upstream", "target"]),
@@ -81,13 +81,13 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(gw.reply(transport).status, 200)  # type: ignore[union-attr]
         gw.request("BREW", "/coffee")
 
-        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="GET", status="200"), 4)
-        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="POST", status="503"), 1)
-        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="OTHER", status="200"), 1)
+        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="GET", upstream="app", status="200"), 4)
+        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="POST", upstream="app", status="503"), 1)
+        self.assertEqual(gw.value("txgateway_http_requests_total", route="all", method="OTHER", upstream="app", status="200"), 1)
         hist = "txgateway_http_request_duration_seconds_bucket"
-        self.assertEqual(gw.value(hist, route="all", method="GET", le="0.1"), 3)
-        self.assertEqual(gw.value(hist, route="all", method="GET", le="0.25"), 4)
-        self.assertAlmostEqual(gw.value("txgateway_http_request_duration_seconds_sum", route="all", method="GET"), 0.2)
+        self.assertEqual(gw.value(hist, route="all", method="GET", upstream="app", le="0.1"), 3)
+        self.assertEqual(gw.value(hist, route="all", method="GET", upstream="app", le="0.25"), 4)
+        self.assertAlmostEqual(gw.value("txgateway_http_request_duration_seconds_sum", route="all", method="GET", upstream="app"), 0.2)
         up = sum(gw.value("txgateway_upstream_requests_total", upstream="app", target=t, status="200") for t in TARGETS)
         self.assertEqual(up, 5)
         self.assertEqual(sum(gw.value("txgateway_upstream_requests_total", upstream="app", target=t, status="503")
@@ -127,7 +127,7 @@ class MetricsTests(SynchronousTestCase):
         r = gw.request("GET", "/metrics")
         self.assertEqual(r.status, 200)
         self.assertTrue(r.headers["content-type"].startswith("text/plain"))
-        self.assertIn(b'txgateway_http_requests_total{method="GET",route="all",status="200"} 1.0', r.body)
+        self.assertIn(b'txgateway_http_requests_total{method="GET",route="all",status="200",upstream="app"} 1.0', r.body)
         head = gw.request("HEAD", "/metrics")
         self.assertEqual((head.status, head.body), (200, b""))
         self.assertEqual(gw.request("POST", "/metrics").status, 405)

@@ -199,7 +199,7 @@ class ExpositionTests(SynchronousTestCase):
         """Every family Metrics declares is one of the lock-free classes."""
         m = Metrics(processMetrics=False)
         declared = [v for v in vars(m).values() if isinstance(v, (Counter, Gauge, Histogram))]
-        self.assertEqual(len(declared), 33)  # 18, issue 24's nine, issue 27's four, issue 22's two
+        self.assertEqual(len(declared), 36)  # 18, issue 24's nine, issue 27's four, issue 22's two, issue 23's three
         for family in declared:
             self.assertIsInstance(family, OURS)
 
@@ -281,10 +281,10 @@ class MultiprocessTests(SynchronousTestCase):
         """Metrics.render in a worker reports what went into the mmap files, not an in-process registry."""
         self.multiprocessDirectory()
         m = Metrics(processMetrics=False)
-        m.observeRequest("api", b"GET", 200, 0.004)
-        m.observeRequest("api", b"GET", 200, 0.2)
+        m.observeRequest("api", b"GET", 200, 0.004, upstream="app")
+        m.observeRequest("api", b"GET", 200, 0.2, upstream="app")
         m.inFlight.inc()
         text = m.render()
-        self.assertIn(b'txgateway_http_requests_total{method="GET",route="api",status="200"} 2.0', text)
-        self.assertIn(b'txgateway_http_request_duration_seconds_bucket{le="0.005",method="GET",route="api"} 1.0', text)
+        self.assertIn(b'txgateway_http_requests_total{method="GET",route="api",status="200",upstream="app"} 2.0', text)
+        self.assertIn(b'txgateway_http_request_duration_seconds_bucket{le="0.005",method="GET",route="api",upstream="app"} 1.0', text)
         self.assertIn(b"txgateway_in_flight_requests 1.0", text)

@@ -31,6 +31,7 @@ from txgateway.middleware import Deps, buildChain
 from txgateway.observe import AccessLog, Metrics
 from txgateway.protection.build import attachAdmission
 from txgateway.routing import RouteTable, compileRoutes
+from txgateway.splitting import attachCanaries
 
 __all__ = ["ClientFactory", "Gateway", "accessLogFor", "buildRuntime", "needsRedis"]
 
@@ -78,6 +79,7 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     for r in routes:
         r.cluster = clusters.get(r.upstreamName)  # None for a route that answers itself (redirect / respond)
         r.chain = buildChain(r, deps)
+    attachCanaries(routes, clusters, clock, rng, metrics, previous.routes.routes if previous is not None else ())
     # Decided here, once per config: the request path never asks the log level.
     forwarder = Forwarder(reactor, clock, config.server, metrics, debug=config.logging.level == "debug")
     if accessLog is None:

@@ -50,6 +50,7 @@ class RequestContext:
         "cacheStatus", "status", "bytesOut", "responseHeaders", "forwardHeaders", "removeHeaders",
         "traceId", "spanId", "traceFlags", "tracestate", "outcome", "bodySent", "extra", "onGone",
         "trace", "forwarded", "answered",
+        "upstreamChoice",
     )
 
     def __init__(self, request: Request, started: float, requestId: str, clientIP: str, peerIP: str,
@@ -68,6 +69,8 @@ class RequestContext:
         self.identity: str | None = None
         self.upstream: str | None = None
         self.target: str | None = None
+        # Why a split route chose its upstream (override, sticky, weighted); None on other routes.
+        self.upstreamChoice: str | None = None
         self.attempts = 0
         self.targetsTried: list[str] = []
         self.cacheStatus: str | None = None

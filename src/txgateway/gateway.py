@@ -29,13 +29,14 @@ from txgateway.answers import answerFor
 from txgateway.compression import CompressingForwarder
 from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
 from txgateway.endpoints import OwnEndpoint, healthReport
-from txgateway.forwarding import BODY_RESET, ClusterForwarder, forward
+from txgateway.forwarding import BODY_RESET, forward
 from txgateway.http.addresses import AddressSet
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parentSpanId, requestBodySize
 from txgateway.observe.ids import continueTrace
 from txgateway.protection.build import protect
+from txgateway.splitting import routeForwarder
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -289,7 +290,8 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
     exemplar = None
     if context.trace is not None and context.trace.tracer.end(context, end):
         exemplar = context.traceId
-    runtime.metrics.observeRequest(routeName, context.method, context.status, duration, exemplar)
+    runtime.metrics.observeRequest(routeName, context.method, context.status, duration, exemplar,
+                                   context.upstream or "")
     if context.forwarded >= 0:
         runtime.metrics.observeProcessing(routeName, context.forwarded - context.started,
                                           end - context.answered if context.answered >= 0 else None)
@@ -336,7 +338,7 @@ class RouteResource(Resource):
         # by the route's cache when it has one.
         upstream: IForwarder | None = answerFor(route)  # redirect / respond: no upstream
         if upstream is None:
-            upstream = ClusterForwarder(runtime.forwarder, route.cluster)
+            upstream = routeForwarder(route, runtime.forwarder)  # the cluster's, or a split and mirror: txgateway.splitting
             upstream = protect(upstream, route, runtime.clock, runtime.metrics)  # issue 24: admission, batching, coalescing
             cache = route.chain.cache if route.chain is not None else None
             if cache is not None:

@@ -49,8 +49,8 @@ class CompiledRoute:
     """One route, ready to match, with its per-route chain attached later."""
 
     __slots__ = ("config", "name", "exact", "prefix", "host", "hostSuffix", "methods", "headers",
-                 "matcherCount", "order", "chain", "cluster", "upstreamName", "preflight", "allowEncodedSlash",
-                 "_strip", "_rewrite", "_rewriteBase", "edge", "pathRewrite")
+                 "matcherCount", "order", "chain", "cluster", "upstreamName", "canary", "clusters", "preflight",
+                 "allowEncodedSlash", "_strip", "_rewrite", "_rewriteBase", "edge", "pathRewrite")
 
     def __init__(self, config: RouteConfig) -> None:
         self.config = config
@@ -96,6 +96,10 @@ class CompiledRoute:
         self.chain: Any = None
         self.cluster: Any = None
         self.upstreamName = config.upstream
+        # Issue 23: the route's splitter and mirror (txgateway.splitting), and
+        # with a split the cluster of each of its upstreams.
+        self.canary: Any = None
+        self.clusters: dict[str, Any] = {}
         self._strip = _prefixKey(normalizeConfigPath(config.strip_prefix)) or None if config.strip_prefix else None
         self._rewrite = normalizeConfigPath(config.rewrite_prefix) if config.rewrite_prefix is not None else None
         self._rewriteBase = self._rewrite.rstrip("/") if self._rewrite is not None else ""

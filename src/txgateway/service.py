@@ -36,6 +36,7 @@ from txgateway.observe.otlp import buildTracing
 from txgateway.observe.timeline import Timeline
 from txgateway.protection.build import retireAdmission, stopAdmission
 from txgateway.reloading import ConfigWatcher
+from txgateway.splitting import stopMirrors
 
 __all__ = ["EXIT_DRAIN_CUT", "EXIT_STARTUP_FAILED", "GatewayService"]
 
@@ -256,6 +257,7 @@ class GatewayService(MultiService):
 
         def stopRest(_: Any) -> Deferred[Any]:
             waits = [self.healthServices.stopService()]
+            stopMirrors(self.gateway.runtime.routes.routes)  # copies in flight cancelled, no timer left
             waits.extend(maybeDeferred(s.stopService) for s in self._observers)  # spans still queued are sent
             if self.adminListener is not None:  # last: the status page shows the drain
                 waits.append(self.adminListener.stopService())
@@ -357,6 +359,7 @@ class GatewayService(MultiService):
             pool = getattr(c, "pool", None)
             if pool is not None and id(pool) not in inUse:
                 pool.closeCachedConnections()
+        stopMirrors(previous.routes.routes)  # the new runtime's mirrors carry on their counts and samples
 
     def _recordReload(self, result: str, problems: list[str], dropped: list[str] | None = None) -> None:
         self.metrics.configReloads.labels(result).inc()

@@ -42,6 +42,9 @@ response carries C{X-Backend: NAME}.  Behaviour is chosen by path:
                           POST/PUT/DELETE answer 201/200/204 (Location from loc=).
   /cacheable-count?key=K  how many requests /cacheable saw for key K
   /control/cacheable?key=K&status=S   from now on answer S for key K (status=0 restores)
+  /model                  an inference answer: JSON {"version": NAME, "score": S, "meta": {"n": N}}, after M ms
+  /control/model?score=S&ms=M   set /model's score (default 0.5) and delay (default 0)
+  /model-seen             JSON {"total", "mirrored"}: /model requests, and those marked X-Txgateway-Mirror
 """
 
 from __future__ import annotations
@@ -56,9 +59,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 
-STATE: dict[str, Any] = {"healthy": True, "count": 0, "jwks": None, "mode": None, "hangOpen": 0,
+STATE: dict[str, Any] = {"score": 0.5, "modelMs": 0, "modelSeen": 0, "modelMirrored": 0, "healthy": True, "count": 0, "jwks": None, "mode": None, "hangOpen": 0,
                          "hangCancelled": 0, "hangTotal": 0, "keys": {}, "fail": {}}
-_EXEMPT = ("/count", "/hangs", "/cacheable-count")
+_EXEMPT = ("/count", "/hangs", "/cacheable-count", "/model-seen")
 
 
 class Origin(resource.Resource):
@@ -82,6 +85,14 @@ class Origin(resource.Resource):
                 return _hang(request)
             request.setResponseCode(mode)
             return f"status {mode} from {self.name} (mode)\n".encode()
+        if path == "/model":
+            return _model(request, self.name)
+        if path == "/control/model":
+            STATE["score"] = float(args.get("score", "0.5"))
+            STATE["modelMs"] = int(args.get("ms", "0"))
+            return b"ok\n"
+        if path == "/model-seen":
+            return json.dumps({"total": STATE["modelSeen"], "mirrored": STATE["modelMirrored"]}).encode()
         if path.startswith("/status/"):
             code = int(path.split("/")[2])
             request.setResponseCode(code)
@@ -179,6 +190,19 @@ class Origin(resource.Resource):
             "headers": [[k.decode(), v.decode("latin-1")] for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs],
             "body": body.decode("latin-1"),
         }).encode()
+
+
+def _model(request: server.Request, name: str) -> Any:
+    """An inference service's answer (canary tests): a version, a score, and metadata that always differs."""
+    STATE["modelSeen"] += 1
+    if request.getHeader(b"x-txgateway-mirror"):
+        STATE["modelMirrored"] += 1
+    request.setHeader(b"Content-Type", b"application/json")
+    body = json.dumps({"version": name, "score": STATE["score"], "meta": {"n": STATE["modelSeen"]}}).encode()
+    if not STATE["modelMs"]:
+        return body
+    reactor.callLater(STATE["modelMs"] / 1000, _finish, request, body)
+    return server.NOT_DONE_YET
 
 
 def _hang(request: server.Request) -> Any:

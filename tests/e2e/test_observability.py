@@ -129,7 +129,7 @@ class ObservabilityTests(SynchronousTestCase):
         adminPort = g.adminPort
         for _ in range(3):
             g.request("GET", "/echo")
-        line = 'txgateway_http_requests_total{method="GET",route="all",status="200"} 3.0'
+        line = 'txgateway_http_requests_total{method="GET",route="all",status="200",upstream="app"} 3.0'
         self.assertIn(line, g.request("GET", "/metrics").body.decode())
         self.assertIn(line, request(adminPort, "GET", "/metrics").body.decode())
         self.assertIn("process_resident_memory_bytes", g.request("GET", "/metrics").body.decode())

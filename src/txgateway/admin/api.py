@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.admin.auth import sameOrigin, tokenAccepted
+from txgateway.admin.canary import handleSplit, mirrors, splitRouteOf
 from txgateway.admin.page import StatusPage, renderBody
 from txgateway.admin.status import AdminTarget, StatusReport
 from txgateway.admin.targets import PREFIX, targetControl
@@ -54,6 +55,7 @@ class AdminResource(Resource):
             b"/api/upstreams": lambda r: self._json(r, 200, {"upstreams": self.report.upstreams()}),
             b"/api/reloads": lambda r: self._json(r, 200, {"reloads": self.report.reloads()}),
             b"/api/health": self._health,
+            b"/api/mirrors": lambda r: self._json(r, 200, mirrors(self.target)),
             b"/metrics": self._metrics,
             b"/api/timeline": self._timeline,
         }
@@ -79,6 +81,11 @@ class AdminResource(Resource):
                 if allow is not None:
                     request.responseHeaders.setRawHeaders(b"Allow", [allow])
                 return self._json(request, code, body)
+            split = splitRouteOf(path)  # /api/routes/{route}/split (issue 23)
+            if split is not None:
+                if request.method == b"PUT" and not sameOrigin(request):
+                    return self._json(request, 403, {"error": "cross-origin request refused"})
+                return self._json(request, *handleSplit(self.target, request, split))
             if path in self._get or path in self._post:
                 allow = b"GET, HEAD" if path in self._get else b"POST"
                 request.responseHeaders.setRawHeaders(b"Allow", [allow])

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
+from txgateway.admin.canary import renderCanary
+
 _REFRESH_MS = 2000
 
 
@@ -116,7 +118,7 @@ def renderBody(doc: dict[str, Any]) -> str:
         cache = ", ".join(f"{k} {v}" for k, v in r["cache_results"].items()) if r["cache_results"] else (
             "on" if r["cache"] else "–")
         routeRows.append(_row([
-            ("name", r["name"]), ("match", r["match"]), ("", r["upstream"]), ("n", _num(r["rate"])),
+            ("name", r["name"]), ("match", r["match"]), ("", r.get("split_text") or r["upstream"]), ("n", _num(r["rate"])),
             ("n", r["requests"]), ("n", r["errors"]), ("n", _num(lat["p50"])), ("n", _num(lat["p95"])),
             ("", r["rate_limit"] or "–"), ("n", r["rate_limited"]), ("n", r["auth_failures"]), ("", cache),
         ], f' data-route="{_esc(r["name"])}"'))
@@ -129,6 +131,7 @@ def renderBody(doc: dict[str, Any]) -> str:
             _row([("name", r["name"]), ("", c["store"]), ("n", _num(c.get("entries"))), ("n", _num(c.get("bytes"))),
                   ("n", _num(c["hit_ratio"])), ("n", _num(c.get("evictions")))], f' data-cache="{_esc(r["name"])}"')
             for r in cached for c in (r["cache_store"],)]))
+    parts.append(renderCanary(doc))
     parts.append("<h2>Recent reloads</h2>")
     if doc["reloads"]:
         parts.append(_table("reloads", ["Time", "Result", "Problems"], [

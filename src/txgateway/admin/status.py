@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 
 from txgateway import __version__
+from txgateway.admin.canary import CanaryStatus
 from txgateway.admin.rates import LatencyHistogram, RateWindow, Snapshot, counters
 from txgateway.caching.purging import cacheStats, routeCaches
 from txgateway.membership import endpointsOf
@@ -79,6 +80,7 @@ class StatusReport:
         self.clock = clock
         self.started = clock.seconds()
         self.rates = RateWindow(clock, window)
+        self.canary = CanaryStatus(target, clock, window)
 
     def status(self) -> dict[str, Any]:
         gw = self.target.gateway
@@ -86,7 +88,7 @@ class StatusReport:
         metrics = self.target.metrics
         span, base, now = self.rates.sample(metrics)
         code, health = runtime.healthReport()
-        return {
+        return self.canary.add({
             "gateway": {
                 "version": __version__,
                 "now": _iso(self.clock.seconds()),
@@ -107,11 +109,12 @@ class StatusReport:
             "upstreams": self._upstreams(span, base, now, health),
             "stores": health.get("stores", {}),
             "reloads": self.reloads(),
-        }
+        })
 
     def routes(self) -> list[dict[str, Any]]:
         span, base, now = self.rates.sample(self.target.metrics)
-        return self._routes(span, base, now)
+        routes: list[dict[str, Any]] = self.canary.add({"routes": self._routes(span, base, now)})["routes"]
+        return routes
 
     def upstreams(self) -> list[dict[str, Any]]:
         span, base, now = self.rates.sample(self.target.metrics)

@@ -133,7 +133,10 @@ class IMirror(Interface):
     route = Attribute("The route's name.")
     upstream = Attribute("The mirror upstream's name.")
 
-    def submit(request: MirrorRequest, bodyLength: int | None = None) -> Any:
+    def sample() -> bool:
+        """Whether the next request is in the mirrored percent (a random draw); C{submit(..., sampled=True)} then."""
+
+    def submit(request: MirrorRequest, bodyLength: int | None = None, sampled: bool = False) -> Any:
         """
         Offer a copy of a request whose primary request was just sent.
         Returns a ticket (with C{primaryAnswered(answer)} and
@@ -141,7 +144,8 @@ class IMirror(Interface):
         not mirrored: not in the sampled percent, its body over
         C{max_body} (skipped), or the queue full (dropped).  C{bodyLength}
         is the body's size when the body was not read because it is too
-        large; then C{request.body} may be empty.
+        large; then C{request.body} may be empty.  C{sampled}: L{sample}
+        already said yes for this request.
         """
 
     def stop() -> None:

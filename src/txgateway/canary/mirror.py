@@ -128,10 +128,20 @@ class Mirror:
         if self.observe is not None:
             self.observe(outcome)
 
-    def submit(self, request: MirrorRequest, bodyLength: int | None = None) -> MirrorTicket | None:
+    def sample(self) -> bool:
+        """
+        Whether this request is in the mirrored C{percent}: asked first by
+        the forward path, so that a request not sampled costs no copy.
+        """
         if self._stopped or self._fraction <= 0.0:
+            return False
+        return self._fraction >= 1.0 or self.random.random() < self._fraction
+
+    def submit(self, request: MirrorRequest, bodyLength: int | None = None,
+               sampled: bool = False) -> MirrorTicket | None:
+        if not sampled and not self.sample():
             return None
-        if self._fraction < 1.0 and self.random.random() >= self._fraction:
+        if self._stopped:
             return None
         if (len(request.body) if bodyLength is None else bodyLength) > self.spec.max_body:
             self._count("skipped")

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_canary_config -*-
 """
-The frozen values a route's canary keys are parsed into (L{txgateway.canary.config}).
+The frozen values a route's canary keys are parsed into (L{txgateway.config.parser_canary}).
 
 Kept apart from the parser so that the run-time modules (split, mirror,
 compare) depend on plain values only, never on the config converters.

@@ -12,6 +12,7 @@ from typing import Any
 from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import hostPattern, limitKey, origin, routePath, yamlText
 from txgateway.config.parser_auth import AuthSections
+from txgateway.config.parser_canary import CANARY_ROUTE_KEYS, parseRouteCanary
 from txgateway.config.parser_concurrency import ROUTE_KEYS, parseRouteConcurrency
 from txgateway.config.parser_edge import EdgeSections
 from txgateway.config.schema import (
@@ -74,16 +75,21 @@ class RouteSections(AuthSections, EdgeSections):
               policies: Mapping[str, AuthPolicy], stores: StoresConfig) -> RouteConfig | None:
         m = self.mapping(value, path, line, ["name", "match", "upstream", "strip_prefix", "rewrite_prefix",
                                              "preserve_host", "headers", "auth", "rate_limit", "cache", "cors",
-                                             "ip_allow", "ip_deny", "allow_encoded_slash", *ROUTE_KEYS,
+                                             "ip_allow", "ip_deny", "allow_encoded_slash", *ROUTE_KEYS, *CANARY_ROUTE_KEYS,
                                              "redirect", "respond", "rewrite_regex", "compress"])
         if m is None:
             return None
         name = self.get(m, "name", path, string, f"route-{index}")
+        # A weighted split (routes[].upstreams, issue 23) stands instead of upstream.
+        canary, found = parseRouteCanary(m, path, m.line, upstreams.keys())
+        self.problems.extend(found)
+        upstream = canary.upstreams[0].name if canary.upstreams else None
         # A route that answers itself (redirect / respond) needs no upstream.
         answers = m.get("redirect") is not None or m.get("respond") is not None
-        upstream = self.required(m, "upstream", path, m.line) if not answers or "upstream" in m else None
-        if upstream is not None and str(upstream) not in upstreams:
-            self.problem(keyPath(path, "upstream"), m.lines.get("upstream"), f"no upstream named {upstream!r}")
+        if upstream is None and m.get("upstreams") is None and (not answers or "upstream" in m):
+            upstream = self.required(m, "upstream", path, m.line)
+            if upstream is not None and str(upstream) not in upstreams:
+                self.problem(keyPath(path, "upstream"), m.lines.get("upstream"), f"no upstream named {upstream!r}")
         match = self.match(m.get("match"), keyPath(path, "match"), m.lines.get("match", m.line))
         auth = None
         if m.get("auth") is not None:
@@ -106,6 +112,10 @@ class RouteSections(AuthSections, EdgeSections):
             cache = self.cache(m["cache"], keyPath(path, "cache"), m.lines.get("cache"))
             if cache is not None and cache.store == "redis" and stores.redis is None:
                 self.problem(keyPath(keyPath(path, "cache"), "store"), m.lines.get("cache"), "redis needs stores.redis")
+        if cache is not None and canary.upstreams:
+            # The cache is looked up before the split chooses: one version's answers would reach the other's clients.
+            self.problem(keyPath(path, "cache"), m.lines.get("cache"),
+                         "cannot be used on a route with upstreams (a weighted split) yet")
         cors = None
         if m.get("cors") is not None:
             cors = self.cors(m["cors"], keyPath(path, "cors"), m.lines.get("cors"))
@@ -119,8 +129,8 @@ class RouteSections(AuthSections, EdgeSections):
         if strip is not None and rewrite is not None:
             self.problem(path, m.lines.get("rewrite_prefix"),
                          "give strip_prefix or rewrite_prefix, not both (rewrite_prefix already replaces the matched prefix)")
-        concurrency, found = parseRouteConcurrency(m, path, m.line)
-        for p, ln, msg in found:
+        concurrency, concurrencyProblems = parseRouteConcurrency(m, path, m.line)
+        for p, ln, msg in concurrencyProblems:
             self.problem(p, ln, msg)
         if concurrency.batch is not None and match.methods and "POST" not in match.methods:
             self.problem(keyPath(path, "batch"), m.lines.get("batch"),
@@ -142,6 +152,7 @@ class RouteSections(AuthSections, EdgeSections):
             rate_limit=rl,
             cache=cache,
             cors=cors,
+            canary=canary,
             ip_allow=self.seq(m, "ip_allow", path, network),
             ip_deny=self.seq(m, "ip_deny", path, network),
             allow_encoded_slash=self.get(m, "allow_encoded_slash", path, boolean, False),

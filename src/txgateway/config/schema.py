@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from txgateway.canary.specs import CanaryRouteSpec
 from txgateway.concurrency.specs import ConcurrencySpec, RouteConcurrency
 from txgateway.config.schema_discovery import DiscoveryConfig, SourceSpec
 from txgateway.config.schema_edge import CompressConfig, QueryMatch, RedirectConfig, RespondConfig, RewriteRegex
@@ -346,6 +347,9 @@ class RouteConfig:
     respond: RespondConfig | None = None
     rewrite_regex: RewriteRegex | None = None
     compress: CompressConfig | None = None
+    # upstreams (a weighted split), sticky, canary_override, mirror: issue 23.
+    # With a split, upstream above is its first upstream.
+    canary: CanaryRouteSpec = CanaryRouteSpec()
 
 
 @dataclass(frozen=True)

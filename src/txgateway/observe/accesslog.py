@@ -72,6 +72,7 @@ class AccessLog:
             "path": context.path,
             "route": route.name if route is not None else None,
             "upstream": context.upstream,
+            "upstream_choice": context.upstreamChoice,
             "target": context.target,
             "attempts": context.attempts,
             "targets_tried": context.targetsTried or None,
@@ -151,6 +152,7 @@ class AccessLog:
         get = known.get
         route = c.route
         upstream = c.upstream
+        choice = c.upstreamChoice
         target = c.target
         tried = c.targetsTried
         cache = c.cacheStatus
@@ -183,6 +185,7 @@ class AccessLog:
             f'"host":{enc(c.host)},"path":{enc(c.path)},'
             f'"route":{"null" if route is None else get(route.name) or self._encode(route.name)},'
             f'"upstream":{"null" if upstream is None else get(upstream) or self._encode(upstream)},'
+            f'"upstream_choice":{"null" if choice is None else get(choice) or self._encode(choice)},'
             f'"target":{"null" if target is None else get(target) or self._encode(target)},'
             f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
             f'"duration_ms":{durationJson},'

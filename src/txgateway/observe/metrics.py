@@ -44,11 +44,14 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = FastCounter("txgateway_http_requests", "Requests answered, by route, method and status.",
-                                ["route", "method", "status"], registry=r)
+        # upstream: the one the request went to (on a split route, the one
+        # chosen), "" when answered without one; so versions can be compared.
+        self.requests = FastCounter("txgateway_http_requests",
+                                    "Requests answered, by route, method, status and upstream.",
+                                    ["route", "method", "status", "upstream"], registry=r)
         self.requestDuration = FastHistogram("txgateway_http_request_duration_seconds",
                                          "Time from request head to last response byte.",
-                                         ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+                                         ["route", "method", "upstream"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstreamRequests = FastCounter("txgateway_upstream_requests", "Attempts sent to targets, by outcome.",
                                         ["upstream", "target", "status"], registry=r)
         self.upstreamDuration = FastHistogram("txgateway_upstream_request_duration_seconds",
@@ -103,8 +106,16 @@ class Metrics:
                                              "full, or the collector refused or did not answer.", ["reason"],
                                              registry=r)
         self._protection(r)
+        # Issue 23: weighted splits and shadow traffic.
+        self.splitWeight = FastGauge("txgateway_split_weight", "A split route's weight for each of its upstreams.",
+                                     ["route", "upstream"], multiprocess_mode="livemax", registry=r)
+        self.mirrorRequests = FastCounter("txgateway_mirror_requests", "Mirrored copies by outcome (sent, dropped, "
+                                          "skipped, failed, timed_out, compared, mismatched, not_compared).",
+                                          ["route", "outcome"], registry=r)
+        self.mirrorMismatches = FastCounter("txgateway_mirror_mismatches", "Mirror answers that differed from "
+                                            "the primary's.", ["route"], registry=r)
         self.beforeRender: Callable[[], None] | None = None
-        self._requestChildren: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
+        self._requestChildren: dict[tuple[str, bytes, int, str], tuple[Any, Any]] = {}
 
     def _protection(self, r: CollectorRegistry) -> None:
         """Issue 24: admission limits, queues and sheds per upstream; batches and coalescing per route."""
@@ -132,15 +143,16 @@ class Metrics:
                                      ["route"], registry=r)
 
     def observeRequest(self, route: str, method: bytes, status: int, seconds: float,
-                       traceId: str | None = None) -> None:
+                       traceId: str | None = None, upstream: str = "") -> None:
         """
         One answered request; C{traceId} (a sampled request's) becomes the
         exemplar of the latency bucket it falls in, so a dashboard can jump
-        from a slow bucket to a trace.
+        from a slow bucket to a trace.  C{upstream}: the one it went to (on
+        a split route, the one chosen), "" when answered without one.
         """
-        children = self._requestChildren.get((route, method, status))
+        children = self._requestChildren.get((route, method, status, upstream))
         if children is None:
-            children = self._requestChildrenFor(route, method, status)
+            children = self._requestChildrenFor(route, method, status, upstream)
         children[0].inc()
         if traceId is None:
             children[1].observe(seconds)
@@ -159,9 +171,9 @@ class Metrics:
         if responseSeconds is not None:
             children[1].observe(responseSeconds)
 
-    def _requestChildrenFor(self, route: str, method: bytes, status: int) -> tuple[Any, Any]:
+    def _requestChildrenFor(self, route: str, method: bytes, status: int, upstream: str) -> tuple[Any, Any]:
         """
-        The counter and histogram children of one (route, method, status), looked up once.
+        The counter and histogram children of one (route, method, status, upstream), looked up once.
 
         Methods outside the standard ones share the label C{OTHER}, so a
         client inventing methods cannot grow the series; the cache is
@@ -170,8 +182,8 @@ class Metrics:
         if len(self._requestChildren) > 10000:
             self._requestChildren.clear()
         m = method.decode("latin-1") if method in KNOWN_METHODS else "OTHER"
-        children = self._requestChildren[(route, method, status)] = (
-            self.requests.labels(route, m, str(status)), self.requestDuration.labels(route, m))
+        children = self._requestChildren[(route, method, status, upstream)] = (
+            self.requests.labels(route, m, str(status), upstream), self.requestDuration.labels(route, m, upstream))
         return children
 
     def observeRefusal(self, status: int) -> None:
