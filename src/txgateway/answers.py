@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from txgateway.http.replay import StillTransport
 from txgateway.http.templates import BadValue, Template, escaperFor, requestValues
 from txgateway.interfaces import IForwarder
 
@@ -98,26 +99,13 @@ class _Answer:
         self._body = body
 
     def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(_Still())
+        protocol.makeConnection(StillTransport())
         if self._body:
             protocol.dataReceived(self._body)
         protocol.connectionLost(Failure(ResponseDone()))
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
-
-
-class _Still:
-    """The transport of an answer already in memory: nothing to pause."""
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Done:

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from txgateway.caching import policy
 from txgateway.caching.ranges import UNSATISFIABLE
 from txgateway.context import RequestContext
+from txgateway.http.replay import StillTransport
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -58,19 +59,6 @@ class Exchange:
                 self.onFinish()
 
 
-class _StoredTransport:
-    """The transport of a stored body: it is all in memory, so there is nothing to pause."""
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @implementer(IResponse)
 class StoredBody:
     """A stored response as an C{IResponse}: its body delivered at once."""
@@ -88,7 +76,7 @@ class StoredBody:
         self.body = body
 
     def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(_StoredTransport())
+        protocol.makeConnection(StillTransport())
         if self.body:
             protocol.dataReceived(self.body)
         protocol.connectionLost(_DONE)

@@ -18,7 +18,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-__all__ = ["BodyView", "BytesProducer", "bodyProducer"]
+__all__ = ["BodyView", "BytesProducer", "StillTransport", "bodyProducer"]
 
 # Bodies up to this size are read into memory and written in one go.
 SMALL_BODY = 256 * 1024
@@ -35,6 +35,22 @@ class BytesProducer:
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self.data)
         return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class StillTransport:
+    """
+    The transport handed to a protocol reading a body that is already in
+    memory (a stored, held or gateway-written answer): nothing to pause.
+    """
 
     def pauseProducing(self) -> None:
         pass

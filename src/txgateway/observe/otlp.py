@@ -31,9 +31,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
+from txgateway.http.replay import BytesProducer
 from txgateway.observe.tracing import Tracer
 
 if TYPE_CHECKING:
@@ -136,28 +135,6 @@ def encodeSpansPlainly(spans: list[Span], resource: list[tuple[str, Any]]) -> by
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-@implementer(IBodyProducer)
-class _Bytes:
-    """A body that is one bytes object (Twisted's own is private)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def agentPoster(reactor: Any, url: str, headers: dict[str, str], timeout: float, clock: IReactorTime) -> Poster:
     """POST to the collector with Twisted's Agent and a pool of its own; cut off after C{timeout}."""
     from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -175,7 +152,7 @@ def agentPoster(reactor: Any, url: str, headers: dict[str, str], timeout: float,
         def read(response: Any) -> Deferred[int]:
             return readBody(response).addCallback(lambda _: response.code)
 
-        d: Deferred[int] = agent.request(b"POST", target, h, _Bytes(body)).addCallback(read)
+        d: Deferred[int] = agent.request(b"POST", target, h, BytesProducer(body)).addCallback(read)
         d.addTimeout(timeout, clock)
         return d
 

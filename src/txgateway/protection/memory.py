@@ -24,6 +24,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from txgateway.http.replay import StillTransport
+
 __all__ = ["BodyTooLarge", "MemoryExchange", "MemoryResponse", "readWhole"]
 
 _DONE = Failure(ResponseDone("Response body fully received"))
@@ -40,19 +42,6 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int, response: IResponse) -> None:
         super().__init__(f"answer over {limit} bytes")
         self.response = response
-
-
-class _Idle:
-    """The transport of an in-memory body: nothing to pause."""
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @implementer(IResponse)
@@ -73,7 +62,7 @@ class MemoryResponse:
         self.length = len(body)
 
     def deliverBody(self, protocol: Protocol) -> None:
-        protocol.makeConnection(_Idle())  # type: ignore[arg-type]
+        protocol.makeConnection(StillTransport())  # type: ignore[arg-type]
         if self.body:
             protocol.dataReceived(self.body)
         protocol.connectionLost(_DONE)
