@@ -10,6 +10,7 @@ write requests and split what a client read into responses.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -381,3 +382,18 @@ class BrokenBreaker:
 
     def retryAfter(self) -> float:
         return 5.0
+
+
+def tempPath(case: Any) -> str:
+    """
+    A path that does not exist yet, in a directory removed after the test.
+
+    Trial's C{mktemp} writes under the working directory when the test runs
+    under pytest (the checkout itself); this one works the same under both.
+    """
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="txgw-test-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "f")

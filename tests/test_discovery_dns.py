@@ -16,6 +16,7 @@ from twisted.names.error import DNSNameError, DNSServerError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.support import tempPath
 from txgateway.discovery.dns import AddressSource, ServiceSource, makeResolver, systemNameservers
 from txgateway.discovery.interfaces import DiscoveredTarget, ITargetSource
 
@@ -392,11 +393,11 @@ class ServiceSourceTests(SynchronousTestCase):
 class ResolverTests(SynchronousTestCase):
     def test_systemNameservers(self) -> None:
         """resolv.conf's nameserver lines, port 53; none means 127.0.0.1."""
-        path = self.mktemp()
+        path = tempPath(self)
         with open(path, "w") as f:
             f.write("search default.svc\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\noptions ndots:5\n")
         self.assertEqual(systemNameservers(path), [("10.96.0.10", 53), ("fe80::1", 53)])
-        self.assertEqual(systemNameservers(self.mktemp()), [("127.0.0.1", 53)])
+        self.assertEqual(systemNameservers(tempPath(self)), [("127.0.0.1", 53)])
 
     def test_makeResolverStartsNoTimer(self) -> None:
         """Building the resolver schedules nothing (no resolv.conf re-read loop on the reactor)."""
@@ -404,5 +405,5 @@ class ResolverTests(SynchronousTestCase):
 
         reactor = MemoryReactorClock()
         makeResolver(reactor, [("127.0.0.1", 5353)])
-        makeResolver(reactor, (), resolvconf=self.mktemp(), hostsFile=self.mktemp())
+        makeResolver(reactor, (), resolvconf=tempPath(self), hostsFile=tempPath(self))
         self.assertEqual(reactor.getDelayedCalls(), [])

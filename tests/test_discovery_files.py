@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.support import tempPath
 from txgateway.discovery.files import FileSource, TargetsFileError, parseTargetsFile
 from txgateway.discovery.interfaces import DiscoveredTarget, ITargetSource
 
@@ -48,7 +49,7 @@ class ParseTests(SynchronousTestCase):
 class FileSourceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.path = self.mktemp()
+        self.path = tempPath(self)
         self.changes: list[tuple[DiscoveredTarget, ...]] = []
         self.mtime = 1_000_000_000
 

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.support import tempPath
 from txgateway import balancing
 from txgateway.cluster import Cluster, Endpoint, NoTarget
 from txgateway.config import ActiveHealth, HealthConfig, Target, UpstreamConfig, parseConfig
@@ -272,7 +273,7 @@ routes:
 
     def test_reloadKeepsAnUnchangedSourceAndDropsRuntimeChanges(self) -> None:
         """A reload with the same file item keeps its source running; admin changes are dropped and named."""
-        path = Path(self.mktemp())
+        path = Path(tempPath(self))
         path.write_text("- http://other:8000\n")
         fixture = GatewayFixture.fromYAML(self.YAML % path)
         service = fixture.service
