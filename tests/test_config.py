@@ -211,6 +211,16 @@ routes:
         self.assertIn("upstreams: is required: at least one upstream", got)
         self.assertIn("routes: is required: at least one route", got)
 
+    def test_upstreamsMayBeLeftOutOnlyWhenEveryRouteAnswersItself(self) -> None:
+        """A redirector (every route a redirect or respond) needs no upstreams; one forwarding route does."""
+        answers = ("routes:\n  - {name: https, match: {path_prefix: /}, redirect: {scheme: https}}\n"
+                   "  - {name: robots, match: {path: /robots.txt}, respond: {body: x}}\n")
+        config = parseConfig(answers)
+        self.assertEqual((len(config.upstreams), [r.name for r in config.routes]), (0, ["https", "robots"]))
+        forwarding = answers + "  - {name: api, match: {path_prefix: /api}, upstream: api}\n"
+        got = problems(forwarding)
+        self.assertIn("line 1: upstreams: is required: at least one upstream", got)
+
     def test_sharedRateLimitNeedsRedis(self) -> None:
         """shared: true without stores.redis is an error, not a silent local limit."""
         text = MINIMAL + "    rate_limit: {rate: 10/s, shared: true}\n"

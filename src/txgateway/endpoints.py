@@ -35,7 +35,8 @@ def healthReport(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     now = runtime.clock.seconds()
     upstreams: dict[str, Any] = {}
     degraded = []
-    anyUsable = False
+    # A gateway with no upstream at all (every route a redirect or an answer) serves every request.
+    anyUsable = not runtime.clusters
     for name, cluster in runtime.clusters.items():
         targets = []
         for e in cluster.endpoints:

@@ -339,3 +339,24 @@ routes:
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("routes[0](bad).match.path_regex", done.stdout + done.stderr)
         self.assertIn("line 5", done.stdout + done.stderr)
+
+
+REDIRECTOR = """\
+server:
+  listen: "tcp:{port}:interface=127.0.0.1"
+routes:
+  - name: to-https
+    redirect: {scheme: https, status: 308}
+"""
+
+
+class RedirectorE2ETests(SynchronousTestCase):
+    def test_aGatewayOfRedirectsAloneNeedsNoUpstream(self) -> None:
+        """Every route answers itself (an HTTP-to-HTTPS redirector): no `upstreams` needed, /health is 200."""
+        gw = GatewayProcess(REDIRECTOR).start()
+        self.addCleanup(gw.cleanup)
+        self.addCleanup(gw.stop)
+        resp = gw.request("GET", "/a/b?x=1", {"Host": "plain.test"})
+        self.assertEqual((resp.status, resp.header("Location")), (308, "https://plain.test/a/b?x=1"))
+        health = gw.request("GET", "/health")
+        self.assertEqual((health.status, health.json()["status"]), (200, "ok"))

@@ -40,7 +40,12 @@ class Parser(RouteSections, UpstreamSections, ServerSections):
         stores = self.stores(*self.child(top, "stores"))
         access = self.access(*self.child(top, "access"), "access")
         policies = self.authPolicies(*self.child(top, "auth_policies"))
-        upstreams = self.upstreams(*self.child(top, "upstreams"))
+        # A gateway whose every route answers itself (redirect / respond: an HTTPS redirector, a
+        # maintenance page) needs no upstream.
+        routesDoc = top.get("routes")
+        selfAnswering = isinstance(routesDoc, list) and bool(routesDoc) and all(
+            isinstance(r, dict) and (r.get("redirect") is not None or r.get("respond") is not None) for r in routesDoc)
+        upstreams = self.upstreams(*self.child(top, "upstreams"), required=not selfAnswering)
         routes = self.routes(*self.child(top, "routes"), upstreams, policies, stores)
         self.checkConcurrency(top, upstreams, routes)
         discovery = self.discovery(*self.child(top, "discovery"))

@@ -33,9 +33,10 @@ __all__ = ["UpstreamSections"]
 class UpstreamSections(DiscoverySections):
     """C{upstreams}: each a named cluster of targets and the policies that choose among them."""
 
-    def upstreams(self, value: Any, line: int | None) -> dict[str, UpstreamConfig]:
+    def upstreams(self, value: Any, line: int | None, required: bool = True) -> dict[str, UpstreamConfig]:
         if value is None:
-            self.problem("upstreams", line, "is required: at least one upstream")
+            if required:
+                self.problem("upstreams", line, "is required: at least one upstream")
             return {}
         if not isinstance(value, dict):
             self.problem("upstreams", line, "must be a mapping of upstream name to upstream")
