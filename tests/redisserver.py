@@ -21,7 +21,6 @@ C{tests.e2e.harness.waitFor}.
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
 import socket
@@ -35,23 +34,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-
-def _freePort() -> int:
-    """A loopback port free now, below the ephemeral range (see the module docstring)."""
-    low = 32768
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+from tests.e2e.harness import namedPort
 
 
 class _PortTaken(RuntimeError):
@@ -67,7 +50,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed: run scripts/ensure-redis.sh")
         self.binary = binary
         self.choosePort = port is None  # the first start may move to another port if this one is taken
-        self.port = port or _freePort()
+        self.port = port or namedPort()
         self.args = list(args or [])
         self.dir = Path(tempfile.mkdtemp(prefix="txgw-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -87,7 +70,7 @@ class RedisServer:
             try:
                 return self._start()
             except _PortTaken:
-                self.port = _freePort()
+                self.port = namedPort()
         return self._start()
 
     def _start(self) -> RedisServer:

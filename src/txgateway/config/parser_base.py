@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from txgateway.config.errors import Invalid, Problem, itemPath, keyPath
-from txgateway.config.fields import endpointBuildProblem, endpointProblem
-from txgateway.config.source import YAMLMap, YAMLSeq
-from txgateway.config.values import string, urlPath
+from txgateway.config.fields import endpointBuildProblem, endpointProblem, yamlText
+from txgateway.config.source import YAMLMap, YAMLSeq, lines
+from txgateway.config.values import headerName, headerValue, string, urlPath
 
 __all__ = ["ParserBase"]
 
@@ -101,6 +101,22 @@ class ParserBase:
 
     # -- sections
 
+
+    def headerPairs(self, m: YAMLMap, path: str, notAMapping: str) -> list[tuple[str, str]]:
+        """C{m["headers"]}: a mapping of header name to value, each checked (a match's, a direct answer's)."""
+        headers: list[tuple[str, str]] = []
+        hv = m.get("headers")
+        if hv is None:
+            return headers
+        if not isinstance(hv, dict):
+            self.problem(keyPath(path, "headers"), m.lines.get("headers"), notAMapping)
+            return headers
+        for k, v in hv.items():
+            try:
+                headers.append((headerName(k), headerValue(yamlText(v))))
+            except Invalid as e:
+                self.problem(keyPath(keyPath(path, "headers"), k), lines(hv).get(k), str(e))
+        return headers
 
     def optionalPath(self, m: YAMLMap, key: str, path: str, default: str | None) -> str | None:
         """A path the gateway answers itself, or C{None} when the key says C{null} or C{false}."""

@@ -18,7 +18,7 @@ from txgateway.config.fields import yamlText
 from txgateway.config.parser_base import ParserBase
 from txgateway.config.schema import CompressConfig, QueryMatch, RedirectConfig, RespondConfig, RewriteRegex
 from txgateway.config.source import YAMLMap, lines
-from txgateway.config.values import headerName, headerValue, integer, oneOf, size, string
+from txgateway.config.values import integer, oneOf, size, string
 from txgateway.http.patterns import PatternError, compilePattern
 from txgateway.http.templates import Template
 
@@ -110,17 +110,7 @@ class EdgeSections(ParserBase):
         m = self.mapping(value, path, line, ["status", "body", "headers"])
         if m is None:
             return None
-        headers: list[tuple[str, str]] = []
-        hv = m.get("headers")
-        if hv is not None:
-            if not isinstance(hv, dict):
-                self.problem(keyPath(path, "headers"), m.lines.get("headers"), "must map a header name to a value")
-            else:
-                for k, v in hv.items():
-                    try:
-                        headers.append((headerName(k), headerValue(yamlText(v))))
-                    except Invalid as e:
-                        self.problem(keyPath(keyPath(path, "headers"), k), lines(hv).get(k), str(e))
+        headers = self.headerPairs(m, path, "must map a header name to a value")
         status = self.get(m, "status", path, integer(200), 200)
         if status > 599:
             self.problem(keyPath(path, "status"), m.lines.get("status"), "must be an HTTP status (200 to 599)")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from txgateway.config.errors import Invalid, itemPath, keyPath
-from txgateway.config.fields import hostPattern, limitKey, origin, routePath, yamlText
+from txgateway.config.fields import hostPattern, limitKey, origin, routePath
 from txgateway.config.parser_auth import AuthSections
 from txgateway.config.parser_canary import CANARY_ROUTE_KEYS, parseRouteCanary
 from txgateway.config.parser_concurrency import ROUTE_KEYS, parseRouteConcurrency
@@ -164,17 +164,7 @@ class RouteSections(AuthSections, EdgeSections):
                                              "query", "client_ip"])
         if m is None:
             return MatchConfig()
-        headers: list[tuple[str, str]] = []
-        hv = m.get("headers")
-        if hv is not None:
-            if not isinstance(hv, dict):
-                self.problem(keyPath(path, "headers"), m.lines.get("headers"), "must map a header name to a value (or \"*\")")
-            else:
-                for k, v in hv.items():
-                    try:
-                        headers.append((headerName(k), headerValue(yamlText(v))))
-                    except Invalid as e:
-                        self.problem(keyPath(keyPath(path, "headers"), k), lines(hv).get(k), str(e))
+        headers = self.headerPairs(m, path, "must map a header name to a value (or \"*\")")
         mc = MatchConfig(
             host=self.get(m, "host", path, hostPattern, None),
             path=self.get(m, "path", path, routePath, None),
