@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from txgateway.observe import LATENCY_BUCKETS, Metrics
+from txgateway.observe.metrics import histogramQuantile
 
 _BOUNDS = (*LATENCY_BUCKETS, float("inf"))
 
@@ -41,19 +42,7 @@ class LatencyHistogram:
 
     def quantile(self, q: float) -> float | None:
         """Linear interpolation inside the bucket holding rank C{q}, as PromQL's histogram_quantile does."""
-        if self.count <= 0:
-            return None
-        rank = q * self.count
-        lower, below = 0.0, 0.0
-        for bound, cumulative in zip(_BOUNDS, self.buckets, strict=True):
-            if cumulative >= rank:
-                if bound == float("inf"):
-                    return lower
-                inBucket = cumulative - below
-                share = (rank - below) / inBucket if inBucket > 0 else 1.0
-                return lower + (bound - lower) * share
-            lower, below = bound, cumulative
-        return lower
+        return histogramQuantile(_BOUNDS, self.buckets, self.count, q)
 
     def mean(self) -> float | None:
         return self.total / self.count if self.count > 0 else None

@@ -11,7 +11,7 @@ process that increment takes no lock (see L{txgateway.http.fastmetrics}).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -245,5 +245,28 @@ class Metrics:
 KNOWN_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
 
 
+def histogramQuantile(bounds: Sequence[float], cumulative: Sequence[float], total: float, q: float) -> float | None:
+    """
+    PromQL's histogram_quantile: linear interpolation inside the bucket that
+    holds rank C{q * total}; the lower bound of an open-ended last bucket.
+    None for an empty histogram.  The status page's rates and the timeline
+    both read latency this way.
+    """
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            inBucket = count - below
+            share = (rank - below) / inBucket if inBucket > 0 else 1.0
+            return lower + (bound - lower) * share
+        lower, below = bound, count
+    return lower
+
+
 __all__ = ["BATCH_BUCKETS", "KNOWN_METHODS", "LATENCY_BUCKETS", "OPENMETRICS_CONTENT_TYPE", "PROCESSING_BUCKETS",
+           "histogramQuantile",
            "Metrics"]

@@ -20,6 +20,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from txgateway.observe.metrics import histogramQuantile
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
@@ -29,7 +31,6 @@ __all__ = ["Timeline"]
 
 log = Logger(namespace="txgateway")
 
-_INF = float("inf")
 CACHE_HITS = frozenset(("hit", "stale", "revalidated"))
 
 # One series' reading: requests, errors, and cumulative latency buckets (upper bound -> count).
@@ -38,20 +39,7 @@ _Reading = tuple[float, float, dict[float, float]]
 
 def _quantile(bounds: list[float], counts: list[float], q: float) -> float | None:
     """histogram_quantile over one tick's bucket deltas (cumulative), in seconds."""
-    total = counts[-1] if counts else 0.0
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for bound, cumulative in zip(bounds, counts, strict=True):
-        if cumulative >= rank:
-            if bound == _INF:
-                return lower
-            inBucket = cumulative - below
-            share = (rank - below) / inBucket if inBucket > 0 else 1.0
-            return lower + (bound - lower) * share
-        lower, below = bound, cumulative
-    return lower
+    return histogramQuantile(bounds, counts, counts[-1] if counts else 0.0, q)
 
 
 def _read(metrics: Metrics) -> dict[str, Any]:
