@@ -33,7 +33,7 @@ from txgateway.protection.build import attachAdmission
 from txgateway.routing import RouteTable, compileRoutes
 from txgateway.splitting import attachCanaries
 
-__all__ = ["ClientFactory", "Gateway", "accessLogFor", "buildRuntime", "needsRedis"]
+__all__ = ["ClientFactory", "Gateway", "accessLogFor", "breakerObserver", "buildRuntime", "needsRedis"]
 
 log = Logger(namespace="txgateway")
 
@@ -98,7 +98,7 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
         else:
             e.weight = target.weight
         if old is None or old.config.circuit_breaker != config.circuit_breaker or e.breaker is None:
-            e.breaker = breaking.makeBreaker(config.circuit_breaker, clock, _breakerObserver(metrics, config.name, e))
+            e.breaker = breaking.makeBreaker(config.circuit_breaker, clock, breakerObserver(metrics, config.name, e))
         metrics.circuitState.labels(config.name, e.url).set(_circuitCode(e.breaker.state if e.breaker else "closed"))
         metrics.targetHealthy.labels(config.name, e.url).set(1 if e.healthy(clock.seconds()) else 0)
         endpoints.append(e)
@@ -124,7 +124,8 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
     return cluster
 
 
-def _breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Callable[[str, str], None]:
+def breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Callable[[str, str], None]:
+    """A target's breaker transitions, logged and counted: for configured and discovered targets alike."""
     def onTransition(old: str, new: str) -> None:
         log.warn("circuit breaker for {target} of {upstream}: {old} -> {new}",
                  target=endpoint.url, upstream=upstream, old=old, new=new)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from txgateway.building import _breakerObserver
+from txgateway.building import breakerObserver as logBreakerTransitions
 from txgateway.config.schema_discovery import SourceSpec
 from txgateway.discovery.base import Observer
 from txgateway.discovery.service import DiscoveryService
@@ -44,7 +44,7 @@ class Discovery:
         self.clock = clock
         self.metrics = metrics
         # A discovered target's breaker logs and counts its transitions as a static target's does.
-        self.breakerObserver = breakerObserver if breakerObserver is not None else _breakerObserver
+        self.breakerObserver = breakerObserver if breakerObserver is not None else logBreakerTransitions
         self.service = DiscoveryService(reactor, clock, self._observerFor)
         self.service.setServiceParent(parent)
 
