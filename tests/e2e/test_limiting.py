@@ -18,7 +18,7 @@ RECOVERY_LINE = "is back for rate_limit"
 
 
 def limitedConfig(backend: Backend, rateLimit: str, redisURL: str | None = None) -> str:
-    extra = f'stores: {{redis: "{redisURL}", redis_timeout: 250ms}}\n' if redisURL else ""
+    extra = f'stores: {{redis: "{redisURL}", redis_timeout: 1s}}\n' if redisURL else ""
     return simpleConfig([backend.url], extra=extra, routeExtra=f"    rate_limit: {rateLimit}\n")
 
 
