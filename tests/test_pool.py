@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import CancelledError, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
 from txgateway.http.client.pool import ConnectionPool
 
@@ -48,6 +51,7 @@ class IdleExpiry(SynchronousTestCase):
         self.pool = ConnectionPool(self.clock)
         self.pool.cachedConnectionTimeout = 90  # type: ignore[assignment]
         self.pool.retryAutomatically = False
+        self.pool.replayStale = False  # hand out the pooled connections themselves, to compare them
         self.endpoint = _Endpoint()
 
     def take(self) -> Any:
@@ -139,3 +143,89 @@ routes:
         codes = [gw.request(b"GET", b"http://gw.example/api/x").code for _ in range(10)]
         self.assertEqual(codes, [200] * 10)
         self.assertLessEqual(len({id(c) for c in channels}), 2)  # the config's two targets
+
+
+class _StaleConnection(_Connection):
+    """A pooled connection the target closed while it sat idle: a request on it dies unanswered."""
+
+    def __init__(self, reason: Exception) -> None:
+        super().__init__()
+        self.reason = reason
+        self.requests: list[Any] = []
+
+    def request(self, request: Any) -> Any:
+        self.requests.append(request)
+        return fail(self.reason)
+
+
+class _FreshConnection(_Connection):
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def request(self, request: Any) -> Any:
+        self.requests.append(request)
+        return succeed("answered")
+
+
+class _FreshEndpoint(_Endpoint):
+    def connect(self, factory: Any) -> Any:
+        c = _FreshConnection()
+        self.made.append(c)
+        return succeed(c)
+
+
+class _Request:
+    def __init__(self, method: bytes, bodyProducer: Any = None) -> None:
+        self.method = method
+        self.bodyProducer = bodyProducer
+
+
+class StaleConnectionReplay(SynchronousTestCase):
+    """
+    A keep-alive connection the target closed while idle can cross the next
+    request; a bodiless idempotent request then goes once more on a new
+    connection instead of the client getting a 502 for nothing the target did.
+    """
+
+    def setUp(self) -> None:
+        self.pool = ConnectionPool(Clock())
+        self.pool.retryAutomatically = False
+        self.endpoint = _FreshEndpoint()
+
+    def send(self, request: _Request, reason: Exception | None = None) -> Any:
+        stale = _StaleConnection(reason or ResponseNeverReceived([Failure(ConnectionDone())]))
+        d = self.pool.reuse(stale, KEY, self.endpoint).request(request)  # type: ignore[arg-type]
+        return stale, d
+
+    def test_idempotentBodilessRequestGoesAgainOnANewConnection(self) -> None:
+        """A GET that died unanswered on a reused connection is answered over a new one, sent there once."""
+        request = _Request(b"GET")
+        stale, d = self.send(request)
+        self.assertEqual(self.successResultOf(d), "answered")
+        self.assertEqual(stale.requests, [request])
+        self.assertEqual([c.requests for c in self.endpoint.made], [[request]])
+
+    def test_postIsNotSentTwice(self) -> None:
+        """A POST may have been acted on: its failure stands, and no second connection is made."""
+        _, d = self.send(_Request(b"POST"))
+        self.failureResultOf(d, ResponseNeverReceived)
+        self.assertEqual(self.endpoint.made, [])
+
+    def test_requestWithABodyIsNotSentTwice(self) -> None:
+        """A body already streamed cannot be streamed again from the client: no replay."""
+        _, d = self.send(_Request(b"DELETE", bodyProducer=object()))
+        self.failureResultOf(d, ResponseNeverReceived)
+        self.assertEqual(self.endpoint.made, [])
+
+    def test_clientCancellationIsNotReplayed(self) -> None:
+        """A request the client went away from is not sent again."""
+        _, d = self.send(_Request(b"GET"), ResponseNeverReceived([Failure(CancelledError())]))
+        self.failureResultOf(d, ResponseNeverReceived)
+        self.assertEqual(self.endpoint.made, [])
+
+    def test_failureAfterAnAnswerBeganIsNotReplayed(self) -> None:
+        """A response cut partway is the target's failure and the retry policy's business, not a replay."""
+        _, d = self.send(_Request(b"GET"), ResponseFailed([Failure(ConnectionDone())]))
+        self.failureResultOf(d, ResponseFailed)
+        self.assertEqual(self.endpoint.made, [])

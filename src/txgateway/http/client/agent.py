@@ -76,6 +76,8 @@ class UpstreamRequest(_Request):
 _METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"))
 
 
+# Methods a stale pooled connection's request is sent again for (ConnectionPool.reuse).
+_REPLAYABLE = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"))
 _VALID_URI = re.compile(rb"[\x21-\x7e]+")  # as twisted.web's own check: no controls, spaces or non-ASCII
 
 
@@ -151,6 +153,8 @@ class UpstreamAgent(Agent):
                 req = UpstreamRequest._construct(method, target, headers, bodyProducer,
                                                  persistent=pool.persistent, parsedURI=full)
                 req.interim = INTERIM.get()
+                if bodyProducer is None and method in _REPLAYABLE:
+                    connection = pool.reuse(connection, key, endpoint)
                 return connection.request(req)  # type: ignore[no-any-return]
         return self._requestWithEndpoint(key, endpoint, method, full, headers, bodyProducer, target)
 
@@ -187,8 +191,9 @@ def makeClient(reactor: Any, maxPerTarget: int, idleTimeout: float, connectTimeo
     pool.writes = writes
     pool.maxPersistentPerHost = maxPerTarget
     pool.cachedConnectionTimeout = idleTimeout  # type: ignore[assignment]
-    # Our own retry policy decides and counts retries; the pool's silent
-    # replay of a request on a stale connection would hide them.
+    # Our own retry policy decides and counts retries.  What the pool still
+    # does itself is ConnectionPool.reuse: the one replay of a bodiless
+    # idempotent request whose reused connection the target had closed.
     pool.retryAutomatically = False
     return UpstreamAgent.usingEndpointFactory(reactor, TargetEndpoints(reactor, connectTimeout), pool=pool)
 

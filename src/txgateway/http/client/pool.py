@@ -98,6 +98,10 @@ class ConnectionPool(HTTPConnectionPool):
     _factory = _QuietFactory
     writes: WriteBatcher | None = None
 
+    #: Send a bodiless idempotent request again on a new connection when a
+    #: reused one turns out closed (L{reuse}).
+    replayStale = True
+
     def __init__(self, reactor: Any, persistent: bool = True) -> None:
         super().__init__(reactor, persistent)
         self._idleSince: dict[Any, float] = {}
@@ -117,12 +121,28 @@ class ConnectionPool(HTTPConnectionPool):
         connection = self.takeIdle(key)
         if connection is None:
             return self._newConnection(key, endpoint)
-        if self.retryAutomatically:
-            def again() -> Deferred[HTTP11ClientProtocol]:
-                return self._newConnection(key, endpoint)
+        return succeed(self.reuse(connection, key, endpoint))
 
-            return succeed(_RetryingHTTP11ClientProtocol(connection, again))  # type: ignore[arg-type]
-        return succeed(connection)
+    def reuse(self, connection: HTTP11ClientProtocol, key: Any, endpoint: IStreamClientEndpoint) -> Any:
+        """
+        An idle connection made ready to carry one more request.
+
+        A target may close a keep-alive connection while it sits idle here,
+        and the close can cross our next request on the wire.  Such a request
+        dies before any byte of answer through no fault of the target, so
+        (like nginx, Go's net/http and Twisted's own pool) a GET, HEAD,
+        OPTIONS, DELETE or TRACE without a body is sent once more on a new
+        connection; anything else, or a request the client cancelled, fails
+        as it did.  This is not a retry in the sense of C{retries}: the
+        target never saw the request, so nothing counts against it.
+        """
+        if not (self.replayStale or self.retryAutomatically):
+            return connection
+
+        def again() -> Deferred[HTTP11ClientProtocol]:
+            return self._newConnection(key, endpoint)
+
+        return _RetryingHTTP11ClientProtocol(connection, again)
 
     def _putConnection(self, key: Any, connection: HTTP11ClientProtocol) -> None:
         if connection.state != "QUIESCENT":
