@@ -33,6 +33,7 @@ from txgateway.context import jsonResponse, respond
 from txgateway.http.headers import NO_BODY_STATUS
 from txgateway.http.interim import INTERIM, interimTarget
 from txgateway.http.messages import Messages
+from txgateway.http.trailers import relayTrailers
 from txgateway.interfaces import IForwarder
 
 if TYPE_CHECKING:
@@ -146,15 +147,17 @@ def relay(context: RequestContext, response: IResponse,
             request.finish()
         done.callback(True)
         return done
-    response.deliverBody(_Relay(context, done, tee))
+    response.deliverBody(_Relay(context, done, tee, response))
     return done
 
 
 class _Relay(Protocol):
     """Copies an upstream body to the client, pausing the backend when the client is slow."""
 
-    def __init__(self, context: RequestContext, done: Deferred[bool], tee: Callable[[bytes], None] | None) -> None:
+    def __init__(self, context: RequestContext, done: Deferred[bool], tee: Callable[[bytes], None] | None,
+                 response: IResponse | None = None) -> None:
         self.context = context
+        self.response = response
         self.request = context.request
         self.done = done
         self.tee = tee
@@ -190,6 +193,8 @@ class _Relay(Protocol):
         complete = isinstance(reason.value, (ResponseDone, PotentialDataLoss))  # Failure.check walks the MRO by name
         if not getattr(request, "gone", False):
             if complete:
+                if self.response is not None:
+                    relayTrailers(request, self.response)
                 request.finish()
             else:
                 # The target broke off the body (reset, bad framing).  Headers

@@ -46,7 +46,8 @@ class ServerSections(ParserBase):
         m = self.mapping(value, p, line, ["listen", "max_request_body", "max_header_bytes", "max_uri_bytes",
                                           "max_connections_per_ip", "timeouts", "trusted_proxies", "endpoints",
                                           "workers", "via", "watch_config", "backlog", "environment",
-                                          "forwarded_header"])
+                                          "forwarded_header", "http2", "h2c", "http2_max_concurrent_streams",
+                                          "http2_max_requests_per_connection", "http2_max_resets"])
         if m is None:
             return ServerConfig()
         d = ServerConfig()
@@ -89,6 +90,13 @@ class ServerSections(ParserBase):
             environment=self.get(m, "environment", p, string, d.environment),
             forwarded_header=self.get(m, "forwarded_header", p, oneOf("x-forwarded", "forwarded", "both"),
                                       d.forwarded_header),
+            http2=self.get(m, "http2", p, boolean, d.http2),
+            h2c=self.get(m, "h2c", p, boolean, d.h2c),
+            http2_max_concurrent_streams=self.get(m, "http2_max_concurrent_streams", p, integer(1),
+                                                  d.http2_max_concurrent_streams),
+            http2_max_requests_per_connection=self.get(m, "http2_max_requests_per_connection", p, integer(0),
+                                                       d.http2_max_requests_per_connection),
+            http2_max_resets=self.get(m, "http2_max_resets", p, integer(1), d.http2_max_resets),
         )
 
     def admin(self, value: Any, line: int | None) -> AdminConfig | None:

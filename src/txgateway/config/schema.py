@@ -90,6 +90,11 @@ class ServerConfig:
     # Which forwarding headers are written upstream and read from trusted
     # proxies: X-Forwarded-* (today's), RFC 7239 Forwarded, or both.
     forwarded_header: str = "x-forwarded"
+    http2: bool = True  # ssl: listeners offer h2 by ALPN
+    h2c: bool = False  # tcp: listeners also take prior-knowledge cleartext HTTP/2
+    http2_max_concurrent_streams: int = 100
+    http2_max_requests_per_connection: int = 10000  # then a graceful GOAWAY; 0: no budget
+    http2_max_resets: int = 200  # client stream resets in a burst; refilled at a tenth a second
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,12 @@ client connections counted, in total and per client address.
 
 A client over C{server.max_connections_per_ip} is answered 503 and closed
 before a channel is built for it; the drain waits on
-L{GatewaySite.whenAllClosed}.  No private Twisted name is used here.
+L{GatewaySite.whenAllClosed}.  A listener that may speak HTTP/2 (C{ssl:}
+with C{server.http2}, C{tcp:} with C{server.h2c}) puts a
+L{NegotiatingProtocol <txgateway.http.negotiate.NegotiatingProtocol>} in
+front of each channel; ALPN offers C{h2} through L{acceptableProtocols}
+(twisted's C{IProtocolNegotiationFactory}).  No private Twisted name is
+used here.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from twisted.web import http, server
 from txgateway.http.addresses import AddressSet
 from txgateway.http.channel import GatewayChannel
 from txgateway.http.heads import RefusalHook, rawResponse
+from txgateway.http.negotiate import NegotiatingProtocol, offeredProtocols
 from txgateway.http.request import GatewayRequest
 
 if TYPE_CHECKING:
@@ -60,7 +66,10 @@ class GatewaySite(server.Site):
         self.onRefusal = onRefusal
         self.writes = writes
         self.metrics = metrics
-        self.channels: set[GatewayChannel] = set()
+        self.channels: set[Any] = set()  # GatewayChannel and GatewayH2Connection
+        # Only the main listener's description says whether it is TLS.
+        self.isTLS = limits.listen.startswith("ssl:")
+        self._negotiate = limits.http2 if self.isTLS else limits.h2c
         self.perAddress: dict[str, int] = {}
         self._trusted = AddressSet(limits.trusted_proxies)
         self._dateSecond = -1
@@ -87,9 +96,16 @@ class GatewaySite(server.Site):
                          peer=host, n=cap)
             self.metrics.observeRefusal(503)
             return _TooManyConnections()
-        return super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)
+        if self._negotiate and channel is not None:
+            return NegotiatingProtocol(channel, self, self.isTLS)
+        return channel
 
-    def connectionOpened(self, channel: GatewayChannel) -> None:
+    def acceptableProtocols(self) -> list[bytes]:
+        """What ALPN offers on a TLS listener: C{h2} first when C{server.http2} is on."""
+        return offeredProtocols(self.limits.http2)
+
+    def connectionOpened(self, channel: Any) -> None:
         self.channels.add(channel)
         self.metrics.activeConnections.inc()
         peer = getattr(channel.transport.getPeer(), "host", None) if channel.transport is not None else None
@@ -97,7 +113,7 @@ class GatewaySite(server.Site):
             channel._peerHost = peer
             self.perAddress[peer] = self.perAddress.get(peer, 0) + 1
 
-    def connectionClosed(self, channel: GatewayChannel) -> None:
+    def connectionClosed(self, channel: Any) -> None:
         if channel in self.channels:
             self.channels.discard(channel)
             self.metrics.activeConnections.dec()

@@ -68,6 +68,7 @@ class AccessLog:
             "request_id": context.requestId,
             "client": context.clientIP,
             "method": context.method.decode("latin-1"),
+            "protocol": protocolOf(context.request),
             "host": context.host,
             "path": context.path,
             "route": route.name if route is not None else None,
@@ -182,6 +183,7 @@ class AccessLog:
         return (
             f'{self._timePrefix}{MILLIS[int((t % 1) * 1000)]}Z","request_id":{enc(c.requestId)},'
             f'"client":{enc(c.clientIP)},"method":{self._methods.get(c.method) or self._encodeMethod(c.method)},'
+            f'"protocol":{_PROTOCOL_JSON.get(getattr(c.request, "clientproto", b""), "null")},'
             f'"host":{enc(c.host)},"path":{enc(c.path)},'
             f'"route":{"null" if route is None else get(route.name) or self._encode(route.name)},'
             f'"upstream":{"null" if upstream is None else get(upstream) or self._encode(upstream)},'
@@ -229,6 +231,16 @@ class AccessLog:
 
 
 _encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
+
+# The protocol a client spoke (twisted.web's clientproto), as the access log
+# writes it: a field, not a metric label.
+_PROTOCOLS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0", b"HTTP/2": "HTTP/2"}
+_PROTOCOL_JSON = {k: _encodeString(v) for k, v in _PROTOCOLS.items()}
+
+
+def protocolOf(request: Any) -> str | None:
+    """C{"HTTP/1.1"}, C{"HTTP/2"}...: what the client spoke; None for a request refused before it had one."""
+    return _PROTOCOLS.get(getattr(request, "clientproto", b""))
 
 
 def _processingMs(mark: float, other: float, reverse: bool = False) -> float | None:
@@ -296,4 +308,4 @@ def accessText(entry: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-__all__ = ["AccessLog", "accessText", "bodySize", "requestBodySize"]
+__all__ = ["AccessLog", "accessText", "bodySize", "protocolOf", "requestBodySize"]
