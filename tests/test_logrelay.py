@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import FileLogObserver, Logger, LogPublisher
+from prometheus_client import CollectorRegistry, Counter
+from twisted.logger import FileLogObserver, Logger, LogLevel, LogPublisher, formatEvent, globalLogPublisher
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import tempPath
-from txgateway.http.twistdlog import TwistdLogAdopter, reopenOrRotate
+from txgateway.http.twistdlog import TwistdLogAdopter, onReopenSignal, reopenOrRotate
 from txgateway.logrelay import ACCESS_FD, AppendFile, LineRelay, WorkerOutput, workerMarkers
 from txgateway.observe.logging import jsonFormatter, textFormatter
 
@@ -99,6 +102,21 @@ class LineRelayTests(SynchronousTestCase):
         self.assertEqual("".join(x["message"] for x in lines), "x" * 600)
         self.assertTrue(all(x["worker"] == 1 and len(x["message"]) <= 160 for x in lines))
 
+    def test_aFailedWriteIsCountedNotRaised(self) -> None:
+        """A full disk: the lines that could not be written are counted by file, and the pipe keeps being read."""
+        registry = CollectorRegistry()
+        dropped = Counter("txgateway_log_lines_dropped", "d", ["file"], registry=registry)
+
+        def full(text: str) -> None:
+            raise OSError(28, "No space left on device")
+
+        fmt = jsonFormatter("info", 0)
+        relays = WorkerOutput(full, lambda i: fmt, "json", full, dropped=dropped).relays(0)
+        relays[1].feed(WORKER_LINE % 1 + WORKER_LINE % 2)
+        relays[ACCESS_FD].feed(WORKER_LINE % 3)
+        self.assertEqual(registry.get_sample_value("txgateway_log_lines_dropped_total", {"file": "log"}), 2.0)
+        self.assertEqual(registry.get_sample_value("txgateway_log_lines_dropped_total", {"file": "access"}), 1.0)
+
     def test_markersOfEachFormat(self) -> None:
         """What says a line names its worker: the JSON field, or the text tags."""
         self.assertEqual(workerMarkers("json"), (b'"worker":',))
@@ -170,3 +188,48 @@ class ReopenTests(SynchronousTestCase):
         adopter.write(WORKER_LINE.decode() % 4)
         lines = [json.loads(x) for x in out.getvalue().splitlines()]
         self.assertEqual([(x["message"], x.get("worker")) for x in lines], [("starting up", None), ("m4", 1)])
+
+
+class RecordingReactor:
+    def __init__(self) -> None:
+        self.whenRunning: list[tuple[Any, ...]] = []
+        self.fromThread: list[Any] = []
+
+    def callWhenRunning(self, f: Any, *args: Any) -> None:
+        self.whenRunning.append((f, *args))
+
+    def callFromThread(self, f: Any) -> None:
+        self.fromThread.append(f)
+
+
+class SignalTests(SynchronousTestCase):
+    def handler(self, reopen: Any) -> tuple[RecordingReactor, Any]:
+        reactor = RecordingReactor()
+        onReopenSignal(reactor, reopen)
+        [(install, signum, handler)] = reactor.whenRunning
+        self.assertEqual((install, signum), (signal.signal, signal.SIGUSR1))  # once running, over twistd's own
+        return reactor, handler
+
+    def test_sigusr1ReopensInTheReactorThread(self) -> None:
+        """The signal only schedules the reopen; it runs in the reactor thread, between two writes."""
+        calls: list[int] = []
+        reactor, handler = self.handler(lambda: calls.append(1))
+        handler(signal.SIGUSR1, None)
+        self.assertEqual(calls, [])
+        reactor.fromThread[0]()
+        self.assertEqual(calls, [1])
+
+    def test_aFailedReopenIsOneErrorLine(self) -> None:
+        """A log directory gone unwritable: one error line, and the gateway keeps writing to the old file."""
+        def reopen() -> None:
+            raise PermissionError(13, "Permission denied")
+
+        reactor, handler = self.handler(reopen)
+        handler(signal.SIGUSR1, None)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor.fromThread[0]()
+        [event] = [e for e in events if e.get("log_namespace") == "txgateway"]
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertIn("Permission denied", formatEvent(event))

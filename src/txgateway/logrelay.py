@@ -35,7 +35,7 @@ from typing import Any
 
 from twisted.logger import LogLevel
 
-__all__ = ["ACCESS_FD", "MAX_LINE", "AppendFile", "LineRelay", "WorkerOutput", "workerMarkers"]
+__all__ = ["ACCESS_FD", "MAX_LINE", "AppendFile", "LineRelay", "WorkerOutput", "droppedCounter", "workerMarkers"]
 
 # The longest line kept whole: past this an unfinished line is written
 # wrapped (see the module docstring), and its rest follows as another.
@@ -119,15 +119,33 @@ class WorkerOutput:
     @param format: C{logging.format}, C{json} or C{text}.
     @param access: writes whole lines to C{logging.access_log_file}, when
         the config names one (the workers send those lines on L{ACCESS_FD}).
+    @param dropped: C{txgateway_log_lines_dropped_total} (L{droppedCounter}):
+        lines a write could not store (a full disk, a closed stdout) are
+        counted there, by file, since the log cannot say it of itself.
     """
 
     def __init__(self, log: Callable[[str], None], formatterFor: Callable[[int], Callable[[dict[str, Any]], str | None]],
-                 format: str, access: Callable[[str], None] | None = None, now: Callable[[], float] = time.time) -> None:
-        self.log = log
+                 format: str, access: Callable[[str], None] | None = None, now: Callable[[], float] = time.time,
+                 dropped: Any = None) -> None:
+        self.log = self._guarded(log, "log", dropped)
         self.formatterFor = formatterFor
         self.markers = workerMarkers(format)
-        self.access = access
+        self.access = self._guarded(access, "access", dropped) if access is not None else None
         self.now = now
+
+    @staticmethod
+    def _guarded(write: Callable[[str], None], name: str, dropped: Any) -> Callable[[str], None]:
+        """C{write}, with a failed write counted instead of raised into the reactor (which would close the pipe)."""
+        child = dropped.labels(name) if dropped is not None else None
+
+        def guarded(text: str) -> None:
+            try:
+                write(text)
+            except (OSError, ValueError):
+                if child is not None:
+                    child.inc(text.count("\n"))
+
+        return guarded
 
     def relays(self, index: int) -> dict[int, LineRelay]:
         """childFD -> relay, for worker C{index}'s pipes."""
@@ -169,3 +187,15 @@ class AppendFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+def droppedCounter() -> Any:
+    """
+    C{txgateway_log_lines_dropped_total{file}}, kept by the supervisor
+    (C{file}: C{log} or C{access}); like L{txgateway.restarting.restartsCounter},
+    made once C{PROMETHEUS_MULTIPROC_DIR} is set, so the workers' C{/metrics} report it.
+    """
+    from prometheus_client import CollectorRegistry, Counter
+
+    return Counter("txgateway_log_lines_dropped", "Workers' log lines the supervisor could not write (a full disk...).",
+                   ["file"], registry=CollectorRegistry(auto_describe=True))

@@ -13,11 +13,12 @@ it to that.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Any
 
 from txgateway.config import GatewayConfig
-from txgateway.logrelay import AppendFile, WorkerOutput
+from txgateway.logrelay import AppendFile, WorkerOutput, droppedCounter
 from txgateway.restarting import restartsCounter
 from txgateway.workers import WorkerSupervisor, installSignals
 
@@ -45,8 +46,13 @@ def makeSupervisor(config: GatewayConfig, options: Any, reactor: Any, count: int
     adopter = TwistdLogAdopter(formatter(None))
     adopter.attachUntilRunning(reactor)
     logConfigLoaded(config)
-    access = AppendFile(lc.access_log_file) if lc.access_log and lc.access_log_file else None
-    output = WorkerOutput(adopter.write, formatter, lc.format, access.write if access is not None else None)
+    try:
+        access = AppendFile(lc.access_log_file) if lc.access_log and lc.access_log_file else None
+    except OSError as e:  # as a single gateway says it (txgateway.tap)
+        sys.stderr.write(f"txgateway: cannot start: {e}\n")
+        raise SystemExit(1) from None
+    output = WorkerOutput(adopter.write, formatter, lc.format, access.write if access is not None else None,
+                          dropped=droppedCounter())
     # Workers log to stdout, a pipe this process reads: it alone writes the file.
     argv = ["--logfile=-", "txgateway"]
     if options["config"]:

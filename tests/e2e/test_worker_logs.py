@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def workersConfig(backend: Backend, n: int = 2, logging: str = "") -> str:
+    """simpleConfig with C{n} workers and C{logging} lines added to its logging section."""
     config = simpleConfig([backend.url]).replace("  timeouts: {drain: 10s}", f"  timeouts: {{drain: 10s}}\n  workers: {n}")
     return config.replace("logging:\n  level: info\n", "logging:\n  level: info\n" + logging)
 
@@ -51,36 +52,46 @@ def startLoad(port: int, rate: int, seconds: float) -> subprocess.Popen[str]:
 
 
 class WorkerLogFileTests(SynchronousTestCase):
-    def test_everyRequestLeavesOneWholeLineAcrossRotation(self) -> None:
+    def assertEveryRequestLoggedOnce(self, workers: int, requests: int, rate: int) -> None:
         """
-        2,000 requests to 2 workers under load, the log moved away and SIGUSR1 sent mid-run: exactly 2,000
-        access lines, all valid JSON, each naming its worker, split between the moved file and the new one.
+        C{requests} POSTs at C{rate}/s to C{workers} workers, the log moved away and SIGUSR1 sent mid-run:
+        exactly one access line per request, every line of every file valid JSON, each access line naming
+        its worker, the lines split between the moved file and the new one.
         """
         backend = Backend("wl").start()
         self.addCleanup(backend.stop)
-        gw = GatewayProcess(workersConfig(backend), logFile="gw.log").start()
+        gw = GatewayProcess(workersConfig(backend, workers), logFile="gw.log").start()
         self.addCleanup(gw.cleanup)
         self.addCleanup(gw.stop)
-        load = startLoad(gw.port, 250, 8)
+        load = startLoad(gw.port, rate, requests / rate)
         self.addCleanup(lambda: load.poll() is None and load.kill())
-        waitFor(lambda: len(accessLines(gw.dir, "gw.log")) >= 500, timeout=60, what="500 requests logged")
+        waitFor(lambda: len(accessLines(gw.dir, "gw.log")) >= requests // 4, timeout=60, what="a quarter logged")
         os.rename(gw.dir / "gw.log", gw.dir / "gw.log.moved")  # what logrotate does, then its postrotate:
         gw.signal(signal.SIGUSR1)
         out, _ = load.communicate(timeout=120)
-        summary = json.loads(out)
-        self.assertEqual(summary["statuses"], {"200": 2000})
+        self.assertEqual(json.loads(out)["statuses"], {"200": requests})
+
         def echoed() -> list[dict[str, Any]]:
             return [x for x in accessLines(gw.dir, "gw.log") if x["path"] == "/echo"]  # not the harness's /ready
 
-        lines = waitFor(lambda: len(x := echoed()) >= 2000 and x, timeout=30, what="2,000 access lines")
-        self.assertEqual(len(lines), 2000)
-        self.assertEqual(len({x["request_id"] for x in lines}), 2000)
-        self.assertEqual({x["worker"] for x in lines}, {0, 1})
+        lines = waitFor(lambda: len(x := echoed()) >= requests and x, timeout=30, what="every access line")
+        self.assertEqual(len(lines), requests)
+        self.assertEqual(len({x["request_id"] for x in lines}), requests)
+        self.assertEqual({x["worker"] for x in lines}, set(range(workers)))
         moved = [x for x in accessLines(gw.dir, "gw.log.moved") if x["path"] == "/echo"]
-        self.assertTrue(0 < len(moved) < 2000, len(moved))
+        self.assertTrue(0 < len(moved) < requests, len(moved))
+        self.assertTrue(any(x["path"] == "/echo" for x in accessLines(gw.dir, "gw.log$")))
         # twistd's own lines and the gateway's, from workers and supervisor alike, are JSON too.
-        workerLines = [json.loads(x) for x in linesOf(gw.dir, "gw.log") if '"worker":' in x]
-        self.assertTrue(any(x.get("message", "").startswith("txgateway listening") for x in workerLines))
+        listening = [json.loads(x) for x in linesOf(gw.dir, "gw.log") if "txgateway listening" in x]
+        self.assertEqual(sorted(x["worker"] for x in listening), list(range(workers)))
+
+    def test_twoThousandRequestsTwoWorkers(self) -> None:
+        """2,000 requests to 2 workers under load, rotated mid-run: exactly 2,000 whole access lines."""
+        self.assertEveryRequestLoggedOnce(2, 2000, 250)
+
+    def test_fourWorkers(self) -> None:
+        """The same with 4 workers (1,000 requests)."""
+        self.assertEveryRequestLoggedOnce(4, 1000, 250)
 
     def test_accessLogFileWrittenByTheSupervisorAlone(self) -> None:
         """With logging.access_log_file, the workers' lines reach it whole through the supervisor, and SIGUSR1 reopens it."""

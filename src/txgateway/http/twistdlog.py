@@ -29,6 +29,7 @@ from typing import Any
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
+    Logger,
     globalLogPublisher,
 )
 from twisted.python.logfile import BaseLogFile
@@ -173,8 +174,15 @@ def onReopenSignal(reactor: Any, reopen: Callable[[], object]) -> None:
     if not hasattr(signal, "SIGUSR1"):
         return
 
+    def reopenLogs() -> None:
+        try:
+            reopen()
+        except OSError as e:  # the directory gone or unwritable: keep writing where we were
+            Logger(namespace="txgateway").error("SIGUSR1: cannot reopen the log files: {reason}; still writing to "
+                                                "the old ones", reason=e.strerror or str(e))
+
     def onUsr1(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reopen)
+        reactor.callFromThread(reopenLogs)
 
     reactor.callWhenRunning(signal.signal, signal.SIGUSR1, onUsr1)
 
