@@ -7,8 +7,11 @@ twistd starts becomes a supervisor: it binds N listening sockets to the same
 address with C{SO_REUSEPORT} (so the kernel spreads new connections evenly,
 with no thundering herd on one accept queue), then starts N workers, each
 C{twistd -n txgateway} adopting its socket (C{adoptStreamPort}) instead of
-binding.  The supervisor restarts a worker that dies, forwards SIGHUP (reload)
-to all of them, and on SIGTERM lets every worker drain and waits for them.
+binding.  The supervisor restarts a worker that dies (backing off while it
+keeps dying: L{txgateway.restarting}), forwards SIGHUP (reload) to all of
+them, and on SIGTERM lets every worker drain and waits for them.  Workers
+log to pipes this process reads, so it alone writes each log file, whole
+lines only (L{txgateway.logrelay}).
 
 Binding in the supervisor means a privileged port needs privileges only
 there, and a restarted worker takes over the same socket, so no connection
@@ -122,7 +125,7 @@ class WorkerSupervisor(Service):
             this process's stdout and stderr.
         @param metricsDir: C{PROMETHEUS_MULTIPROC_DIR} for the workers (made
             at start when not given).
-        @param restarts: C{txgateway_worker_restarts_total} (L{restartsCounter}).
+        @param restarts: C{txgateway_worker_restarts_total} (L{txgateway.restarting.restartsCounter}).
         """
         self.reactor = reactor
         self.clock = clock
