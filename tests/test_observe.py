@@ -554,8 +554,13 @@ class DashboardTests(SynchronousTestCase):
         from pathlib import Path
 
         root = Path(__file__).resolve().parents[1]
+        from txgateway.logrelay import droppedCounter
+        from txgateway.restarting import restartsCounter
+
         exported: set[str] = set()
-        for family in Metrics(processMetrics=False).registry.collect():
+        # The gateway's own, and the two the worker supervisor keeps (reported with the workers').
+        supervisor = [*restartsCounter().collect(), *droppedCounter().collect()]
+        for family in [*Metrics(processMetrics=False).registry.collect(), *supervisor]:
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
             exported.update(family.name + s for s in suffixes)
             exported.add(family.name)

@@ -12,6 +12,7 @@ and on every reload; tests call it directly.
 
 from __future__ import annotations
 
+import os
 import random as _random
 from collections.abc import Callable
 from typing import Any
@@ -143,11 +144,17 @@ def needsRedis(config: GatewayConfig) -> bool:
                for r in config.routes)
 
 
-def accessLogFor(config: GatewayConfig, clock: IReactorTime) -> AccessLog:
-    """The access log C{logging} asks for, writing to its file when one is named."""
+def accessLogFor(config: GatewayConfig, clock: IReactorTime, fd: int | None = None) -> AccessLog:
+    """
+    The access log C{logging} asks for, writing to its file when one is
+    named; in a worker, to the pipe C{fd} instead, whose lines the
+    supervisor writes to that file (see L{txgateway.logrelay}).
+    """
     lc = config.logging
     out = None
-    if lc.access_log and lc.access_log_file:
+    if lc.access_log and lc.access_log_file and fd is not None:
+        out = os.fdopen(fd, "w", encoding="utf-8")
+    elif lc.access_log and lc.access_log_file:
         # Buffered: AccessLog flushes once per reactor turn (given the clock),
         # not once per line.
         out = open(lc.access_log_file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process

@@ -59,12 +59,14 @@ class GatewayService(MultiService):
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
                  loadConfig: Callable[[str], GatewayConfig] = loadConfig,
                  listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None,
-                 clients: ClientFactory | None = None) -> None:
+                 clients: ClientFactory | None = None, accessLogFd: int | None = None) -> None:
         """
         @param loadConfig: how a reload reads C{configPath}.
         @param clients: makes each upstream's client (see
             L{txgateway.building.buildRuntime}); by default the pooled
             HTTP/1.1 client.  Tests pass in-memory ones.
+        @param accessLogFd: in a worker, the pipe its access-log lines go
+            to (the supervisor writes them to C{logging.access_log_file}).
         """
         super().__init__()
         self.workerId = workerId
@@ -77,7 +79,7 @@ class GatewayService(MultiService):
         self._clients = clients
         self.redis = stores.makeRedis(config.stores, reactor) if needsRedis(config) else None
         self.shared: dict[str, Any] = {}
-        self.accessLog = accessLogFor(config, self.clock)
+        self.accessLog = accessLogFor(config, self.clock, accessLogFd)
         # Shared by the client side and every upstream pool: each side's
         # event writes to the other side's sockets.
         self.writes = WriteBatcher()

@@ -32,6 +32,7 @@ class Options(usage.Options):
         ["worker-id", None, None, "(internal) this worker's index"],
         ["listen-fd", None, None, "(internal) adopt this inherited listening socket"],
         ["admin-fd", None, None, "(internal) adopt this inherited admin socket"],
+        ["access-log-fd", None, None, "(internal) write access-log lines to this pipe"],
     ]
 
 
@@ -45,9 +46,6 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
-    from txgateway.observe import TwistdLogAdopter, formatterFor, logConfigLoaded
-    from txgateway.service import GatewayService
-
     try:
         config = loadFromOptions(options)
     except ConfigError as e:
@@ -55,17 +53,27 @@ def makeService(options: Any) -> IService:
         sys.stderr.write("".join(f"txgateway: config rejected: {line}\n" for line in e.render().splitlines()))
         raise SystemExit(1) from None
     _installStartupErrorHook(options)
+    if options["listen-fd"] is None:
+        # Decided before the gateway's modules are imported: the supervisor
+        # never loads them (see txgateway.supervising).
+        count = _workerCount(config, options)
+        if count is not None:
+            from txgateway.supervising import makeSupervisor
+
+            supervisor = makeSupervisor(config, options, reactor, count)
+            atexit.register(_exitWithStatusOf, supervisor)
+            reactor.callWhenRunning(_freezeStartupObjects)
+            return supervisor
+    from txgateway.http.twistdlog import onReopenSignal
+    from txgateway.observe import TwistdLogAdopter, formatterFor, logConfigLoaded
+    from txgateway.service import GatewayService
     from txgateway.workshop import labelledFormatter
 
     formatter = labelledFormatter(formatterFor(config.logging.level, config.logging.format,
                                                _int(options["worker-id"])), config.server.environment)
-    _installLogging(TwistdLogAdopter(formatter), reactor)
+    adopter = TwistdLogAdopter(formatter)
+    adopter.attachUntilRunning(reactor)
     logConfigLoaded(config)
-    if options["listen-fd"] is None:
-        supervisor = _supervisorFor(config, options, reactor)
-        if supervisor is not None:
-            atexit.register(_exitWithStatusOf, supervisor)
-            return supervisor
     if options["listen-fd"] is not None:
         from txgateway.workers import followSupervisor
 
@@ -73,12 +81,18 @@ def makeService(options: Any) -> IService:
     try:
         service = GatewayService(config, reactor, configPath=options["config"],
                                  listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
-                                 workerId=_int(options["worker-id"]))
+                                 workerId=_int(options["worker-id"]), accessLogFd=_int(options["access-log-fd"]))
     except OSError as e:  # e.g. logging.access_log_file in a directory that does not exist
         sys.stderr.write(f"txgateway: cannot start: {e}\n")
         raise SystemExit(1) from None
     atexit.register(_exitWithStatusOf, service)
     _installSignals(service, reactor)
+
+    def reopen() -> None:
+        adopter.reopen()
+        service.accessLog.reopen()
+
+    onReopenSignal(reactor, reopen)
     reactor.callWhenRunning(_freezeStartupObjects)
     return service
 
@@ -178,11 +192,11 @@ def _int(value: str | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IService | None:
-    """With more than one worker, this process supervises instead of serving."""
+def _workerCount(config: GatewayConfig, options: Any) -> int | None:
+    """With more than one worker, how many: this process supervises them instead of serving."""
     if options["workers"] is None and config.server.workers == 1:
-        return None  # the usual case; the supervisor's module stays unloaded
-    from txgateway.workers import WorkerSetupError, WorkerSupervisor, installSignals, parseListen, workerCount
+        return None  # the usual case; the supervisor's modules stay unloaded
+    from txgateway.workers import WorkerSetupError, parseListen, workerCount
 
     try:
         count = workerCount(config.server.workers, options["workers"])
@@ -194,28 +208,7 @@ def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IServic
     except (WorkerSetupError, ValueError) as e:
         sys.stderr.write(f"txgateway: {e}\n")
         raise SystemExit(1) from None
-    argv = []
-    parent = getattr(options, "parent", None)
-    logfile = parent.get("logfile") if parent is not None else None
-    argv.append(f"--logfile={logfile}" if logfile else "--logfile=-")
-    argv.append("txgateway")
-    if options["config"]:
-        argv += ["--config", os.path.abspath(options["config"])]
-    from txgateway.listening import listenBacklog, withBacklog
-
-    backlog = listenBacklog(config.server.backlog)
-    supervisor = WorkerSupervisor(reactor, reactor, count, withBacklog(config.server.listen, backlog), argv,
-                                  admin=withBacklog(config.admin.listen, backlog) if config.admin is not None else None,
-                                  drain=config.server.timeouts.drain)
-    installSignals(supervisor, reactor)
-    return supervisor
-
-
-def _installLogging(adopter: Any, reactor: Any) -> None:
-    # twistd begins logging after makeService returns: the adopter takes
-    # over its file observer at the first event, and leaves once running.
-    adopter.attach()
-    reactor.callWhenRunning(adopter.detach)
+    return count
 
 
 def _installSignals(service: Any, reactor: Any) -> None:

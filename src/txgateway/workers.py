@@ -7,8 +7,11 @@ twistd starts becomes a supervisor: it binds N listening sockets to the same
 address with C{SO_REUSEPORT} (so the kernel spreads new connections evenly,
 with no thundering herd on one accept queue), then starts N workers, each
 C{twistd -n txgateway} adopting its socket (C{adoptStreamPort}) instead of
-binding.  The supervisor restarts a worker that dies, forwards SIGHUP (reload)
-to all of them, and on SIGTERM lets every worker drain and waits for them.
+binding.  The supervisor restarts a worker that dies (backing off while it
+keeps dying: L{txgateway.restarting}), forwards SIGHUP (reload) to all of
+them, and on SIGTERM lets every worker drain and waits for them.  Workers
+log to pipes this process reads, so it alone writes each log file, whole
+lines only (L{txgateway.logrelay}).
 
 Binding in the supervisor means a privileged port needs privileges only
 there, and a restarted worker takes over the same socket, so no connection
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -28,12 +32,14 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgateway.http.process import markCleanStop
+from txgateway.logrelay import ACCESS_FD, LineRelay, WorkerOutput
+from txgateway.restarting import RestartBackoff
 
 __all__ = ["WorkerSetupError", "WorkerSupervisor", "bindReusePort", "followSupervisor", "installSignals",
            "parseListen", "workerCount"]
@@ -83,12 +89,25 @@ def bindReusePort(port: int, interface: str, backlog: int) -> socket.socket:
 
 
 class _WorkerProtocol(ProcessProtocol):
-    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+    def __init__(self, supervisor: WorkerSupervisor, index: int, relays: dict[int, LineRelay]) -> None:
         self.supervisor = supervisor
         self.index = index
+        self.relays = relays  # childFD -> its line buffer (see txgateway.logrelay)
         self.ended: Deferred[None] = Deferred()
 
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        relay = self.relays.get(childFD)
+        if relay is not None:
+            relay.feed(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        relay = self.relays.get(childFD)
+        if relay is not None:
+            relay.end()
+
     def processEnded(self, reason: Failure) -> None:
+        for relay in self.relays.values():
+            relay.end()
         self.ended.callback(None)
         self.supervisor.workerEnded(self.index, reason)
 
@@ -98,7 +117,16 @@ class WorkerSupervisor(Service):
 
     def __init__(self, reactor: Any, clock: IReactorTime, count: int, listen: str, argv: list[str],
                  admin: str | None = None, drain: float = 30.0, executable: str | None = None,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, output: WorkerOutput | None = None,
+                 metricsDir: str | None = None, restarts: Any = None) -> None:
+        """
+        @param output: where the workers' log lines go (their stdout, stderr
+            and access-log pipes are read here); without it they inherit
+            this process's stdout and stderr.
+        @param metricsDir: C{PROMETHEUS_MULTIPROC_DIR} for the workers (made
+            at start when not given).
+        @param restarts: C{txgateway_worker_restarts_total} (L{txgateway.restarting.restartsCounter}).
+        """
         self.reactor = reactor
         self.clock = clock
         self.count = count
@@ -112,9 +140,12 @@ class WorkerSupervisor(Service):
         self.adminSocket: socket.socket | None = None
         self.processes: dict[int, Any] = {}
         self.protocols: dict[int, _WorkerProtocol] = {}
-        self.restarts: dict[int, list[float]] = {}
+        self.output = output
+        self.backoff = RestartBackoff(clock)
+        self.restarts = restarts
         self.stopping = False
-        self.metricsDir: str | None = None
+        self._pending: dict[int, IDelayedCall] = {}
+        self.metricsDir = metricsDir
         # Non-zero when a worker's drain cut requests (it exited 3): the
         # supervisor exits with it too (applied by txgateway.tap).
         self.exitStatus = 0
@@ -138,7 +169,8 @@ class WorkerSupervisor(Service):
             raise WorkerSetupError(f"cannot listen on {self.listen}: {e.strerror or e}") from None
         # prometheus-client's multiprocess mode: every worker writes its samples
         # to files here and /metrics in any worker reports the sum of all.
-        self.metricsDir = tempfile.mkdtemp(prefix="txgateway-metrics-")
+        if self.metricsDir is None:
+            self.metricsDir = tempfile.mkdtemp(prefix="txgateway-metrics-")
         log.info("starting {n} workers on {listen}", n=self.count, listen=self.listen)
         for i in range(self.count):
             self.spawn(i)
@@ -149,11 +181,17 @@ class WorkerSupervisor(Service):
         if self.adminSocket is not None:
             childFDs[4] = self.adminSocket.fileno()
             args += ["--admin-fd", "4"]
+        relays = self.output.relays(index) if self.output is not None else {}
+        for fd in relays:
+            childFDs[fd] = "r"  # the worker writes, this process reads whole lines
+        if ACCESS_FD in relays:
+            args += ["--access-log-fd", str(ACCESS_FD)]
         env = dict(self.environ, PROMETHEUS_MULTIPROC_DIR=self.metricsDir or "", TXGATEWAY_WORKER=str(index),
                    TXGATEWAY_SUPERVISOR=str(os.getpid()))
-        proto = _WorkerProtocol(self, index)
+        proto = _WorkerProtocol(self, index, relays)
         self.protocols[index] = proto
         self.processes[index] = self.reactor.spawnProcess(proto, args[0], args, env=env, childFDs=childFDs)
+        self.backoff.started(index)
 
     def workerEnded(self, index: int, reason: Failure) -> None:
         process = self.processes.pop(index, None)
@@ -169,18 +207,19 @@ class WorkerSupervisor(Service):
             if code == 3:  # txgateway.service.EXIT_DRAIN_CUT
                 self.exitStatus = code
             return
-        now = self.clock.seconds()
-        recent = [t for t in self.restarts.get(index, []) if now - t < 60] + [now]
-        self.restarts[index] = recent
         # Back off when a worker keeps dying, so a crash loop does not eat the machine.
-        delay = min(30.0, 0.5 * 2 ** (len(recent) - 1))
+        delay = self.backoff.delayAfterExit(index)
         log.warn("worker {index} exited ({reason}); restarting in {delay:.1f}s",
                  index=index, reason=reason.getErrorMessage(), delay=delay)
-        self.clock.callLater(delay, self._respawn, index)
+        self._pending[index] = self.clock.callLater(delay, self._respawn, index)
 
     def _respawn(self, index: int) -> None:
+        self._pending.pop(index, None)
         if not self.stopping and index not in self.processes:
             self.spawn(index)
+            log.info("worker {index} restarted (pid {pid})", index=index, pid=self.processes[index].pid)
+            if self.restarts is not None:
+                self.restarts.labels(str(index)).inc()
 
     def signalAll(self, signame: str) -> None:
         for process in list(self.processes.values()):
@@ -196,6 +235,10 @@ class WorkerSupervisor(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.stopping = True
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
         waits = [p.ended for i, p in self.protocols.items() if i in self.processes]
         self.signalAll("TERM")
         for s in self.sockets:
@@ -203,6 +246,7 @@ class WorkerSupervisor(Service):
         if self.adminSocket is not None:
             self.adminSocket.close()
         if not waits:
+            self._removeMetricsDir()
             return succeed(None)
         done: Deferred[Any] = DeferredList(waits)
         kill = self.clock.callLater(self.drain + 10, self.signalAll, "KILL")
@@ -211,9 +255,15 @@ class WorkerSupervisor(Service):
             if kill.active():
                 kill.cancel()
             self._clearExitSignal()
+            self._removeMetricsDir()
             return result
 
         return done.addBoth(finished)
+
+    def _removeMetricsDir(self) -> None:
+        # Every worker has ended: their samples (and the restart counter) go with them.
+        if self.metricsDir:
+            shutil.rmtree(self.metricsDir, ignore_errors=True)
 
     def _clearExitSignal(self) -> None:
         # As in GatewayService: a completed drain is a clean stop, exit 0.

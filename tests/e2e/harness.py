@@ -267,10 +267,13 @@ class GatewayProcess:
 
     def __init__(self, config: str, files: Mapping[str, str | bytes] | None = None,
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (), port: int | None = None,
-                 useConfigFile: bool = True) -> None:
+                 useConfigFile: bool = True, logFile: str | None = None) -> None:
         # "{port}" in the config becomes 0 (the OS picks) unless a port is
         # named; either way self.port is read back from the gateway's log
         # line "txgateway listening on HOST:PORT" once it has bound.
+        # With logFile, twistd writes its log there (--logfile=FILE, in the
+        # temp dir) as operators run it, rather than to stdout (--logfile=-);
+        # self.log() reads that file, and stdout/stderr go to output.log.
         self.port = port or 0
         self.adminPort = 0
         self.config = config.replace("{port}", str(self.port))
@@ -281,7 +284,8 @@ class GatewayProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="txgw-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self._terminating = False
-        self.logPath = self.dir / "gateway.log"
+        self.logFile = logFile
+        self.logPath = self.dir / (logFile or "gateway.log")
 
     @property
     def configPath(self) -> Path:
@@ -296,11 +300,12 @@ class GatewayProcess:
             else:
                 p.write_text(content)
         # The twistd script beside this interpreter: exactly what operators run.
-        cmd = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "--logfile=-", "txgateway"]
+        logArg = f"--logfile={self.logPath}" if self.logFile else "--logfile=-"
+        cmd = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", logArg, "txgateway"]
         if self.useConfigFile:
             cmd += ["--config", str(self.configPath)]
         cmd += self.args
-        self._log = open(self.logPath, "wb")  # noqa: SIM115
+        self._log = open(self.dir / "output.log" if self.logFile else self.logPath, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=self.dir, env=childEnv(self.env), stdout=self._log, stderr=subprocess.STDOUT)
         if waitReady:
             self.waitReady()
@@ -341,10 +346,15 @@ class GatewayProcess:
         return request(self.port, method, path, headers, body, timeout)
 
     def log(self) -> str:
-        try:
-            return self.logPath.read_text(errors="replace")
-        except OSError:
-            return ""
+        """The gateway's log so far (with a logFile, what reached stdout/stderr after it)."""
+        paths = [self.logPath] + ([self.dir / "output.log"] if self.logFile else [])
+        texts = []
+        for path in paths:
+            try:
+                texts.append(path.read_text(errors="replace"))
+            except OSError:
+                pass
+        return "".join(texts)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

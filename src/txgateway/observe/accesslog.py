@@ -216,6 +216,21 @@ class AccessLog:
             self._methods[method] = encoded
         return encoded
 
+    def reopen(self) -> None:
+        """
+        SIGUSR1: after log rotation moved C{logging.access_log_file} away,
+        lines from now on go to a new file at its path (swapped between two
+        lines, so none is lost or split).  Nothing to do without a file of
+        its own, or when writing to a pipe (a worker's go to the supervisor).
+        """
+        old = self._file
+        path = getattr(old, "name", None)
+        if old is None or not isinstance(path, str):
+            return
+        self.flush()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        old.close()
+
     def flush(self) -> None:
         """Write out the lines buffered this reactor turn (also called by the drain)."""
         self._flushPending = False
