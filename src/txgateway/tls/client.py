@@ -73,9 +73,18 @@ class CertificateRejected(SSL.Error):
     """
     The target's certificate failed verification; the message says why.
 
-    An C{SSL.Error}, so Twisted's TLS layer fails the handshake with it as
-    it would with OpenSSL's own error.
+    An C{SSL.Error} shaped as OpenSSL's (an error queue of (library,
+    function, reason) as its one argument), so Twisted's TLS layer fails the
+    handshake with it as it would with OpenSSL's own error, and reads it the
+    same way.
     """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__([("txgateway", "verify", reason)])
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def _isIP(host: str) -> bool:

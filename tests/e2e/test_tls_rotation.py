@@ -1,0 +1,138 @@
+"""
+A TLS listener against the real C{twistd -n txgateway}: its certificate
+rotated on disk while it runs (read back as the serial number a real
+handshake presents, before and after), a connection opened before the
+rotation kept, a bad rotation refused; and C{server.workers} with an
+C{ssl:} listener, every worker answering over TLS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from twisted.trial.unittest import SynchronousTestCase
+
+from ..tlscerts import Authority
+from .harness import Backend, GatewayProcess, simpleConfig, waitFor
+
+_SSL_LISTEN = 'listen: "ssl:{port}:interface=127.0.0.1:privateKey=tls.key:certKey=tls.crt"'
+
+
+def tlsGateway(case: SynchronousTestCase, backend: Backend, ca: Authority,
+               extra: str = "") -> tuple[GatewayProcess, int]:
+    """A gateway on an ssl: listener with a certificate from C{ca}, started; and that certificate's serial."""
+    issued = ca.issue()
+    config = simpleConfig([backend.url]).replace('listen: "tcp:{port}:interface=127.0.0.1"', _SSL_LISTEN)
+    config = config.replace("  timeouts: {drain: 10s}\n", "  timeouts: {drain: 10s}\n" + extra)
+    gw = GatewayProcess(config, files={"tls.key": issued.key, "tls.crt": issued.cert})
+    case.addCleanup(gw.cleanup)
+    case.addCleanup(gw.stop)
+    gw.start(waitReady=False)
+    gw.waitListening()
+    return gw, issued.serial
+
+
+class _Client:
+    """HTTPS to the gateway, trusting only the test's CA; reads back the certificate each connection got."""
+
+    def __init__(self, case: SynchronousTestCase, port: int, caFile: Path) -> None:
+        self.case = case
+        self.port = port
+        self.context = ssl.create_default_context(cafile=str(caFile))
+
+    def connect(self) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=10)
+        self.case.addCleanup(conn.close)
+        return conn
+
+    def get(self, conn: http.client.HTTPSConnection, path: str) -> tuple[int, bytes]:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    @staticmethod
+    def serial(conn: http.client.HTTPSConnection) -> int:
+        sock: Any = conn.sock
+        return int(x509.load_der_x509_certificate(sock.getpeercert(binary_form=True)).serial_number)
+
+    def newSerial(self) -> int:
+        """The serial a new connection's handshake presents (after one request on it)."""
+        conn = self.connect()
+        self.get(conn, "/echo/new")
+        serial = self.serial(conn)
+        conn.close()
+        return serial
+
+
+class ListenerRotationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.backend = Backend("b1").start()
+        self.addCleanup(self.backend.stop)
+        self.ca = Authority()
+        self.gw, self.first = tlsGateway(self, self.backend, self.ca)
+        caFile = self.gw.dir / "ca.crt"
+        caFile.write_bytes(self.ca.pem)
+        self.client = _Client(self, self.gw.port, caFile)
+        waitFor(lambda: self._ready(), what="gateway /ready over TLS")
+
+    def _ready(self) -> bool:
+        try:
+            return self.client.get(self.client.connect(), "/ready")[0] == 200
+        except OSError:
+            return False
+
+    def test_rotationServesNewConnectionsAndKeepsOpenOnes(self) -> None:
+        """A rotated certificate reaches new handshakes within seconds; a connection opened before keeps working."""
+        old = self.client.connect()
+        self.assertEqual(self.client.get(old, "/echo/before")[0], 200)
+        first = self.first
+        self.assertEqual(self.client.serial(old), first)
+        second = self.ca.issue()
+        second.write(self.gw.dir, "tls")
+        waitFor(lambda: self.client.newSerial() == second.serial, what="the rotated certificate on a new connection")
+        self.assertIn("TLS certificate reloaded; new connections get serial", self.gw.log())
+        status, body = self.client.get(old, "/echo/after")
+        self.assertEqual((status, json.loads(body)["path"]), (200, "/echo/after"))
+        self.assertEqual(self.client.serial(old), first)
+
+    def test_badRotationKeepsTheCertificate(self) -> None:
+        """A rotated file that is not a certificate is refused in the log; the current certificate still serves."""
+        (self.gw.dir / "tls.crt").write_text("not a certificate\n")
+        waitFor(lambda: "certificate files changed but cannot be used" in self.gw.log(), what="the refusal line")
+        self.assertEqual(self.client.newSerial(), self.first)
+        self.assertNotIn("Traceback", self.gw.log())
+
+
+class TlsWorkersTests(SynchronousTestCase):
+    def test_twoWorkersOverHttps(self) -> None:
+        """server.workers: 2 with an ssl: listener: both workers answer over TLS on the one port."""
+        backend = Backend("wb").start()
+        self.addCleanup(backend.stop)
+        ca = Authority()
+        gw, _ = tlsGateway(self, backend, ca, extra="  workers: 2\n")
+        caFile = gw.dir / "ca.crt"
+        caFile.write_bytes(ca.pem)
+        client = _Client(self, gw.port, caFile)
+        seen: dict[int, int] = {}
+
+        def both() -> bool:
+            try:
+                conn = client.connect()
+                status, body = client.get(conn, "/ready")
+                conn.close()
+            except OSError:
+                return False
+            if status == 200:
+                doc = json.loads(body)
+                seen[doc["worker"]] = doc["pid"]
+            return len(seen) == 2
+
+        waitFor(both, timeout=30, what="both workers answering over TLS")
+        self.assertEqual(sorted(seen), [0, 1])
+        self.assertEqual(len(set(seen.values())), 2)
+        self.assertEqual(client.get(client.connect(), "/echo/w")[0], 200)
