@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway.building import buildRuntime
 from txgateway.config import ConfigError, UpstreamTLS, parseConfig
+from txgateway.observe import Metrics
 
 from .tlscerts import Authority
 
@@ -101,3 +105,36 @@ class TLSConfigTests(SynchronousTestCase):
         """tls: on an upstream whose every target is http:// is an error: it would do nothing."""
         [problem] = self.problems("      verify: false", target="http://127.0.0.1:9000")
         self.assertIn("upstreams.api.tls: applies to https:// targets", problem)
+
+
+class ReloadTests(SynchronousTestCase):
+    """What a reload does with an upstream's TLS policy."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        (self.dir / "ca.crt").write_bytes(Authority().pem)
+
+    def build(self, tls: str, previous: Any = None) -> Any:
+        clock = Clock()
+        config = parseConfig(_config(tls), "gw.yaml", baseDir=self.dir)
+        return buildRuntime(config, reactor=clock, clock=clock, metrics=Metrics(processMetrics=False),
+                            previous=previous)
+
+    def test_unchangedTLSKeepsThePolicy(self) -> None:
+        """A reload that leaves tls as it was keeps the policy (and what it knows of rotated files); a change makes a new one."""
+        first = self.build("      ca_file: ca.crt")
+        policy = first.clusters["api"].tlsPolicy
+        self.assertEqual(policy.upstream, "api")
+        same = self.build("      ca_file: ca.crt", first)
+        self.assertIs(same.clusters["api"].tlsPolicy, policy)
+        changed = self.build("      ca_file: ca.crt\n      server_name: api.internal", same)
+        self.assertIsNot(changed.clusters["api"].tlsPolicy, policy)
+        self.assertEqual(changed.clusters["api"].tlsPolicy.spec.server_name, "api.internal")
+
+    def test_fileBrokenAfterParsingFailsTheBuild(self) -> None:
+        """A file that breaks between parsing and building fails the build as a config error (a reload is rejected)."""
+        config = parseConfig(_config("      ca_file: ca.crt"), "gw.yaml", baseDir=self.dir)
+        (self.dir / "ca.crt").write_text("gone\n")
+        with self.assertRaises(ConfigError) as caught:
+            buildRuntime(config, reactor=Clock(), clock=Clock(), metrics=Metrics(processMetrics=False))
+        self.assertIn("upstreams.api.tls: CA file", str(caught.exception))

@@ -156,7 +156,7 @@ class GatewayService(MultiService):
                 continue
             before = previous.clusters.get(name) if previous is not None else None
             if old is not None and before is not None and before.config.health == cluster.config.health \
-                    and before.config.targets == cluster.config.targets:
+                    and before.config.targets == cluster.config.targets and before.config.tls == cluster.config.tls:
                 old.cluster = cluster
                 continue
             if old is not None:

@@ -135,3 +135,31 @@ class UpstreamTLSTests(SynchronousTestCase):
         waitFor(lambda: self.get(gw)[0] == 200 and "TLS files changed but cannot be used" in gw.log(),
                 what="the refusal of the bad file")
         self.assertEqual(self.get(gw)[1]["client"]["serial"], f"{second.serial:x}")
+
+    def test_activeHealthChecksUseTheUpstreamsTLS(self) -> None:
+        """Probes of https targets trust the upstream's CA: the same origin is healthy for one upstream, not another."""
+        origin = self.origin(self.ca.issue())
+        health = "    health: {active: {interval: 200ms, timeout: 1s, unhealthy_after: 1}}\n"
+        config = f"""\
+server:
+  listen: "tcp:{{port}}:interface=127.0.0.1"
+logging: {{level: info}}
+upstreams:
+  good:
+    targets: [{origin.url}]
+    tls: {{ca_file: ca.crt}}
+{health}  bad:
+    targets: [{origin.url}]
+    tls: {{ca_file: other-ca.crt}}
+{health}routes:
+  - {{name: good, match: {{path_prefix: /good}}, upstream: good}}
+  - {{name: bad, match: {{path_prefix: /bad}}, upstream: bad}}
+"""
+        gw = GatewayProcess(config, files={"ca.crt": self.ca.pem, "other-ca.crt": Authority("other").pem})
+        self.addCleanup(gw.cleanup)
+        self.addCleanup(gw.stop)
+        gw.start()
+        line = self.logged(gw, "of bad is unhealthy")
+        self.assertIn("certificate verify failed", line)
+        self.assertNotIn("of good is unhealthy", gw.log())
+        self.assertEqual(self.get(gw, "/good")[0], 200)
