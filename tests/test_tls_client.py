@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -168,9 +169,10 @@ class ClientRotationTests(SynchronousTestCase):
         self.first = self.ca.issue(names=[], client=True)
         self.first.write(self.dir, "client")
         self.clock = Clock()
+        self.observed: list[tuple[float | None, str | None]] = []
         self.policy = ClientTLSPolicy("models", UpstreamTLS(
             ca_file=str(self.dir / "ca.crt"), cert_file=str(self.dir / "client.crt"),
-            key_file=str(self.dir / "client.key")), self.clock)
+            key_file=str(self.dir / "client.key")), self.clock, observe=lambda *a: self.observed.append(a))
 
     def serial(self) -> int:
         client = self.policy.clientCertificate
@@ -186,6 +188,8 @@ class ClientRotationTests(SynchronousTestCase):
         self.clock.advance(2)
         self.policy.creatorFor("127.0.0.1")
         self.assertEqual((self.serial(), self.policy.reloads), (second.serial, 1))
+        expiries = [x509.load_pem_x509_certificate(i.cert).not_valid_after_utc.timestamp() for i in (self.first, second)]
+        self.assertEqual(self.observed, [(expiries[0], None), (expiries[1], "loaded")])
 
     def test_symlinkSwap(self) -> None:
         """cert-manager's layout: the files are symlinks into a directory swapped atomically."""
@@ -214,6 +218,7 @@ class ClientRotationTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertFalse(self.policy.refresh())
         self.assertEqual(self.policy.refusals, 1)
+        self.assertEqual(self.observed[1:], [(None, "refused")])
         (self.dir / "client.key").write_bytes(second.key)
         self.clock.advance(2)
         self.assertTrue(self.policy.refresh())

@@ -114,7 +114,7 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
     cluster.passive = health.passiveFor(cluster, clock, metrics)
     reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect \
         and old.config.tls == config.tls
-    cluster.tlsPolicy = _tlsPolicy(config, old, clock) if not reuse else getattr(old, "tlsPolicy", None)  # type: ignore[attr-defined]
+    cluster.tlsPolicy = _tlsPolicy(config, old, clock, metrics) if not reuse else getattr(old, "tlsPolicy", None)  # type: ignore[attr-defined]
     if clients is not None:
         cluster.agent = clients(config)
     elif reuse:
@@ -127,7 +127,7 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
     return cluster
 
 
-def _tlsPolicy(config: UpstreamConfig, old: Cluster | None, clock: IReactorTime) -> Any:
+def _tlsPolicy(config: UpstreamConfig, old: Cluster | None, clock: IReactorTime, metrics: Metrics) -> Any:
     """
     The upstream's TLS policy (L{txgateway.tls.client}): kept across a
     reload that leaves C{tls} as it was (with what it has learnt of rotated
@@ -142,7 +142,8 @@ def _tlsPolicy(config: UpstreamConfig, old: Cluster | None, clock: IReactorTime)
     from txgateway.tls.pem import CertificateProblem
 
     try:
-        return ClientTLSPolicy(config.name, config.tls, clock)
+        return ClientTLSPolicy(config.name, config.tls, clock,
+                               observe=metrics.certificateObserver("upstream", config.name))
     except CertificateProblem as e:  # a file changed since the config was checked
         raise ConfigError([Problem(f"upstreams.{config.name}.tls", None, str(e))]) from None
 

@@ -92,12 +92,13 @@ class Listener(Service):
     """One listening endpoint; remembers its port so the drain can stop accepting."""
 
     def __init__(self, reactor: Any, description: str, factory: Any, inheritedFd: int | None = None,
-                 certificateCheck: float = CERTIFICATE_CHECK) -> None:
+                 certificateCheck: float = CERTIFICATE_CHECK, onCertificate: Any = None) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.inheritedFd = inheritedFd
         self.certificateCheck = certificateCheck
+        self.onCertificate = onCertificate  # told of the certificate in use (see txgateway.tls.pem.Observer)
         self.port: Any = None
         self.listening: Deferred[Any] | None = None
         self.certificates: Any = None  # an ssl: listener's txgateway.tls.server.ServerCertificates
@@ -145,14 +146,14 @@ class Listener(Service):
 
         tcp, files = split
         try:
-            self.certificates = ServerCertificates(files)
+            self.certificates = ServerCertificates(files, observe=self.onCertificate)
         except CertificateProblem as e:
             raise StartupError(f"{self.description}: {e}") from None
         self._watch = LoopingCall(self.certificates.refresh)
         self._watch.clock = self.reactor
         self._watch.start(self.certificateCheck, now=False).addErrback(
             lambda f: log.failure("the certificate watch of {listen} stopped", f, listen=self.description))
-        return tcp, TLSMemoryBIOFactory(self.certificates, False, self.factory)
+        return tcp, TLSMemoryBIOFactory(self.certificates, False, self.factory, clock=self.reactor)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

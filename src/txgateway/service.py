@@ -98,7 +98,8 @@ class GatewayService(MultiService):
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
-        self.listener = Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd)
+        self.listener = Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd,
+                                 onCertificate=self.metrics.certificateObserver("listener", "server.listen"))
         self.listener.setServiceParent(self)
         self.adminListener: Listener | None = None
         if config.admin is not None:
@@ -106,7 +107,8 @@ class GatewayService(MultiService):
 
             startToken = config.admin.token
             self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
-            self.adminListener = Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd)
+            self.adminListener = Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd,
+                                          onCertificate=self.metrics.certificateObserver("admin", "admin.listen"))
             self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)

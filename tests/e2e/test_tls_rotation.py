@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,14 @@ class ListenerRotationTests(SynchronousTestCase):
         status, body = self.client.get(old, "/echo/after")
         self.assertEqual((status, json.loads(body)["path"]), (200, "/echo/after"))
         self.assertEqual(self.client.serial(old), first)
+        metrics = self.client.get(self.client.connect(), "/metrics")[1].decode()
+        self.assertIn('txgateway_tls_certificate_reloads_total{kind="listener",name="server.listen",result="loaded"} 1.0',
+                      metrics)
+        notAfter = x509.load_pem_x509_certificate(second.cert).not_valid_after_utc.timestamp()
+        m = re.search(r'^txgateway_tls_certificate_expiry_timestamp_seconds\{kind="listener",name="server.listen"\} '
+                      r"(\S+)$", metrics, re.M)
+        assert m is not None, metrics
+        self.assertEqual(float(m.group(1)), notAfter)
 
     def test_badRotationKeepsTheCertificate(self) -> None:
         """A rotated file that is not a certificate is refused in the log; the current certificate still serves."""

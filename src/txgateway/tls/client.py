@@ -38,7 +38,9 @@ from zope.interface import implementer
 from txgateway.tls.pem import (
     CertificateProblem,
     KeyedCertificate,
+    Observer,
     describe,
+    expiry,
     readCertificates,
     readKeyedCertificate,
     stamp,
@@ -168,8 +170,9 @@ class ClientTLSPolicy:
     """
 
     def __init__(self, upstream: str, spec: UpstreamTLS | None, clock: IReactorTime,
-                 checkEvery: float = CHECK_EVERY) -> None:
+                 checkEvery: float = CHECK_EVERY, observe: Observer | None = None) -> None:
         self.upstream = upstream
+        self.observe = observe
         self.spec = spec
         self.clock = clock
         self.checkEvery = checkEvery
@@ -186,6 +189,8 @@ class ClientTLSPolicy:
                      "so anyone on the network path can read and change its traffic. For development only.",
                      upstream=upstream)
         if self._material.client is not None:
+            if observe is not None:
+                observe(expiry(self._material.client.certificate), None)
             log.info("upstream {upstream}: client certificate {cert}", upstream=upstream,
                      cert=describe(self._material.client.certificate))
 
@@ -249,6 +254,8 @@ class ClientTLSPolicy:
             material = _Material(self.spec)
         except CertificateProblem as e:
             self.refusals += 1
+            if self.observe is not None:
+                self.observe(None, "refused")
             log.error("upstream {upstream}: TLS files changed but cannot be used, keeping the previous ones: "
                       "{reason}", upstream=self.upstream, reason=str(e))
             return False
@@ -256,6 +263,8 @@ class ClientTLSPolicy:
         self._creators.clear()
         self.reloads += 1
         client = material.client
+        if self.observe is not None:
+            self.observe(expiry(client.certificate) if client is not None else None, "loaded")
         log.info("upstream {upstream}: TLS files reloaded; new connections use them{cert}", upstream=self.upstream,
                  cert=f" (client certificate {describe(client.certificate)})" if client is not None else "")
         return True

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["CertificateProblem", "KeyedCertificate", "Stamp", "describe", "readCertificates", "readKeyedCertificate",
-           "stamp"]
+__all__ = ["CertificateProblem", "KeyedCertificate", "Observer", "Stamp", "describe", "expiry", "readCertificates",
+           "readKeyedCertificate", "stamp"]
 
 # (inode, size, mtime in ns) of each file, None for a file that cannot be stat'ed.
 Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+# Told (the expiry of the certificate now in use, or None; "loaded" / "refused" after a change on
+# disk, or None at start): how the metrics hear of certificates without this package importing them.
+Observer = Callable[[float | None, str | None], None]
 
 
 class CertificateProblem(Exception):
@@ -124,3 +129,8 @@ def describe(cert: x509.Certificate) -> str:
     left = expires - datetime.datetime.now(datetime.UTC)
     note = " (EXPIRED)" if left.total_seconds() < 0 else ""
     return f"serial {cert.serial_number:x}, {subject}, expires {expires:%Y-%m-%d %H:%M} UTC{note}"
+
+
+def expiry(cert: x509.Certificate) -> float:
+    """When C{cert} stops being valid, as Unix time."""
+    return cert.not_valid_after_utc.timestamp()

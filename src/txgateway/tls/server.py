@@ -26,7 +26,15 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from txgateway.tls.pem import CertificateProblem, KeyedCertificate, describe, readKeyedCertificate, stamp
+from txgateway.tls.pem import (
+    CertificateProblem,
+    KeyedCertificate,
+    Observer,
+    describe,
+    expiry,
+    readKeyedCertificate,
+    stamp,
+)
 
 __all__ = ["ServerCertificates", "SSLFiles", "splitSSL"]
 
@@ -103,14 +111,17 @@ class ServerCertificates:
     at start-up (the gateway then does not start).
     """
 
-    def __init__(self, files: SSLFiles, what: str = "listener") -> None:
+    def __init__(self, files: SSLFiles, what: str = "listener", observe: Observer | None = None) -> None:
         self.files = files
         self.what = what
+        self.observe = observe
         self._stamp = stamp(files.paths)
         self.material = readKeyedCertificate(files.certKey, files.privateKey, files.extraCertChain)
         self._options = _options(files, self.material)
         self.reloads = 0
         self.refusals = 0
+        if observe is not None:
+            observe(expiry(self.material.certificate), None)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return self._options.serverConnectionForTLS(tlsProtocol)
@@ -125,17 +136,24 @@ class ServerCertificates:
             material = readKeyedCertificate(self.files.certKey, self.files.privateKey, self.files.extraCertChain)
             options = _options(self.files, material)
         except CertificateProblem as e:
-            self.refusals += 1
+            self._refused()
             log.error("{what}: TLS certificate files changed but cannot be used, keeping the current certificate "
                       "({current}): {reason}", what=self.what, current=describe(self.material.certificate),
                       reason=str(e))
             return False
         except Exception:  # a bug here must not stop the watch (LoopingCall) nor the old certificate
-            self.refusals += 1
+            self._refused()
             log.failure("{what}: reading rotated TLS files failed; keeping the current certificate", what=self.what)
             return False
         self.material, self._options = material, options
         self.reloads += 1
+        if self.observe is not None:
+            self.observe(expiry(material.certificate), "loaded")
         log.info("{what}: TLS certificate reloaded; new connections get {cert}", what=self.what,
                  cert=describe(material.certificate))
         return True
+
+    def _refused(self) -> None:
+        self.refusals += 1
+        if self.observe is not None:
+            self.observe(None, "refused")
