@@ -223,3 +223,33 @@ class ClientRotationTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertTrue(self.policy.refresh())
         self.assertEqual(self.serial(), second.serial)
+
+    def test_watchLooksWithoutConnections(self) -> None:
+        """The upstreams' watch takes a rotation every 2 s of its clock, no connection needed; a failing policy is skipped."""
+        from txgateway.tls.watching import CertificateWatch
+
+        class Broken:
+            upstream = "broken"
+
+            def refresh(self) -> bool:
+                raise RuntimeError("boom")
+
+        watch = CertificateWatch(self.clock, lambda: [Broken(), None, self.policy])
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        second = self.ca.issue(names=[], client=True)
+        second.write(self.dir, "client")
+        self.clock.advance(2)
+        self.assertEqual(self.serial(), second.serial)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.clock.advance(2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # the loop goes on
+
+    def test_noWatchWithoutTLS(self) -> None:
+        """A config without any upstream tls section starts no watch (no timer for nothing)."""
+        from txgateway.config import parseConfig
+        from txgateway.tls.watching import upstreamCertificateWatch
+
+        config = parseConfig("upstreams:\n  a: {targets: [http://127.0.0.1:1]}\nroutes:\n  - {match: {path_prefix: /}, "
+                             "upstream: a}\n")
+        self.assertIsNone(upstreamCertificateWatch(config, self.clock, None))

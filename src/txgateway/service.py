@@ -37,6 +37,7 @@ from txgateway.observe.timeline import Timeline
 from txgateway.protection.build import retireAdmission, stopAdmission
 from txgateway.reloading import ConfigWatcher
 from txgateway.splitting import stopMirrors
+from txgateway.tls.watching import upstreamCertificateWatch
 
 __all__ = ["EXIT_DRAIN_CUT", "EXIT_STARTUP_FAILED", "GatewayService"]
 
@@ -90,7 +91,8 @@ class GatewayService(MultiService):
         self.gateway.state.tracer, exporter = buildTracing(config.tracing, reactor, self.clock, self.gateway.state.ids,
                                                            self.metrics, workerId)
         self.timeline = Timeline(self.metrics, self.clock) if config.admin is not None else None
-        self._observers = [s for s in (exporter, self.timeline) if s is not None]
+        certificates = upstreamCertificateWatch(config, self.clock, self.gateway)  # issue 21: rotated files
+        self._observers = [s for s in (exporter, self.timeline, certificates) if s is not None]
         for s in self._observers:
             s.setServiceParent(self)
         self.discovery = Discovery(self, reactor, self.clock, self.metrics)  # started before the listeners (#22)
