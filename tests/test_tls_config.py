@@ -138,3 +138,14 @@ class ReloadTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             buildRuntime(config, reactor=Clock(), clock=Clock(), metrics=Metrics(processMetrics=False))
         self.assertIn("upstreams.api.tls: CA file", str(caught.exception))
+
+    def test_httpsTargetWithoutTLSGetsTheDefaults(self) -> None:
+        """An https target with no tls section gets the default policy (system CAs, verified); http only, none."""
+        clock = Clock()
+        plain = parseConfig(_config("      {}").replace("    tls:\n      {}\n", ""), "gw.yaml")
+        runtime = buildRuntime(plain, reactor=clock, clock=clock, metrics=Metrics(processMetrics=False))
+        policy = runtime.clusters["api"].tlsPolicy
+        self.assertIsNone(policy.spec)
+        cleartext = parseConfig(_config("      {}", "http://127.0.0.1:9000").replace("    tls:\n      {}\n", ""))
+        runtime = buildRuntime(cleartext, reactor=clock, clock=clock, metrics=Metrics(processMetrics=False))
+        self.assertIsNone(runtime.clusters["api"].tlsPolicy)

@@ -131,10 +131,12 @@ def _tlsPolicy(config: UpstreamConfig, old: Cluster | None, clock: IReactorTime,
     """
     The upstream's TLS policy (L{txgateway.tls.client}): kept across a
     reload that leaves C{tls} as it was (with what it has learnt of rotated
-    files), made anew otherwise; None without a C{tls} section (an https
-    target then gets the defaults, made when first needed).
+    files), made anew otherwise.  Without a C{tls} section an upstream with
+    an https target gets the defaults (system CAs, verified); one with only
+    http targets gets None (a discovered https target then gets the
+    defaults when first needed), so pyOpenSSL is not loaded for nothing.
     """
-    if config.tls is None:
+    if config.tls is None and not any(t.scheme == "https" for t in config.targets):
         return None
     if old is not None and old.config.tls == config.tls and getattr(old, "tlsPolicy", None) is not None:
         return old.tlsPolicy  # type: ignore[attr-defined]
