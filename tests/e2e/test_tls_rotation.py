@@ -145,3 +145,49 @@ class TlsWorkersTests(SynchronousTestCase):
         self.assertEqual(sorted(seen), [0, 1])
         self.assertEqual(len(set(seen.values())), 2)
         self.assertEqual(client.get(client.connect(), "/echo/w")[0], 200)
+
+
+class StartupRefusalTests(SynchronousTestCase):
+    """Unusable TLS files stop start-up with one line and a non-zero exit, as operators run twistd."""
+
+    def setUp(self) -> None:
+        import shutil
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="txgw-tls-start-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def start(self, config: str) -> tuple[int, list[str]]:
+        import subprocess
+        import sys
+
+        from .harness import childEnv
+
+        (self.dir / "gw.yaml").write_text(config.replace("{port}", "0"))
+        twistd = Path(sys.executable).parent / "twistd"
+        done = subprocess.run([str(twistd), "-n", "--pidfile=", "--logfile=-", "txgateway", "--config", "gw.yaml"],
+                              cwd=self.dir, env=childEnv(), capture_output=True, text=True, timeout=60)
+        output = done.stdout + done.stderr
+        self.assertNotIn("Traceback", output)
+        return done.returncode, [line for line in output.splitlines() if line.strip()]
+
+    def test_listenerKeyNotTheCertificates(self) -> None:
+        """An ssl: listener whose key is not its certificate's: the config is rejected in one line, exit non-zero."""
+        ca = Authority()
+        ca.issue().write(self.dir, "tls")
+        (self.dir / "tls.key").write_bytes(ca.issue().key)
+        config = simpleConfig(["http://127.0.0.1:9"]).replace('listen: "tcp:{port}:interface=127.0.0.1"', _SSL_LISTEN)
+        code, lines = self.start(config)
+        self.assertNotEqual(code, 0)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("server.listen: cannot listen on 'ssl:0:", lines[0])
+        self.assertIn("keys do not match", lines[0])
+
+    def test_upstreamCAMissing(self) -> None:
+        """An upstream's ca_file that does not exist: the config is rejected naming the key path and line."""
+        config = simpleConfig(["https://127.0.0.1:9"], upstreamExtra="    tls: {ca_file: missing.crt}\n")
+        code, lines = self.start(config)
+        self.assertNotEqual(code, 0)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("upstreams.app.tls.ca_file: cannot read CA file", lines[0])
+        self.assertIn("missing.crt': No such file or directory", lines[0])
