@@ -11,7 +11,11 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import ssl
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from ..tlscerts import Authority
-from .harness import Backend, GatewayProcess, simpleConfig, waitFor
+from .harness import Backend, GatewayProcess, childEnv, simpleConfig, waitFor
 
 _SSL_LISTEN = 'listen: "ssl:{port}:interface=127.0.0.1:privateKey=tls.key:certKey=tls.crt"'
 
@@ -151,18 +155,10 @@ class StartupRefusalTests(SynchronousTestCase):
     """Unusable TLS files stop start-up with one line and a non-zero exit, as operators run twistd."""
 
     def setUp(self) -> None:
-        import shutil
-        import tempfile
-
         self.dir = Path(tempfile.mkdtemp(prefix="txgw-tls-start-"))
         self.addCleanup(shutil.rmtree, self.dir, True)
 
     def start(self, config: str) -> tuple[int, list[str]]:
-        import subprocess
-        import sys
-
-        from .harness import childEnv
-
         (self.dir / "gw.yaml").write_text(config.replace("{port}", "0"))
         twistd = Path(sys.executable).parent / "twistd"
         done = subprocess.run([str(twistd), "-n", "--pidfile=", "--logfile=-", "txgateway", "--config", "gw.yaml"],
