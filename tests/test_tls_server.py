@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txgateway.listening import Listener, StartupError
 from txgateway.tls.client import ClientTLSPolicy
 from txgateway.tls.server import ServerCertificates, SSLFiles, splitSSL
-from txgateway.workers import parseListen
+from txgateway.workers import WorkerSetupError, parseListen
 
 from .tlscerts import Authority, handshake, tlsProtocol
 
@@ -43,6 +43,9 @@ class SplitTests(SynchronousTestCase):
         """server.workers accepts an ssl: listener: the supervisor binds its port, each worker adds TLS."""
         self.assertEqual(parseListen("ssl:8443:interface=127.0.0.1:privateKey=k.pem:certKey=c.pem"),
                          (8443, "127.0.0.1", 512))
+        with self.assertRaises(WorkerSetupError) as caught:
+            parseListen("ssl:8443:privateKey=k.pem:sslmethod=TLSv1_2_METHOD")
+        self.assertIn("takes only port, interface", str(caught.exception))
 
 
 class RotationTests(SynchronousTestCase):

@@ -64,6 +64,12 @@ def workerCount(configured: int, override: str | None = None) -> int:
 def parseListen(description: str) -> tuple[int, str, int]:
     """(port, interface, backlog) of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint string (TLS options are the workers')."""
     m = _TCP.match(description)
+    if m is not None and description.startswith("ssl:"):
+        from txgateway.tls.server import splitSSL
+
+        if splitSSL(description) is None:  # a worker could not add TLS itself (see listening.Listener)
+            raise WorkerSetupError("server.workers > 1 with an ssl: listener takes only port, interface, backlog, "
+                                   f"privateKey, certKey, extraCertChain and dhParameters, not {description!r}")
     if m is None:
         raise WorkerSetupError(f"server.workers > 1 needs a tcp:, tcp6: or ssl: listener with a port, not {description!r}")
     options = dict(opt.split("=", 1) for opt in m.group(2).split(":") if opt)

@@ -188,7 +188,7 @@ def makeClient(reactor: Any, maxPerTarget: int, idleTimeout: float, connectTimeo
                writes: WriteBatcher | None = None, tls: Any = None) -> UpstreamAgent:
     """
     The pooled client of one upstream (C{pool.max_per_target}, C{pool.idle_timeout}, C{timeouts.connect};
-    C{tls}: its L{txgateway.tls.client.ClientTLSPolicy}, or a callable making it when an https target needs it).
+    C{tls}: its L{txgateway.tls.client.ClientTLSPolicy}; without one, the defaults when an https target needs them).
     """
     pool = ConnectionPool(reactor, persistent=True)
     pool.writes = writes

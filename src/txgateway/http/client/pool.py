@@ -41,9 +41,9 @@ class TargetEndpoints:
     every request even when a pooled connection is reused; caching by
     scheme, host and port removes that from the hot path, and IP literals
     skip name resolution altogether.  An C{https://} target's endpoint asks
-    the upstream's TLS policy (C{tls}, a L{txgateway.tls.client.ClientTLSPolicy}
-    or a callable making one when first needed) for each new connection, so
-    rotated certificates reach new connections.
+    the upstream's TLS policy (C{tls}, a L{txgateway.tls.client.ClientTLSPolicy};
+    the defaults, made when first needed, without one) for each new
+    connection, so rotated certificates reach new connections.
     """
 
     def __init__(self, reactor: Any, connectTimeout: float, tls: Any = None) -> None:
@@ -61,11 +61,11 @@ class TargetEndpoints:
 
     def tlsPolicy(self) -> Any:
         """The upstream's TLS policy; the defaults (system CAs, verified) when none was given."""
-        if callable(self._tls) or self._tls is None:
+        if self._tls is None:
             # Imported only here: pyOpenSSL costs every process ~15 MB otherwise.
             from txgateway.tls.client import ClientTLSPolicy
 
-            self._tls = self._tls() if self._tls is not None else ClientTLSPolicy("", None, self.reactor)
+            self._tls = ClientTLSPolicy("", None, self.reactor)
         return self._tls
 
     def _make(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
