@@ -17,7 +17,7 @@ from OpenSSL import SSL
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.client import ResponseNeverReceived
 
 from txgateway.config import UpstreamTLS
 from txgateway.tls.client import CertificateRejected, ClientTLSPolicy
@@ -31,13 +31,12 @@ class _Origin:
 
     def __init__(self, directory: Path, issued: Any, clientCA: Authority | None = None,
                  maxVersion: int | None = None) -> None:
-        from cryptography import x509
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
         from OpenSSL import crypto
 
         self.context = SSL.Context(SSL.TLS_METHOD)
-        self.context.use_certificate(crypto.X509.from_cryptography(x509.load_pem_x509_certificate(issued.cert)))
-        self.context.use_privatekey(crypto.PKey.from_cryptography_key(load_pem_private_key(issued.key, None)))
+        self.context.use_certificate(x509.load_pem_x509_certificate(issued.cert))
+        self.context.use_privatekey(load_pem_private_key(issued.key, None))  # type: ignore[arg-type]
         if clientCA is not None:
             store = self.context.get_cert_store()
             assert store is not None

@@ -98,11 +98,12 @@ class KeyedCertificate:
     key: Any  # a cryptography private key
 
     def openSSL(self) -> tuple[Any, Any, list[Any]]:
-        """(PKey, X509, [X509 of the chain]): what Twisted's C{CertificateOptions} takes."""
-        from OpenSSL import crypto
-
-        return (crypto.PKey.from_cryptography_key(self.key), crypto.X509.from_cryptography(self.certificate),
-                [crypto.X509.from_cryptography(c) for c in self.chain])
+        """
+        (key, certificate, chain) for Twisted's C{CertificateOptions}, which
+        hands them to pyOpenSSL as they are: C{cryptography} objects, which
+        pyOpenSSL takes (its own C{PKey} and C{X509} are deprecated there).
+        """
+        return self.key, self.certificate, list(self.chain)
 
 
 def readKeyedCertificate(certPath: str, keyPath: str, chainPath: str | None = None) -> KeyedCertificate:
