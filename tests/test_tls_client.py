@@ -23,7 +23,7 @@ from txgateway.config import UpstreamTLS
 from txgateway.tls.client import CertificateRejected, ClientTLSPolicy
 from txgateway.tls.failures import tlsFailure
 
-from .tlscerts import Authority, handshake, tlsProtocol
+from .tlscerts import Authority, handshake, replaceFile, tlsProtocol
 
 
 class _Origin:
@@ -210,7 +210,7 @@ class ClientRotationTests(SynchronousTestCase):
     def test_badNewFilesKeepTheOldOnes(self) -> None:
         """A key that does not match the new certificate is refused and the old pair stays, once per change."""
         second = self.ca.issue(names=[], client=True)
-        (self.dir / "client.crt").write_bytes(second.cert)  # the key not yet written
+        replaceFile(self.dir / "client.crt", second.cert)  # the key not yet written
         self.clock.advance(2)
         self.assertFalse(self.policy.refresh())
         self.assertEqual((self.serial(), self.policy.refusals), (self.first.serial, 1))
@@ -218,7 +218,7 @@ class ClientRotationTests(SynchronousTestCase):
         self.assertFalse(self.policy.refresh())
         self.assertEqual(self.policy.refusals, 1)
         self.assertEqual(self.observed[1:], [(None, "refused")])
-        (self.dir / "client.key").write_bytes(second.key)
+        replaceFile(self.dir / "client.key", second.key)
         self.clock.advance(2)
         self.assertTrue(self.policy.refresh())
         self.assertEqual(self.serial(), second.serial)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Authority", "Issued", "handshake", "selfSigned", "tlsProtocol"]
+__all__ = ["Authority", "Issued", "handshake", "replaceFile", "selfSigned", "tlsProtocol"]
 
 _DAY = datetime.timedelta(days=1)
 
@@ -55,12 +55,19 @@ class Issued:
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
         """Write C{stem}.key and C{stem}.crt under C{directory} (each replaced whole); their paths (key, cert)."""
         keyPath, certPath = directory / f"{stem}.key", directory / f"{stem}.crt"
-        for path, data in ((keyPath, self.key), (certPath, self.cert)):
-            # Replaced, not rewritten: a new inode, as a rotation by cert-manager gives.
-            partial = path.with_name(path.name + ".new")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+        replaceFile(keyPath, self.key)
+        replaceFile(certPath, self.cert)
         return keyPath, certPath
+
+
+def replaceFile(path: Path, data: bytes) -> None:
+    """
+    Write C{path} as a rotation does: a new file renamed over the old (a new
+    inode), so a watcher sees the change even when size and time match.
+    """
+    partial = path.with_name(path.name + ".new")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 class Authority:

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from ..tlscerts import Authority
+from ..tlscerts import Authority, replaceFile
 from .harness import Backend, GatewayProcess, childEnv, simpleConfig, waitFor
 
 _SSL_LISTEN = 'listen: "ssl:{port}:interface=127.0.0.1:privateKey=tls.key:certKey=tls.crt"'
@@ -115,7 +115,7 @@ class ListenerRotationTests(SynchronousTestCase):
 
     def test_badRotationKeepsTheCertificate(self) -> None:
         """A rotated file that is not a certificate is refused in the log; the current certificate still serves."""
-        (self.gw.dir / "tls.crt").write_text("not a certificate\n")
+        replaceFile(self.gw.dir / "tls.crt", b"not a certificate\n")
         waitFor(lambda: "certificate files changed but cannot be used" in self.gw.log(), what="the refusal line")
         self.assertEqual(self.client.newSerial(), self.first)
         self.assertNotIn("Traceback", self.gw.log())

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ..tlscerts import Authority, Issued
+from ..tlscerts import Authority, Issued, replaceFile
 from .harness import GatewayProcess, simpleConfig, waitFor
 from .tlsorigin import TLSOrigin
 
@@ -131,7 +131,7 @@ class UpstreamTLSTests(SynchronousTestCase):
         self.logged(gw, "upstream app: TLS files reloaded")
         # A bad rotation (not PEM) is refused and the current certificate keeps working.
         # The watch sees it with no request made.
-        (gw.dir / "client.crt").write_text("garbage\n")
+        replaceFile(gw.dir / "client.crt", b"garbage\n")
         self.logged(gw, "upstream app: TLS files changed but cannot be used")
         self.assertEqual(self.get(gw)[1]["client"]["serial"], f"{second.serial:x}")
 
@@ -162,3 +162,11 @@ upstreams:
         self.assertIn("certificate verify failed", line)
         self.assertNotIn("of good is unhealthy", gw.log())
         self.assertEqual(self.get(gw, "/good")[0], 200)
+
+    def test_reloadFixesTheCA(self) -> None:
+        """A config reload that corrects ca_file takes effect: 502 before, 200 after, no restart."""
+        origin = self.origin(self.ca.issue())
+        gw = self.gateway(origin, "ca_file: other-ca.crt")
+        self.assertEqual(self.get(gw)[0], 502)
+        gw.configPath.write_text(gw.configPath.read_text().replace("other-ca.crt", "ca.crt"))
+        waitFor(lambda: self.get(gw)[0] == 200, what="the reloaded ca_file in use")
