@@ -38,11 +38,12 @@ class UpstreamTLSTests(SynchronousTestCase):
         self.addCleanup(origin.stop)
         return origin
 
-    def gateway(self, origin: TLSOrigin, tls: str) -> GatewayProcess:
+    def gateway(self, origin: TLSOrigin, tls: str, client: Issued | None = None) -> GatewayProcess:
         upstream = "    tls:\n" + "".join(f"      {line}\n" for line in tls.splitlines())
         config = simpleConfig([origin.url], upstreamExtra=upstream)
+        client = client or self.client
         gw = GatewayProcess(config, files={"ca.crt": self.ca.pem, "other-ca.crt": Authority("other").pem,
-                                           "client.crt": self.client.cert, "client.key": self.client.key})
+                                           "client.crt": client.cert, "client.key": client.key})
         self.addCleanup(gw.cleanup)
         self.addCleanup(gw.stop)
         # Runs first: a refused handshake is a 502 and a warning, never a traceback.
@@ -99,6 +100,14 @@ class UpstreamTLSTests(SynchronousTestCase):
         gw = self.gateway(self.origin(self.ca.issue(), requireClient=True), "ca_file: ca.crt")
         self.assertEqual(self.get(gw)[0], 502)
         self.logged(gw, "TLS handshake failed: .*certificate required")
+
+    def test_mutualTLSWithUntrustedClientCertificate(self) -> None:
+        """A client certificate from a CA the origin does not trust: 502, and the log says the origin refused it."""
+        stranger = Authority("stranger").issue(names=[], client=True)
+        gw = self.gateway(self.origin(self.ca.issue(), requireClient=True),
+                          "ca_file: ca.crt\ncert_file: client.crt\nkey_file: client.key", client=stranger)
+        self.assertEqual(self.get(gw)[0], 502)
+        self.logged(gw, "TLS handshake failed: tlsv1 alert unknown ca")
 
     def test_serverName(self) -> None:
         """server_name is sent as SNI and is the name checked, the target being an address."""
