@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -80,9 +81,9 @@ class ListenerRotationTests(SynchronousTestCase):
         self.addCleanup(self.backend.stop)
         self.ca = Authority()
         self.gw, self.first = tlsGateway(self, self.backend, self.ca)
-        caFile = self.gw.dir / "ca.crt"
-        caFile.write_bytes(self.ca.pem)
-        self.client = _Client(self, self.gw.port, caFile)
+        self.caFile = self.gw.dir / "ca.crt"
+        self.caFile.write_bytes(self.ca.pem)
+        self.client = _Client(self, self.gw.port, self.caFile)
         waitFor(lambda: self._ready(), what="gateway /ready over TLS")
 
     def _ready(self) -> bool:
@@ -104,6 +105,11 @@ class ListenerRotationTests(SynchronousTestCase):
         status, body = self.client.get(old, "/echo/after")
         self.assertEqual((status, json.loads(body)["path"]), (200, "/echo/after"))
         self.assertEqual(self.client.serial(old), first)
+        # HTTP/2 by ALPN is offered with the rotated certificate too.
+        # (A context of its own: httpx sets its ALPN list on the context it is given.)
+        with httpx.Client(http2=True, http1=False, verify=ssl.create_default_context(cafile=str(self.caFile)),
+                          timeout=10) as h2:
+            self.assertEqual(h2.get(f"https://127.0.0.1:{self.gw.port}/echo/h2").http_version, "HTTP/2")
         metrics = self.client.get(self.client.connect(), "/metrics")[1].decode()
         self.assertIn('txgateway_tls_certificate_reloads_total{kind="listener",name="server.listen",result="loaded"} 1.0',
                       metrics)
