@@ -129,7 +129,7 @@ class ListenerRotationTests(SynchronousTestCase):
 
 class TlsWorkersTests(SynchronousTestCase):
     def test_twoWorkersOverHttps(self) -> None:
-        """server.workers: 2 with an ssl: listener: both workers answer over TLS on the one port."""
+        """server.workers: 2 with an ssl: listener: both workers answer over TLS on the one port, and each takes a rotation."""
         backend = Backend("wb").start()
         self.addCleanup(backend.stop)
         ca = Authority()
@@ -155,6 +155,19 @@ class TlsWorkersTests(SynchronousTestCase):
         self.assertEqual(sorted(seen), [0, 1])
         self.assertEqual(len(set(seen.values())), 2)
         self.assertEqual(client.get(client.connect(), "/echo/w")[0], 200)
+        # Each worker watches the files itself: after a rotation both present the new certificate.
+        second = ca.issue()
+        second.write(gw.dir, "tls")
+        waitFor(lambda: gw.log().count("TLS certificate reloaded") == 2, what="both workers' reload lines")
+        byWorker: dict[int, int] = {}
+        for _ in range(200):
+            conn = client.connect()
+            doc = json.loads(client.get(conn, "/ready")[1])
+            byWorker[doc["worker"]] = client.serial(conn)
+            conn.close()
+            if len(byWorker) == 2:
+                break
+        self.assertEqual(byWorker, {0: second.serial, 1: second.serial})
 
 
 class StartupRefusalTests(SynchronousTestCase):
