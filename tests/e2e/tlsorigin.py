@@ -27,10 +27,6 @@ from typing import Any
 
 __all__ = ["TLSOrigin"]
 
-_SNI: dict[int, str | None] = {}
-_LOCK = threading.Lock()
-
-
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         conn: Any = self.connection
@@ -39,8 +35,9 @@ class _Handler(BaseHTTPRequestHandler):
         if peer:
             subject = ", ".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
             client = {"serial": peer.get("serialNumber", "").lower().lstrip("0"), "subject": subject}
-        with _LOCK:
-            sni = _SNI.pop(id(conn), None)
+        server: Any = self.server
+        with server.lock:
+            sni = server.sni.pop(id(conn), None)
         body = json.dumps({"path": self.path, "sni": sni, "client": client}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -54,7 +51,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    context: ssl.SSLContext
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.context = context
+        self.lock = threading.Lock()
+        self.sni: dict[int, str | None] = {}  # the name each connection's client sent, by its socket
+        context.sni_callback = self.remember
+
+    def remember(self, sock: Any, name: str | None, context: ssl.SSLContext) -> None:
+        with self.lock:
+            self.sni[id(sock)] = name
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -68,21 +75,14 @@ class _Server(ThreadingHTTPServer):
             tls.close()
 
 
-def _remember(sock: Any, name: str | None, context: ssl.SSLContext) -> None:
-    with _LOCK:
-        _SNI[id(sock)] = name
-
-
 def main() -> None:
     cert, key = sys.argv[1], sys.argv[2]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    context.sni_callback = _remember
     if len(sys.argv) > 3:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(sys.argv[3])
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.context = context
+    server = _Server(context)
     print("ready", server.server_address[1], flush=True)
     server.serve_forever()
 
