@@ -36,6 +36,7 @@ from txgateway.cluster import NoTarget
 from txgateway.deadlines import totalTimeout, withDeadline
 from txgateway.http.client.parser import InvalidUpstreamResponse
 from txgateway.http.replay import bodyProducer
+from txgateway.tls.failures import tlsFailure
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -180,6 +181,8 @@ class AttemptLoop:
                     raise CancelledError() from e
                 context.outcome = outcome
                 lease.record(outcome, False)
+                if outcome == "reset":
+                    _logTLS(context, endpoint.url, e)
                 bodySent = outcome != "connect_failure"
                 remaining = deadline - clock.seconds()
                 delay = self._retryDelay(policy, context, outcome, bodySent, remaining)
@@ -242,6 +245,14 @@ class AttemptLoop:
         d: Deferred[IResponse] = client.request(method, messages.upstreamURL(context, endpoint), headers,
                                                 bodyProducer(context.request))
         return withDeadline(d, timeout, self.clock)
+
+
+def _logTLS(context: RequestContext, target: str, error: BaseException) -> None:
+    """A failed TLS handshake with a target gets a warning saying why (the client gets a 502 or a retry)."""
+    why = tlsFailure(Failure(error))
+    if why is not None:
+        log.warn("request {request_id}: target {target} of upstream {upstream}: {reason}",
+                 request_id=context.requestId, target=target, upstream=context.upstream or "", reason=why)
 
 
 # -- the debug lines (written only when AttemptLoop.debug is set)

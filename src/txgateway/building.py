@@ -22,7 +22,8 @@ from twisted.logger import Logger
 
 from txgateway import balancing, breaking, health, retrying
 from txgateway.cluster import Cluster, Endpoint
-from txgateway.config import GatewayConfig, UpstreamConfig
+from txgateway.config import ConfigError, GatewayConfig, UpstreamConfig
+from txgateway.config.errors import Problem
 from txgateway.forwarding import Forwarder
 from txgateway.gateway import GatewayState, Runtime
 from txgateway.http.client.agent import makeClient
@@ -112,7 +113,9 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
     cluster = Cluster(config, clock, balancer, endpoints,
                       retrying.RetryPolicy(config.retries, clock, rng), None, rng, metrics)
     cluster.passive = health.passiveFor(cluster, clock, metrics)
-    reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect
+    reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect \
+        and old.config.tls == config.tls
+    cluster.tlsPolicy = _tlsPolicy(config, old, clock, metrics) if not reuse else getattr(old, "tlsPolicy", None)  # type: ignore[attr-defined]
     if clients is not None:
         cluster.agent = clients(config)
     elif reuse:
@@ -120,9 +123,32 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
         cluster.agent, cluster.pool = old.agent, getattr(old, "pool", None)  # type: ignore[attr-defined]
     else:
         client = makeClient(reactor, config.pool.max_per_target, config.pool.idle_timeout, config.timeouts.connect,
-                            writes)
+                            writes, cluster.tlsPolicy)  # type: ignore[attr-defined]
         cluster.agent, cluster.pool = client, client.pool  # type: ignore[attr-defined]
     return cluster
+
+
+def _tlsPolicy(config: UpstreamConfig, old: Cluster | None, clock: IReactorTime, metrics: Metrics) -> Any:
+    """
+    The upstream's TLS policy (L{txgateway.tls.client}): kept across a
+    reload that leaves C{tls} as it was (with what it has learnt of rotated
+    files), made anew otherwise.  Without a C{tls} section an upstream with
+    an https target gets the defaults (system CAs, verified); one with only
+    http targets gets None (a discovered https target then gets the
+    defaults when first needed), so pyOpenSSL is not loaded for nothing.
+    """
+    if config.tls is None and not any(t.scheme == "https" for t in config.targets):
+        return None
+    if old is not None and old.config.tls == config.tls and getattr(old, "tlsPolicy", None) is not None:
+        return old.tlsPolicy  # type: ignore[attr-defined]
+    from txgateway.tls.client import ClientTLSPolicy
+    from txgateway.tls.pem import CertificateProblem
+
+    try:
+        return ClientTLSPolicy(config.name, config.tls, clock,
+                               observe=metrics.certificateObserver("upstream", config.name))
+    except CertificateProblem as e:  # a file changed since the config was checked
+        raise ConfigError([Problem(f"upstreams.{config.name}.tls", None, str(e))]) from None
 
 
 def breakerObserver(metrics: Metrics, upstream: str, endpoint: Endpoint) -> Callable[[str, str], None]:

@@ -4,6 +4,12 @@ Listening sockets: the listen backlog, one listener service per endpoint (or
 a socket inherited from the worker supervisor), and the one-line reason a
 bind failed.
 
+An C{ssl:} listener is TLS that the gateway adds itself over a plain TCP
+socket (L{txgateway.tls.server}): its certificate files are looked at every
+L{CERTIFICATE_CHECK} seconds and a rotated certificate serves the
+connections accepted from then on; and a worker wraps the socket the
+supervisor bound the same way, so C{server.workers} works with TLS.
+
 L{txgateway.service.GatewayService} starts and stops these; the drain stops
 accepting by stopping them first.
 """
@@ -15,10 +21,16 @@ import socket
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
-__all__ = ["Listener", "StartupError", "bindProblem", "boundAddress", "listenBacklog", "withBacklog"]
+__all__ = ["CERTIFICATE_CHECK", "Listener", "StartupError", "bindProblem", "boundAddress", "listenBacklog",
+           "withBacklog"]
+
+#: Seconds between looks (a stat per file) at a TLS listener's certificate files.
+CERTIFICATE_CHECK = 2.0
 
 
 class StartupError(Exception):
@@ -33,6 +45,8 @@ class StartupError(Exception):
 
     oneLine = True  # shown as one line, not a traceback (txgateway.tap)
 
+
+log = Logger(namespace="txgateway")
 
 _SOMAXCONN = "/proc/sys/net/core/somaxconn"
 _BACKLOG_KINDS = ("tcp:", "tcp6:", "ssl:", "unix:")
@@ -77,21 +91,31 @@ def bindProblem(error: BaseException) -> str:
 class Listener(Service):
     """One listening endpoint; remembers its port so the drain can stop accepting."""
 
-    def __init__(self, reactor: Any, description: str, factory: Any, inheritedFd: int | None = None) -> None:
+    def __init__(self, reactor: Any, description: str, factory: Any, inheritedFd: int | None = None,
+                 certificateCheck: float = CERTIFICATE_CHECK, onCertificate: Any = None) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.inheritedFd = inheritedFd
+        self.certificateCheck = certificateCheck
+        self.onCertificate = onCertificate  # told of the certificate in use (see txgateway.tls.pem.Observer)
         self.port: Any = None
         self.listening: Deferred[Any] | None = None
+        self.certificates: Any = None  # an ssl: listener's txgateway.tls.server.ServerCertificates
+        self._watch: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
+        try:
+            description, factory = self._withTLS()
+        except StartupError as e:
+            self.listening = fail(e)  # reported as a bind failure is (GatewayService.startService)
+            return
         if self.inheritedFd is not None:
             # A worker: the supervisor bound the socket (see workers.py).
-            self.listening = maybeDeferred(_adopt, self.reactor, self.inheritedFd, self.factory)
+            self.listening = maybeDeferred(_adopt, self.reactor, self.inheritedFd, factory)
         else:
-            self.listening = serverFromString(self.reactor, self.description).listen(self.factory)
+            self.listening = serverFromString(self.reactor, description).listen(factory)
 
         def listening(port: Any) -> Any:
             self.port = port
@@ -99,8 +123,43 @@ class Listener(Service):
 
         self.listening.addCallback(listening)
 
+    def _withTLS(self) -> tuple[str, Any]:
+        """
+        The endpoint string to listen with and the factory to serve: for an
+        C{ssl:} listener, C{tcp:} and the site wrapped in TLS whose
+        certificate is watched for rotation.  Raises L{StartupError} when
+        the certificate cannot be used.
+        """
+        if not self.description.startswith("ssl:"):
+            return self.description, self.factory
+        from txgateway.tls.server import ServerCertificates, splitSSL
+
+        split = splitSSL(self.description)
+        if split is None:  # options left to Twisted's own ssl: endpoint (unwatched)
+            if self.inheritedFd is not None:
+                raise StartupError(f"{self.description}: with server.workers, ssl: takes only port, interface, "
+                                   "backlog, privateKey, certKey, extraCertChain and dhParameters")
+            return self.description, self.factory
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from txgateway.tls.pem import CertificateProblem
+
+        tcp, files = split
+        try:
+            self.certificates = ServerCertificates(files, observe=self.onCertificate)
+        except CertificateProblem as e:
+            raise StartupError(f"{self.description}: {e}") from None
+        self._watch = LoopingCall(self.certificates.refresh)
+        self._watch.clock = self.reactor
+        self._watch.start(self.certificateCheck, now=False).addErrback(
+            lambda f: log.failure("the certificate watch of {listen} stopped", f, listen=self.description))
+        return tcp, TLSMemoryBIOFactory(self.certificates, False, self.factory, clock=self.reactor)
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        self._watch = None
         if self.port is not None:
             port, self.port = self.port, None
             return succeed(None).addCallback(lambda _: port.stopListening())

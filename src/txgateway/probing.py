@@ -135,7 +135,7 @@ class ActiveHealthChecker(Service):
     def _makeClient(self) -> Any:
         from txgateway.http.client.agent import probeAgent
 
-        agent, self._pool = probeAgent(self.reactor, self.config.timeout)
+        agent, self._pool = probeAgent(self.reactor, self.config.timeout, getattr(self._cluster, "tlsPolicy", None))
         # treq is loaded by the first active check, not by every gateway.
         from treq.client import HTTPClient
 

@@ -37,6 +37,7 @@ from txgateway.observe.timeline import Timeline
 from txgateway.protection.build import retireAdmission, stopAdmission
 from txgateway.reloading import ConfigWatcher
 from txgateway.splitting import stopMirrors
+from txgateway.tls.watching import upstreamCertificateWatch
 
 __all__ = ["EXIT_DRAIN_CUT", "EXIT_STARTUP_FAILED", "GatewayService"]
 
@@ -92,7 +93,8 @@ class GatewayService(MultiService):
         self.gateway.state.tracer, exporter = buildTracing(config.tracing, reactor, self.clock, self.gateway.state.ids,
                                                            self.metrics, workerId)
         self.timeline = Timeline(self.metrics, self.clock) if config.admin is not None else None
-        self._observers = [s for s in (exporter, self.timeline) if s is not None]
+        certificates = upstreamCertificateWatch(config, self.clock, self.gateway)  # issue 21: rotated files
+        self._observers = [s for s in (exporter, self.timeline, certificates) if s is not None]
         for s in self._observers:
             s.setServiceParent(self)
         self.discovery = Discovery(self, reactor, self.clock, self.metrics)  # started before the listeners (#22)
@@ -100,7 +102,8 @@ class GatewayService(MultiService):
         self.site = GatewaySite(GatewayRoot(self.gateway), config.server, self.metrics, reactor=reactor,
                                 writes=self.writes, onRefusal=self._refused)
         backlog = listenBacklog(config.server.backlog)
-        self.listener = Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd)
+        self.listener = Listener(reactor, withBacklog(config.server.listen, backlog), self.site, listenFd,
+                                 onCertificate=self.metrics.certificateObserver("listener", "server.listen"))
         self.listener.setServiceParent(self)
         self.adminListener: Listener | None = None
         if config.admin is not None:
@@ -108,7 +111,8 @@ class GatewayService(MultiService):
 
             startToken = config.admin.token
             self.adminSite = makeAdminSite(self, self.clock, lambda: self._adminToken(startToken), reactor=reactor)
-            self.adminListener = Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd)
+            self.adminListener = Listener(reactor, withBacklog(config.admin.listen, backlog), self.adminSite, adminFd,
+                                          onCertificate=self.metrics.certificateObserver("admin", "admin.listen"))
             self.adminListener.setServiceParent(self)
         self.healthServices = MultiService()
         self.healthServices.setServiceParent(self)
@@ -158,7 +162,7 @@ class GatewayService(MultiService):
                 continue
             before = previous.clusters.get(name) if previous is not None else None
             if old is not None and before is not None and before.config.health == cluster.config.health \
-                    and before.config.targets == cluster.config.targets:
+                    and before.config.targets == cluster.config.targets and before.config.tls == cluster.config.tls:
                 old.cluster = cluster
                 continue
             if old is not None:

@@ -46,7 +46,8 @@ __all__ = ["WorkerSetupError", "WorkerSupervisor", "bindReusePort", "followSuper
 
 log = Logger(namespace="txgateway.workers")
 
-_TCP = re.compile(r"^tcp6?:(\d+)((?::[a-zA-Z]+=[^:]*)*)$")
+# tcp:, tcp6: or ssl: (a worker adds TLS over the socket it adopts: see listening.Listener).
+_TCP = re.compile(r"^(?:tcp6?|ssl):(\d+)((?::[a-zA-Z]+=[^:]*)*)$")
 
 
 class WorkerSetupError(Exception):
@@ -67,10 +68,16 @@ def workerCount(configured: int, override: str | None = None) -> int:
 
 
 def parseListen(description: str) -> tuple[int, str, int]:
-    """(port, interface, backlog) of a C{tcp:} endpoint string."""
+    """(port, interface, backlog) of a C{tcp:}, C{tcp6:} or C{ssl:} endpoint string (TLS options are the workers')."""
     m = _TCP.match(description)
+    if m is not None and description.startswith("ssl:"):
+        from txgateway.tls.server import splitSSL
+
+        if splitSSL(description) is None:  # a worker could not add TLS itself (see listening.Listener)
+            raise WorkerSetupError("server.workers > 1 with an ssl: listener takes only port, interface, backlog, "
+                                   f"privateKey, certKey, extraCertChain and dhParameters, not {description!r}")
     if m is None:
-        raise WorkerSetupError(f"server.workers > 1 needs a plain tcp: listener, not {description!r}")
+        raise WorkerSetupError(f"server.workers > 1 needs a tcp:, tcp6: or ssl: listener with a port, not {description!r}")
     options = dict(opt.split("=", 1) for opt in m.group(2).split(":") if opt)
     interface = options.get("interface", "::" if description.startswith("tcp6") else "0.0.0.0")
     return int(m.group(1)), interface.replace("\\", ""), int(options.get("backlog", 512))

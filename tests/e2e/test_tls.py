@@ -9,33 +9,15 @@ self-signed certificate made at test time.
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import ssl
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
+from ..tlscerts import selfSigned
 from .harness import Backend, GatewayProcess, simpleConfig, waitFor
-
-
-def selfSigned() -> tuple[bytes, bytes]:
-    """(key PEM, certificate PEM) for 127.0.0.1, valid for a day."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()),
-            cert.public_bytes(serialization.Encoding.PEM))
 
 
 class TlsListenerTests(SynchronousTestCase):

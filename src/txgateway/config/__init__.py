@@ -59,6 +59,7 @@ from txgateway.config.schema import (
     TracingOTLP,
     UpstreamConfig,
     UpstreamTimeouts,
+    UpstreamTLS,
 )
 from txgateway.config.values import (
     IPNetwork,
@@ -112,6 +113,7 @@ __all__ = [
     "TracingOTLP",
     "Target",
     "UpstreamConfig",
+    "UpstreamTLS",
     "UpstreamTimeouts",
     "applyEnvironment",
     "boolean",

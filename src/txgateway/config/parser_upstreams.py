@@ -12,6 +12,7 @@ from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import balancerName, hashOn, retryCondition, targetURL
 from txgateway.config.parser_concurrency import parseConcurrency
 from txgateway.config.parser_discovery import DiscoverySections, isSourceItem
+from txgateway.config.parser_tls import parseUpstreamTLS
 from txgateway.config.schema import (
     ActiveHealth,
     BreakerConfig,
@@ -50,7 +51,8 @@ class UpstreamSections(DiscoverySections):
 
     def upstream(self, value: Any, path: str, line: int | None, name: str) -> UpstreamConfig | None:
         m = self.mapping(value, path, line, ["balancer", "hash_on", "targets", "timeouts", "pool", "health",
-                                             "circuit_breaker", "retries", "concurrency", "slow_start"])
+                                             "circuit_breaker", "retries", "concurrency", "slow_start",
+                                             "tls"])
         if m is None:
             return None
         raw = self.required(m, "targets", path, m.line)
@@ -106,6 +108,9 @@ class UpstreamSections(DiscoverySections):
         concurrency, found = parseConcurrency(raw, keyPath(path, "concurrency"), cline)
         for p, ln, msg in found:
             self.problem(p, ln, msg)
+        raw, tline = self.child(m, "tls")
+        tls, tlsProblems = parseUpstreamTLS(raw, keyPath(path, "tls"), tline, self.baseDir, targets, bool(sources))
+        self.problems += tlsProblems
         return UpstreamConfig(
             name=name,
             targets=tuple(targets),
@@ -119,6 +124,7 @@ class UpstreamSections(DiscoverySections):
             concurrency=concurrency,
             sources=tuple(sources),
             slow_start=self.slowStart(m, path),
+            tls=tls,
         )
 
     def target(self, value: Any, path: str, line: int | None) -> Target | None:

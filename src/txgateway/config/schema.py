@@ -16,6 +16,7 @@ from txgateway.canary.specs import CanaryRouteSpec
 from txgateway.concurrency.specs import ConcurrencySpec, RouteConcurrency
 from txgateway.config.schema_discovery import DiscoveryConfig, SourceSpec
 from txgateway.config.schema_edge import CompressConfig, QueryMatch, RedirectConfig, RespondConfig, RewriteRegex
+from txgateway.config.schema_tls import UpstreamTLS
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "TracingConfig",
     "TracingOTLP",
     "UpstreamConfig",
+    "UpstreamTLS",
     "UpstreamTimeouts",
 ]
 
@@ -270,6 +272,7 @@ class UpstreamConfig:
     # Discovery (issue 22): the target items naming a source, and the ramp of new targets.
     sources: tuple[SourceSpec, ...] = ()
     slow_start: float = 0.0
+    tls: UpstreamTLS | None = None  # issue 21: TLS to https:// targets (see schema_tls)
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,32 @@ class Metrics:
                                           ["route", "outcome"], registry=r)
         self.mirrorMismatches = FastCounter("txgateway_mirror_mismatches", "Mirror answers that differed from "
                                             "the primary's.", ["route"], registry=r)
+        # Issue 21: certificates the gateway holds (a TLS listener's, an upstream's client certificate).
+        self.certificateExpiry = FastGauge("txgateway_tls_certificate_expiry_timestamp_seconds",
+                                           "When the certificate in use stops being valid (Unix time), by where it "
+                                           "is used (kind listener, admin or upstream; name).", ["kind", "name"],
+                                           multiprocess_mode="livemin", registry=r)
+        self.certificateReloads = FastCounter("txgateway_tls_certificate_reloads", "Certificate files read again "
+                                              "after they changed on disk, by result (loaded, refused).",
+                                              ["kind", "name", "result"], registry=r)
         self.beforeRender: Callable[[], None] | None = None
         self._requestChildren: dict[tuple[str, bytes, int, str], tuple[Any, Any]] = {}
+
+    def certificateObserver(self, kind: str, name: str) -> Callable[[float | None, str | None], None]:
+        """
+        What a holder of certificates (L{txgateway.tls}) calls with the expiry
+        of the certificate it now uses (None: unchanged) and, after a change
+        on disk, the result (C{loaded} or C{refused}; None at start).
+        """
+        expiry = self.certificateExpiry.labels(kind, name)
+
+        def observe(notAfter: float | None, result: str | None) -> None:
+            if notAfter is not None:
+                expiry.set(notAfter)
+            if result is not None:
+                self.certificateReloads.labels(kind, name, result).inc()
+
+        return observe
 
     def _protection(self, r: CollectorRegistry) -> None:
         """Issue 24: admission limits, queues and sheds per upstream; batches and coalescing per route."""

@@ -185,8 +185,11 @@ class UpstreamAgent(Agent):
 
 
 def makeClient(reactor: Any, maxPerTarget: int, idleTimeout: float, connectTimeout: float,
-               writes: WriteBatcher | None = None) -> UpstreamAgent:
-    """The pooled client of one upstream (C{pool.max_per_target}, C{pool.idle_timeout}, C{timeouts.connect})."""
+               writes: WriteBatcher | None = None, tls: Any = None) -> UpstreamAgent:
+    """
+    The pooled client of one upstream (C{pool.max_per_target}, C{pool.idle_timeout}, C{timeouts.connect};
+    C{tls}: its L{txgateway.tls.client.ClientTLSPolicy}; without one, the defaults when an https target needs them).
+    """
     pool = ConnectionPool(reactor, persistent=True)
     pool.writes = writes
     pool.maxPersistentPerHost = maxPerTarget
@@ -195,12 +198,15 @@ def makeClient(reactor: Any, maxPerTarget: int, idleTimeout: float, connectTimeo
     # does itself is ConnectionPool.reuse: the one replay of a bodiless
     # idempotent request whose reused connection the target had closed.
     pool.retryAutomatically = False
-    return UpstreamAgent.usingEndpointFactory(reactor, TargetEndpoints(reactor, connectTimeout), pool=pool)
+    return UpstreamAgent.usingEndpointFactory(reactor, TargetEndpoints(reactor, connectTimeout, tls), pool=pool)
 
 
-def probeAgent(reactor: Any, connectTimeout: float) -> tuple[Agent, HTTPConnectionPool]:
-    """A plain Agent for health probes, keeping one idle connection per target; close the pool when done."""
+def probeAgent(reactor: Any, connectTimeout: float, tls: Any = None) -> tuple[Agent, HTTPConnectionPool]:
+    """
+    A plain Agent for health probes, keeping one idle connection per target; close the pool when done.
+    C{tls}: as for L{makeClient}, so probes of https targets trust the upstream's CA.
+    """
     pool = ConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 1
-    agent = Agent.usingEndpointFactory(reactor, TargetEndpoints(reactor, connectTimeout), pool=pool)
+    agent = Agent.usingEndpointFactory(reactor, TargetEndpoints(reactor, connectTimeout, tls), pool=pool)
     return agent, pool

@@ -40,12 +40,16 @@ class TargetEndpoints:
     The stock Agent builds a C{HostnameEndpoint} (with IDNA encoding) for
     every request even when a pooled connection is reused; caching by
     scheme, host and port removes that from the hot path, and IP literals
-    skip name resolution altogether.
+    skip name resolution altogether.  An C{https://} target's endpoint asks
+    the upstream's TLS policy (C{tls}, a L{txgateway.tls.client.ClientTLSPolicy};
+    the defaults, made when first needed, without one) for each new
+    connection, so rotated certificates reach new connections.
     """
 
-    def __init__(self, reactor: Any, connectTimeout: float) -> None:
+    def __init__(self, reactor: Any, connectTimeout: float, tls: Any = None) -> None:
         self.reactor = reactor
         self.connectTimeout = connectTimeout
+        self._tls = tls
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
@@ -54,6 +58,15 @@ class TargetEndpoints:
         if ep is None:
             ep = self._cache[key] = self._make(*key)
         return ep
+
+    def tlsPolicy(self) -> Any:
+        """The upstream's TLS policy; the defaults (system CAs, verified) when none was given."""
+        if self._tls is None:
+            # Imported only here: pyOpenSSL costs every process ~15 MB otherwise.
+            from txgateway.tls.client import ClientTLSPolicy
+
+            self._tls = ClientTLSPolicy("", None, self.reactor)
+        return self._tls
 
     def _make(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
         hostText = host.decode("ascii").strip("[]")
@@ -66,13 +79,26 @@ class TargetEndpoints:
             cls = TCP4ClientEndpoint if addr.version == 4 else TCP6ClientEndpoint
             ep = cls(self.reactor, hostText, port, timeout=self.connectTimeout)
         if scheme == b"https":
-            # Imported only here: pyOpenSSL costs every process ~15 MB otherwise.
-            from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
-
-            ep = wrapClientTLS(optionsForClientTLS(hostText), ep)
+            ep = _TLSEndpoint(self.tlsPolicy(), hostText, ep)
         return ep
 
+
+@implementer(IStreamClientEndpoint)
+class _TLSEndpoint:
+    """TLS over C{inner}, with what the upstream's policy says at the moment each connection is made."""
+
+    def __init__(self, policy: Any, host: str, inner: IStreamClientEndpoint) -> None:
+        self.policy = policy
+        self.host = host
+        self.inner = inner
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        from twisted.internet.endpoints import wrapClientTLS
+
+        return wrapClientTLS(self.policy.creatorFor(self.host), self.inner).connect(factory)
+
+    def __repr__(self) -> str:
+        return f"<TLS to {self.host} over {self.inner!r}>"
 
 
 class _QuietFactory(_HTTP11ClientFactory):
