@@ -46,10 +46,14 @@ def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
     from txgateway.observe import TwistdLogAdopter, formatterFor, logConfigLoaded
-    from txgateway.service import GatewayService
 
+    member = None
+    if options["listen-fd"] is not None:  # a worker: of a fleet (server.workers > 1), see txgateway.fleet
+        from txgateway.fleet.member import memberFor
+
+        member = memberFor(options, reactor)
     try:
-        config = loadFromOptions(options)
+        config = member.startConfig(lambda: loadFromOptions(options)) if member else loadFromOptions(options)
     except ConfigError as e:
         # One line per problem, each saying what it is: no header line to lose under a log shipper.
         sys.stderr.write("".join(f"txgateway: config rejected: {line}\n" for line in e.render().splitlines()))
@@ -66,6 +70,8 @@ def makeService(options: Any) -> IService:
         if supervisor is not None:
             atexit.register(_exitWithStatusOf, supervisor)
             return supervisor
+    from txgateway.service import GatewayService  # not in the supervisor, which serves nothing
+
     if options["listen-fd"] is not None:
         from txgateway.workers import followSupervisor
 
@@ -73,12 +79,14 @@ def makeService(options: Any) -> IService:
     try:
         service = GatewayService(config, reactor, configPath=options["config"],
                                  listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
-                                 workerId=_int(options["worker-id"]))
+                                 workerId=_int(options["worker-id"]), shared=member.shared if member else None)
+        if member is not None:
+            member.attach(service)
     except OSError as e:  # e.g. logging.access_log_file in a directory that does not exist
         sys.stderr.write(f"txgateway: cannot start: {e}\n")
         raise SystemExit(1) from None
     atexit.register(_exitWithStatusOf, service)
-    _installSignals(service, reactor)
+    _installSignals(member or service, reactor)  # a worker's SIGHUP reloads the whole fleet
     reactor.callWhenRunning(_freezeStartupObjects)
     return service
 
@@ -182,7 +190,7 @@ def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IServic
     """With more than one worker, this process supervises instead of serving."""
     if options["workers"] is None and config.server.workers == 1:
         return None  # the usual case; the supervisor's module stays unloaded
-    from txgateway.workers import WorkerSetupError, WorkerSupervisor, installSignals, parseListen, workerCount
+    from txgateway.workers import WorkerSetupError, WorkerSupervisor, parseListen, workerCount
 
     try:
         count = workerCount(config.server.workers, options["workers"])
@@ -207,8 +215,9 @@ def _supervisorFor(config: GatewayConfig, options: Any, reactor: Any) -> IServic
     supervisor = WorkerSupervisor(reactor, reactor, count, withBacklog(config.server.listen, backlog), argv,
                                   admin=withBacklog(config.admin.listen, backlog) if config.admin is not None else None,
                                   drain=config.server.timeouts.drain)
-    installSignals(supervisor, reactor)
-    return supervisor
+    from txgateway.fleet.supervise import withFleet
+
+    return withFleet(supervisor, options["config"], config, reactor)
 
 
 def _installLogging(adopter: Any, reactor: Any) -> None:

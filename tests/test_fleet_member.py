@@ -1,0 +1,107 @@
+"""
+A worker's membership of the fleet (issue 26), in memory: generations
+taken from the hub, reloads asked of it, admin changes replayed, and rate
+limits counted once through leased tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txgateway.fleet.leases import HOLD
+
+from .fleetsupport import CONFIG, Fleet
+
+LIMITED = CONFIG.format(upstream="", route="    rate_limit: {rate: 10/s, burst: 10}")
+
+
+class GenerationTests(SynchronousTestCase):
+    def test_everyWorkerSwitchesToTheHubsGeneration(self) -> None:
+        """A reload at the hub moves every worker to generation 2 and its routes; the roster shows it."""
+        fleet = Fleet(CONFIG.format(upstream="", route=""))
+        fleet.path.write_text(fleet.path.read_text().replace("path_prefix: /", "path_prefix: /v2"))
+        self.assertEqual(fleet.hub.reload(), [])
+        fleet.settle()
+        self.assertEqual([m.generation for m in fleet.members], [2, 2])
+        self.assertEqual([w["generation"] for w in fleet.members[1].workers()], [2, 2])
+        self.assertEqual([fleet.request(i, b"/x").code for i in (0, 1)], [404, 404])
+        self.assertEqual([fleet.request(i, b"/v2/x").code for i in (0, 1)], [200, 200])
+
+    def test_aWorkersReloadIsTheFleets(self) -> None:
+        """A worker asking for a reload (admin API, SIGHUP) gets the hub's verdict; a bad file moves nobody."""
+        fleet = Fleet(CONFIG.format(upstream="", route=""))
+        fleet.path.write_text("routes: 7\n")
+        answers: list[Any] = []
+        fleet.members[1].reload().addCallback(answers.append)
+        fleet.settle()
+        self.assertTrue(answers[0], "the problems of the rejected file")
+        self.assertEqual([m.generation for m in fleet.members], [1, 1])
+        for fixture in fleet.workers:
+            self.assertEqual(fixture.service.gateway.history[-1]["result"], "failure")
+
+    def test_withoutTheHubAReloadIsRefused(self) -> None:
+        fleet = Fleet(CONFIG.format(upstream="", route=""))
+        fleet.links[1].cut()
+        answers: list[Any] = []
+        fleet.members[1].reload().addCallback(answers.append)
+        self.assertEqual(answers, [["the supervisor cannot be reached; reload refused"]])
+
+
+class AdminReplayTests(SynchronousTestCase):
+    def test_aDisabledTargetIsDisabledInEveryWorker(self) -> None:
+        """An admin change applied in one worker is replayed by the others through the hub."""
+        fleet = Fleet(CONFIG.format(upstream="", route=""))
+
+        class Request:
+            method = b"POST"
+            path = b"/api/upstreams/app/targets/a.internal:8000/disable"
+            content = None
+
+        fleet.members[0].shareAdmin(Request())  # as the admin API does once worker 0 applied it
+        fleet.settle()
+        self.assertIsNone(fleet.endpoint(1), "out of worker 1's rotation")
+        self.assertIsNotNone(fleet.endpoint(0), "the sender is not sent its own change")
+
+
+class LeaseTests(SynchronousTestCase):
+    def admitted(self, fleet: Fleet, order: list[int]) -> list[int]:
+        return [fleet.request(worker, b"/x").code for worker in order]
+
+    def test_oneLimitForAllWorkers(self) -> None:
+        """A burst of 10 is 10 for the whole gateway: the workers' admissions add up to it, not to 20."""
+        fleet = Fleet(LIMITED)
+        codes = self.admitted(fleet, [0, 1] * 10)
+        self.assertEqual(codes.count(200), 10)
+        self.assertEqual(codes[-1], 429)
+
+    def test_aRefusalCostsTheHubNothingUntilTheNextToken(self) -> None:
+        """Refused requests are answered in the worker until the time the hub gave; then it asks again."""
+        fleet = Fleet(LIMITED)
+        self.admitted(fleet, [0] * 11)
+        sent = fleet.links[0].toHub
+        self.assertEqual(fleet.request(0, b"/x").code, 429)
+        self.assertEqual(sent.value(), b"")  # no lease asked
+        fleet.advance(0.1)
+        self.assertEqual(fleet.request(0, b"/x").code, 200)
+
+    def test_unusedTokensGoBack(self) -> None:
+        """Tokens a worker holds but does not use return to the hub after HOLD, for the other workers."""
+        fleet = Fleet(CONFIG.format(upstream="", route="    rate_limit: {rate: 100/s, burst: 10}"))
+        fleet.request(0, b"/x")  # leases 5 (0.05 s of 100/s), uses 1
+        self.assertEqual(self.admitted(fleet, [1] * 6).count(200), 5)
+        fleet.advance(HOLD)
+        fleet.advance(HOLD)
+        self.assertEqual(self.admitted(fleet, [1] * 4).count(200), 4)
+
+    def test_withoutTheHubTheWorkersOwnLimitAnswers(self) -> None:
+        fleet = Fleet(LIMITED)
+        fleet.links[0].cut()
+        self.assertEqual(self.admitted(fleet, [0] * 11).count(200), 10)
+
+    def test_headersStillSayTheLimit(self) -> None:
+        fleet = Fleet(LIMITED)
+        response = fleet.request(1, b"/x")
+        self.assertEqual((response.code, response.header(b"RateLimit-Limit")), (200, b"10"))
+        self.assertEqual(response.header(b"RateLimit-Remaining"), b"9")
