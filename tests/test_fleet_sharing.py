@@ -79,3 +79,23 @@ class HealthSharingTests(SynchronousTestCase):
         fleet.links[0].cut()
         fleet.settle()
         self.assertTrue(fleet.members[1].isProber)
+
+
+class ProberTests(SynchronousTestCase):
+    """Active checks run in the prober only; its verdicts (here: probes nobody answers) reach the others."""
+
+    def setUp(self) -> None:
+        self.fleet = Fleet(CONFIG.format(route="", upstream=(
+            "    health: {active: {path: /health, interval: 1s, timeout: 500ms, unhealthy_after: 1}}")))
+        for fixture in self.fleet.workers:
+            fixture.service.startService()
+            self.addCleanup(fixture.service.stopService)
+        self.fleet.settle()
+
+    def test_onlyTheProberProbes(self) -> None:
+        connects = [len(fixture.clock.tcpClients) for fixture in self.fleet.workers]
+        self.assertEqual(connects, [2, 0])  # one probe per target, from worker 0 alone
+
+    def test_theProbersVerdictReachesTheOthers(self) -> None:
+        self.fleet.advance(0.5)  # the probes' timeout: no answer, unhealthy after one
+        self.assertEqual([self.fleet.endpoint(i).activeHealthy for i in (0, 1)], [False, False])

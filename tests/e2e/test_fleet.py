@@ -55,6 +55,18 @@ def joined(gw: GatewayProcess, n: int) -> dict[int, int]:
                    what=f"{n} workers in the roster")
 
 
+def probesSeen(origin: Backend, n: int) -> int:
+    """Wait for C{n} more probes at the origin; how many came (each /count read is a request it counts too)."""
+    before = origin.count()
+    reads = [0]
+
+    def probes() -> int:
+        reads[0] += 1
+        return origin.count() - before - reads[0]
+
+    return waitFor(lambda: (seen := probes()) >= n and seen, what=f"{n} probes at the origin")  # type: ignore[no-any-return]
+
+
 class ActiveHealthTests(SynchronousTestCase):
     def probesPerInterval(self, workers: int) -> float:
         origin = backend(self, f"p{workers}")
@@ -62,14 +74,8 @@ class ActiveHealthTests(SynchronousTestCase):
         gw = start(self, fleetConfig([origin.url], workers,
                                      upstreamExtra="    health: {active: {path: /health, interval: 100ms}}"))
         joined(gw, workers)
-        before, t0 = origin.count(), time.monotonic()
-        reads = [0]  # each /count is itself a request the origin counts: not a probe
-
-        def probes() -> int:
-            reads[0] += 1
-            return origin.count() - before - reads[0]
-
-        seen = waitFor(lambda: (n := probes()) >= 10 and n, what="ten probes at the origin")
+        t0 = time.monotonic()
+        seen = probesSeen(origin, 10)
         return seen / ((time.monotonic() - t0) / interval + 1)
 
     # On a slow machine the window only grows (a LoopingCall skips the
@@ -96,6 +102,19 @@ class ActiveHealthTests(SynchronousTestCase):
         sick.request("GET", "/control/health?ok=1")
         waitFor(lambda: {gw.request("GET", "/echo").json()["backend"] for _ in range(20)} == {"sick", "good"},
                 what="the target back in rotation")
+
+
+    def test_whenTheProberDiesAnotherWorkerProbes(self) -> None:
+        """Killing the prober (worker 0) leaves the probes running: another takes over, the rest keep serving."""
+        origin = backend(self, "pk")
+        gw = start(self, fleetConfig([origin.url], 2,
+                                     upstreamExtra="    health: {active: {path: /health, interval: 100ms}}"))
+        pids = joined(gw, 2)
+        os.kill(pids[0], signal.SIGKILL)
+        # The hub's line, not the roster: worker 0 is restarted (and probes again) within a second.
+        waitFor(lambda: "fleet: worker 1 runs the active health checks" in gw.log(), what="worker 1 to take over")
+        probesSeen(origin, 10)
+        self.assertEqual(gw.request("GET", "/echo").status, 200)
 
 
 class PassiveSharingTests(SynchronousTestCase):
