@@ -45,9 +45,9 @@ class _Link:
         self.toMember = StringTransport()
         self.hubSide = WireProtocol(hub.received, hub.lost)
         self.hubSide.makeConnection(self.toMember)
-        self.memberSide = WireProtocol(member._received, member._lost)
+        self.memberSide = WireProtocol(member.received, member.lost)
         self.memberSide.makeConnection(self.toHub)
-        member._connected(self.memberSide)
+        member.joined(self.memberSide)
 
     def pump(self) -> bool:
         moved = False

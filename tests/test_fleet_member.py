@@ -105,3 +105,15 @@ class LeaseTests(SynchronousTestCase):
         response = fleet.request(1, b"/x")
         self.assertEqual((response.code, response.header(b"RateLimit-Limit")), (200, b"10"))
         self.assertEqual(response.header(b"RateLimit-Remaining"), b"9")
+
+    def test_theNextLeaseIsAskedBeforeTheTokensRunOut(self) -> None:
+        """With a quarter of a lease left the worker asks for the next: a busy key does not wait for the hub."""
+        fleet = Fleet(CONFIG.format(upstream="", route="    rate_limit: {rate: 1000/s, burst: 1000}"))
+
+        def leased() -> float:
+            return sum(1000 - c.tokens for c in fleet.hub.bank.counters.values())
+
+        self.assertEqual(self.admitted(fleet, [0] * 37), [200] * 37)  # 50 a lease: 13 left
+        self.assertEqual(leased(), 50)
+        fleet.request(0, b"/x")  # 12 left: the next lease is asked
+        self.assertEqual(leased(), 100)

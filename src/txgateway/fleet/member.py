@@ -103,9 +103,9 @@ class FleetMember:
         if not connect:
             return
         endpoint = UNIXClientEndpoint(self.reactor, os.path.join(self.directory, SOCKET))
-        factory = Factory.forProtocol(lambda: WireProtocol(self._received, self._lost))
+        factory = Factory.forProtocol(lambda: WireProtocol(self.received, self.lost))
         self._client = ClientService(endpoint, factory, clock=self.clock,
-                                     prepareConnection=self._connected)
+                                     prepareConnection=self.joined)
         self._client.setServiceParent(service)
 
     @property
@@ -122,11 +122,13 @@ class FleetMember:
 
     # -- sending
 
-    def _connected(self, proto: Any) -> None:
+    def joined(self, proto: Any) -> None:
+        """Connected to the hub: say who this worker is and which generation it runs."""
         self.proto = proto
         proto.send({"t": "hello", "worker": self.workerId, "pid": os.getpid(), "generation": self.generation})
 
-    def _lost(self, proto: WireProtocol) -> None:
+    def lost(self, proto: WireProtocol) -> None:
+        """The hub is gone: what waits for an answer gets None (the callers fall back)."""
         if self.proto is proto:
             self.proto = None
         waiting, self._waiting = self._waiting, {}
@@ -178,7 +180,7 @@ class FleetMember:
 
     # -- receiving
 
-    def _received(self, proto: WireProtocol, message: Message, line: bytes) -> None:
+    def received(self, proto: WireProtocol, message: Message, line: bytes) -> None:
         kind = message["t"]
         if kind in ("reloaded", "grant"):
             d = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]
