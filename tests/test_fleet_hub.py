@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway.config import parseConfig
 from txgateway.fleet.bank import Bank
-from txgateway.fleet.hub import SNAPSHOT, FleetHub
-from txgateway.fleet.supervise import readConfig
+from txgateway.fleet.hub import SNAPSHOT, SWITCH_WITHIN, FleetHub
+from txgateway.fleet.supervise import ENV, readConfig, withFleet
 from txgateway.fleet.wire import WireProtocol, encode
+from txgateway.workers import WorkerSupervisor
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -111,13 +113,35 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(self.hub.generation, 1)
         self.assertEqual(self.snapshot(), {"generation": 1, "text": GOOD})
 
-    def test_aWorkersReloadRequestIsAnswered(self) -> None:
-        """C{reload} from a worker (admin API, SIGHUP) reloads the fleet and answers that worker."""
-        w0 = _Worker(self.hub, 0)
-        w0.heard()
+    def test_aWorkersReloadIsAnsweredOnceEveryWorkerSwitched(self) -> None:
+        """C{reload} from a worker (admin API, SIGHUP) is answered when every worker reports the new generation."""
+        w0, w1 = _Worker(self.hub, 0), _Worker(self.hub, 1)
+        w0.heard(), w1.heard()
         w0.say({"t": "reload", "id": 7})
-        heard = w0.heard()
-        self.assertEqual(heard[-1], {"t": "reloaded", "id": 7, "problems": [], "generation": 2})
+        self.assertEqual(w0.kinds(), ["config"])
+        w0.say({"t": "gen", "generation": 2, "tried": 2, "problems": []})
+        self.assertNotIn("reloaded", w0.kinds())
+        w1.say({"t": "gen", "generation": 2, "tried": 2, "problems": []})
+        self.assertEqual(w0.heard()[-1], {"t": "reloaded", "id": 7, "problems": [], "generation": 2})
+
+    def test_aWorkerThatCannotSwitchIsNamedInTheAnswer(self) -> None:
+        w0, w1 = _Worker(self.hub, 0), _Worker(self.hub, 1)
+        w0.say({"t": "reload", "id": 1})
+        w0.say({"t": "gen", "generation": 2, "tried": 2, "problems": []})
+        w0.heard()
+        w1.say({"t": "gen", "generation": 1, "tried": 2, "problems": ["cannot build the TLS context"]})
+        answer = w0.heard()[-1]
+        self.assertEqual((answer["t"], answer["problems"]), ("reloaded", ["worker 1: cannot build the TLS context"]))
+
+    def test_aWorkerThatNeverAnswersIsNotWaitedForForever(self) -> None:
+        w0, _ = _Worker(self.hub, 0), _Worker(self.hub, 1)
+        w0.say({"t": "reload", "id": 1})
+        w0.say({"t": "gen", "generation": 2, "tried": 2, "problems": []})
+        w0.heard()
+        self.clock.advance(SWITCH_WITHIN)
+        answer = w0.heard()[-1]
+        self.assertEqual(answer["t"], "reloaded")
+        self.assertIn("not every worker reported generation 2", answer["problems"][0])
 
     def test_verdictsAreRelayedAndReplayedToNewWorkers(self) -> None:
         """The prober's verdict reaches the others (not itself), and a worker joining later hears it too."""
@@ -141,8 +165,8 @@ class HubTests(SynchronousTestCase):
         w0 = _Worker(self.hub, 0)
         w0.heard()
         w0.proto.dataReceived(b"not json\n[1, 2]\n")
-        w0.say({"t": "reload", "id": 1})
-        self.assertEqual(w0.heard()[-1]["t"], "reloaded")
+        w0.say({"t": "lease", "id": 1, "route": "r", "key": "k", "spec": ["token_bucket", 1.0, 1.0], "want": 1})
+        self.assertEqual(w0.heard()[-1]["t"], "grant")
         self.assertFalse(w0.transport.disconnecting)
 
     def test_leasesAreCountedForEveryWorker(self) -> None:
@@ -216,3 +240,26 @@ class ReadConfigTests(SynchronousTestCase):
         text, problems = readConfig("/nonexistent/gw.yaml", {})
         self.assertIsNone(text)
         self.assertIn("cannot read config file", problems[0])
+
+
+class WithFleetTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = Path(tempfile.mkdtemp()) / "gw.yaml"
+        self.path.write_text(GOOD)
+        self.reactor = MemoryReactorClock()
+        self.supervisor = WorkerSupervisor(self.reactor, self.reactor, 2, "tcp:0", [], environ={})
+        self.fleet = withFleet(self.supervisor, str(self.path), parseConfig(GOOD), self.reactor, environ={})
+        self.addCleanup(self.fleet.hub.stopService)
+
+    def test_workersAreToldWhereTheHubIs(self) -> None:
+        self.assertEqual(self.supervisor.environ[ENV], self.fleet.hub.directory)
+        self.assertEqual(json.loads((Path(self.fleet.hub.directory) / SNAPSHOT).read_text()),
+                         {"generation": 1, "text": GOOD})
+
+    def test_theSupervisorsWatcherFollowsWatchConfig(self) -> None:
+        """Only the supervisor watches the file, at the interval the accepted config gives."""
+        watcher = self.fleet.getServiceNamed("config-watcher")
+        self.assertEqual(watcher.interval, 2.0)
+        self.path.write_text("server: {watch_config: 500ms}\n" + GOOD)
+        self.assertEqual(self.fleet.hub.reload(), [])
+        self.assertEqual(watcher.interval, 0.5)

@@ -202,6 +202,15 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual({w["pid"] for w in status}, set(joined(self.gw, 2).values()))
         self.assertEqual(len({w["pid"] for w in status}), 2)
 
+    def test_theAdminReloadAnswersOnceEveryWorkerSwitched(self) -> None:
+        """POST /api/config/reload's 200 means every worker runs the new generation: no waiting after it."""
+        self.edit("/new")
+        answer = request(self.gw.adminPort, "POST", "/api/config/reload")
+        self.assertEqual((answer.status, answer.json()), (200, {"ok": True, "problems": []}))
+        # One generation for all (2, or 3 when the file watcher saw the edit first).
+        self.assertEqual(len(generations(self.gw)), 1)
+        self.assertTrue(self.everyWorkerServes("/new/echo"))
+
     def test_fileChangeAndABadConfig(self) -> None:
         """A file change reloads every worker once; a bad file is rejected once and no worker moves."""
         self.edit("/new")

@@ -19,7 +19,7 @@ It holds what must be one for the whole gateway, and relays the rest:
   - local rate-limit counters (C{lease} / C{give}, see L{txgateway.fleet.bank}).
 
 Messages from a worker: C{hello {worker, pid, generation}}, C{gen
-{generation, problems}}, C{health}, C{brk}, C{out}, C{admin}, C{reload
+{generation, tried, problems}}, C{health}, C{brk}, C{out}, C{admin}, C{reload
 {id}}, C{lease {id, route, key, spec, want}}, C{give {route, key, spec, n}}.
 """
 
@@ -51,6 +51,10 @@ SNAPSHOT = "config.json"
 
 Loader = Callable[[], tuple[str | None, list[str]]]
 
+# How long a reload asked by a worker (the admin API) waits for every worker
+# to report the new generation before it is answered anyway, saying so.
+SWITCH_WITHIN = 10.0
+
 
 class _Member:
     __slots__ = ("proto", "worker", "pid", "generation")
@@ -60,6 +64,20 @@ class _Member:
         self.worker = worker
         self.pid = pid
         self.generation = generation
+
+
+class _Answer:
+    """A worker's reload request, answered once every worker runs C{generation} (or said why not)."""
+
+    __slots__ = ("proto", "id", "generation", "problems", "failed", "timer")
+
+    def __init__(self, proto: WireProtocol, id: Any, generation: int) -> None:
+        self.proto = proto
+        self.id = id
+        self.generation = generation
+        self.problems: list[str] = []
+        self.failed: set[int] = set()
+        self.timer: Any = None
 
 
 class FleetHub(Service):
@@ -84,6 +102,7 @@ class FleetHub(Service):
         self.verdicts: dict[tuple[str, str], bytes] = {}
         self.breakers: dict[tuple[str, str], bytes] = {}
         self.bank = Bank()
+        self.answers: list[_Answer] = []
         self.port: Any = None
         self._writeSnapshot()
 
@@ -100,6 +119,8 @@ class FleetHub(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        for answer in list(self.answers):
+            self._answer(answer, "the supervisor is stopping")
         port, self.port = self.port, None
         for name in (SOCKET, SNAPSHOT):
             try:
@@ -178,6 +199,18 @@ class FleetHub(Service):
             log.info("fleet: worker {worker} runs the active health checks", worker=prober)
         self.prober = prober
         self.broadcast(self.roster())
+        for answer in list(self.answers):
+            if all(m.generation >= answer.generation or m.worker in answer.failed for m in self.members.values()):
+                self._answer(answer)
+
+    def _answer(self, answer: _Answer, unfinished: str | None = None) -> None:
+        if answer not in self.answers:
+            return
+        self.answers.remove(answer)
+        if answer.timer is not None and answer.timer.active():
+            answer.timer.cancel()
+        problems = answer.problems + ([unfinished] if unfinished else [])
+        answer.proto.send({"t": "reloaded", "id": answer.id, "problems": problems, "generation": answer.generation})
 
     # -- handlers, one per kind
 
@@ -196,9 +229,15 @@ class FleetHub(Service):
         if member is None:
             return
         member.generation = int(message["generation"])
-        if message.get("problems"):
+        problems = list(message.get("problems") or [])
+        if problems:
+            tried = message.get("tried")
             log.error("worker {worker} could not switch to generation {g}: {problems}", worker=member.worker,
-                      g=member.generation, problems="; ".join(message["problems"]))
+                      g=tried, problems="; ".join(problems))
+            for answer in self.answers:
+                if answer.generation == tried:
+                    answer.failed.add(member.worker)
+                    answer.problems += [f"worker {member.worker}: {p}" for p in problems]
         self._rosterChanged()
 
     def _on_health(self, proto: WireProtocol, message: Message, line: bytes) -> None:
@@ -216,8 +255,17 @@ class FleetHub(Service):
         self.relay(line, proto)
 
     def _on_reload(self, proto: WireProtocol, message: Message, line: bytes) -> None:
-        problems = self.reload()
-        proto.send({"t": "reloaded", "id": message.get("id"), "problems": problems, "generation": self.generation})
+        """Reload, and answer once every worker has switched: the admin API's 200 means all of them run it."""
+        answer = _Answer(proto, message.get("id"), self.generation)
+        answer.problems = self.reload()
+        self.answers.append(answer)
+        if answer.problems:
+            self._answer(answer)
+            return
+        answer.generation = self.generation
+        answer.timer = self.clock.callLater(SWITCH_WITHIN, self._answer, answer,
+                                            f"not every worker reported generation {self.generation} within "
+                                            f"{SWITCH_WITHIN:g}s; see /api/reloads")
 
     def _on_lease(self, proto: WireProtocol, message: Message, line: bytes) -> None:
         spec = (str(message["spec"][0]), float(message["spec"][1]), float(message["spec"][2]))

@@ -215,7 +215,7 @@ class FleetMember:
             self.generation = generation
             sharing.shareRuntime(self.service.gateway.runtime, self)
             self._hookCheckers()
-        self.send({"t": "gen", "generation": self.generation, "problems": problems})
+        self.send({"t": "gen", "generation": self.generation, "tried": generation, "problems": problems})
 
     def _rejected(self, problems: list[str]) -> None:
         """A reload the supervisor refused: in this worker's history too, counted once for the gateway."""

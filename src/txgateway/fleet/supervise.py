@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,24 @@ __all__ = ["ENV", "FleetSupervisor", "readConfig", "withFleet"]
 ENV = "TXGATEWAY_FLEET"
 
 
-def readConfig(path: str, environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
-    """The config file's text when it is valid, else (None, its problems): read and validated once, here."""
+def readConfig(path: str, environ: Mapping[str, str],
+               accepted: Callable[[GatewayConfig], None] | None = None) -> tuple[str | None, list[str]]:
+    """
+    The config file's text when it is valid, else (None, its problems):
+    read and validated once, here.  C{accepted} is given the parsed config
+    of a valid file (the supervisor's own settings follow it).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         return None, [f"cannot read config file: {e}"]
     try:
-        applyEnvironment(parseConfig(text, str(p), p.resolve().parent, environ), environ)
+        config = applyEnvironment(parseConfig(text, str(p), p.resolve().parent, environ), environ)
     except ConfigError as e:
         return None, [str(problem) for problem in e.problems]
+    if accepted is not None:
+        accepted(config)
     return text, []
 
 
@@ -73,17 +80,21 @@ def withFleet(supervisor: WorkerSupervisor, configPath: str | None, config: Gate
 
     watcher: list[ConfigWatcher] = []
 
+    def accepted(new: GatewayConfig) -> None:
+        for w in watcher:
+            w.setInterval(new.server.watch_config)  # as a lone gateway adopts a new server.watch_config
+
     def load() -> tuple[str | None, list[str]]:
         if path is None:
             return None, ["no config file to reload (the gateway was configured from the environment)"]
         for w in watcher:
             w.sync()  # this content is being loaded now: not a change for the watcher to reload again
-        return readConfig(path, environ)
+        return readConfig(path, environ, accepted)
 
     text = load()[0] if path is not None else None
     hub = FleetHub(directory, reactor, reactor, load, text)
     fleet = FleetSupervisor(supervisor, hub)
-    if path is not None and config.server.watch_config > 0:
+    if path is not None:
         watcher.append(ConfigWatcher(path, hub.reload, reactor, config.server.watch_config))
         watcher[0].setServiceParent(fleet)
     supervisor.environ[ENV] = directory
