@@ -6,14 +6,26 @@ limits counted once through leased tokens.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgateway.fleet.leases import HOLD
 
 from .fleetsupport import CONFIG, Fleet
+from .support import Origin
 
+SPLIT = """\
+upstreams:
+  v1: {targets: [http://v1.internal:8000]}
+  v2: {targets: [http://v2.internal:8000]}
+routes:
+  - name: predict
+    match: {path_prefix: /}
+    upstreams: [{name: v1, weight: 100}, {name: v2, weight: 0}]
+"""
 LIMITED = CONFIG.format(upstream="", route="    rate_limit: {rate: 10/s, burst: 10}")
 
 
@@ -63,6 +75,21 @@ class AdminReplayTests(SynchronousTestCase):
         fleet.settle()
         self.assertIsNone(fleet.endpoint(1), "out of worker 1's rotation")
         self.assertIsNotNone(fleet.endpoint(0), "the sender is not sent its own change")
+
+
+    def test_aSplitsWeightsChangeInEveryWorker(self) -> None:
+        """A split's PUT, answered by one worker, sets the weights in the others too."""
+        fleet = Fleet(SPLIT, origins={"http://v1.internal:8000": Origin(Clock()), "http://v2.internal:8000": Origin(Clock())})
+
+        class Request:
+            method = b"PUT"
+            path = b"/api/routes/predict/split"
+            content = io.BytesIO(b'{"weights": {"v1": 50, "v2": 50}}')
+
+        fleet.members[0].shareAdmin(Request())
+        fleet.settle()
+        [route] = fleet.workers[1].service.gateway.runtime.routes.routes
+        self.assertEqual([route.canary.splitter.split.weight(n) for n in ("v1", "v2")], [50, 50])
 
 
 class LeaseTests(SynchronousTestCase):
