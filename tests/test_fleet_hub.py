@@ -113,6 +113,15 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(self.hub.generation, 1)
         self.assertEqual(self.snapshot(), {"generation": 1, "text": GOOD})
 
+    def test_aSnapshotThatCannotBeWrittenRefusesTheReload(self) -> None:
+        """Without the snapshot a restarted worker would start on another config: nobody moves."""
+        w0 = _Worker(self.hub, 0)
+        w0.heard()
+        self.patch(self.hub, "directory", os.path.join(self.dir, "gone"))  # a directory removed under it
+        problems = self.hub.reload()
+        self.assertIn("cannot write the fleet's config snapshot", problems[0])
+        self.assertEqual((self.hub.generation, w0.heard()), (1, []))
+
     def test_aWorkersReloadIsAnsweredOnceEveryWorkerSwitched(self) -> None:
         """C{reload} from a worker (admin API, SIGHUP) is answered when every worker reports the new generation."""
         w0, w1 = _Worker(self.hub, 0), _Worker(self.hub, 1)

@@ -135,12 +135,14 @@ class FleetHub(Service):
 
     # -- generations
 
-    def _writeSnapshot(self) -> None:
-        if self.text is None:
+    def _writeSnapshot(self, generation: int | None = None, text: str | None = None) -> None:
+        generation = self.generation if generation is None else generation
+        text = self.text if text is None else text
+        if text is None:
             return
         path = os.path.join(self.directory, SNAPSHOT)
         with open(path + ".new", "w", encoding="utf-8") as f:
-            json.dump({"generation": self.generation, "text": self.text}, f)
+            json.dump({"generation": generation, "text": text}, f)
         os.replace(path + ".new", path)  # a starting worker never reads half of it
 
     def reload(self) -> list[str]:
@@ -151,9 +153,16 @@ class FleetHub(Service):
                       g=self.generation, problems="\n".join(problems))
             self.broadcast({"t": "rejected", "problems": problems, "time": self.clock.seconds()})
             return problems
+        try:
+            # First: a worker (re)starting from now on must start on what the others switch to.
+            self._writeSnapshot(self.generation + 1, text)
+        except OSError as e:
+            problems = [f"cannot write the fleet's config snapshot: {e}"]
+            log.error("config reload refused, every worker keeps generation {g}: {problem}", g=self.generation,
+                      problem=problems[0])
+            return problems
         self.generation += 1
         self.text = text
-        self._writeSnapshot()
         log.info("config accepted as generation {g}; switching {n} worker(s)", g=self.generation,
                  n=len(self.members))
         self.broadcast({"t": "config", "generation": self.generation, "text": text})
