@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgateway.fleet.leases import HOLD
+from txgateway.fleet.member import memberFor
 
 from .fleetsupport import CONFIG, Fleet
 from .support import Origin
@@ -59,6 +60,28 @@ class GenerationTests(SynchronousTestCase):
         answers: list[Any] = []
         fleet.members[1].reload().addCallback(answers.append)
         self.assertEqual(answers, [["the supervisor cannot be reached; reload refused"]])
+
+
+class StartTests(SynchronousTestCase):
+    def test_onlyAWorkerOfAFleetIsAMember(self) -> None:
+        options = {"listen-fd": "3", "worker-id": "1", "config": "gw.yaml"}
+        self.assertIsNone(memberFor(options, None, environ={}))
+        self.assertIsNone(memberFor(dict(options, **{"listen-fd": None}), None, environ={"TXGATEWAY_FLEET": "/d"}))
+        member = memberFor(options, None, environ={"TXGATEWAY_FLEET": "/d"})
+        assert member is not None
+        self.assertEqual((member.workerId, member.directory), (1, "/d"))
+
+    def test_aWorkerStartsOnTheSnapshotNotTheFile(self) -> None:
+        """The file may hold an edit the supervisor rejected: a (re)starting worker loads the accepted generation."""
+        fleet = Fleet(CONFIG.format(upstream="", route=""))
+        fleet.path.write_text(fleet.path.read_text().replace("path_prefix: /", "path_prefix: /v2"))
+        self.assertEqual(fleet.hub.reload(), [])
+        fleet.path.write_text("routes: [broken")
+        member = memberFor({"listen-fd": "3", "worker-id": "2", "config": str(fleet.path)}, None,
+                           environ={"TXGATEWAY_FLEET": fleet.dir})
+        assert member is not None
+        config = member.startConfig(lambda: self.fail("the file was read"))  # type: ignore[arg-type,return-value]
+        self.assertEqual((member.generation, config.routes[0].match.path_prefix), (2, "/v2"))
 
 
 class AdminReplayTests(SynchronousTestCase):

@@ -147,7 +147,8 @@ class AdminResource(Resource):
         log.info("config reload requested on the admin listener by {peer}", peer=_peer(request))
         fleet = getattr(self.target, "fleet", None)
         if fleet is not None:  # with workers: the supervisor validates once, every worker switches
-            fleet.reload().addCallback(lambda problems: self._reloaded(request, problems))
+            d = fleet.reload().addCallback(lambda problems: self._reloaded(request, problems))
+            d.addErrback(lambda f: log.failure("answering the admin reload failed", f))
             return NOT_DONE_YET
         problems = self.target.reload()
         if not problems and getattr(self.target, "workerId", None) is not None:
