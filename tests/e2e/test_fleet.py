@@ -142,6 +142,54 @@ class PassiveSharingTests(SynchronousTestCase):
         self.assertTrue(alone <= shared <= alone + 1, f"{shared} failed requests with two workers")
 
 
+def refusals(gw: GatewayProcess) -> list[int]:
+    """503s answered by worker 0 and by worker 1, from the access lines in the log."""
+    lines = [line for line in gw.log().splitlines() if '"path":"/echo"' in line and '"status":503' in line]
+    return [sum(f'"worker":{w}}}' in line for line in lines) for w in (0, 1)]
+
+
+class HalfOpenTests(SynchronousTestCase):
+    def test_oneHalfOpenProbeAcrossWorkers(self) -> None:
+        """
+        Once a shared breaker's open_for has passed, one request in all
+        tests the target (held here by an origin that never answers); every
+        other, on either worker, is refused at once.  Breakers of their own
+        would each let one through: two at the origin.
+        """
+        origin = backend(self, "ho")
+        origin.request("GET", "/control/mode?status=500")
+        gw = start(self, fleetConfig([origin.url], 2, upstreamExtra=(
+            "    retries: false\n"
+            "    timeouts: {response: 4s}\n"
+            "    circuit_breaker: {failures: 2, open_for: 1s, half_open_probes: 1}")))
+        joined(gw, 2)
+        statuses = [gw.request("GET", "/echo").status for _ in range(6)]
+        # Open in both workers after 2 failures (one more if the other worker had chosen the target already).
+        self.assertIn(statuses.count(500), (2, 3), statuses)
+        self.assertEqual(statuses[-1], 503)
+        origin.request("GET", "/control/mode?hang=1")
+        stop = [False]
+
+        def traffic() -> None:
+            while not stop[0]:
+                gw.request("GET", "/echo", timeout=10)
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            waitFor(lambda: origin.request("GET", "/hangs").json()["total"] >= 1, what="the half-open probe")
+            before = refusals(gw)
+            # Both workers refuse requests while the probe is out (their access lines say which worker).
+            waitFor(lambda: all(n >= b + 5 for n, b in zip(refusals(gw), before, strict=True)),
+                    what="refusals on both workers during the probe")
+            self.assertEqual(origin.request("GET", "/hangs").json()["total"], 1)
+        finally:
+            stop[0] = True
+            for t in threads:
+                t.join(15)
+
+
 class RateLimitTests(SynchronousTestCase):
     def test_fiftyPerSecondInTotal(self) -> None:
         """A 50/s limit admits 50/s across two workers together, not 50/s each."""
