@@ -8,6 +8,11 @@ tree alternately, against the same origins, for several rounds, and prints
 CPU microseconds per request for each run and the median of each side.
 
 python bench/compare.py [--base HEAD~1] [--work REV] [--rounds 4] [--duration 6] [--connections 50] [--routes 20]
+                       [--workers N]
+
+With C{--workers N} both sides run C{server.workers: N}, unpinned, and the
+CPU counted is the supervisor's and all its workers': what the workers'
+sharing (the fleet's hub, leased rate-limit tokens) costs per request.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--routes", type=int, default=20)
     parser.add_argument("--size", type=int, default=13)
+    parser.add_argument("--workers", type=int, default=1, help="server.workers on both sides (unpinned when > 1)")
     args = parser.parse_args()
     wrk = run.ensureWrk()
     base = Path(tempfile.mkdtemp(prefix="txgw-base-"))
@@ -59,7 +65,8 @@ def main() -> int:
                 for side in (("base", "work") if i % 2 == 0 else ("work", "base")):
                     tmp = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
                     try:
-                        gw = run.Gateway(tmp, targets, args.routes, tree=trees[side])
+                        cpu = run.PROXY_CPU if args.workers == 1 else None
+                        gw = run.Gateway(tmp, targets, args.routes, tree=trees[side], workers=args.workers, cpu=cpu)
                         try:
                             r = run.measure(wrk, gw, gw.url + run.PATH, args.connections, args.duration)
                         finally:

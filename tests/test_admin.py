@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import treq
@@ -164,6 +165,11 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual((entry["result"], entry["problems"]), ("success", []))
         self.assertEqual(self.gw.metrics.registry.get_sample_value("txgateway_config_reloads_total",
                                                                    {"result": "success"}), 1)
+
+    def test_oneProcessListsItselfAsTheOnlyWorker(self) -> None:
+        """Without server.workers, /api/reloads and /api/status list this process, with no generations to show."""
+        for path in ("/api/reloads", "/api/status"):
+            self.assertEqual(self.admin.json(path)["workers"], [{"worker": None, "pid": os.getpid(), "generation": None}])
 
     def test_rejectedReloadHasItsReasonPhrase(self) -> None:
         """A 422 says "Unprocessable Content" on its status line, not twisted.web's "Unknown Status"."""

@@ -116,6 +116,15 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._openedAt + self.openFor - self.clock.seconds())
 
+    def adopt(self, state: str) -> None:
+        """
+        Take the state another worker's breaker for the same target reached
+        (txgateway.fleet.sharing): it opened there, or its half-open probe
+        closed it.  An open adopted here runs its C{open_for} from now.
+        """
+        if self._state != state:
+            self._moveTo(state)
+
     def _moveTo(self, new: str) -> None:
         old = self._state
         self._state = new

@@ -23,6 +23,7 @@ How the two checks meet:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -93,6 +94,9 @@ class PassiveHealthCheck:
         self.confirmedByActive = confirmedByActive
         self._width = config.window / WINDOW_BUCKETS
         self._windows: dict[Endpoint, _Window] = {}
+        # With server.workers, tells the other workers (txgateway.fleet.sharing),
+        # which count this outcome through tally(): one worker's evidence counts for all.
+        self.share: Callable[[Endpoint, bool], None] | None = None
 
     def isHealthy(self, endpoint: Endpoint) -> bool:
         now = self.clock.seconds()
@@ -102,6 +106,12 @@ class PassiveHealthCheck:
         return now >= endpoint.ejectedUntil
 
     def record(self, endpoint: Endpoint, ok: bool) -> None:
+        if self.share is not None:
+            self.share(endpoint, ok)
+        self.tally(endpoint, ok)
+
+    def tally(self, endpoint: Endpoint, ok: bool) -> None:
+        """Count one outcome, of a request sent here or (with workers) by another worker."""
         now = self.clock.seconds()
         until = endpoint.ejectedUntil
         if until:

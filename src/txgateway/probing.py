@@ -9,6 +9,7 @@ own pool (L{txgateway.http.client.agent.probeAgent}), through treq.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -91,6 +92,9 @@ class ActiveHealthChecker(Service):
         self._path = active.path.encode("ascii")
         self._targets: dict[Endpoint, _ProbeState] = {}
         self._cluster = cluster
+        # With server.workers only one worker probes; it tells the others
+        # each verdict through this (txgateway.fleet.sharing).
+        self.onVerdict: Callable[[Cluster, Endpoint], None] | None = None
 
     @property
     def cluster(self) -> Cluster:
@@ -236,10 +240,12 @@ class ActiveHealthChecker(Service):
                 log.info("target {target} of {upstream} is healthy again after {n} good probe(s) of {path}",
                          target=endpoint.url, upstream=cluster.name, n=state.successes, path=active.path)
                 publish(self.metrics, cluster, endpoint, "healthy", now)
+                self._tell(endpoint)
             if ejected and state.sawEjection and state.successes >= active.healthy_after:
                 state.sawEjection = False
                 readmit(cluster, endpoint, self.metrics, now,
                         f"active check passed {state.successes} time(s) since the ejection")
+                self._tell(endpoint)
         else:
             state.failures += 1
             state.successes = 0
@@ -250,8 +256,13 @@ class ActiveHealthChecker(Service):
                          target=endpoint.url, upstream=cluster.name, n=state.failures, path=active.path,
                          detail=detail)
                 publish(self.metrics, cluster, endpoint, "unhealthy", now)
+                self._tell(endpoint)
             else:
                 log.debug("health probe of {target} failed: {detail}", target=endpoint.url, detail=detail)
+
+    def _tell(self, endpoint: Endpoint) -> None:
+        if self.onVerdict is not None:
+            self.onVerdict(self._cluster, endpoint)
 
 
 def _unwatch(cluster: Cluster, hook: Any) -> None:

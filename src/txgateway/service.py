@@ -60,7 +60,8 @@ class GatewayService(MultiService):
                  metrics: Metrics | None = None, rng: _random.Random | None = None,
                  loadConfig: Callable[[str], GatewayConfig] = loadConfig,
                  listenFd: int | None = None, adminFd: int | None = None, workerId: int | None = None,
-                 clients: ClientFactory | None = None, accessLogFd: int | None = None) -> None:
+                 clients: ClientFactory | None = None, accessLogFd: int | None = None,
+                 shared: dict[str, Any] | None = None) -> None:
         """
         @param loadConfig: how a reload reads C{configPath}.
         @param clients: makes each upstream's client (see
@@ -79,7 +80,7 @@ class GatewayService(MultiService):
         self._loadConfig = loadConfig
         self._clients = clients
         self.redis = stores.makeRedis(config.stores, reactor) if needsRedis(config) else None
-        self.shared: dict[str, Any] = {}
+        self.shared: dict[str, Any] = {} if shared is None else shared  # state kept across reloads (and the fleet)
         self.accessLog = accessLogFor(config, self.clock, accessLogFd)
         # Shared by the client side and every upstream pool: each side's
         # event writes to the other side's sockets.

@@ -17,15 +17,17 @@ import sys
 import tempfile
 from typing import Any
 
+from twisted.application.service import IService
+
 from txgateway.config import GatewayConfig
 from txgateway.logrelay import AppendFile, WorkerOutput, droppedCounter
 from txgateway.restarting import restartsCounter
-from txgateway.workers import WorkerSupervisor, installSignals
+from txgateway.workers import WorkerSupervisor
 
 __all__ = ["makeSupervisor"]
 
 
-def makeSupervisor(config: GatewayConfig, options: Any, reactor: Any, count: int) -> WorkerSupervisor:
+def makeSupervisor(config: GatewayConfig, options: Any, reactor: Any, count: int) -> IService:
     """The supervisor of C{count} workers, its log set up as twistd's plugin does for a gateway."""
     # prometheus-client decides at its import whether samples go to files:
     # the directory is named before anything imports it, so the supervisor's
@@ -62,7 +64,9 @@ def makeSupervisor(config: GatewayConfig, options: Any, reactor: Any, count: int
                                   admin=withBacklog(config.admin.listen, backlog) if config.admin is not None else None,
                                   drain=config.server.timeouts.drain, output=output, metricsDir=metricsDir,
                                   restarts=restartsCounter())
-    installSignals(supervisor, reactor)
+    from txgateway.fleet.supervise import withFleet
+
+    fleet = withFleet(supervisor, options["config"], config, reactor)  # installs the signals, SIGHUP through the hub
 
     def reopen() -> None:
         adopter.reopen()
@@ -70,4 +74,4 @@ def makeSupervisor(config: GatewayConfig, options: Any, reactor: Any, count: int
             access.reopen()
 
     onReopenSignal(reactor, reopen)
-    return supervisor
+    return fleet

@@ -46,8 +46,13 @@ def loadFromOptions(options: Any, environ: Any = None) -> GatewayConfig:
 def makeService(options: Any) -> IService:
     from twisted.internet import reactor
 
+    member = None
+    if options["listen-fd"] is not None:  # a worker: of a fleet (server.workers > 1), see txgateway.fleet
+        from txgateway.fleet.member import memberFor
+
+        member = memberFor(options, reactor)
     try:
-        config = loadFromOptions(options)
+        config = member.startConfig(lambda: loadFromOptions(options)) if member else loadFromOptions(options)
     except ConfigError as e:
         # One line per problem, each saying what it is: no header line to lose under a log shipper.
         sys.stderr.write("".join(f"txgateway: config rejected: {line}\n" for line in e.render().splitlines()))
@@ -81,12 +86,15 @@ def makeService(options: Any) -> IService:
     try:
         service = GatewayService(config, reactor, configPath=options["config"],
                                  listenFd=_int(options["listen-fd"]), adminFd=_int(options["admin-fd"]),
-                                 workerId=_int(options["worker-id"]), accessLogFd=_int(options["access-log-fd"]))
+                                 workerId=_int(options["worker-id"]), accessLogFd=_int(options["access-log-fd"]),
+                                 shared=member.shared if member else None)
+        if member is not None:
+            member.attach(service)
     except OSError as e:  # e.g. logging.access_log_file in a directory that does not exist
         sys.stderr.write(f"txgateway: cannot start: {e}\n")
         raise SystemExit(1) from None
     atexit.register(_exitWithStatusOf, service)
-    _installSignals(service, reactor)
+    _installSignals(member or service, reactor)  # a worker's SIGHUP reloads the whole fleet
 
     def reopen() -> None:
         adopter.reopen()

@@ -189,15 +189,17 @@ class GatewayFixture:
 
     @classmethod
     def fromYAML(cls, yaml: str, origins: Mapping[str, IResource] | None = None,
-                 clock: MemoryReactorClock | None = None, rng: random.Random | None = None) -> GatewayFixture:
+                 clock: MemoryReactorClock | None = None, rng: random.Random | None = None,
+                 shared: dict[str, Any] | None = None) -> GatewayFixture:
         """
         A gateway configured by C{yaml} (the text of a gw.yaml) whose
         upstream targets are the twisted.web resources in C{origins}, keyed
-        by target URL (C{"http://app:8000"}).
+        by target URL (C{"http://app:8000"}).  C{shared}: the service's
+        state kept across reloads, given from the start (a fleet worker's).
         """
         clock = clock if clock is not None else MemoryReactorClock()
         service = GatewayService(parseConfig(yaml), clock, clock=clock, metrics=Metrics(processMetrics=False),
-                                 rng=rng or random.Random(0))
+                                 rng=rng or random.Random(0), shared=shared)
         wire = _Wire()
         useInMemoryOrigins(service, _Origins(wire, origins or {}, clock))
         service.gateway.state.ready = True

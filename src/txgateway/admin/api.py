@@ -50,10 +50,11 @@ class AdminResource(Resource):
         self._get: dict[bytes, Callable[[Any], bytes]] = {
             b"/": self._statusPage,
             b"/status": self._statusPage,
-            b"/api/status": lambda r: self._json(r, 200, self.report.status()),
+            b"/api/status": lambda r: self._json(r, 200, dict(self.report.status(), workers=self._workers())),
             b"/api/routes": lambda r: self._json(r, 200, {"routes": self.report.routes()}),
             b"/api/upstreams": lambda r: self._json(r, 200, {"upstreams": self.report.upstreams()}),
-            b"/api/reloads": lambda r: self._json(r, 200, {"reloads": self.report.reloads()}),
+            b"/api/reloads": lambda r: self._json(r, 200, {"reloads": self.report.reloads(),
+                                                           "workers": self._workers()}),
             b"/api/health": self._health,
             b"/api/mirrors": lambda r: self._json(r, 200, mirrors(self.target)),
             b"/metrics": self._metrics,
@@ -78,6 +79,7 @@ class AdminResource(Resource):
                 if not sameOrigin(request):
                     return self._json(request, 403, {"error": "cross-origin request refused"})
                 code, body, allow = targetControl(self.target.gateway.runtime.clusters, request)
+                self._share(request, code)
                 if allow is not None:
                     request.responseHeaders.setRawHeaders(b"Allow", [allow])
                 return self._json(request, code, body)
@@ -85,7 +87,10 @@ class AdminResource(Resource):
             if split is not None:
                 if request.method == b"PUT" and not sameOrigin(request):
                     return self._json(request, 403, {"error": "cross-origin request refused"})
-                return self._json(request, *handleSplit(self.target, request, split))
+                code, body = handleSplit(self.target, request, split)
+                if request.method == b"PUT":
+                    self._share(request, code)
+                return self._json(request, code, body)
             if path in self._get or path in self._post:
                 allow = b"GET, HEAD" if path in self._get else b"POST"
                 request.responseHeaders.setRawHeaders(b"Allow", [allow])
@@ -136,16 +141,38 @@ class AdminResource(Resource):
                 return self._json(request, 400, {"error": "since must be a number (a time from an earlier answer)"})
         return self._json(request, 200, timeline.document(since))
 
-    def _reload(self, request: Any) -> bytes:
+    def _reload(self, request: Any) -> Any:
         if not sameOrigin(request):
             return self._json(request, 403, {"error": "cross-origin request refused"})
         log.info("config reload requested on the admin listener by {peer}", peer=_peer(request))
+        fleet = getattr(self.target, "fleet", None)
+        if fleet is not None:  # with workers: the supervisor validates once, every worker switches
+            d = fleet.reload().addCallback(lambda problems: self._reloaded(request, problems))
+            d.addErrback(lambda f: log.failure("answering the admin reload failed", f))
+            return NOT_DONE_YET
         problems = self.target.reload()
         if not problems and getattr(self.target, "workerId", None) is not None:
             # One worker took this request; the supervisor passes the reload
             # on to every worker (this one reloads again, harmlessly).
             os.kill(os.getppid(), signal.SIGHUP)
         return self._json(request, 200 if not problems else 422, {"ok": not problems, "problems": problems})
+
+    def _reloaded(self, request: Any, problems: list[str]) -> None:
+        request.write(self._json(request, 200 if not problems else 422, {"ok": not problems, "problems": problems}))
+        request.finish()
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """C{[{worker, pid, generation}]}: every worker's, from the fleet's roster; this process alone without one."""
+        fleet = getattr(self.target, "fleet", None)
+        if fleet is not None:
+            return fleet.workers()  # type: ignore[no-any-return]
+        return [{"worker": getattr(self.target, "workerId", None), "pid": os.getpid(), "generation": None}]
+
+    def _share(self, request: Any, code: int) -> None:
+        """A runtime change this worker applied (C{code} 200): replayed in every other worker."""
+        fleet = getattr(self.target, "fleet", None)
+        if fleet is not None and code == 200:
+            fleet.shareAdmin(request)
 
     def _purge(self, request: Any) -> Any:
         """
@@ -169,6 +196,8 @@ class AdminResource(Resource):
             return self._json(request, 404, {"error": f"no cached route named {value!r}"})
         log.info("cache purge {kind}={value} requested on the admin listener by {peer}", kind=kind, value=value,
                  peer=_peer(request))
+
+        self._share(request, 200)
 
         def done(n: int) -> None:
             request.write(self._json(request, 200, {"purged": n}))

@@ -69,7 +69,7 @@ def handleSplit(target: AdminTarget, request: Any, name: str) -> tuple[int, dict
     if request.method != b"PUT":
         request.responseHeaders.setRawHeaders(b"Allow", [b"GET, HEAD, PUT"])
         return 405, {"error": "method not allowed", "allow": "GET, HEAD, PUT"}
-    if getattr(target, "workerId", None) is not None:
+    if getattr(target, "workerId", None) is not None and getattr(target, "fleet", None) is None:
         # The admin socket is shared by the workers: this PUT reaches one of them.
         return 409, {"error": "with server.workers > 1, change weights by reload"}
     try:

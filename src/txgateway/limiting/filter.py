@@ -111,5 +111,8 @@ def _limiterFor(name: str, config: RateLimitConfig, deps: Deps) -> IRateLimiter:
                                                                 startGrace=stores.connectTimeout(deps.config.stores))
             prefix = f"txgw:rl:{config.algorithm}:{name}:"
             limiter = RedisRateLimiter(pool, config, prefix, local, deps.clock, timeout, health)
+    fleet = deps.shared.get("fleet")  # with server.workers: counted once for all workers (txgateway.fleet)
+    if fleet is not None and not config.shared:
+        limiter = fleet.limiter(name, config, local)
     deps.shared[slot] = (config, timeout, pool, limiter)
     return limiter
