@@ -60,21 +60,38 @@ class GradientLimitTests(SynchronousTestCase):
         self.assertAlmostEqual(self.limit.minRTT or 0, 0.1)
 
     def test_cutWhenLatencyRises(self) -> None:
-        """Latency at twice its minimum cuts the limit (tolerance 1.25: by 0.625 before headroom)."""
+        """Latency at twice its minimum cuts the limit in proportion (tolerance 1.25: to 0.625 of it)."""
         for _ in range(6):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         before = self.limit._estimate
         feed(self.limit, self.clock, 0.2, self.limit.limit)
-        self.assertLess(self.limit.limit, int(before))
-        self.assertEqual(self.limit.limit, int(before * 0.625 + before ** 0.5))
+        self.assertEqual(self.limit.limit, int(before * 0.625))
+
+    def test_pastACutGrowthIsOnePerWindow(self) -> None:
+        """
+        Once latency has risen, the limit grows again by one per window past
+        the cut, not by its square root: it stays within a step of the
+        backend's parallelism instead of swinging sqrt(limit) over it.
+        """
+        for _ in range(6):
+            feed(self.limit, self.clock, 0.1, self.limit.limit)
+        feed(self.limit, self.clock, 0.2, self.limit.limit)  # 22.9 -> 14.3
+        seen = []
+        for _ in range(3):
+            feed(self.limit, self.clock, 0.1, self.limit.limit)
+            seen.append(self.limit.limit)
+        self.assertEqual(seen, [15, 16, 17])
+        feed(self.limit, self.clock, 1.0, self.limit.limit)  # 17.3 -> 8.6: halved
+        feed(self.limit, self.clock, 0.1, self.limit.limit)
+        self.assertEqual(self.limit.limit, 9)  # 8.6 + 1: the latest cut is the one that counts
 
     def test_cutIsAtMostHalf(self) -> None:
-        """However bad one window is, the limit falls by at most half (plus headroom), never below min."""
+        """However bad one window is, the limit falls by at most half, never below min."""
         for _ in range(6):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         before = self.limit._estimate
         feed(self.limit, self.clock, 10.0, self.limit.limit)
-        self.assertEqual(self.limit.limit, int(before * 0.5 + before ** 0.5))
+        self.assertEqual(self.limit.limit, int(before * 0.5))
         for _ in range(20):
             feed(self.limit, self.clock, 10.0, self.limit.limit)
         self.assertGreaterEqual(self.limit.limit, 1)

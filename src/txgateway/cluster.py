@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from txgateway.concurrency.queue import outcomeFor
 from txgateway.config import Target, UpstreamConfig
 
 if TYPE_CHECKING:
     from twisted.web.iweb import IResponse
 
+    from txgateway.concurrency.interfaces import IConcurrencyLimit
     from txgateway.context import RequestContext
     from txgateway.interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy, IUpstreamClient
     from txgateway.observe import Metrics
@@ -43,7 +45,7 @@ class Endpoint:
 
     __slots__ = ("url", "urlBytes", "scheme", "host", "port", "weight", "inFlight", "activeHealthy",
                  "ejectedUntil", "breaker", "upstream", "labels", "netloc", "probeStatus",
-                 "source", "state", "configuredWeight", "addedAt", "onIdle", "share")
+                 "source", "state", "configuredWeight", "addedAt", "onIdle", "share", "limiter")
 
     def __init__(self, target: Target, upstream: str) -> None:
         self.url = target.url
@@ -71,6 +73,10 @@ class Endpoint:
         self.addedAt = 0.0
         self.onIdle: Callable[[Endpoint], None] | None = None
         self.share = 1.0  # while ramping under consistent_hash: the share of its keys it takes
+        # Its own concurrency limit (issue 24, concurrency.per_target), set by
+        # txgateway.protection.targets: choose prefers targets under it, and
+        # the lease's verdicts teach it.
+        self.limiter: IConcurrencyLimit | None = None
 
     def healthy(self, now: float) -> bool:
         return self.activeHealthy and now >= self.ejectedUntil
@@ -129,6 +135,11 @@ class Lease:
                 breaker.recordFailure()
         if cluster.passive is not None:
             cluster.passive.record(endpoint, ok)
+        limiter = endpoint.limiter
+        if limiter is not None:
+            seconds = self.seconds
+            limiter.onSample(seconds if seconds >= 0 else cluster.clock.seconds() - self.sent,
+                             outcomeFor((outcome,)), endpoint.inFlight)
         metrics = cluster.metrics
         if metrics is None:
             return
@@ -220,8 +231,9 @@ class Cluster:
         """
         The target for the next attempt of C{context}, leased (see L{Lease}).
 
-        Health first, then the concurrency cap, then breakers; among what is
-        left, untried targets are preferred so a retry lands elsewhere when
+        Health first, then the concurrency cap, then breakers, then
+        per-target concurrency limits (a target at its limit is passed over
+        while another has room); among what is left, untried targets are preferred so a retry lands elsewhere when
         it can (but a target already tried is better than none).  A
         half-open breaker admits only its probe quota: C{allow()} is asked
         of the balancer's choice alone, since a yes takes a probe slot.
@@ -238,7 +250,8 @@ class Cluster:
             cap = self.maxPerTarget
             for e in endpoints:
                 if not (e.activeHealthy and now >= e.ejectedUntil and e.inFlight < cap
-                        and (e.breaker is None or e.breaker.state == "closed")):
+                        and (e.breaker is None or e.breaker.state == "closed")
+                        and (e.limiter is None or e.inFlight < e.limiter.limit)):
                     break
             else:
                 if endpoints:
@@ -256,6 +269,12 @@ class Cluster:
         if not candidates:
             raise NoTarget("every target is at pool.max_per_target")
         allowed = [e for e in candidates if e.breaker is None or e.breaker.state != "open"]
+        roomy = [e for e in allowed if e.limiter is None or e.inFlight < e.limiter.limit]
+        if roomy:
+            # Per-target limits: a target at its own limit is passed over while
+            # another has room.  When none has, the request (admitted by the
+            # upstream's queue, whose limit is their sum) goes to the balancer's choice.
+            allowed = roomy
         passes: tuple[list[Endpoint], ...] = (allowed,)
         if tried:
             untried = [e for e in allowed if e not in tried]

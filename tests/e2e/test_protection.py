@@ -125,19 +125,13 @@ class _Case(SynchronousTestCase):
         return g
 
 
-# tolerance 1.0: raise only while latency is at its minimum; max a little above the 8 workers (the
-# gradient's headroom, sqrt(limit), would otherwise keep about 3 requests queued at the backend);
-# a max_wait of a tenth of the service time: shed rather than wait (see docs/model-serving.md).
+# The documented defaults of the adaptive limit, and a queue whose max_wait is a tenth of the backend's
+# normal latency (docs/model-serving.md: under overload a FIFO queue's head has always waited about
+# max_wait, so max_wait is what overload adds to latency).
 ADAPTIVE = """\
     concurrency:
       adaptive: true
-      min: 1
-      max: 10
-      initial: 8
-      tolerance: 1.0
-      window: 500ms
-      probe_interval: 0s
-      queue: {size: 20, max_wait: 20ms}
+      queue: {size: 100, max_wait: 20ms}
 """
 
 

@@ -19,17 +19,28 @@ filter:
     it is not loaded::
 
         gradient = clamp(tolerance * minRTT / windowRTT, 0.5, 1.0)
-        newLimit = limit * gradient + sqrt(limit)
+        gradient < 1:  newLimit = limit * gradient    (and remember it)
+        gradient = 1:  newLimit = limit + sqrt(limit) below the remembered
+                       limit, limit + 1 above it
 
     While latency stays within C{tolerance} of its minimum, the gradient is
-    1 and the limit grows by its square root (the headroom that lets it
-    find more capacity); once latency rises, the gradient falls below 1 and
-    the limit is cut in proportion, by at most half per window.  The
-    fixed point is just above the backend's own parallelism, where latency
-    is about C{tolerance * L / (L - sqrt L)} times the minimum.
+    1 and the limit grows; once latency rises, the gradient falls below 1
+    and the limit is cut in proportion, by at most half per window.  Growth
+    is by the square root until latency first rises, then by one per window
+    past the limit that cut left (TCP's slow start, then congestion
+    avoidance): with square-root headroom at every window the limit would
+    swing about C{sqrt L} above the backend's parallelism and keep that
+    many requests queued inside it, which is what the limit is there to
+    prevent.  So the limit settles within a step or two of the point where
+    latency reaches C{tolerance} times its minimum (for a backend of W
+    workers, about C{tolerance * W}), and each window over it is cut back.
+    Below a cut, growth is fast again, so a backend that recovers is
+    followed in a few windows; one that gained capacity, one more request
+    per window.
   - A window in which the backend dropped a request (a timeout, a 503) cuts
     the limit by C{backoff} (0.9), as AIMD does: overload shown by errors
-    is believed before latency is.
+    is believed before latency is (and growth past that point is one per
+    window too).
   - A limit that is not used is not raised: if fewer than half of the
     permits were in use during a window (the load, not the backend, is the
     bottleneck), the limit stays, so a quiet night does not leave a limit
@@ -58,7 +69,13 @@ from zope.interface import implementer
 
 from txgateway.concurrency.interfaces import DROPPED, IGNORED, IConcurrencyLimit, Outcome
 
-__all__ = ["FixedLimit", "GradientLimit"]
+__all__ = ["INITIAL", "FixedLimit", "GradientLimit"]
+
+#: The adaptive limit before anything was measured (within C{[min, max]}):
+#: enough that a cold gateway in front of a backend of a few workers does
+#: not shed its first requests while the limit learns, few enough that a
+#: backend of one worker is over it for one window only.
+INITIAL = 10
 
 
 @implementer(IConcurrencyLimit)
@@ -102,10 +119,12 @@ class GradientLimit:
         self.minSamples = max(1, minSamples)
         self.backoff = backoff
         self.probeInterval = probeInterval
-        start = minLimit if initial is None else initial
+        start = INITIAL if initial is None else initial
         self._estimate = float(min(maxLimit, max(minLimit, start)))
         self.limit = int(self._estimate)
         self.minRTT: float | None = None
+        #: Where latency last rose (or the backend dropped): growth past it is one per window.
+        self.ceiling = math.inf
         self.lastRTT: float | None = None
         self.windows = 0
         self.probes = 0
@@ -152,13 +171,17 @@ class GradientLimit:
             estimate = self._beforeProbe
         elif self._dropped:
             estimate = max(self.minLimit, estimate * self.backoff)
+            self.ceiling = estimate
         elif rtt is not None:
             if self.minRTT is None or rtt < self.minRTT:
                 self.minRTT = rtt
             gradient = max(0.5, min(1.0, self.tolerance * self.minRTT / rtt))
-            proposed = estimate * gradient + math.sqrt(estimate)
-            if proposed <= estimate or self._maxInFlight * 2 >= estimate:
-                estimate = proposed
+            if gradient < 1.0:
+                estimate *= gradient
+                self.ceiling = estimate
+            elif self._maxInFlight * 2 >= estimate:
+                ceiling = self.ceiling
+                estimate = min(estimate + math.sqrt(estimate), ceiling) if estimate < ceiling else estimate + 1.0
         self._estimate = min(float(self.maxLimit), max(float(self.minLimit), estimate))
         self.limit = int(self._estimate)
         self._windowStart = now
