@@ -74,3 +74,13 @@ class JsonLineTests(SynchronousTestCase):
         self.assertSameAsJsonDumps(0.001)
         self.now[0] = t + 1
         self.assertSameAsJsonDumps(0.001)
+
+    def test_notedFieldsWrittenAsJsonDumpsWritesThem(self) -> None:
+        """Fields a request noted (issue 24's queue_ms, batch_id, batch_size, coalesced) come last, as json.dumps writes them."""
+        self.context.note("queue_ms", 12.5)
+        self.context.note("batch_id", "batch-7")
+        self.context.note("batch_size", 3)
+        self.context.note("coalesced", True)
+        self.assertSameAsJsonDumps(0.001)
+        self.assertTrue(self.log.jsonLine(self.context, 0.001).endswith(
+            ',"queue_ms":12.5,"batch_id":"batch-7","batch_size":3,"coalesced":true}\n'))
