@@ -11,8 +11,8 @@ integration) by L{txgateway.protection}: the forward-path wrappers
 reloads, the metrics and the status report; the parser is
 L{txgateway.config.parser_concurrency}.  The sections below are the plan
 that integration followed; where it differs, the code says so: access-log
-fields (C{queue_ms}, C{batch_id}, C{coalesced}) are not done;
-per-target limits are C{per_target: true} (L{txgateway.protection.targets})
+fields are C{queue_ms}, C{batch_id}, C{batch_size} and C{coalesced}
+(L{txgateway.context.RequestContext.note}); per-target limits are C{per_target: true} (L{txgateway.protection.targets})
 rather than a C{scope: target} key; the limit's gauges are set as permits come
 and go rather than by a LoopingCall; a fixed limit is not divided among
 workers (the docs tell operators to divide it); the status page shows no
