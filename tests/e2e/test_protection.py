@@ -3,12 +3,18 @@ Issue 24 end to end: the real C{twistd -n txgateway} in front of a simulated
 model server (tests/e2e/modelserver.py: a fixed number of workers, its latency
 growing with its concurrency), loaded from another process on 127.0.0.1.
 
-  - with an adaptive limit, p99 at 3x overload stays within 2x of p99 at
-    nominal load while the excess is shed with 503 and Retry-After; the same
-    load without a limit shows why (its p99 at 3x is many times nominal);
-  - waiters are let in by priority class;
+  - with an adaptive limit at its defaults (and a queue), p99 at 3x overload
+    stays within 2x of p99 at nominal load while the excess is shed with 503
+    and Retry-After; the same load without a limit shows why (its p99 at 3x
+    is many times nominal);
+  - with per-target limits a slow replica learns the smaller limit and gets
+    the smaller share; its gauge goes when a reload drops it;
+  - waiters are let in by priority class; a client that hangs up leaves the
+    queue;
   - 100 concurrent single requests reach the backend in batches of at most
-    max_size, and each client gets its own item;
+    max_size, and each client gets its own item; a batch answered with the
+    wrong count is a 502 for each client, and with on_error: single a failed
+    batch becomes each client's own request;
   - 50 identical POSTs reach the backend once.
 
 The figures of the overload runs are written to the test log (and, with
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -168,6 +175,41 @@ class OverloadTests(_Case):
         self.assertGreater(unlimited[1]["p99"], 4 * unlimited[0]["p99"], figures)
 
 
+class PerTargetTests(_Case):
+    def test_aSlowReplicaGetsASmallerLimitAndItsSeriesGoesWithIt(self) -> None:
+        """
+        Two replicas, 8 workers and 2, with an adaptive limit per target:
+        under load the slow one learns the smaller limit and serves the
+        smaller share; a reload that drops it drops its gauge.
+        """
+        fast, slow = self.model(workers=8, serviceMs=100), self.model(workers=2, serviceMs=100)
+        upstream = ("    concurrency: {adaptive: true, per_target: true, probe_interval: 2s,"
+                    " queue: {size: 100, max_wait: 100ms}}\n")
+        text = config(fast, upstream=upstream).replace(f"targets: [{fast.url}]", f"targets: [{fast.url}, {slow.url}]")
+        gw = self.gateway(text)
+        result = load(gw.port, 60, 8, 0)
+        limits = _targetLimits(gw)
+        self.assertEqual(set(limits), {fast.url, slow.url})
+        self.assertLess(limits[slow.url], limits[fast.url], limits)
+        # Round robin alone would give each half; the slow one is passed over while at its limit.
+        self.assertGreater(fast.stats()["calls"], 1.5 * slow.stats()["calls"])
+        self.assertEqual(set(result["statuses"]) - {"200", "503"}, set(), result)
+        reloaded = gw.configPath.with_name("next.yaml")  # written whole, then renamed over the config
+        reloaded.write_text(config(fast, upstream=upstream).replace("{port}", "0"))
+        os.replace(reloaded, gw.configPath)
+        gw.signal(signal.SIGHUP)
+        waitFor(lambda: set(_targetLimits(gw)) == {fast.url}, what="the dropped target's series gone")
+
+
+def _targetLimits(gw: GatewayProcess) -> dict[str, float]:
+    out = {}
+    for line in gw.request("GET", "/metrics").body.decode().splitlines():
+        if line.startswith("txgateway_target_concurrency_limit{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('target="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
+
+
 class PriorityTests(_Case):
     def test_waitersAreLetInByClass(self) -> None:
         """With one slot, paid requests queued after free ones reach the backend first, each class in its order."""
@@ -192,31 +234,44 @@ class PriorityTests(_Case):
 
 class ClientGoneTests(_Case):
     def test_aClientThatHangsUpLeavesTheQueue(self) -> None:
-        model = self.model(workers=1, serviceMs=2000)
-        upstream = "    concurrency:\n      limit: 1\n      queue: {size: 10, max_wait: 30s}\n"
+        """
+        One request holds the only slot for 10 s; a second queues, then its
+        client resets the connection: the queue empties while the slot is
+        still held (so it was the hang-up, not a slot freeing, that emptied
+        it), and that request never reaches the backend.
+        """
+        model = self.model(workers=1, serviceMs=10_000)
+        upstream = "    concurrency:\n      limit: 1\n      queue: {size: 10, max_wait: 60s}\n"
         gw = self.gateway(config(model, upstream=upstream))
         holder = threading.Thread(target=gw.request, args=("POST", "/predict", None, b"{}", 30))
         holder.start()
-        waitFor(lambda: _queued(gw) == 0, what="the first request at the backend")
+        waitFor(lambda: _admission(gw) == (1, 0), what="the first request at the backend")
         s = socket.create_connection(("127.0.0.1", gw.port))
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
-        waitFor(lambda: _queued(gw) == 1, what="the second request queued")
+        waitFor(lambda: _admission(gw) == (1, 1), what="the second request queued")
         # A hang-up, not a half close (a FIN after the request may still want its answer): a reset.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
-        waitFor(lambda: _queued(gw) == 0, what="the queue empty again")
+        waitFor(lambda: _admission(gw) == (1, 0), what="the queue empty again, the slot still held")
+        self.assertEqual(model.stats()["calls"], 1)
         holder.join(30)
         self.assertEqual(model.stats()["calls"], 1)  # the one that hung up never reached the backend
 
 
-def _queued(gw: GatewayProcess) -> int:
-    total = 0
+def _admission(gw: GatewayProcess) -> tuple[int, int]:
+    """(in flight, queued) of the upstream, from /metrics."""
+    inFlight = queued = 0
     for line in gw.request("GET", "/metrics").body.decode().splitlines():
         if line.startswith("txgateway_upstream_queue_length{"):
-            total += int(float(line.rsplit(" ", 1)[1]))
+            queued += int(float(line.rsplit(" ", 1)[1]))
         if line.startswith("txgateway_upstream_concurrency_in_flight{"):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total - 1 if total else -1
+            inFlight += int(float(line.rsplit(" ", 1)[1]))
+    return inFlight, queued
+
+
+def _queued(gw: GatewayProcess) -> int:
+    """Requests in flight and queued, less the one holding the slot (-1: none at all)."""
+    return sum(_admission(gw)) - 1
 
 
 class BatchingTests(_Case):
@@ -235,6 +290,35 @@ class BatchingTests(_Case):
         self.assertLess(len(batches), 100)
         metrics = gw.request("GET", "/metrics").body.decode()
         self.assertIn(f'txgateway_batch_size_count{{route="predict"}} {float(len(batches))}', metrics)
+
+
+    def post(self, gw: GatewayProcess, n: int) -> list[Response]:
+        return concurrently([lambda i=i: gw.request("POST", "/predict", {"Content-Type": "application/json"},
+                                                    json.dumps({"i": i}).encode(), 30) for i in range(n)])
+
+    def test_aBatchAnsweredWithTheWrongCountFailsEachClientWith502(self) -> None:
+        model = self.model(workers=4, serviceMs=50)
+        gw = self.gateway(config(model, route="    batch: {target_path: /batch_short, max_size: 8, max_wait: 50ms}\n"))
+        responses = self.post(gw, 8)
+        self.assertEqual({r.status for r in responses}, {502}, responses)
+        for r in responses:
+            self.assertRegex(r.json()["error"], r"batch of \d+ items answered with \d+ results")
+        self.assertEqual(sum(model.stats()["batches"]), 8)  # the items went in batches, and none went alone
+        self.assertIn('txgateway_batch_failures_total{kind="wrong_count",route="predict"}',
+                      gw.request("GET", "/metrics").body.decode())
+
+    def test_onErrorSingleSendsEachClientsOwnRequest(self) -> None:
+        """A failing batch call (500) with on_error: single: each client's own request goes, and is answered."""
+        model = self.model(workers=4, serviceMs=50)
+        gw = self.gateway(config(model, route="    batch: {target_path: /batch_fail, max_size: 8, max_wait: 50ms, "
+                                              "on_error: single}\n"))
+        responses = self.post(gw, 8)
+        self.assertEqual([r.status for r in responses], [200] * 8, responses)
+        self.assertEqual([r.json() for r in responses], [{"echo": {"i": i}, "tag": None} for i in range(8)])
+        stats = model.stats()
+        self.assertEqual(stats["calls"], len(stats["batches"]) + 8)  # each batch call, then each item alone
+        self.assertIn('txgateway_batch_failures_total{kind="failed",route="predict"}',
+                      gw.request("GET", "/metrics").body.decode())
 
 
 class CoalescingTests(_Case):
