@@ -172,3 +172,18 @@ class SeriesTests(SynchronousTestCase):
         self.assertEqual(service.reload(parseConfig(config("{limit: 3}", targets=f"[{FAST}]"))), [])
         self.assertEqual(targetLimits(fixture), {})
         self.assertIsNone(service.gateway.runtime.clusters["model"].endpoints[0].limiter)
+
+    def test_aDisabledTargetsSeriesGoes(self) -> None:
+        """Taken out of rotation at run time (the admin API's disable), a target's gauge goes; back, it returns."""
+        fast, slow = Held(), Held()
+        fixture = GatewayFixture.fromYAML(config("{limit: 3, per_target: true}"), origins={FAST: fast, SLOW: slow})
+        self.addCleanup(settle, fixture, fast, slow)
+        pending(fixture)
+        membership = fixture.service.gateway.runtime.clusters["model"].membership
+        [endpoint] = [e for e in membership.members.values() if e.url == SLOW]
+        membership.setState(endpoint, "disabled")
+        fixture.flush()
+        self.assertEqual(set(targetLimits(fixture)), {FAST})
+        membership.setState(endpoint, "active")
+        pending(fixture)
+        self.assertEqual(set(targetLimits(fixture)), {FAST, SLOW})
