@@ -233,8 +233,9 @@ class Cluster:
 
         Health first, then the concurrency cap, then breakers, then
         per-target concurrency limits (a target at its limit is passed over
-        while another has room); among what is left, untried targets are preferred so a retry lands elsewhere when
-        it can (but a target already tried is better than none).  A
+        while another has room); among what is left, untried targets are
+        preferred so a retry lands elsewhere when it can (but a target
+        already tried is better than none).  A
         half-open breaker admits only its probe quota: C{allow()} is asked
         of the balancer's choice alone, since a yes takes a probe slot.
         Raises L{NoTarget} when nothing may be used: every breaker open (with

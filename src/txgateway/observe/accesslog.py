@@ -239,6 +239,7 @@ def _extraJson(extra: dict[str, Any]) -> str:
     """The fields a request added with C{RequestContext.note}, each after a comma, as json.dumps writes them."""
     return "".join(f",{_encodeString(k)}:{json.dumps(v, separators=(',', ':'))}" for k, v in extra.items())
 
+
 # The protocol a client spoke (twisted.web's clientproto), as the access log
 # writes it: a field, not a metric label.
 _PROTOCOLS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0", b"HTTP/2": "HTTP/2"}
