@@ -150,7 +150,7 @@ class AdaptivePerTargetTests(SynchronousTestCase):
             fixture.clock.advance(0.01)
             fixture.flush()
         cluster = fixture.service.gateway.runtime.clusters["model"]
-        limits = {e.url: e.limiter.limit for e in cluster.endpoints}
+        limits = {e.url: cluster.targetLimits.limitOf(e).limit for e in cluster.endpoints}
         self.assertLess(limits[SLOW], limits[FAST], limits)
         self.assertLessEqual(limits[SLOW], 4, limits)  # near its 2 workers, far below the 10 it started with
         self.assertGreater(fast.calls, 2 * slow.calls)
@@ -171,7 +171,7 @@ class SeriesTests(SynchronousTestCase):
         self.assertEqual(set(targetLimits(fixture)), {FAST})
         self.assertEqual(service.reload(parseConfig(config("{limit: 3}", targets=f"[{FAST}]"))), [])
         self.assertEqual(targetLimits(fixture), {})
-        self.assertIsNone(service.gateway.runtime.clusters["model"].endpoints[0].limiter)
+        self.assertIsNone(service.gateway.runtime.clusters["model"].targetLimits)
 
     def test_aDisabledTargetsSeriesGoes(self) -> None:
         """Taken out of rotation at run time (the admin API's disable), a target's gauge goes; back, it returns."""

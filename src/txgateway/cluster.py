@@ -20,13 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from txgateway.concurrency.queue import outcomeFor
 from txgateway.config import Target, UpstreamConfig
 
 if TYPE_CHECKING:
     from twisted.web.iweb import IResponse
 
-    from txgateway.concurrency.interfaces import IConcurrencyLimit
     from txgateway.context import RequestContext
     from txgateway.interfaces import IBalancer, IBreaker, IPassiveHealth, IRetryPolicy, IUpstreamClient
     from txgateway.observe import Metrics
@@ -45,7 +43,7 @@ class Endpoint:
 
     __slots__ = ("url", "urlBytes", "scheme", "host", "port", "weight", "inFlight", "activeHealthy",
                  "ejectedUntil", "breaker", "upstream", "labels", "netloc", "probeStatus",
-                 "source", "state", "configuredWeight", "addedAt", "onIdle", "share", "limiter")
+                 "source", "state", "configuredWeight", "addedAt", "onIdle", "share")
 
     def __init__(self, target: Target, upstream: str) -> None:
         self.url = target.url
@@ -73,10 +71,6 @@ class Endpoint:
         self.addedAt = 0.0
         self.onIdle: Callable[[Endpoint], None] | None = None
         self.share = 1.0  # while ramping under consistent_hash: the share of its keys it takes
-        # Its own concurrency limit (issue 24, concurrency.per_target), set by
-        # txgateway.protection.targets: choose prefers targets under it, and
-        # the lease's verdicts teach it.
-        self.limiter: IConcurrencyLimit | None = None
 
     def healthy(self, now: float) -> bool:
         return self.activeHealthy and now >= self.ejectedUntil
@@ -135,11 +129,10 @@ class Lease:
                 breaker.recordFailure()
         if cluster.passive is not None:
             cluster.passive.record(endpoint, ok)
-        limiter = endpoint.limiter
-        if limiter is not None:
+        limits = cluster.targetLimits
+        if limits is not None:  # per-target concurrency limits learn from their target's verdicts
             seconds = self.seconds
-            limiter.onSample(seconds if seconds >= 0 else cluster.clock.seconds() - self.sent,
-                             outcomeFor((outcome,)), endpoint.inFlight)
+            limits.sample(endpoint, seconds if seconds >= 0 else cluster.clock.seconds() - self.sent, outcome)
         metrics = cluster.metrics
         if metrics is None:
             return
@@ -218,6 +211,9 @@ class Cluster:
         # The upstream's admission controller (issue 24: concurrency limit and
         # queue), set by txgateway.protection.build when it has one.
         self.admission: Any = None
+        # With concurrency.per_target, each target's own limit
+        # (txgateway.protection.targets.TargetLimits: hasRoom(e), sample(e, ...)).
+        self.targetLimits: Any = None
         # The IUpstreamClient every attempt goes through (an HTTP/1.1
         # UpstreamAgent over the upstream's pool, made by the service).
         self.agent: IUpstreamClient | None = client
@@ -249,10 +245,11 @@ class Cluster:
             # target healthy, under its cap and with a closed (or no) breaker,
             # so the balancer chooses among all of them.
             cap = self.maxPerTarget
+            limits = self.targetLimits
             for e in endpoints:
                 if not (e.activeHealthy and now >= e.ejectedUntil and e.inFlight < cap
                         and (e.breaker is None or e.breaker.state == "closed")
-                        and (e.limiter is None or e.inFlight < e.limiter.limit)):
+                        and (limits is None or limits.hasRoom(e))):
                     break
             else:
                 if endpoints:
@@ -270,12 +267,12 @@ class Cluster:
         if not candidates:
             raise NoTarget("every target is at pool.max_per_target")
         allowed = [e for e in candidates if e.breaker is None or e.breaker.state != "open"]
-        roomy = [e for e in allowed if e.limiter is None or e.inFlight < e.limiter.limit]
-        if roomy:
+        limits = self.targetLimits
+        if limits is not None:
             # Per-target limits: a target at its own limit is passed over while
             # another has room.  When none has, the request (admitted by the
             # upstream's queue, whose limit is their sum) goes to the balancer's choice.
-            allowed = roomy
+            allowed = [e for e in allowed if limits.hasRoom(e)] or allowed
         passes: tuple[list[Endpoint], ...] = (allowed,)
         if tried:
             untried = [e for e in allowed if e not in tried]

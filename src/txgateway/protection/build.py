@@ -62,11 +62,9 @@ def attachAdmission(clusters: Mapping[str, Cluster], previous: Mapping[str, Clus
     for name, cluster in clusters.items():
         spec = cluster.config.concurrency
         old = previous.get(name)
-        if spec is None or not spec.per_target:
-            for e in cluster.endpoints:
-                e.limiter = None  # a limit per target no more (or never)
-            if old is not None and old.config.concurrency is not None and old.config.concurrency.per_target:
-                forgetTargetLimits(metrics, name)
+        oldSpec = old.config.concurrency if old is not None else None
+        if (spec is None or not spec.per_target) and oldSpec is not None and oldSpec.per_target:
+            forgetTargetLimits(metrics, name)  # a limit per target no more
         if spec is None:
             continue
         running = None
@@ -78,8 +76,8 @@ def attachAdmission(clusters: Mapping[str, Cluster], previous: Mapping[str, Clus
         limiter = cluster.admission.limiter
         if isinstance(limiter, TargetLimits):
             limiter.cluster = cluster  # kept across the reload: the new cluster's targets are the ones summed
+            cluster.targetLimits = limiter
             cluster.onTargetsChanged.append(partial(publishTargetLimits, metrics, cluster, True))
-            publishTargetLimits(metrics, cluster, prune=True)  # a reload may have dropped targets
         _gauges(metrics, cluster)()
 
 

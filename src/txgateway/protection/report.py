@@ -42,6 +42,13 @@ def admissionReport(cluster: Cluster) -> dict[str, Any] | None:
         "shed": dict(controller.shed),
         "min_rtt_ms": round(minRTT * 1000, 3) if minRTT is not None else None,
         "probing": bool(getattr(limiter, "probing", False)),
-        "per_target": {e.url: {"limit": int(e.limiter.limit), "in_flight": e.inFlight}
-                       for e in cluster.endpoints if e.limiter is not None} if spec.per_target else None,
+        "per_target": _perTarget(cluster),
     }
+
+
+def _perTarget(cluster: Cluster) -> dict[str, dict[str, int]] | None:
+    """Each target's limit and in flight (by URL), with C{per_target}."""
+    limits = cluster.targetLimits
+    if limits is None:
+        return None
+    return {e.url: {"limit": int(limits.limitOf(e).limit), "in_flight": e.inFlight} for e in cluster.endpoints}

@@ -19,9 +19,10 @@ L{txgateway.cluster.Lease.record}), and:
     target's limit; its series go when the target goes (discovery, the
     admin API, a reload).
 
-Limits are made lazily, the first time the sum is read after a target
-joined, so a target discovered at run time is limited from its first
-request.  A target out of rotation (unhealthy, its breaker open) adds
+A target's limit is made the first time it is asked about, so a target
+discovered at run time is limited from its first request; a target that
+leaves the rotation (removed, drained, disabled) loses its limit and, back,
+starts afresh.  A target that is unhealthy or whose breaker is open adds
 nothing to the sum: the upstream admits no more than the targets that may
 serve can take.
 """
@@ -34,11 +35,12 @@ from zope.interface import implementer
 
 from txgateway.concurrency.build import makeLimit
 from txgateway.concurrency.interfaces import IConcurrencyLimit, Outcome
+from txgateway.concurrency.queue import outcomeFor
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from txgateway.cluster import Cluster
+    from txgateway.cluster import Cluster, Endpoint
     from txgateway.concurrency.specs import AdaptiveSpec, FixedSpec
     from txgateway.observe import Metrics
 
@@ -48,20 +50,43 @@ __all__ = ["TargetLimits", "forgetTargetLimits", "publishTargetLimits"]
 @implementer(IConcurrencyLimit)
 class TargetLimits:
     """
-    The upstream's admission limit under C{per_target}: the sum of its
-    usable targets' own limits (at least 1).  It learns nothing itself
-    (L{onSample} is a no-op): each target's limit hears its own leases.
+    Each target's own limit, by URL, and the upstream's admission limit
+    under C{per_target}: the sum of its usable targets' limits (at least 1).
+    As the upstream's limit it learns nothing itself (L{onSample} is a
+    no-op): each target's limit hears that target's leases (L{sample}).
 
     C{cluster} is the cluster now in charge; a reload that keeps the spec
-    keeps this object and points it at the new cluster.
+    keeps this object (and what each target's limit learnt) and points it
+    at the new cluster.  A new spec is a new object, whose limits start
+    afresh; the cluster holds it as C{targetLimits}, so nothing of an old
+    spec is left on the targets.
     """
 
     def __init__(self, cluster: Cluster, spec: FixedSpec | AdaptiveSpec, clock: IReactorTime) -> None:
         self.cluster = cluster
         self.spec = spec
         self.clock = clock
-        for e in cluster.endpoints:
-            e.limiter = None  # made afresh, of this spec, when next summed
+        self.byURL: dict[str, IConcurrencyLimit] = {}
+
+    def limitOf(self, e: Endpoint) -> IConcurrencyLimit:
+        """The target's own limit, made when it is first asked for (a target discovered at run time)."""
+        limit = self.byURL.get(e.url)
+        if limit is None:
+            limit = self.byURL[e.url] = makeLimit(self.spec, self.clock)
+        return limit
+
+    def hasRoom(self, e: Endpoint) -> bool:
+        """Whether the target is under its own limit (L{Cluster.choose} passes over it otherwise)."""
+        return e.inFlight < self.limitOf(e).limit
+
+    def sample(self, e: Endpoint, latency: float, verdict: str | int) -> None:
+        """One attempt's verdict on the target (its lease's record): what its adaptive limit learns from."""
+        self.limitOf(e).onSample(latency, outcomeFor((verdict,)), e.inFlight)
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the limits of targets no longer in the upstream."""
+        for url in [u for u in self.byURL if u not in keep]:
+            del self.byURL[url]
 
     @property
     def limit(self) -> int:
@@ -69,10 +94,7 @@ class TargetLimits:
         total = 0
         every = 0
         for e in self.cluster.endpoints:
-            limiter = e.limiter
-            if limiter is None:
-                limiter = e.limiter = makeLimit(self.spec, self.clock)
-            n = int(limiter.limit)
+            n = int(self.limitOf(e).limit)
             every += n
             if e.healthy(now) and (e.breaker is None or e.breaker.state != "open"):
                 total += n
@@ -89,16 +111,20 @@ class TargetLimits:
 def publishTargetLimits(metrics: Metrics, cluster: Cluster, prune: bool = False) -> None:
     """
     Set C{txgateway_target_concurrency_limit} for each target of C{cluster}
-    that has a limit (after each admission change); with C{prune} (its
-    targets changed), also remove the series of its targets that are gone.
+    (after each admission change); with C{prune} (its targets changed), also
+    remove the series of its targets that are gone.
     """
+    limits = cluster.targetLimits
+    if limits is None:
+        return
     gauge = metrics.targetConcurrencyLimit
     name = cluster.name
     for e in cluster.endpoints:
-        if e.limiter is not None:
-            gauge.labels(name, e.url).set(e.limiter.limit)
+        gauge.labels(name, e.url).set(limits.limitOf(e).limit)
     if prune:
-        _removeSeries(metrics, name, {e.url for e in cluster.endpoints})
+        present = {e.url for e in cluster.endpoints}
+        limits.forget(present)
+        _removeSeries(metrics, name, present)
 
 
 def forgetTargetLimits(metrics: Metrics, upstream: str) -> None:
