@@ -309,6 +309,8 @@ def accessText(entry: dict[str, Any]) -> str:
             continue
         if isinstance(v, list):
             v = ",".join(map(str, v))
+        elif isinstance(v, bool):
+            v = "true" if v else "false"  # as in JSON (coalesced=true)
         v = str(v)
         if not v or " " in v or '"' in v:
             v = json.dumps(v)
