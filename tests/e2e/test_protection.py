@@ -26,18 +26,20 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import GatewayProcess, Response, childEnv, request, waitFor
+from tests.e2e.harness import GatewayProcess, Response, adminBlock, childEnv, chromium, headless, request, waitFor
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 8
@@ -186,7 +188,7 @@ class PerTargetTests(_Case):
         upstream = ("    concurrency: {adaptive: true, per_target: true, probe_interval: 2s,"
                     " queue: {size: 100, max_wait: 100ms}}\n")
         text = config(fast, upstream=upstream).replace(f"targets: [{fast.url}]", f"targets: [{fast.url}, {slow.url}]")
-        gw = self.gateway(text)
+        gw = self.gateway(text + adminBlock())
         result = load(gw.port, 60, 8, 0)
         limits = _targetLimits(gw)
         self.assertEqual(set(limits), {fast.url, slow.url})
@@ -194,11 +196,26 @@ class PerTargetTests(_Case):
         # Round robin alone would give each half; the slow one is passed over while at its limit.
         self.assertGreater(fast.stats()["calls"], 1.5 * slow.stats()["calls"])
         self.assertEqual(set(result["statuses"]) - {"200", "503"}, set(), result)
+        self.statusPageShows(gw, f"per target {fast.url} 0/{limits[fast.url]:.0f}, {slow.url} 0/{limits[slow.url]:.0f}")
         reloaded = gw.configPath.with_name("next.yaml")  # written whole, then renamed over the config
         reloaded.write_text(config(fast, upstream=upstream).replace("{port}", "0"))
         os.replace(reloaded, gw.configPath)
         gw.signal(signal.SIGHUP)
         waitFor(lambda: set(_targetLimits(gw)) == {fast.url}, what="the dropped target's series gone")
+
+
+    def statusPageShows(self, gw: GatewayProcess, text: str) -> None:
+        """The admin status page, as a browser's script draws it, says C{text} (skipped without Chromium)."""
+        browser = chromium()
+        if browser is None:
+            return
+        profile = Path(tempfile.mkdtemp(prefix="txgw-chromium-"))
+        self.addCleanup(shutil.rmtree, profile, True)
+        dom = subprocess.run([*headless(browser, profile), "--dump-dom", f"http://127.0.0.1:{gw.adminPort}/"],
+                             capture_output=True, timeout=120, check=False)
+        page = dom.stdout.decode("utf-8", "replace")
+        self.assertIn('<p class="concurrency">', page, dom.stderr.decode("utf-8", "replace")[-2000:])
+        self.assertIn(text, page)
 
 
 def _targetLimits(gw: GatewayProcess) -> dict[str, float]:
