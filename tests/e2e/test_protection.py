@@ -157,10 +157,11 @@ class OverloadTests(_Case):
         """At 3x the model server's capacity, the gateway sheds what it cannot serve and p99 stays near nominal."""
         nominal, overload = self.run_(ADAPTIVE)
         figures: dict[str, Any] = {}
-        if overload["p99"] > 2 * nominal["p99"]:
-            # A tail on a shared 2-core machine can be another process's: the
-            # miss is kept in the figures, and the run is made once more.
-            figures["adaptive_missed_first"] = {"nominal": nominal, "overload": overload}
+        if misses(nominal, overload):
+            # A tail or a stall on a shared 2-core machine can be another
+            # process's: the miss is kept in the figures, and the run is made once more.
+            figures["adaptive_missed_first"] = {"nominal": nominal, "overload": overload,
+                                                "misses": misses(nominal, overload)}
             nominal, overload = self.run_(ADAPTIVE)
         unlimited = self.run_("")
         figures |= {"adaptive": {"nominal": nominal, "overload": overload},
@@ -169,13 +170,33 @@ class OverloadTests(_Case):
         out = os.environ.get("TXGW_PERF_OUT")
         if out:
             Path(out).write_text(json.dumps(figures, indent=1))
-        self.assertEqual(set(nominal["statuses"]), {"200"}, nominal)
-        self.assertLessEqual(overload["p99"], 2 * nominal["p99"], figures)
-        self.assertGreater(overload["shed_share"], 0.3, overload)
-        self.assertTrue(overload["retry_after_on_every_503"])
-        self.assertEqual(set(overload["statuses"]) - {"200", "503"}, set(), overload)
+        self.assertEqual(misses(nominal, overload), [], figures)
         # Without a limit every request is served, late: the backend's queue grows for as long as the overload lasts.
         self.assertGreater(unlimited[1]["p99"], 4 * unlimited[0]["p99"], figures)
+
+
+def misses(nominal: dict[str, Any], overload: dict[str, Any]) -> list[str]:
+    """
+    What issue 24 asks of a limit that these two loads did not show (empty:
+    all of it): nominal load served (a few 503s, at most 5 %, when the
+    machine stalls the gateway for longer than max_wait), and at 3x a p99
+    within 2x of nominal, the excess shed with 503 and Retry-After, nothing
+    else failing.
+    """
+    found = []
+    shedNominal = nominal["statuses"].get("503", 0) / nominal["sent"]
+    if shedNominal > 0.05:
+        found.append(f"{shedNominal:.0%} shed at nominal load")
+    for phase, result in (("nominal", nominal), ("overload", overload)):
+        if set(result["statuses"]) - {"200", "503"}:
+            found.append(f"{phase}: statuses {result['statuses']}")
+    if overload["p99"] > 2 * nominal["p99"]:
+        found.append(f"p99 at 3x {overload['p99']:.3f}s over twice nominal {nominal['p99']:.3f}s")
+    if overload["shed_share"] <= 0.3:
+        found.append(f"only {overload['shed_share']:.0%} shed at 3x")
+    if not overload["retry_after_on_every_503"]:
+        found.append("a 503 without Retry-After")
+    return found
 
 
 class PerTargetTests(_Case):
