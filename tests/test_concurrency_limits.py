@@ -34,7 +34,12 @@ class FixedLimitTests(SynchronousTestCase):
 
 def feed(limit: GradientLimit, clock: Clock, latency: float, inFlight: int, count: int = 16,
          outcome: str = "success") -> None:
-    """One window of C{count} samples, each finishing C{latency} after it started, ending one window later."""
+    """
+    One window of C{count} samples, each finishing C{latency} after it
+    started, ending one window later.  (A sample of a request let in before
+    the limit last moved does not count: for a C{latency} longer than the
+    spacing, move the clock on by it first.)
+    """
     for _ in range(count):
         clock.advance(limit.window / count)
         limit.onSample(latency, outcome, inFlight)  # type: ignore[arg-type]
@@ -81,6 +86,7 @@ class GradientLimitTests(SynchronousTestCase):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
             seen.append(self.limit.limit)
         self.assertEqual(seen, [15, 16, 17])
+        self.clock.advance(1.0)
         feed(self.limit, self.clock, 1.0, self.limit.limit)  # 17.3 -> 8.6: halved
         feed(self.limit, self.clock, 0.1, self.limit.limit)
         self.assertEqual(self.limit.limit, 9)  # 8.6 + 1: the latest cut is the one that counts
@@ -90,9 +96,11 @@ class GradientLimitTests(SynchronousTestCase):
         for _ in range(6):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         before = self.limit._estimate
+        self.clock.advance(10.0)  # requests let in after the limit last moved, answered in 10 s
         feed(self.limit, self.clock, 10.0, self.limit.limit)
         self.assertEqual(self.limit.limit, int(before * 0.5))
         for _ in range(20):
+            self.clock.advance(10.0)
             feed(self.limit, self.clock, 10.0, self.limit.limit)
         self.assertGreaterEqual(self.limit.limit, 1)
         self.assertLessEqual(self.limit.limit, 4)
@@ -118,6 +126,29 @@ class GradientLimitTests(SynchronousTestCase):
         for _ in range(100):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         self.assertEqual(self.limit.limit, 50)
+
+    def test_aCutIsNotCutAgainForRequestsLetInBeforeIt(self) -> None:
+        """
+        After a cut, slow answers of requests let in under the higher limit
+        before it are not judged again: a stall costs one cut, and the next
+        window is judged on the requests the lower limit let in.
+        """
+        for _ in range(6):
+            feed(self.limit, self.clock, 0.1, self.limit.limit)
+        before = self.limit._estimate
+        self.clock.advance(0.2)
+        feed(self.limit, self.clock, 0.2, self.limit.limit)  # latency doubled: 22.9 -> 14.3
+        cut = self.limit.limit
+        self.assertEqual(cut, int(before * 0.625))
+        # The requests let in before the cut (the feed cut at its 13th sample,
+        # 3/16 s ago) are still answering slowly: nothing moves.
+        for _ in range(20):
+            self.clock.advance(0.015)
+            self.limit.onSample(0.5, "success", cut)
+        self.assertEqual(self.limit.limit, cut)
+        # Those let in since answer in the normal time: the limit grows again.
+        feed(self.limit, self.clock, 0.1, cut)
+        self.assertEqual(self.limit.limit, cut + 1)
 
     def test_ignoredSamplesSayNothing(self) -> None:
         """A client that went away is no latency measurement."""

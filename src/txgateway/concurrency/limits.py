@@ -41,6 +41,10 @@ filter:
     the limit by C{backoff} (0.9), as AIMD does: overload shown by errors
     is believed before latency is (and growth past that point is one per
     window too).
+  - A window judges only the requests admitted since the limit last moved
+    (or a probe began): a cut is not cut again for the slow answers of
+    requests let in under the higher limit before it, so a stall of a
+    second costs one cut, not two, and recovery starts at once.
   - A limit that is not used is not raised: if fewer than half of the
     permits were in use during a window (the load, not the backend, is the
     bottleneck), the limit stays, so a quiet night does not leave a limit
@@ -135,6 +139,7 @@ class GradientLimit:
         self._dropped = 0
         self._maxInFlight = 0
         self._probeStart: float | None = None  # while probing: when it began
+        self._since = -math.inf  # when the limit last moved: requests admitted before are not judged
         self._beforeProbe = self._estimate
         self._nextProbe = now + probeInterval if probeInterval > 0 else math.inf
 
@@ -146,8 +151,8 @@ class GradientLimit:
         if outcome == IGNORED:
             return
         now = self.clock.seconds()
-        if self._probeStart is not None and now - latency < self._probeStart:
-            return  # admitted before the probe, under the old limit: not an unloaded latency
+        if now - latency < self._since:
+            return  # admitted before the limit last moved (or the probe began): it says nothing of the limit now
         if outcome == DROPPED:
             self._dropped += 1
         else:
@@ -182,8 +187,11 @@ class GradientLimit:
             elif self._maxInFlight * 2 >= estimate:
                 ceiling = self.ceiling
                 estimate = min(estimate + math.sqrt(estimate), ceiling) if estimate < ceiling else estimate + 1.0
+        before = self.limit
         self._estimate = min(float(self.maxLimit), max(float(self.minLimit), estimate))
         self.limit = int(self._estimate)
+        if self.limit != before:
+            self._since = now
         self._windowStart = now
         self._sum = 0.0
         self._count = 0
@@ -193,6 +201,7 @@ class GradientLimit:
             self.probes += 1
             self._beforeProbe = self._estimate
             self._probeStart = now
+            self._since = now
             self.limit = self.minLimit
 
     def __repr__(self) -> str:
