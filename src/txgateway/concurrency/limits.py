@@ -19,32 +19,31 @@ filter:
     it is not loaded::
 
         gradient = clamp(tolerance * minRTT / windowRTT, 0.5, 1.0)
-        gradient < 1:  newLimit = limit * gradient    (and remember it)
-        gradient = 1:  newLimit = limit + sqrt(limit) below the remembered
-                       limit, limit + 1 above it
+        gradient < 1:  newLimit = limit * gradient
+        gradient = 1:  newLimit = limit + sqrt(limit) until the first cut,
+                       limit + 1 after it
 
     While latency stays within C{tolerance} of its minimum, the gradient is
     1 and the limit grows; once latency rises, the gradient falls below 1
     and the limit is cut in proportion, by at most half per window.  Growth
-    is by the square root until latency first rises, then by one per window
-    past the limit that cut left (TCP's slow start, then congestion
-    avoidance): with square-root headroom at every window the limit would
-    swing about C{sqrt L} above the backend's parallelism and keep that
-    many requests queued inside it, which is what the limit is there to
-    prevent.  So the limit settles within a step or two of the point where
+    is by the square root until latency first rises, then by one per
+    window (TCP's slow start, then congestion avoidance): with square-root
+    headroom at every window the limit would swing about C{sqrt L} above
+    the backend's parallelism and keep that many requests queued inside
+    it, which is what the limit is there to prevent.  So the limit settles within a step or two of the point where
     latency reaches C{tolerance} times its minimum (for a backend of W
     workers, about C{tolerance * W}), and each window over it is cut back.
-    Below a cut, growth is fast again, so a backend that recovers is
-    followed in a few windows; one that gained capacity, one more request
-    per window.
+    The price: once cut, the limit climbs back one request per window, so a
+    backend that gained capacity (or a limit cut by a transient stall) is
+    followed at that pace.
   - A window in which the backend dropped a request (a timeout, a 503) cuts
     the limit by C{backoff} (0.9), as AIMD does: overload shown by errors
-    is believed before latency is (and growth past that point is one per
-    window too).
+    is believed before latency is (and growth is one per window after it
+    too).
   - A window judges only the requests admitted since the limit last moved
     (or a probe began): a cut is not cut again for the slow answers of
     requests let in under the higher limit before it, so a stall of a
-    second costs one cut, not two, and recovery starts at once.
+    second costs one cut, not two, and the climb back starts at once.
   - A limit that is not used is not raised: if fewer than half of the
     permits were in use during a window (the load, not the backend, is the
     bottleneck), the limit stays, so a quiet night does not leave a limit
@@ -127,8 +126,8 @@ class GradientLimit:
         self._estimate = float(min(maxLimit, max(minLimit, start)))
         self.limit = int(self._estimate)
         self.minRTT: float | None = None
-        #: Where latency last rose (or the backend dropped): growth past it is one per window.
-        self.ceiling = math.inf
+        #: Latency has risen (or the backend dropped) once: growth is one per window from then on.
+        self.congested = False
         self.lastRTT: float | None = None
         self.windows = 0
         self.probes = 0
@@ -176,17 +175,16 @@ class GradientLimit:
             estimate = self._beforeProbe
         elif self._dropped:
             estimate = max(self.minLimit, estimate * self.backoff)
-            self.ceiling = estimate
+            self.congested = True
         elif rtt is not None:
             if self.minRTT is None or rtt < self.minRTT:
                 self.minRTT = rtt
             gradient = max(0.5, min(1.0, self.tolerance * self.minRTT / rtt))
             if gradient < 1.0:
                 estimate *= gradient
-                self.ceiling = estimate
+                self.congested = True
             elif self._maxInFlight * 2 >= estimate:
-                ceiling = self.ceiling
-                estimate = min(estimate + math.sqrt(estimate), ceiling) if estimate < ceiling else estimate + 1.0
+                estimate += 1.0 if self.congested else math.sqrt(estimate)
         before = self.limit
         self._estimate = min(float(self.maxLimit), max(float(self.minLimit), estimate))
         self.limit = int(self._estimate)
