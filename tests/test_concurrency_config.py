@@ -79,8 +79,8 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(sorted(problems), [
             (f"{PATH}.limit", 9, "a fixed limit and adaptive: true exclude each other (use min and max)"),
             (f"{PATH}.min", 10, "min (10) is above max (5)"),
-            (f"{PATH}.speed", 12, "unknown key (expected one of: adaptive, initial, limit, max, min, priority, "
-                                  "probe_interval, queue, tolerance, window)"),
+            (f"{PATH}.speed", 12, "unknown key (expected one of: adaptive, initial, limit, max, min, per_target, "
+                                  "priority, probe_interval, queue, tolerance, window)"),
             (f"{PATH}.tolerance", 13, "not a tolerance: 0.5 (a number from 1.0 to 10; 1.25 allows latency 25% "
                                       "over its minimum)"),
         ])

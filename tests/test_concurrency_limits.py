@@ -34,7 +34,12 @@ class FixedLimitTests(SynchronousTestCase):
 
 def feed(limit: GradientLimit, clock: Clock, latency: float, inFlight: int, count: int = 16,
          outcome: str = "success") -> None:
-    """One window of C{count} samples, each finishing C{latency} after it started, ending one window later."""
+    """
+    One window of C{count} samples, each finishing C{latency} after it
+    started, ending one window later.  (A sample of a request let in before
+    the limit last moved does not count: for a C{latency} longer than the
+    spacing, move the clock on by it first.)
+    """
     for _ in range(count):
         clock.advance(limit.window / count)
         limit.onSample(latency, outcome, inFlight)  # type: ignore[arg-type]
@@ -60,22 +65,42 @@ class GradientLimitTests(SynchronousTestCase):
         self.assertAlmostEqual(self.limit.minRTT or 0, 0.1)
 
     def test_cutWhenLatencyRises(self) -> None:
-        """Latency at twice its minimum cuts the limit (tolerance 1.25: by 0.625 before headroom)."""
+        """Latency at twice its minimum cuts the limit in proportion (tolerance 1.25: to 0.625 of it)."""
         for _ in range(6):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         before = self.limit._estimate
         feed(self.limit, self.clock, 0.2, self.limit.limit)
-        self.assertLess(self.limit.limit, int(before))
-        self.assertEqual(self.limit.limit, int(before * 0.625 + before ** 0.5))
+        self.assertEqual(self.limit.limit, int(before * 0.625))
+
+    def test_pastACutGrowthIsOnePerWindow(self) -> None:
+        """
+        Once latency has risen, the limit grows again by one per window past
+        the cut, not by its square root: it stays within a step of the
+        backend's parallelism instead of swinging sqrt(limit) over it.
+        """
+        for _ in range(6):
+            feed(self.limit, self.clock, 0.1, self.limit.limit)
+        feed(self.limit, self.clock, 0.2, self.limit.limit)  # 22.9 -> 14.3
+        seen = []
+        for _ in range(3):
+            feed(self.limit, self.clock, 0.1, self.limit.limit)
+            seen.append(self.limit.limit)
+        self.assertEqual(seen, [15, 16, 17])
+        self.clock.advance(1.0)
+        feed(self.limit, self.clock, 1.0, self.limit.limit)  # 17.3 -> 8.6: halved
+        feed(self.limit, self.clock, 0.1, self.limit.limit)
+        self.assertEqual(self.limit.limit, 9)  # 8.6 + 1: the latest cut is the one that counts
 
     def test_cutIsAtMostHalf(self) -> None:
-        """However bad one window is, the limit falls by at most half (plus headroom), never below min."""
+        """However bad one window is, the limit falls by at most half, never below min."""
         for _ in range(6):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         before = self.limit._estimate
+        self.clock.advance(10.0)  # requests let in after the limit last moved, answered in 10 s
         feed(self.limit, self.clock, 10.0, self.limit.limit)
-        self.assertEqual(self.limit.limit, int(before * 0.5 + before ** 0.5))
+        self.assertEqual(self.limit.limit, int(before * 0.5))
         for _ in range(20):
+            self.clock.advance(10.0)
             feed(self.limit, self.clock, 10.0, self.limit.limit)
         self.assertGreaterEqual(self.limit.limit, 1)
         self.assertLessEqual(self.limit.limit, 4)
@@ -101,6 +126,29 @@ class GradientLimitTests(SynchronousTestCase):
         for _ in range(100):
             feed(self.limit, self.clock, 0.1, self.limit.limit)
         self.assertEqual(self.limit.limit, 50)
+
+    def test_aCutIsNotCutAgainForRequestsLetInBeforeIt(self) -> None:
+        """
+        After a cut, slow answers of requests let in under the higher limit
+        before it are not judged again: a stall costs one cut, and the next
+        window is judged on the requests the lower limit let in.
+        """
+        for _ in range(6):
+            feed(self.limit, self.clock, 0.1, self.limit.limit)
+        before = self.limit._estimate
+        self.clock.advance(0.2)
+        feed(self.limit, self.clock, 0.2, self.limit.limit)  # latency doubled: 22.9 -> 14.3
+        cut = self.limit.limit
+        self.assertEqual(cut, int(before * 0.625))
+        # The requests let in before the cut (the feed cut at its 13th sample,
+        # 3/16 s ago) are still answering slowly: nothing moves.
+        for _ in range(20):
+            self.clock.advance(0.015)
+            self.limit.onSample(0.5, "success", cut)
+        self.assertEqual(self.limit.limit, cut)
+        # Those let in since answer in the normal time: the limit grows again.
+        feed(self.limit, self.clock, 0.1, cut)
+        self.assertEqual(self.limit.limit, cut + 1)
 
     def test_ignoredSamplesSayNothing(self) -> None:
         """A client that went away is no latency measurement."""
@@ -149,11 +197,13 @@ class ModelServer:
     C{workers} requests at once its latency grows with its concurrency.
     """
 
-    def __init__(self, clock: Clock, workers: int, service: float, rng: random.Random) -> None:
+    def __init__(self, clock: Clock, workers: int, service: float, rng: random.Random,
+                 stall: tuple[float, float, float] | None = None) -> None:
         self.clock = clock
         self.workers = workers
         self.service = service
         self.rng = rng
+        self.stall = stall  # (from, to, extra seconds): computing started then takes that much longer
         self.busy = 0
         self.waiting: deque[Callable[[], None]] = deque()
         self.peak = 0
@@ -167,7 +217,10 @@ class ModelServer:
 
     def _start(self, done: Callable[[], None]) -> None:
         self.busy += 1
-        self.clock.callLater(self.service * self.rng.uniform(0.9, 1.1), self._finish, done)
+        extra = 0.0
+        if self.stall is not None and self.stall[0] <= self.clock.seconds() < self.stall[1]:
+            extra = self.stall[2]
+        self.clock.callLater(self.service * self.rng.uniform(0.9, 1.1) + extra, self._finish, done)
 
     def _finish(self, done: Callable[[], None]) -> None:
         self.busy -= 1
@@ -180,10 +233,11 @@ class Run:
     """Poisson arrivals at C{rate} per second for C{duration} seconds after C{warmup}, every event in Clock time."""
 
     def __init__(self, rate: float, duration: float, gate: AdmissionController | None, clock: Clock,
-                 warmup: float = 20.0, workers: int = 8, service: float = 0.1, seed: int = 24) -> None:
+                 warmup: float = 20.0, workers: int = 8, service: float = 0.1, seed: int = 24,
+                 stall: tuple[float, float, float] | None = None) -> None:
         self.clock = clock
         self.rng = random.Random(seed)
-        self.server = ModelServer(clock, workers, service, self.rng)
+        self.server = ModelServer(clock, workers, service, self.rng, stall)
         self.gate = gate
         self.rate = rate
         self.start = warmup
@@ -237,6 +291,22 @@ class OverloadTests(SynchronousTestCase):
         clock = Clock()
         limit = GradientLimit(clock, minLimit=1, maxLimit=200)
         return AdmissionController(limit, clock, queueSize=100, maxWait=0.05), clock
+
+    def test_aStallIsOverWhenItIsOver(self) -> None:
+        """
+        A model of 8 workers at 200 ms under 30 requests a second; for one
+        second everything it starts takes 600 ms longer.  The limit is cut
+        for that once, not again for the slow answers of requests let in
+        before the cut, so from a second after the stall the load is served
+        again with (almost) no shedding.  Cut twice (a window judging answers
+        of requests let in under the limit before), the limit fell below
+        what the load needs and grew back by one a window: 19 of these 300
+        requests were shed.
+        """
+        gate, clock = self.adaptive()
+        run = Run(30, 10, gate, clock, warmup=22, service=0.2, stall=(20.0, 21.0, 0.6))
+        self.assertLessEqual(run.shed, 0.02 * 30 * 10)
+        self.assertGreaterEqual(gate.limit, 8)
 
     def test_withoutALimitOverloadRuinsLatency(self) -> None:
         """The baseline: at 3x overload the backend's own queue grows and p99 goes to tens of seconds."""

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgateway.context import RequestContext
-from txgateway.observe.accesslog import AccessLog
+from txgateway.observe.accesslog import AccessLog, accessText
 
 
 class _Request:
@@ -74,3 +74,18 @@ class JsonLineTests(SynchronousTestCase):
         self.assertSameAsJsonDumps(0.001)
         self.now[0] = t + 1
         self.assertSameAsJsonDumps(0.001)
+
+    def test_notedFieldsWrittenAsJsonDumpsWritesThem(self) -> None:
+        """Fields a request noted (issue 24's queue_ms, batch_id, batch_size, coalesced) come last, as json.dumps writes them."""
+        self.context.note("queue_ms", 12.5)
+        self.context.note("batch_id", "batch-7")
+        self.context.note("batch_size", 3)
+        self.context.note("coalesced", True)
+        self.assertSameAsJsonDumps(0.001)
+        self.assertTrue(self.log.jsonLine(self.context, 0.001).endswith(
+            ',"queue_ms":12.5,"batch_id":"batch-7","batch_size":3,"coalesced":true}\n'))
+
+    def test_notedFieldsInTheTextFormat(self) -> None:
+        """format: text writes them as key=value too, a flag as JSON writes it."""
+        self.assertEqual(accessText({"queue_ms": 0.0, "batch_id": "batch-7", "coalesced": True}),
+                         "queue_ms=0.0 batch_id=batch-7 coalesced=true")

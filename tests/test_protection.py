@@ -13,48 +13,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from tests.protecting import Held, pending, settle
 from txgateway.admin.page import renderBody
 from txgateway.admin.status import StatusReport
 from txgateway.config import ConfigError, parseConfig
 from txgateway.testing import FixtureResponse, GatewayFixture
 
 ORIGIN = "http://model.internal:8000"
-
-
-class Held(Resource):
-    """An origin that answers only when the test says so (a busy model server)."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting: list[Request] = []
-        self.seen: list[tuple[bytes, bytes, bytes]] = []
-
-    def render(self, request: Request) -> object:
-        assert request.content is not None
-        body = request.content.read()
-        self.seen.append((request.method, request.path, body))
-        self.waiting.append(request)
-        return NOT_DONE_YET
-
-    def answer(self, body: bytes | None = None, code: int = 200) -> None:
-        request = self.waiting.pop(0)
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        if body is None:
-            body = json.dumps({"path": request.path.decode()}).encode()
-        request.write(body)
-        request.finish()
-
-
-def settle(fixture: GatewayFixture, origin: Any) -> None:
-    """Answer what the origin still holds and let every timer run: no request is left suspended after a test."""
-    while getattr(origin, "waiting", None):
-        origin.answer()
-        fixture.flush()
-    fixture.clock.advance(120)
-    fixture.flush()
 
 
 def limited(extra: str = "", queue: str = "{size: 1, max_wait: 2s}", routes: str = "") -> str:
@@ -72,13 +37,6 @@ routes:
   - {{name: predict, match: {{path_prefix: /p}}, upstream: model}}
 {routes}
 """
-
-
-def pending(fixture: GatewayFixture, method: bytes = b"GET", path: bytes = b"/p",
-            body: bytes | None = None, headers: dict[bytes, list[bytes]] | None = None) -> list[Any]:
-    got: list[Any] = []
-    fixture.requestDeferred(method, b"http://gw.example" + path, headers, body).addBoth(got.append)
-    return got
 
 
 class AdmissionTests(SynchronousTestCase):
@@ -332,7 +290,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(model["concurrency"] | {"queued": None}, {
             "mode": "fixed", "limit": 1, "min": None, "max": None, "in_flight": 1, "queued": None,
             "queue_size": 1, "max_wait_ms": 10000.0, "shed": {"queue_full": 1, "max_wait": 0, "stopped": 0},
-            "min_rtt_ms": None, "probing": False})
+            "min_rtt_ms": None, "probing": False, "per_target": None})
         self.assertEqual(model["concurrency"]["queued"], {"paid": 0, "free": 1})
         page = renderBody(report.status())
         self.assertIn("limit 1 (fixed) · in flight 1 · queued 1 (paid 0, free 1) · shed 1 (queue_full 1)", page)

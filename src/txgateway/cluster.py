@@ -129,6 +129,10 @@ class Lease:
                 breaker.recordFailure()
         if cluster.passive is not None:
             cluster.passive.record(endpoint, ok)
+        limits = cluster.targetLimits
+        if limits is not None:  # per-target concurrency limits learn from their target's verdicts
+            seconds = self.seconds
+            limits.sample(endpoint, seconds if seconds >= 0 else cluster.clock.seconds() - self.sent, outcome)
         metrics = cluster.metrics
         if metrics is None:
             return
@@ -207,6 +211,9 @@ class Cluster:
         # The upstream's admission controller (issue 24: concurrency limit and
         # queue), set by txgateway.protection.build when it has one.
         self.admission: Any = None
+        # With concurrency.per_target, each target's own limit
+        # (txgateway.protection.targets.TargetLimits: hasRoom(e), sample(e, ...)).
+        self.targetLimits: Any = None
         # The IUpstreamClient every attempt goes through (an HTTP/1.1
         # UpstreamAgent over the upstream's pool, made by the service).
         self.agent: IUpstreamClient | None = client
@@ -220,9 +227,11 @@ class Cluster:
         """
         The target for the next attempt of C{context}, leased (see L{Lease}).
 
-        Health first, then the concurrency cap, then breakers; among what is
-        left, untried targets are preferred so a retry lands elsewhere when
-        it can (but a target already tried is better than none).  A
+        Health first, then the concurrency cap, then breakers, then
+        per-target concurrency limits (a target at its limit is passed over
+        while another has room); among what is left, untried targets are
+        preferred so a retry lands elsewhere when it can (but a target
+        already tried is better than none).  A
         half-open breaker admits only its probe quota: C{allow()} is asked
         of the balancer's choice alone, since a yes takes a probe slot.
         Raises L{NoTarget} when nothing may be used: every breaker open (with
@@ -236,9 +245,11 @@ class Cluster:
             # target healthy, under its cap and with a closed (or no) breaker,
             # so the balancer chooses among all of them.
             cap = self.maxPerTarget
+            limits = self.targetLimits
             for e in endpoints:
                 if not (e.activeHealthy and now >= e.ejectedUntil and e.inFlight < cap
-                        and (e.breaker is None or e.breaker.state == "closed")):
+                        and (e.breaker is None or e.breaker.state == "closed")
+                        and (limits is None or limits.hasRoom(e))):
                     break
             else:
                 if endpoints:
@@ -256,6 +267,12 @@ class Cluster:
         if not candidates:
             raise NoTarget("every target is at pool.max_per_target")
         allowed = [e for e in candidates if e.breaker is None or e.breaker.state != "open"]
+        limits = self.targetLimits
+        if limits is not None:
+            # Per-target limits: a target at its own limit is passed over while
+            # another has room.  When none has, the request (admitted by the
+            # upstream's queue, whose limit is their sum) goes to the balancer's choice.
+            allowed = [e for e in allowed if limits.hasRoom(e)] or allowed
         passes: tuple[list[Endpoint], ...] = (allowed,)
         if tried:
             untried = [e for e in allowed if e not in tried]

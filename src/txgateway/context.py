@@ -88,6 +88,9 @@ class RequestContext:
         self.tracestate: bytes | None = None
         self.outcome: str | None = None
         self.bodySent = False
+        # Access-log fields only some requests have (issue 24: queue_ms,
+        # batch_id, batch_size, coalesced), set with L{note}: written after
+        # the fixed fields, and absent (no allocation) for every other request.
         self.extra: dict[str, Any] | None = None
         # Called, in order, when the client goes away before its response is
         # finished.  None when nothing dispatches them (a request that did
@@ -99,6 +102,13 @@ class RequestContext:
         # received (-1.0 until then): the processing-time SLIs.
         self.forwarded = -1.0
         self.answered = -1.0
+
+    def note(self, field: str, value: Any) -> None:
+        """Add a field (a JSON value) to this request's access-log line."""
+        extra = self.extra
+        if extra is None:
+            extra = self.extra = {}
+        extra[field] = value
 
     @property
     def headers(self) -> Any:

@@ -440,6 +440,14 @@ def chromium() -> str | None:
     return None
 
 
+def headless(browser: str, profile: Path) -> list[str]:
+    """The command line of a headless Chromium that fetches nothing of its own, with its profile in C{profile}."""
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+            "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
+            "--window-size=1280,1000", f"--user-data-dir={profile}", "--virtual-time-budget=4000"]
+
+
 class Traffic:
     """Requests one after another from a thread; every answer is kept as (status, X-Backend)."""
 

@@ -13,6 +13,8 @@ worker for SERVICE_MS whatever its size, as on a GPU.
   POST|GET /predict       one item: {"echo": <the JSON body or null>, "tag": X-Tag}
   POST /batch_predict     a JSON array, or {"instances": [...]}: the same shape back, one
                           {"echo": item} per item (under "predictions" for instances)
+  POST /batch_short       a broken batch server: one result fewer than items
+  POST /batch_fail        a failing batch server: 500
   GET  /stats             {"calls", "batches" (the size of each batch call), "order" (X-Tag of
                           each request as its computing began), "max_concurrency", "queued"}
   POST /reset             forget the stats
@@ -56,7 +58,7 @@ class Model(Resource):
         if path == b"/reset":
             self.reset()
             return self.json(request, {"ok": True})
-        if path not in (b"/predict", b"/batch_predict"):
+        if path not in (b"/predict", b"/batch_predict", b"/batch_short", b"/batch_fail"):
             request.setResponseCode(404)
             return b"not found\n"
         assert request.content is not None
@@ -89,10 +91,14 @@ class Model(Resource):
 
     def _done(self, request: Request, body: Any) -> None:
         self.busy -= 1
-        if request.path == b"/batch_predict":
+        if request.path.startswith(b"/batch_"):
             items = body["instances"] if isinstance(body, dict) else body
             self.batches.append(len(items))
             answers = [{"echo": item} for item in items]
+            if request.path == b"/batch_short":
+                answers = answers[1:]
+            elif request.path == b"/batch_fail":
+                request.setResponseCode(500)
             answer: Any = {"predictions": answers} if isinstance(body, dict) else answers
         else:
             tag = request.getHeader(b"x-tag")

@@ -19,7 +19,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import Backend, GatewayProcess, adminBlock, chromium, request, simpleConfig, waitFor
+from tests.e2e.harness import Backend, GatewayProcess, adminBlock, chromium, headless, request, simpleConfig, waitFor
 
 
 class StatusChartsTests(SynchronousTestCase):
@@ -59,10 +59,7 @@ class StatusChartsTests(SynchronousTestCase):
         waitFor(lambda: len(points()) >= 3, what="three timeline points")
         profile = Path(tempfile.mkdtemp(prefix="txgw-chromium-"))
         self.addCleanup(shutil.rmtree, profile, True)
-        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication", "--window-size=1280,1000",
-                 f"--user-data-dir={profile}", "--virtual-time-budget=4000"]
+        flags = headless(browser, profile)
         url = f"http://127.0.0.1:{admin}/?view=charts"
 
         def shot(name: str) -> bytes:

@@ -47,7 +47,8 @@ def concurrencyLine(c: dict[str, Any] | None) -> str:
     """
     An upstream's admission state in one line (issue 24), as the page's
     script writes it: "limit 14 (adaptive 1-200) · in flight 12 · queued 3
-    (paid 0, free 3) · shed 17 (max_wait 17)".
+    (paid 0, free 3) · shed 17 (max_wait 17)", and with per-target limits
+    "· per target http://a:8000 3/9, http://b:8000 5/5" (in flight / limit).
     """
     if not c:
         return ""
@@ -60,6 +61,8 @@ def concurrencyLine(c: dict[str, Any] | None) -> str:
     text += f' · shed {sum(c["shed"].values())}'
     if shed:
         text += " (" + ", ".join(f"{k} {v}" for k, v in shed.items()) + ")"
+    if c.get("per_target"):
+        text += " · per target " + ", ".join(f'{u} {t["in_flight"]}/{t["limit"]}' for u, t in c["per_target"].items())
     return f'<p class="concurrency">{_esc(text)}</p>'
 
 

@@ -11,8 +11,10 @@ integration) by L{txgateway.protection}: the forward-path wrappers
 reloads, the metrics and the status report; the parser is
 L{txgateway.config.parser_concurrency}.  The sections below are the plan
 that integration followed; where it differs, the code says so: access-log
-fields (C{queue_ms}, C{batch_id}, C{coalesced}) and per-target limits
-(C{scope: target}) are not done; the limit's gauges are set as permits come
+fields are C{queue_ms}, C{batch_id}, C{batch_size} and C{coalesced}
+(L{txgateway.context.RequestContext.note}); per-target limits are
+C{per_target: true} (L{txgateway.protection.targets}) rather than a
+C{scope: target} key; the limit's gauges are set as permits come
 and go rather than by a LoopingCall; a fixed limit is not divided among
 workers (the docs tell operators to divide it); the status page shows no
 per-route batch figures (the metrics do).
@@ -142,12 +144,12 @@ shape):
   request: none (it never reached a backend; Retry-After tells the
   client).
 - C{pool.max_per_target} stays the hard per-target cap inside C{choose}.
-  Per-target limits (issue: "and per target") are a follow-up on this
-  machinery: a C{scope: target} key giving each Endpoint its own
-  IConcurrencyLimit (learning from that target's latency), C{choose}
-  skipping endpoints at their limit as it does at C{max_per_target}, and
-  the upstream's controller using the sum of the healthy endpoints'
-  limits (a C{SumLimit} over them) so the queue stays per upstream.
+  Per-target limits (issue: "and per target"), done as C{per_target:
+  true} (L{txgateway.protection.targets}): each Endpoint has its own
+  IConcurrencyLimit (learning from that target's leases), C{choose}
+  passes over endpoints at their limit while another has room, and the
+  upstream's controller uses the sum of the usable endpoints' limits
+  (C{TargetLimits}) so the queue stays per upstream.
 - Reload (building.buildRuntime): controllers are kept per upstream name
   in the runtime; C{rebuildAdmission((oldSpec, oldController), spec,
   clock, onWait, onShed)} returns the same controller for an unchanged

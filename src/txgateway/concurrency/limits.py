@@ -19,17 +19,31 @@ filter:
     it is not loaded::
 
         gradient = clamp(tolerance * minRTT / windowRTT, 0.5, 1.0)
-        newLimit = limit * gradient + sqrt(limit)
+        gradient < 1:  newLimit = limit * gradient
+        gradient = 1:  newLimit = limit + sqrt(limit) until the first cut,
+                       limit + 1 after it
 
     While latency stays within C{tolerance} of its minimum, the gradient is
-    1 and the limit grows by its square root (the headroom that lets it
-    find more capacity); once latency rises, the gradient falls below 1 and
-    the limit is cut in proportion, by at most half per window.  The
-    fixed point is just above the backend's own parallelism, where latency
-    is about C{tolerance * L / (L - sqrt L)} times the minimum.
+    1 and the limit grows; once latency rises, the gradient falls below 1
+    and the limit is cut in proportion, by at most half per window.  Growth
+    is by the square root until latency first rises, then by one per
+    window (TCP's slow start, then congestion avoidance): with square-root
+    headroom at every window the limit would swing about C{sqrt L} above
+    the backend's parallelism and keep that many requests queued inside
+    it, which is what the limit is there to prevent.  So the limit settles within a step or two of the point where
+    latency reaches C{tolerance} times its minimum (for a backend of W
+    workers, about C{tolerance * W}), and each window over it is cut back.
+    The price: once cut, the limit climbs back one request per window, so a
+    backend that gained capacity (or a limit cut by a transient stall) is
+    followed at that pace.
   - A window in which the backend dropped a request (a timeout, a 503) cuts
     the limit by C{backoff} (0.9), as AIMD does: overload shown by errors
-    is believed before latency is.
+    is believed before latency is (and growth is one per window after it
+    too).
+  - A window judges only the requests admitted since the limit last moved
+    (or a probe began): a cut is not cut again for the slow answers of
+    requests let in under the higher limit before it, so a stall of a
+    second costs one cut, not two, and the climb back starts at once.
   - A limit that is not used is not raised: if fewer than half of the
     permits were in use during a window (the load, not the backend, is the
     bottleneck), the limit stays, so a quiet night does not leave a limit
@@ -58,7 +72,13 @@ from zope.interface import implementer
 
 from txgateway.concurrency.interfaces import DROPPED, IGNORED, IConcurrencyLimit, Outcome
 
-__all__ = ["FixedLimit", "GradientLimit"]
+__all__ = ["INITIAL", "FixedLimit", "GradientLimit"]
+
+#: The adaptive limit before anything was measured (within C{[min, max]}):
+#: enough that a cold gateway in front of a backend of a few workers does
+#: not shed its first requests while the limit learns, few enough that a
+#: backend of one worker is over it for one window only.
+INITIAL = 10
 
 
 @implementer(IConcurrencyLimit)
@@ -102,10 +122,12 @@ class GradientLimit:
         self.minSamples = max(1, minSamples)
         self.backoff = backoff
         self.probeInterval = probeInterval
-        start = minLimit if initial is None else initial
+        start = INITIAL if initial is None else initial
         self._estimate = float(min(maxLimit, max(minLimit, start)))
         self.limit = int(self._estimate)
         self.minRTT: float | None = None
+        #: Latency has risen (or the backend dropped) once: growth is one per window from then on.
+        self.congested = False
         self.lastRTT: float | None = None
         self.windows = 0
         self.probes = 0
@@ -116,6 +138,7 @@ class GradientLimit:
         self._dropped = 0
         self._maxInFlight = 0
         self._probeStart: float | None = None  # while probing: when it began
+        self._since = -math.inf  # when the limit last moved: requests admitted before are not judged
         self._beforeProbe = self._estimate
         self._nextProbe = now + probeInterval if probeInterval > 0 else math.inf
 
@@ -127,8 +150,8 @@ class GradientLimit:
         if outcome == IGNORED:
             return
         now = self.clock.seconds()
-        if self._probeStart is not None and now - latency < self._probeStart:
-            return  # admitted before the probe, under the old limit: not an unloaded latency
+        if now - latency < self._since:
+            return  # admitted before the limit last moved (or the probe began): it says nothing of the limit now
         if outcome == DROPPED:
             self._dropped += 1
         else:
@@ -152,15 +175,21 @@ class GradientLimit:
             estimate = self._beforeProbe
         elif self._dropped:
             estimate = max(self.minLimit, estimate * self.backoff)
+            self.congested = True
         elif rtt is not None:
             if self.minRTT is None or rtt < self.minRTT:
                 self.minRTT = rtt
             gradient = max(0.5, min(1.0, self.tolerance * self.minRTT / rtt))
-            proposed = estimate * gradient + math.sqrt(estimate)
-            if proposed <= estimate or self._maxInFlight * 2 >= estimate:
-                estimate = proposed
+            if gradient < 1.0:
+                estimate *= gradient
+                self.congested = True
+            elif self._maxInFlight * 2 >= estimate:
+                estimate += 1.0 if self.congested else math.sqrt(estimate)
+        before = self.limit
         self._estimate = min(float(self.maxLimit), max(float(self.minLimit), estimate))
         self.limit = int(self._estimate)
+        if self.limit != before:
+            self._since = now
         self._windowStart = now
         self._sum = 0.0
         self._count = 0
@@ -170,6 +199,7 @@ class GradientLimit:
             self.probes += 1
             self._beforeProbe = self._estimate
             self._probeStart = now
+            self._since = now
             self.limit = self.minLimit
 
     def __repr__(self) -> str:

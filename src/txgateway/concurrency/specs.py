@@ -88,11 +88,16 @@ class PrioritySpec:
 
 @dataclass(frozen=True)
 class ConcurrencySpec:
-    """C{upstreams.NAME.concurrency}: the limit, its queue and its priority classes."""
+    """
+    C{upstreams.NAME.concurrency}: the limit, its queue and its priority
+    classes; with C{per_target}, the limit is each target's, and the
+    upstream's the sum of its targets'.
+    """
 
     limit: FixedSpec | AdaptiveSpec
     queue: QueueSpec = QueueSpec()
     priority: PrioritySpec = PrioritySpec()
+    per_target: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ The YAML::
         targets: [http://10.0.0.7:8501]
         concurrency:
           adaptive: true          # or: limit: 8
+          per_target: false       # true: that limit for each target, the queue shared
           min: 1
           max: 200
           queue: {size: 100, max_wait: 1s}
@@ -142,7 +143,7 @@ def parseConcurrency(value: Any, path: str, line: int | None) -> tuple[Concurren
         return None, [(path, line, "must be a mapping: {limit: N} or {adaptive: true, min: 1, max: 200}")]
     r = _Reader(value, path, line, problems)
     adaptiveKeys = ("min", "max", "initial", "tolerance", "window", "probe_interval")
-    r.known(("limit", "adaptive", "queue", "priority") + adaptiveKeys)
+    r.known(("limit", "adaptive", "queue", "priority", "per_target") + adaptiveKeys)
     adaptive = r.get("adaptive", boolean, False)
     limit: FixedSpec | AdaptiveSpec | None = None
     if adaptive:
@@ -174,9 +175,10 @@ def parseConcurrency(value: Any, path: str, line: int | None) -> tuple[Concurren
         q.known(("size", "max_wait"))
         queue = QueueSpec(q.get("size", integer(0), queue.size), q.get("max_wait", _wait, queue.max_wait))
     priority = _priority(r.mapping("priority"))
+    perTarget = r.get("per_target", boolean, False)
     if limit is None or problems:
         return None, problems
-    return ConcurrencySpec(limit, queue, priority), problems
+    return ConcurrencySpec(limit, queue, priority, perTarget), problems
 
 
 def _tolerance(value: Any) -> float:

@@ -88,6 +88,7 @@ class AccessLog:
             "outcome": context.outcome,
             "trace_id": context.traceId,
             "worker": self.worker,
+            **(context.extra or {}),
         }
 
     def refused(self, ids: IdSource, now: float, client: str, method: bytes, target: bytes, headers: Any,
@@ -198,7 +199,8 @@ class AccessLog:
             f'"identity":{"null" if identity is None else enc(identity)},'
             f'"outcome":{"null" if outcome is None else get(outcome) or self._encode(outcome)},'
             f'"trace_id":{"null" if traceId is None else enc(traceId)},'
-            f'"worker":{"null" if worker is None else repr(worker)}}}\n'
+            f'"worker":{"null" if worker is None else repr(worker)}'
+            f'{"" if c.extra is None else _extraJson(c.extra)}}}\n'
         )
 
     def _encode(self, value: str) -> str:
@@ -246,6 +248,12 @@ class AccessLog:
 
 
 _encodeString = json.encoder.encode_basestring_ascii  # json.dumps' own (C) string encoder
+
+
+def _extraJson(extra: dict[str, Any]) -> str:
+    """The fields a request added with C{RequestContext.note}, each after a comma, as json.dumps writes them."""
+    return "".join(f",{_encodeString(k)}:{json.dumps(v, separators=(',', ':'))}" for k, v in extra.items())
+
 
 # The protocol a client spoke (twisted.web's clientproto), as the access log
 # writes it: a field, not a metric label.
@@ -316,6 +324,8 @@ def accessText(entry: dict[str, Any]) -> str:
             continue
         if isinstance(v, list):
             v = ",".join(map(str, v))
+        elif isinstance(v, bool):
+            v = "true" if v else "false"  # as in JSON (coalesced=true)
         v = str(v)
         if not v or " " in v or '"' in v:
             v = json.dumps(v)

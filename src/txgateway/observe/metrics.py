@@ -149,6 +149,9 @@ class Metrics:
         self.concurrencyInFlight = FastGauge("txgateway_upstream_concurrency_in_flight",
                                              "Requests holding an admission permit of the upstream.",
                                              ["upstream"], multiprocess_mode="livesum", registry=r)
+        self.targetConcurrencyLimit = FastGauge("txgateway_target_concurrency_limit",
+                                                "A target's own admission limit (concurrency.per_target).",
+                                                ["upstream", "target"], multiprocess_mode="livesum", registry=r)
         self.queueLength = FastGauge("txgateway_upstream_queue_length", "Requests waiting for an admission permit.",
                                      ["upstream", "class"], multiprocess_mode="livesum", registry=r)
         self.queueWait = FastHistogram("txgateway_upstream_queue_wait_seconds",

@@ -15,7 +15,9 @@ wrappers, as the cache's flow is one.  Per route, outermost first:
 
 memory.py holds the in-memory answers the batch and coalescing wrappers
 hand out; build.py builds the chain per route and keeps controllers per
-upstream across reloads.
+upstream across reloads; targets.py is C{per_target}: each target's own
+limit (which C{Cluster.choose} consults), the upstream's limit their sum;
+report.py is what the status page and admin API show.
 """
 
 __all__: list[str] = []

@@ -17,6 +17,8 @@ target, so:
   - one permit covers every attempt of the request: a retry is not a new
     request at the backend (the failed attempt's slot is free again), and
     queueing it again would make it wait twice;
+  - the access-log line of an admitted request has C{queue_ms}: how long it
+    waited for its permit (0.0 when let in at once);
   - the limit learns from the answering attempt's time to the response
     head (the lease's C{seconds}), so a slow client reading a long body does
     not look like a slow backend, and from its verdict (a timeout, 429, 503
@@ -83,6 +85,7 @@ class AdmissionForwarder:
         finally:
             if changed is not None:
                 changed()  # granted, shed, or left the queue (the client went away)
+        context.note("queue_ms", round(permit.waited * 1000, 3))  # the access log: how long it waited (0.0: not)
         try:
             exchange = await self.inner.fetch(context, method, extraHeaders)
         except UpstreamFailure as e:

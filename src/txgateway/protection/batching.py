@@ -14,7 +14,9 @@ items encoded by L{encodeBatch} (a bare JSON array, or C{{"instances":
 [...]}}), C{Content-Type} and C{Accept: application/json}, an
 C{X-Request-Id} of its own (C{batch-<n>}) and none of the clients' headers
 (they differ per item, and each client was authenticated already).  It
-queues in the highest priority class of its items.
+queues in the highest priority class of its items.  Each client's access-log
+line has C{batch_id} (the batch call's C{X-Request-Id}) and C{batch_size},
+and C{queue_ms} when the batch waited for an admission permit.
 
 An answer that is not a 2xx, not JSON, or has the wrong number of items
 fails every client of that batch with 502 and the reason, unless the batch
@@ -167,14 +169,24 @@ class BatchingForwarder:
         first = self._leading(items)
         body = encodeBatch([i.value for i in items], spec.envelope)
         n = next(self._ids)
+        batchId = f"batch-{n}"
+        for i in items:  # each client's access-log line says which batch it went in, and its size
+            i.context.note("batch_id", batchId)
+            i.context.note("batch_size", len(items))
         path = spec.target_path.encode()
-        request = _BatchRequest(path, body, b"batch-%d" % n)
+        request = _BatchRequest(path, body, batchId.encode())
         ctx = RequestContext(request, self.clock.seconds(), f"batch-{n}", first.clientIP,  # type: ignore[arg-type]
                              first.peerIP, b"POST", first.host, path.decode(), None)
         ctx.route = first.route
         ctx.identity = first.identity
         ctx.upstreamPath = spec.target_path
-        exchange = await self.inner.fetch(ctx)
+        try:
+            exchange = await self.inner.fetch(ctx)
+        finally:
+            waited = ctx.extra.get("queue_ms") if ctx.extra is not None else None
+            if waited is not None:  # the batch's wait for its permit was each of its clients'
+                for i in items:
+                    i.context.note("queue_ms", waited)
         response = exchange.response
         try:
             answer = await readWhole(response, _PER_ITEM * len(items))

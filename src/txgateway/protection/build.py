@@ -29,6 +29,7 @@ concurrency-limits.  The gauges are summed over workers (C{livesum}).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from txgateway.concurrency.build import rebuildAdmission
@@ -37,6 +38,7 @@ from txgateway.deadlines import totalTimeout
 from txgateway.protection.admission import AdmissionForwarder
 from txgateway.protection.batching import BatchingForwarder
 from txgateway.protection.coalescing import CoalescingForwarder
+from txgateway.protection.targets import TargetLimits, forgetTargetLimits, publishTargetLimits
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -52,22 +54,40 @@ __all__ = ["attachAdmission", "protect", "retireAdmission", "stopAdmission"]
 
 def attachAdmission(clusters: Mapping[str, Cluster], previous: Mapping[str, Cluster], clock: IReactorTime,
                     metrics: Metrics) -> None:
-    """Give each cluster with a C{concurrency} spec its controller, carried over from C{previous}."""
+    """
+    Give each cluster with a C{concurrency} spec its controller, carried
+    over from C{previous}; with C{per_target}, each of its targets its own
+    limit (see L{txgateway.protection.targets}).
+    """
     for name, cluster in clusters.items():
         spec = cluster.config.concurrency
+        old = previous.get(name)
+        oldSpec = old.config.concurrency if old is not None else None
+        if (spec is None or not spec.per_target) and oldSpec is not None and oldSpec.per_target:
+            forgetTargetLimits(metrics, name)  # a limit per target no more
         if spec is None:
             continue
-        old = previous.get(name)
         running = None
         if old is not None and old.admission is not None and old.config.concurrency is not None:
             running = (old.config.concurrency, old.admission)
-        cluster.admission = rebuildAdmission(running, spec, clock, _onWait(metrics, name), _onShed(metrics, name))
+        cluster.admission = rebuildAdmission(running, spec, clock, _onWait(metrics, name), _onShed(metrics, name),
+                                             partial(TargetLimits, cluster, spec.limit, clock)
+                                             if spec.per_target else None)
+        limiter = cluster.admission.limiter
+        if isinstance(limiter, TargetLimits):
+            limiter.cluster = cluster  # kept across the reload: the new cluster's targets are the ones summed
+            cluster.targetLimits = limiter
+            cluster.onTargetsChanged.append(partial(publishTargetLimits, metrics, cluster, True))
         _gauges(metrics, cluster)()
 
 
 def retireAdmission(previous: Mapping[str, Cluster], current: Mapping[str, Cluster]) -> None:
     """Stop the controllers of C{previous} that C{current} no longer uses (an upstream or its limit removed)."""
     inUse = {id(c.admission) for c in current.values() if c.admission is not None}
+    for name, c in previous.items():
+        spec = c.config.concurrency
+        if name not in current and spec is not None and spec.per_target and c.metrics is not None:
+            forgetTargetLimits(c.metrics, name)
     for c in previous.values():
         if c.admission is not None and id(c.admission) not in inUse and c.admission.current is c.admission:
             c.admission.stop()
@@ -141,10 +161,13 @@ def _gauges(metrics: Metrics, cluster: Cluster) -> Callable[[], None]:
     limit = metrics.concurrencyLimit.labels(name)
     inFlight = metrics.concurrencyInFlight.labels(name)
     queues: dict[str, Any] = {}
+    perTarget = cluster.config.concurrency is not None and cluster.config.concurrency.per_target
 
     def changed() -> None:
         controller = cluster.admission.current  # a reload may have handed its queue to a new one
         limit.set(controller.limit)
+        if perTarget:
+            publishTargetLimits(metrics, cluster)
         inFlight.set(controller.inFlight)
         for cls, n in controller.queuedByClass().items():
             child = queues.get(cls)

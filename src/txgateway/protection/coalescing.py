@@ -6,7 +6,8 @@ L{CoalescingForwarder} keys each request that may share an answer
 (L{mayCoalesce}: GET and HEAD, and POST on routes with C{idempotent_post})
 by method, upstream path, query, the configured headers and a hash of the
 body (L{coalescingKey}), and runs one fetch per key at a time through a
-L{SingleFlight}.  The flight reads the answer whole (at most
+L{SingleFlight}; a request that joined another's flight has C{coalesced:
+true} in its access-log line.  The flight reads the answer whole (at most
 C{coalesce_max_body}, 1 MiB) and every caller gets an in-memory exchange of
 its own over the same bytes; per-client headers (C{X-Request-Id}, C{Via},
 CORS) are added per client by the forward sequence as for any answer.
@@ -89,13 +90,17 @@ class CoalescingForwarder:
         key = coalescingKey(verb, context.upstreamPath.encode(), context.query or b"", pairs, self.keyHeaders, body)
         flights = self.flight.flights
         d = self.flight.call(key, lambda: ensureDeferred(self._work(context, key)))
-        if self.flight.flights == flights and self.onJoin is not None:
-            self.onJoin()  # it joined a flight another request started
+        if self.flight.flights == flights:
+            context.note("coalesced", True)  # the access log: answered by another request's fetch
+            if self.onJoin is not None:
+                self.onJoin()  # it joined a flight another request started
         answer = await d
         if isinstance(answer, _Own):
             if answer.context is context:
                 return answer.exchange  # this request's own fetch, streamed as any other
-            return await self.inner.fetch(context)  # not shareable: fetch its own
+            if context.extra is not None:
+                context.extra.pop("coalesced", None)  # not shareable after all: it fetches its own
+            return await self.inner.fetch(context)
         context.upstream = context.upstream or self.upstream
         return MemoryExchange(MemoryResponse(answer.code, answer.headers, answer.body))
 

@@ -19,7 +19,9 @@ def admissionReport(cluster: Cluster) -> dict[str, Any] | None:
     """
     C{mode} (fixed / adaptive), C{limit}, C{min}, C{max}, C{in_flight},
     C{queued} (per class), C{shed} (per reason), C{min_rtt_ms} and
-    C{probing} (adaptive only); None for an upstream without a limit.
+    C{probing} (adaptive only), and with C{per_target} each target's own
+    C{limit} and C{in_flight} (by URL; else None); None for an upstream
+    without a limit.
     """
     spec = cluster.config.concurrency
     if cluster.admission is None or spec is None:
@@ -40,4 +42,13 @@ def admissionReport(cluster: Cluster) -> dict[str, Any] | None:
         "shed": dict(controller.shed),
         "min_rtt_ms": round(minRTT * 1000, 3) if minRTT is not None else None,
         "probing": bool(getattr(limiter, "probing", False)),
+        "per_target": _perTarget(cluster),
     }
+
+
+def _perTarget(cluster: Cluster) -> dict[str, dict[str, int]] | None:
+    """Each target's limit and in flight (by URL), with C{per_target}."""
+    limits = cluster.targetLimits
+    if limits is None:
+        return None
+    return {e.url: {"limit": int(limits.limitOf(e).limit), "in_flight": e.inFlight} for e in cluster.endpoints}
