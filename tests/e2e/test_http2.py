@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import socket
 import subprocess
+import threading
 from typing import Any
 
 import httpx
@@ -145,3 +147,92 @@ class H2cTests(SynchronousTestCase):
         out = subprocess.run([h2load, "-n", "400", "-c", "2", "-m", "20", f"{self.base}/echo/load"],
                              capture_output=True, text=True, timeout=60).stdout
         self.assertIn("400 succeeded, 0 failed", out.replace("requests: ", "").split("\n", 20)[-1] + out)
+
+
+class _HeadWatchingOrigin:
+    """
+    An HTTP/1.1 origin on a raw socket that says when a request's head
+    arrived, before it reads the body (a twisted.web origin would read the
+    whole body before answering anything), then answers with the body's size.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.headSeen = threading.Event()
+        self.heads: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(20)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                got = conn.recv(65536)
+                if not got:
+                    return
+                data += got
+            head, _, rest = data.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            self.headSeen.set()
+            while not rest.endswith(b"0\r\n\r\n"):  # the gateway sends a body of unknown length chunked
+                got = conn.recv(65536)
+                if not got:
+                    return
+                rest += got
+            body = _unchunk(rest)
+            answer = json.dumps({"body_length": len(body)}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        n = int(size.split(b";")[0], 16)
+        if n == 0:
+            return out
+        out, data = out + data[:n], data[n + 2:]
+
+
+class StreamedUploadTests(SynchronousTestCase):
+    def test_uploadReachesTheOriginBeforeItEnds(self) -> None:
+        """
+        An HTTP/2 upload that the client sends slowly is forwarded as it
+        comes: the origin has the request while the client still holds back
+        the rest of its body (it waits for that before sending more).
+        """
+        origin = _HeadWatchingOrigin()
+        self.addCleanup(origin.stop)
+        config = simpleConfig([origin.url]).replace(
+            "  timeouts: {drain: 10s}\n", "  timeouts: {drain: 10s}\n  h2c: true\n")
+        gw = GatewayProcess(config)
+        self.addCleanup(gw.cleanup)
+        self.addCleanup(gw.stop)
+        gw.start(waitReady=False)
+        gw.waitListening()
+        waitedOk: list[bool] = []
+
+        def body() -> Any:
+            yield b"a" * 1000
+            waitedOk.append(origin.headSeen.wait(15))  # the origin has the request: only now the rest
+            yield b"b" * 1000
+
+        with httpx.Client(http2=True, http1=False, timeout=20) as c:
+            r = c.post(f"http://127.0.0.1:{gw.port}/upload", content=body())
+        self.assertEqual(r.http_version, "HTTP/2")
+        self.assertEqual(waitedOk, [True])
+        self.assertEqual((r.status_code, r.json()), (200, {"body_length": 2000}))
+        self.assertIn(b"POST /upload HTTP/1.1", origin.heads[0])

@@ -63,6 +63,9 @@ log = Logger(namespace="txgateway")
 # RFC 9113 §3.4: what a client speaking HTTP/2 with prior knowledge sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
+# Methods whose request has no body unless it declares one: never streamed.
+_BODILESS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"))
+
 
 class _H2State(h2.connection.H2Connection):
     """h2's connection state machine, ending a stream with its trailers when it has some."""
@@ -100,6 +103,7 @@ class GatewayH2Connection(H2Connection):
     _headDeadline: Any = None
     _closed = False
     _requestCount = 0
+    _undecided: list[GatewayH2Stream]
 
     def __init__(self, site: Any) -> None:
         super().__init__(site.reactor)
@@ -116,6 +120,7 @@ class GatewayH2Connection(H2Connection):
         self.callLater = site.reactor.callLater
         self._resets = float(limits.http2_max_resets)
         self._resetsAt = site.reactor.seconds()
+        self._undecided = []  # streams whose HEADERS came in this read, their body still open
 
     # -- the connection's life
 
@@ -142,6 +147,8 @@ class GatewayH2Connection(H2Connection):
 
     def _receive(self, data: bytes) -> None:
         super().dataReceived(data)
+        if self._undecided:
+            self._dispatchStreaming()
         if not self._stillProducing:
             return
         pending = self.conn.incoming_buffer._headers_buffer
@@ -211,6 +218,8 @@ class GatewayH2Connection(H2Connection):
             self.priority.block(sid)
         if event.stream_ended is None:
             stream.arm(self.site.limits.timeouts.request_body)
+            if stream.problem is None and (stream.declaredLength or stream.command not in _BODILESS):
+                self._undecided.append(stream)
         else:
             stream.ended = True
         if stream.problem is not None:
@@ -218,6 +227,19 @@ class GatewayH2Connection(H2Connection):
         budget = self.site.limits.http2_max_requests_per_connection
         if budget and self._requestCount >= budget:
             self.goAway()
+
+    def _dispatchStreaming(self) -> None:
+        """
+        The requests whose HEADERS came in this read and whose body did not
+        end in it are forwarded now, their body streaming after them (see
+        L{txgateway.http.h2body}).  A body that came whole with its head
+        (nearly every small POST) is forwarded buffered, as over HTTP/1.1.
+        """
+        undecided, self._undecided = self._undecided, []
+        for stream in undecided:
+            if stream.ended or stream.refused or self.streams.get(stream.streamID) is not stream:
+                continue
+            stream.startStreaming()
 
     def _requestDataReceived(self, event: Any) -> None:
         stream = self.streams.get(event.stream_id)
@@ -264,6 +286,9 @@ class GatewayH2Connection(H2Connection):
 
     def _requestDone(self, streamID: int) -> None:
         self.conn.pendingTrailers.pop(streamID, None)
+        stream = self.streams.get(streamID)
+        if stream is not None:
+            stream.streamDone()
         super()._requestDone(streamID)
         if self._goingAway is not None and not self.streams and self.transport is not None:
             self.transport.loseConnection()

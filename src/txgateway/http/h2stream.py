@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Stream
 
 from txgateway.http.errors import errorBody
+from txgateway.http.h2body import StreamedBody
 from txgateway.http.heads import validAuthority
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class GatewayH2Stream(H2Stream):
     problem: tuple[int, str] | None = None
     ended = False  # the client sent END_STREAM: the request body is complete
     deadline: IDelayedCall | None = None
+    body: StreamedBody | None = None  # set when the request was forwarded before its body ended
+    declaredLength: int | None = None  # the request's Content-Length, if it sent one
+    _bodyWait = 0.0  # server.timeouts.request_body, once the body streams: the most a pause may last
 
     @property
     def transport(self) -> Any:
@@ -114,6 +118,7 @@ class GatewayH2Stream(H2Stream):
         if authority is not None:
             request.requestHeaders._rawHeaders[b"host"] = [authority]
         length: int | None = int(lengths[0]) if lengths and self.problem is None else None
+        self.declaredLength = length
         if length is None and self.command in (b"GET", b"HEAD"):
             length = 0
         request.gotLength(length)
@@ -149,9 +154,75 @@ class GatewayH2Stream(H2Stream):
                 return 413, f"request body over {limits.max_request_body} bytes"
         return None
 
+    # -- a request forwarded before its body ended (see txgateway.http.h2body)
+
+    def startStreaming(self) -> None:
+        """
+        Forward the request now, its body to stream after it: called by the
+        connection at the end of the read that brought the request's HEADERS
+        when its body did not end in that read.
+        """
+        request = self._request
+        self.body = StreamedBody(self, request, self.declaredLength)
+        request.bodyStream = self.body
+        if self.deadline is not None:
+            # From now on request_body bounds each pause in the body, not its
+            # whole length: a gRPC stream may last as long as its call does.
+            self._bodyWait = self.deadline.getTime() - self.site.reactor.seconds()
+        request.requestReceived(self.command, self.path, b"HTTP/2")
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        body = self.body
+        if body is None:
+            super().receiveDataChunk(data, flowControlledLength)
+            return
+        deadline = self.deadline
+        if deadline is not None and deadline.active():
+            deadline.reset(self._bodyWait)
+        body.received(data, flowControlledLength)
+
+    def requestComplete(self) -> None:
+        body = self.body
+        if body is None:
+            super().requestComplete()
+        else:
+            body.end()
+
+    def connectionLost(self, reason: Any) -> None:
+        body = self.body
+        if body is not None:
+            body.fail(reason)
+        super().connectionLost(reason)
+
+    def openWindow(self, increment: int) -> None:
+        """Give C{increment} bytes of flow-control credit back to the client (stream and connection)."""
+        conn = self._conn
+        if conn._stillProducing:
+            conn.openStreamWindow(self.streamID, increment)
+
+    def streamDone(self) -> None:
+        """
+        The response is complete: a body still arriving is no longer
+        wanted (RST_STREAM NO_ERROR, RFC 9113 §8.1) and the credit still
+        owed for it goes back to the connection.
+        """
+        self.disarm()
+        body = self.body
+        if body is None or self.ended:
+            return
+        body.fail(Failure(ConnectionLost("response complete before the request body")))
+        state = self._conn.conn
+        try:
+            state.reset_stream(self.streamID, h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            return  # closed already
+        self._conn._tryToWriteControlData()
+
     # -- answering
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self.body is not None:
+            self.disarm()  # answered: the body's pauses are the upstream's business now
         fields: list[tuple[bytes, bytes]] = []
         for name, values in headers.getAllRawHeaders():
             lower = name.lower()
@@ -193,6 +264,15 @@ class GatewayH2Stream(H2Stream):
         self.refused = True
         self.disarm()
         conn = self._conn
+        if self.body is not None:
+            self.body.fail(Failure(ConnectionLost(f"request refused: {status}")))
+            if self._request.startedWriting:
+                # The response is under way: too late for an answer of ours.
+                log.info("HTTP/2 request body refused after its response started ({status} {message}); "
+                         "resetting the stream", status=status, message=message)
+                self.site.metrics.observeRefusal(status)
+                self.abortConnection()
+                return
         site = self.site
         peer = getattr(conn, "_peerHost", None) or "?"
         log.info("refused an HTTP/2 request from {peer}: {status} {message}", peer=peer, status=status,
