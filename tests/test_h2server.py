@@ -48,6 +48,19 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(sent.header(b"x-forwarded-proto"), [b"http"])
         self.assertTrue(head.get(b"x-request-id"))
 
+    def test_viaNamesHttp2(self) -> None:
+        """
+        The Via entry the gateway adds names the protocol it received each
+        message in (RFC 9110 §7.6.3): 2 on the request from an HTTP/2
+        client, 1.1 on the response from an HTTP/1.1 target.
+        """
+        wire = h2Wire()
+        wire.agent.autoRespond = ok()
+        client = H2Client(wire)
+        sid = client.request(headers=[(b"via", b"1.1 edge")])
+        self.assertEqual(wire.agent.sent[0].header(b"via"), [b"1.1 edge", b"2 txgateway"])
+        self.assertEqual(client.response(sid)[0][b"via"], b"1.1 txgateway")
+
     def test_manyStreamsOnOneConnection(self) -> None:
         """Several requests share one connection, each answered on its own stream."""
         wire = h2Wire()
@@ -112,6 +125,26 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["error"], "invalid :authority")
         self.assertEqual(wire.agent.sent, [])
         self.assertEqual(client.response(client.request())[0][b":status"], b"200")
+
+    def test_hostDifferingFromAuthorityEndsTheConnection(self) -> None:
+        """
+        RFC 9113 §8.3.1: a Host that differs from :authority makes the
+        request malformed, a stream error that §5.4.1 lets a server treat as
+        a connection error; the h2 package does (GOAWAY PROTOCOL_ERROR) and
+        the gateway keeps that: nothing is forwarded, whichever one a
+        backend would have believed.  A Host equal to :authority is fine.
+        """
+        wire = h2Wire()
+        wire.agent.autoRespond = ok()
+        client = H2Client(wire)
+        same = client.request(headers=[(b"host", b"example.com")])
+        self.assertEqual(client.response(same)[0][b":status"], b"200")
+        client.conn.config.validate_outbound_headers = False  # the h2 package would not send this
+        client.request(headers=[(b"host", b"other.example")])
+        goaway = client.goaway()
+        assert goaway is not None
+        self.assertEqual(goaway.error_code, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.assertEqual(len(wire.agent.sent), 1)
 
     def test_contentLengthOverLimitIs413(self) -> None:
         """A declared body over max_request_body is refused 413 before it is read."""

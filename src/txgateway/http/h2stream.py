@@ -141,6 +141,8 @@ class GatewayH2Stream(H2Stream):
             return 400, "more than one Host header"
         if authority is not None and hosts and hosts[0] != authority:
             # RFC 9113 §8.3.1: a client must not send a Host that differs.
+            # The h2 package ends the connection for it first (a malformed
+            # header block, PROTOCOL_ERROR); this stays should it ever not.
             return 400, "Host and :authority differ"
         host = authority if authority is not None else (hosts[0] if hosts else None)
         if host is None:
