@@ -9,6 +9,7 @@ for real in tests/e2e/test_http2.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import h2.config
@@ -357,8 +358,9 @@ class StockTwistedTests(SynchronousTestCase):
             self.assertTrue(callable(getattr(_http2.H2Connection, name, None)), name)
         conn = _http2.H2Connection(Wire().clock)
         for name in ("streams", "_streamCleanupCallbacks", "_outboundStreamQueues", "priority", "_stillProducing",
-                     "_reactor"):
+                     "_reactor", "_consumerBlocked"):
             self.assertTrue(hasattr(conn, name), name)
+        self.assertIn("self._producerProducing = False", inspect.getsource(_http2.H2Stream.__init__))
         state = h2.connection.H2Connection()
         self.assertIsInstance(state._data_to_send, bytearray)
         self.assertEqual(state.incoming_buffer._headers_buffer, [])

@@ -33,7 +33,7 @@ tests/test_h2server.py): C{H2Connection._requestReceived},
 C{_requestDataReceived}, C{_requestEnded}, C{_requestAborted} (replaced),
 C{streams}, C{_streamCleanupCallbacks}, C{_outboundStreamQueues},
 C{priority}, C{_terminate}, C{_tryToWriteControlData}, C{_requestDone},
-C{_stillProducing}, C{_reactor}.  Private h2 names: C{H2Connection._data_to_send},
+C{_stillProducing}, C{_reactor}, C{H2Stream._producerProducing}.  Private h2 names: C{H2Connection._data_to_send},
 C{incoming_buffer._headers_buffer} (the CONTINUATION frames buffered).
 """
 
@@ -162,6 +162,26 @@ class GatewayH2Connection(H2Connection):
                 self._armHead()
         elif self._requestCount:
             self._disarmHead()
+
+    # -- the client's socket full: every stream's upstream paused
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full.  Twisted only stops its send loop;
+        the streams' upstreams would go on filling their queues up to the
+        client's windows (up to 2 GiB each).  They are paused too.
+        """
+        super().pauseProducing()
+        for stream in self.streams.values():
+            producer = stream.producer
+            if producer is not None and stream._producerProducing:
+                stream._producerProducing = False
+                producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        for stream in list(self.streams.values()):
+            stream.windowUpdated()  # resumes its upstream if its window has room
 
     # -- the persistent / requests view the drain uses (as on an HTTP/1.1 channel)
 

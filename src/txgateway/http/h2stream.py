@@ -20,7 +20,8 @@ Private Twisted names used here (held to stock Twisted by
 tests/test_h2server.py): C{H2Stream._convertHeaders} (replaced),
 C{H2Stream._request}, C{H2Stream._conn}, C{H2Stream._send100Continue} and
 the connection's C{_streamIsActive}, C{_stillProducing}, C{_requestDone},
-C{_tryToWriteControlData}; C{Headers._rawHeaders}.
+C{_tryToWriteControlData}, C{_consumerBlocked}, C{priority}; C{H2Stream._producerProducing} (read);
+C{Headers._rawHeaders}.
 """
 
 from __future__ import annotations
@@ -219,6 +220,26 @@ class GatewayH2Stream(H2Stream):
         except h2.exceptions.ProtocolError:
             return  # closed already
         self._conn._tryToWriteControlData()
+
+    # -- response flow control
+
+    def flowControlBlocked(self) -> None:
+        """
+        The client's window is spent: the upstream is paused (Twisted), and
+        the stream leaves the send loop until a WINDOW_UPDATE puts it back.
+        Twisted leaves it in, and its loop then spins on a zero window
+        (callLater(0) again and again) for as long as the client waits.
+        """
+        super().flowControlBlocked()
+        conn = self._conn
+        if conn._stillProducing and conn.conn.local_flow_control_window(self.streamID) <= 0:
+            conn.priority.block(self.streamID)
+
+    def windowUpdated(self) -> None:
+        # A window opened while the client's socket is full: the upstream
+        # stays paused until the socket drains (the connection resumes us).
+        if self._conn._consumerBlocked is None:
+            super().windowUpdated()
 
     # -- answering
 
