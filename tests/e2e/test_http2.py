@@ -8,6 +8,7 @@ it, and a C{tcp:} listener with C{server.h2c} takes prior-knowledge HTTP/2.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import shutil
 import socket
@@ -236,3 +237,70 @@ class StreamedUploadTests(SynchronousTestCase):
         self.assertEqual(waitedOk, [True])
         self.assertEqual((r.status_code, r.json()), (200, {"body_length": 2000}))
         self.assertIn(b"POST /upload HTTP/1.1", origin.heads[0])
+
+
+FEATURES = """\
+server:
+  listen: "tcp:{port}:interface=127.0.0.1"
+  timeouts: {drain: 10s}
+  h2c: true
+logging: {level: info, access_log: true}
+auth_policies:
+  partners:
+    api_key:
+      header: X-API-Key
+      keys: {alice: "sha256:KEY_DIGEST"}
+upstreams:
+  app:
+    targets: [BACKEND]
+routes:
+  - name: private
+    match: {path_prefix: /private/}
+    upstream: app
+    auth: partners
+  - name: limited
+    match: {path_prefix: /limited/}
+    upstream: app
+    rate_limit: {algorithm: token_bucket, rate: 1/m, burst: 2, key: client_ip}
+  - name: cached
+    match: {path_prefix: /}
+    upstream: app
+    cache: {max_ttl: 60s}
+"""
+
+
+class FeaturesOverHttp2Tests(SynchronousTestCase):
+    """What a route does over HTTP/1.1 it does over HTTP/2: auth, rate limits, the cache, request ids."""
+
+    def setUp(self) -> None:
+        self.backend = Backend("b1").start()
+        self.addCleanup(self.backend.stop)
+        config = FEATURES.replace("BACKEND", self.backend.url).replace(
+            "KEY_DIGEST", hashlib.sha256(b"alice-h2-key").hexdigest())
+        self.gw = GatewayProcess(config)
+        self.addCleanup(self.gw.cleanup)
+        self.addCleanup(self.gw.stop)
+        self.gw.start()
+        self.c = httpx.Client(http2=True, http1=False, timeout=10, base_url=f"http://127.0.0.1:{self.gw.port}")
+        self.addCleanup(self.c.close)
+
+    def test_authRateLimitAndCache(self) -> None:
+        """Over h2c: 401 without a key, 429 past the bucket, a cache hit served, each counted in /metrics."""
+        denied = self.c.get("/private/x")
+        self.assertEqual((denied.http_version, denied.status_code), ("HTTP/2", 401))
+        self.assertTrue(denied.headers.get("x-request-id"))
+        self.assertEqual(self.c.get("/private/x", headers={"X-API-Key": "alice-h2-key"}).status_code, 200)
+
+        limited = [self.c.get("/limited/x").status_code for _ in range(3)]
+        self.assertEqual(limited, [200, 200, 429])
+
+        first = self.c.get("/cacheable?key=h2&cc=max-age%3D30")
+        second = self.c.get("/cacheable?key=h2&cc=max-age%3D30")
+        self.assertEqual(first.status_code, 200)
+        self.assertTrue(second.headers["cache-status"].startswith("txgateway; hit"), second.headers)
+        self.assertEqual(second.json()["n"], first.json()["n"])
+        self.assertEqual(second.http_version, "HTTP/2")
+
+        metrics = self.c.get("/metrics").text
+        self.assertIn('txgateway_rate_limited_total{route="limited"} 1.0', metrics)
+        self.assertIn('txgateway_cache_requests_total{result="hit",route="cached"} 1.0', metrics)
