@@ -216,3 +216,26 @@ class ReplayTests(SynchronousTestCase):
         second.deferred.callback(ok(b"ok"))
         client.pump()
         self.assertEqual(client.response(sid)[0][b":status"], b"200")
+
+
+WHOLE = BIG.replace("    upstream: app\n", "    upstream: app\n    coalesce: {headers: []}\n    idempotent_post: true\n")
+
+
+class WholeBodyTests(SynchronousTestCase):
+    def test_aRouteThatHashesTheBodyWaitsForAllOfIt(self) -> None:
+        """
+        POST coalescing keys on the whole body: a streamed body is taken in
+        at the client's pace (credit on arrival, past one window) and the
+        request goes upstream once, whole, with its length.
+        """
+        wire = Wire(config=WHOLE)
+        client = H2Client(wire)
+        sid = opened(client, first=b"a" * 16000)
+        self.assertEqual(wire.agent.sent, [])
+        for _ in range(5):  # 96 KB in all: more than the 64 KiB window without the upstream reading
+            send(client, sid, b"b" * 16000)
+        self.assertEqual(wire.agent.sent, [])
+        send(client, sid, b"c", end=True)
+        sent = upstream(wire)
+        self.assertEqual((sent.length, sent.body), (96001, b"a" * 16000 + b"b" * 80000 + b"c"))
+        answer(client, sent, sid)
