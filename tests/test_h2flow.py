@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import h2.errors
 import h2.settings
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -128,4 +129,45 @@ class FlowControlTests(SynchronousTestCase):
         upstream.end()
         client.pump()
         self.assertEqual(received(client, sid), upstream.sent)
+        self.assertTrue(client.ended(sid))
+
+    def test_windowHeldShutPastWriteTimeoutResetsTheStream(self) -> None:
+        """
+        A stream whose window stays shut for server.timeouts.write (60 s by
+        default) is reset (CANCEL) and its upstream stopped: a client cannot
+        hold a target's connection for ever by never reading; its other
+        streams carry on.
+        """
+        wire = h2Wire()
+        client = H2Client(wire)
+        sid, upstream = started(wire, client)
+        upstream.pump(10 * 1024 * 1024)
+        client.pump()
+        wire.clock.advance(59)
+        client.pump()
+        self.assertIsNone(client.reset(sid))
+        wire.clock.advance(2)
+        client.pump()
+        self.assertTrue(upstream.stopped)
+        self.assertEqual(client.reset(sid), h2.errors.ErrorCodes.CANCEL)
+        self.assertIsNone(client.goaway())
+        self.assertEqual(wire.metrics.registry.get_sample_value("txgateway_write_timeouts_total"), 1.0)
+
+    def test_aWindowOpenedInTimeKeepsTheStream(self) -> None:
+        """A client that opens its window before timeouts.write gets the rest of the response."""
+        wire = h2Wire()
+        client = H2Client(wire)
+        sid, upstream = started(wire, client)
+        upstream.pump(10 * 1024 * 1024)
+        client.pump()
+        wire.clock.advance(50)
+        client.conn.acknowledge_received_data(WINDOW, sid)
+        client.flush()
+        wire.clock.advance(50)
+        client.pump()
+        self.assertIsNone(client.reset(sid))
+        upstream.pump(upstream.sent + CHUNK)
+        upstream.end()
+        client.conn.acknowledge_received_data(WINDOW, sid)
+        client.flush()
         self.assertTrue(client.ended(sid))

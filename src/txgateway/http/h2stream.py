@@ -68,6 +68,7 @@ class GatewayH2Stream(H2Stream):
     deadline: IDelayedCall | None = None
     body: StreamedBody | None = None  # set when the request was forwarded before its body ended
     declaredLength: int | None = None  # the request's Content-Length, if it sent one
+    stalled: IDelayedCall | None = None  # the response's window shut: reset at server.timeouts.write
     _bodyWait = 0.0  # server.timeouts.request_body, once the body streams: the most a pause may last
 
     @property
@@ -192,6 +193,7 @@ class GatewayH2Stream(H2Stream):
             body.end()
 
     def connectionLost(self, reason: Any) -> None:
+        self._stopStall()
         body = self.body
         if body is not None:
             body.fail(reason)
@@ -210,6 +212,7 @@ class GatewayH2Stream(H2Stream):
         owed for it goes back to the connection.
         """
         self.disarm()
+        self._stopStall()
         body = self.body
         if body is None or self.ended:
             return
@@ -234,12 +237,47 @@ class GatewayH2Stream(H2Stream):
         conn = self._conn
         if conn._stillProducing and conn.conn.local_flow_control_window(self.streamID) <= 0:
             conn.priority.block(self.streamID)
+            seconds = self.site.limits.timeouts.write
+            if self.stalled is None and seconds and seconds > 0:
+                self.stalled = self.site.reactor.callLater(seconds, self._windowShut, seconds)
 
     def windowUpdated(self) -> None:
         # A window opened while the client's socket is full: the upstream
         # stays paused until the socket drains (the connection resumes us).
+        if self.stalled is not None and self._conn.conn.local_flow_control_window(self.streamID) > 0:
+            self._stopStall()
         if self._conn._consumerBlocked is None:
             super().windowUpdated()
+
+    def _stopStall(self) -> None:
+        call, self.stalled = self.stalled, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _windowShut(self, seconds: float) -> None:
+        """
+        server.timeouts.write for HTTP/2: a client that keeps a stream's
+        window shut holds the upstream paused for as long as it likes; after
+        this long the stream is reset (CANCEL) and the upstream let go.
+        """
+        self.stalled = None
+        log.warn("HTTP/2 client {peer} opened no flow-control window on stream {sid} for {seconds:g}s "
+                 "(server.timeouts.write); resetting the stream", peer=getattr(self._conn, "_peerHost", None) or "?",
+                 sid=self.streamID, seconds=seconds)
+        self.site.metrics.writeTimeouts.inc()
+        conn = self._conn
+        sid = self.streamID
+        if not conn._stillProducing or not conn._streamIsActive(sid):
+            return
+        try:
+            conn.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            pass
+        if conn._tryToWriteControlData():
+            # As when the client resets it: the forward is cancelled, the upstream stopped.
+            self.connectionLost(Failure(ConnectionLost("response window held shut")))
+            if conn._streamIsActive(sid):
+                conn._requestDone(sid)
 
     # -- answering
 
