@@ -10,6 +10,7 @@ from typing import Any
 
 import h2.errors
 import h2.settings
+from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
@@ -171,3 +172,19 @@ class FlowControlTests(SynchronousTestCase):
         client.conn.acknowledge_received_data(WINDOW, sid)
         client.flush()
         self.assertTrue(client.ended(sid))
+
+    def test_unreadSocketPastWriteTimeoutClosesTheConnection(self) -> None:
+        """
+        A client that reads nothing of its socket for server.timeouts.write
+        loses the connection, and its streams' upstreams are stopped.
+        """
+        wire = h2Wire()
+        client = H2Client(wire)
+        sid, upstream = started(wire, client)
+        client.transport.producer.pauseProducing()
+        upstream.pump(10 * 1024 * 1024)
+        wire.clock.advance(61)
+        self.assertTrue(client.transport.disconnected or client.transport.disconnecting)
+        client.proto.connectionLost(Failure(ConnectionLost("aborted")))  # what the aborted transport reports
+        self.assertTrue(upstream.stopped)
+        self.assertEqual(wire.metrics.registry.get_sample_value("txgateway_write_timeouts_total"), 1.0)

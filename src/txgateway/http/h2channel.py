@@ -104,6 +104,7 @@ class GatewayH2Connection(H2Connection):
     _closed = False
     _requestCount = 0
     _undecided: list[GatewayH2Stream]
+    _writeStall: Any = None  # the client's socket full since: server.timeouts.write
 
     def __init__(self, site: Any) -> None:
         super().__init__(site.reactor)
@@ -131,6 +132,9 @@ class GatewayH2Connection(H2Connection):
 
     def connectionLost(self, reason: Any = None, _cancelTimeouts: bool = True) -> None:
         self._disarmHead()
+        call, self._writeStall = self._writeStall, None
+        if call is not None and call.active():
+            call.cancel()
         for stream in list(self.streams.values()):
             stream.disarm()
         super().connectionLost(reason, _cancelTimeouts)
@@ -177,11 +181,27 @@ class GatewayH2Connection(H2Connection):
             if producer is not None and stream._producerProducing:
                 stream._producerProducing = False
                 producer.pauseProducing()
+        seconds = self.site.limits.timeouts.write
+        if self._writeStall is None and seconds and seconds > 0:
+            self._writeStall = self.site.reactor.callLater(seconds, self._socketStalled, seconds)
 
     def resumeProducing(self) -> None:
+        call, self._writeStall = self._writeStall, None
+        if call is not None and call.active():
+            call.cancel()
         super().resumeProducing()
         for stream in list(self.streams.values()):
             stream.windowUpdated()  # resumes its upstream if its window has room
+
+    def _socketStalled(self, seconds: float) -> None:
+        """server.timeouts.write: the client read nothing of what was sent for this long."""
+        self._writeStall = None
+        if self.transport is None or not self._stillProducing:
+            return
+        log.warn("HTTP/2 client {peer} read nothing for {seconds:g}s (server.timeouts.write); closing its "
+                 "connection and its streams' upstreams", peer=self._peerHost or "?", seconds=seconds)
+        self.site.metrics.writeTimeouts.inc()
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- the persistent / requests view the drain uses (as on an HTTP/1.1 channel)
 
