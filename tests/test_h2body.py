@@ -6,13 +6,17 @@ upstream takes (txgateway.http.h2body).
 
 from __future__ import annotations
 
+from typing import Any
+
 import h2.errors
 from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from tests.h2support import H2C, H2Client, h2Wire, ok
-from tests.support import FakeResponse, Sent, Wire
+from tests.support import FakeResponse, NullProducer, Sent, Wire
 
 POST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/up"), (b":authority", b"example.com")]
 WINDOW = 65535  # the HTTP/2 initial window the gateway leaves in place
@@ -239,3 +243,44 @@ class WholeBodyTests(SynchronousTestCase):
         sent = upstream(wire)
         self.assertEqual((sent.length, sent.body), (96001, b"a" * 16000 + b"b" * 80000 + b"c"))
         answer(client, sent, sid)
+
+
+class HeldResponse(FakeResponse):
+    """An upstream response whose body the test sends piece by piece (a gRPC server stream)."""
+
+    protocol: Any = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(NullProducer())
+
+
+class BidiTests(SynchronousTestCase):
+    def test_answerFlowsWhileTheBodyStillStreams(self) -> None:
+        """
+        A bidirectional call: the target's answer starts and flows to the
+        client while the client's body is still streaming to the target.
+        """
+        wire = bigWire()
+        client = H2Client(wire)
+        sid = opened(client, [(b"content-type", b"application/grpc")], b"ping1")
+        sent = upstream(wire)
+        assert sent.sink is not None
+        response = HeldResponse(200, [(b"content-type", b"application/grpc")], length=UNKNOWN_LENGTH)
+        sent.deferred.callback(response)
+        response.protocol.dataReceived(b"pong1")
+        client.pump()
+        head, body, _ = client.response(sid)
+        self.assertEqual((head[b":status"], body), (b"200", b"pong1"))
+        send(client, sid, b"ping2")
+        self.assertEqual(sent.sink.data, b"ping1ping2")
+        response.protocol.dataReceived(b"pong2")
+        client.pump()
+        self.assertEqual(client.response(sid)[1], b"pong1pong2")
+        wire.clock.advance(25)  # past request_body: the answer has started, the call is alive
+        send(client, sid, b"", end=True)
+        self.assertTrue(sent.sink.done)
+        response.protocol.connectionLost(Failure(ResponseDone()))
+        client.pump()
+        self.assertTrue(client.ended(sid))
+        self.assertIsNone(client.reset(sid))
