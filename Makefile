@@ -59,6 +59,15 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+## HTTP/2 clients (h2load, many streams per connection) through the gateway;
+## figures in docs/performance.md, section HTTP/2.  make test never needs h2load.
+.PHONY: bench-http2 ensure-h2load
+bench-http2: $(STAMP) ensure-h2load
+	$(BIN)/python bench/http2.py
+
+ensure-h2load:
+	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
+
 clean:
 	rm -rf $(VENV) $(LATEST) build dist src/*.egg-info _trial_temp*
 

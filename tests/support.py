@@ -111,9 +111,33 @@ class Sent:
         self.body = body
         self.length = length
         self.deferred = deferred
+        self.producer: Any = None
+        self.sink: BodySink | None = None
 
     def header(self, name: bytes) -> list[bytes]:
         return list(self.headers.getRawHeaders(name, []))
+
+
+class BodySink:
+    """The upstream's end of a request body: what reached it so far, and how the body ended."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.done = False
+        self.failure: Failure | None = None
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+    def ended(self, _: Any) -> None:
+        self.done = True
+
+    def failed(self, failure: Failure) -> None:
+        self.failure = failure
 
 
 class FakeAgent:
@@ -127,18 +151,15 @@ class FakeAgent:
                 ) -> Deferred[Any]:
         body: bytes | None = None
         length = None
+        sink = BodySink()
         if bodyProducer is not None:
             length = bodyProducer.length
-            parts: list[bytes] = []
-
-            class Consumer:
-                def write(self, data: bytes) -> None:
-                    parts.append(data)
-
-            bodyProducer.startProducing(Consumer())
-            body = b"".join(parts)
+            bodyProducer.startProducing(sink).addCallbacks(sink.ended, sink.failed)
+            body = sink.data
         d: Deferred[Any] = Deferred() if self.autoRespond is None else succeed(self.autoRespond)
-        self.sent.append(Sent(method, uri, headers or Headers(), body, length, d))
+        sent = Sent(method, uri, headers or Headers(), body, length, d)
+        sent.producer, sent.sink = bodyProducer, sink  # a streamed body goes on arriving in the sink
+        self.sent.append(sent)
         return d
 
 

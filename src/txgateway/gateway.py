@@ -31,6 +31,7 @@ from txgateway.context import LocalResponse, RequestContext, jsonResponse, respo
 from txgateway.endpoints import OwnEndpoint, healthReport
 from txgateway.forwarding import BODY_RESET, forward
 from txgateway.http.addresses import AddressSet
+from txgateway.http.h2body import pendingBody
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parentSpanId, requestBodySize
@@ -346,8 +347,15 @@ class RouteResource(Resource):
         if route.config.compress is not None:  # outside the cache: it compresses what the cache serves
             upstream = CompressingForwarder(upstream, route.config.compress)
         self.upstream = upstream
+        # A mirror, batching or POST coalescing reads the whole body first: an HTTP/2 body still streaming is awaited.
+        rc, canary = route.config.concurrency, route.canary
+        self.wholeBody = bool(rc.batch or rc.idempotent_post or (canary is not None and canary.mirror is not None))
 
     def render(self, request: Any) -> Any:
+        pending = pendingBody(request) if self.wholeBody else None
+        if pending is not None:
+            pending.addCallbacks(lambda _: self.render(request), lambda _: None)
+            return NOT_DONE_YET
         context: RequestContext = request.context
         chain = self.route.chain
         # Filters that answer at once (the usual case: IP rules, a local

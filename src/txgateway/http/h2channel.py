@@ -33,7 +33,7 @@ tests/test_h2server.py): C{H2Connection._requestReceived},
 C{_requestDataReceived}, C{_requestEnded}, C{_requestAborted} (replaced),
 C{streams}, C{_streamCleanupCallbacks}, C{_outboundStreamQueues},
 C{priority}, C{_terminate}, C{_tryToWriteControlData}, C{_requestDone},
-C{_stillProducing}, C{_reactor}.  Private h2 names: C{H2Connection._data_to_send},
+C{_stillProducing}, C{_reactor}, C{H2Stream._producerProducing}.  Private h2 names: C{H2Connection._data_to_send},
 C{incoming_buffer._headers_buffer} (the CONTINUATION frames buffered).
 """
 
@@ -62,6 +62,9 @@ log = Logger(namespace="txgateway")
 
 # RFC 9113 §3.4: what a client speaking HTTP/2 with prior knowledge sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Methods whose request has no body unless it declares one: never streamed.
+_BODILESS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"))
 
 
 class _H2State(h2.connection.H2Connection):
@@ -100,6 +103,8 @@ class GatewayH2Connection(H2Connection):
     _headDeadline: Any = None
     _closed = False
     _requestCount = 0
+    _undecided: list[GatewayH2Stream]
+    _writeStall: Any = None  # the client's socket full since: server.timeouts.write
 
     def __init__(self, site: Any) -> None:
         super().__init__(site.reactor)
@@ -116,6 +121,7 @@ class GatewayH2Connection(H2Connection):
         self.callLater = site.reactor.callLater
         self._resets = float(limits.http2_max_resets)
         self._resetsAt = site.reactor.seconds()
+        self._undecided = []  # streams whose HEADERS came in this read, their body still open
 
     # -- the connection's life
 
@@ -126,6 +132,9 @@ class GatewayH2Connection(H2Connection):
 
     def connectionLost(self, reason: Any = None, _cancelTimeouts: bool = True) -> None:
         self._disarmHead()
+        call, self._writeStall = self._writeStall, None
+        if call is not None and call.active():
+            call.cancel()
         for stream in list(self.streams.values()):
             stream.disarm()
         super().connectionLost(reason, _cancelTimeouts)
@@ -142,6 +151,8 @@ class GatewayH2Connection(H2Connection):
 
     def _receive(self, data: bytes) -> None:
         super().dataReceived(data)
+        if self._undecided:
+            self._dispatchStreaming()
         if not self._stillProducing:
             return
         pending = self.conn.incoming_buffer._headers_buffer
@@ -155,6 +166,42 @@ class GatewayH2Connection(H2Connection):
                 self._armHead()
         elif self._requestCount:
             self._disarmHead()
+
+    # -- the client's socket full: every stream's upstream paused
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full.  Twisted only stops its send loop;
+        the streams' upstreams would go on filling their queues up to the
+        client's windows (up to 2 GiB each).  They are paused too.
+        """
+        super().pauseProducing()
+        for stream in self.streams.values():
+            producer = stream.producer
+            if producer is not None and stream._producerProducing:
+                stream._producerProducing = False
+                producer.pauseProducing()
+        seconds = self.site.limits.timeouts.write
+        if self._writeStall is None and seconds and seconds > 0:
+            self._writeStall = self.site.reactor.callLater(seconds, self._socketStalled, seconds)
+
+    def resumeProducing(self) -> None:
+        call, self._writeStall = self._writeStall, None
+        if call is not None and call.active():
+            call.cancel()
+        super().resumeProducing()
+        for stream in list(self.streams.values()):
+            stream.windowUpdated()  # resumes its upstream if its window has room
+
+    def _socketStalled(self, seconds: float) -> None:
+        """server.timeouts.write: the client read nothing of what was sent for this long."""
+        self._writeStall = None
+        if self.transport is None or not self._stillProducing:
+            return
+        log.warn("HTTP/2 client {peer} read nothing for {seconds:g}s (server.timeouts.write); closing its "
+                 "connection and its streams' upstreams", peer=self._peerHost or "?", seconds=seconds)
+        self.site.metrics.writeTimeouts.inc()
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- the persistent / requests view the drain uses (as on an HTTP/1.1 channel)
 
@@ -211,6 +258,8 @@ class GatewayH2Connection(H2Connection):
             self.priority.block(sid)
         if event.stream_ended is None:
             stream.arm(self.site.limits.timeouts.request_body)
+            if stream.problem is None and (stream.declaredLength or stream.command not in _BODILESS):
+                self._undecided.append(stream)
         else:
             stream.ended = True
         if stream.problem is not None:
@@ -218,6 +267,19 @@ class GatewayH2Connection(H2Connection):
         budget = self.site.limits.http2_max_requests_per_connection
         if budget and self._requestCount >= budget:
             self.goAway()
+
+    def _dispatchStreaming(self) -> None:
+        """
+        The requests whose HEADERS came in this read and whose body did not
+        end in it are forwarded now, their body streaming after them (see
+        L{txgateway.http.h2body}).  A body that came whole with its head
+        (nearly every small POST) is forwarded buffered, as over HTTP/1.1.
+        """
+        undecided, self._undecided = self._undecided, []
+        for stream in undecided:
+            if stream.ended or stream.refused or self.streams.get(stream.streamID) is not stream:
+                continue
+            stream.startStreaming()
 
     def _requestDataReceived(self, event: Any) -> None:
         stream = self.streams.get(event.stream_id)
@@ -264,6 +326,9 @@ class GatewayH2Connection(H2Connection):
 
     def _requestDone(self, streamID: int) -> None:
         self.conn.pendingTrailers.pop(streamID, None)
+        stream = self.streams.get(streamID)
+        if stream is not None:
+            stream.streamDone()
         super()._requestDone(streamID)
         if self._goingAway is not None and not self.streams and self.transport is not None:
             self.transport.loseConnection()

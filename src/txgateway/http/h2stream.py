@@ -20,7 +20,8 @@ Private Twisted names used here (held to stock Twisted by
 tests/test_h2server.py): C{H2Stream._convertHeaders} (replaced),
 C{H2Stream._request}, C{H2Stream._conn}, C{H2Stream._send100Continue} and
 the connection's C{_streamIsActive}, C{_stillProducing}, C{_requestDone},
-C{_tryToWriteControlData}; C{Headers._rawHeaders}.
+C{_tryToWriteControlData}, C{_consumerBlocked}, C{priority}; C{H2Stream._producerProducing} (read);
+C{Headers._rawHeaders}.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Stream
 
 from txgateway.http.errors import errorBody
+from txgateway.http.h2body import StreamedBody
 from txgateway.http.heads import validAuthority
 
 if TYPE_CHECKING:
@@ -64,6 +66,10 @@ class GatewayH2Stream(H2Stream):
     problem: tuple[int, str] | None = None
     ended = False  # the client sent END_STREAM: the request body is complete
     deadline: IDelayedCall | None = None
+    body: StreamedBody | None = None  # set when the request was forwarded before its body ended
+    declaredLength: int | None = None  # the request's Content-Length, if it sent one
+    stalled: IDelayedCall | None = None  # the response's window shut: reset at server.timeouts.write
+    _bodyWait = 0.0  # server.timeouts.request_body, once the body streams: the most a pause may last
 
     @property
     def transport(self) -> Any:
@@ -114,6 +120,7 @@ class GatewayH2Stream(H2Stream):
         if authority is not None:
             request.requestHeaders._rawHeaders[b"host"] = [authority]
         length: int | None = int(lengths[0]) if lengths and self.problem is None else None
+        self.declaredLength = length
         if length is None and self.command in (b"GET", b"HEAD"):
             length = 0
         request.gotLength(length)
@@ -136,6 +143,8 @@ class GatewayH2Stream(H2Stream):
             return 400, "more than one Host header"
         if authority is not None and hosts and hosts[0] != authority:
             # RFC 9113 §8.3.1: a client must not send a Host that differs.
+            # The h2 package ends the connection for it first (a malformed
+            # header block, PROTOCOL_ERROR); this stays should it ever not.
             return 400, "Host and :authority differ"
         host = authority if authority is not None else (hosts[0] if hosts else None)
         if host is None:
@@ -149,9 +158,132 @@ class GatewayH2Stream(H2Stream):
                 return 413, f"request body over {limits.max_request_body} bytes"
         return None
 
+    # -- a request forwarded before its body ended (see txgateway.http.h2body)
+
+    def startStreaming(self) -> None:
+        """
+        Forward the request now, its body to stream after it: called by the
+        connection at the end of the read that brought the request's HEADERS
+        when its body did not end in that read.
+        """
+        request = self._request
+        self.body = StreamedBody(self, request, self.declaredLength)
+        request.bodyStream = self.body
+        if self.deadline is not None:
+            # From now on request_body bounds each pause in the body, not its
+            # whole length: a gRPC stream may last as long as its call does.
+            self._bodyWait = self.deadline.getTime() - self.site.reactor.seconds()
+        request.requestReceived(self.command, self.path, b"HTTP/2")
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        body = self.body
+        if body is None:
+            super().receiveDataChunk(data, flowControlledLength)
+            return
+        deadline = self.deadline
+        if deadline is not None and deadline.active():
+            deadline.reset(self._bodyWait)
+        body.received(data, flowControlledLength)
+
+    def requestComplete(self) -> None:
+        body = self.body
+        if body is None:
+            super().requestComplete()
+        else:
+            body.end()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stopStall()
+        body = self.body
+        if body is not None:
+            body.fail(reason)
+        super().connectionLost(reason)
+
+    def openWindow(self, increment: int) -> None:
+        """Give C{increment} bytes of flow-control credit back to the client (stream and connection)."""
+        conn = self._conn
+        if conn._stillProducing:
+            conn.openStreamWindow(self.streamID, increment)
+
+    def streamDone(self) -> None:
+        """
+        The response is complete: a body still arriving is no longer
+        wanted (RST_STREAM NO_ERROR, RFC 9113 §8.1) and the credit still
+        owed for it goes back to the connection.
+        """
+        self.disarm()
+        self._stopStall()
+        body = self.body
+        if body is None or self.ended:
+            return
+        body.fail(Failure(ConnectionLost("response complete before the request body")))
+        state = self._conn.conn
+        try:
+            state.reset_stream(self.streamID, h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            return  # closed already
+        self._conn._tryToWriteControlData()
+
+    # -- response flow control
+
+    def flowControlBlocked(self) -> None:
+        """
+        The client's window is spent: the upstream is paused (Twisted), and
+        the stream leaves the send loop until a WINDOW_UPDATE puts it back.
+        Twisted leaves it in, and its loop then spins on a zero window
+        (callLater(0) again and again) for as long as the client waits.
+        """
+        super().flowControlBlocked()
+        conn = self._conn
+        if conn._stillProducing and conn.conn.local_flow_control_window(self.streamID) <= 0:
+            conn.priority.block(self.streamID)
+            seconds = self.site.limits.timeouts.write
+            if self.stalled is None and seconds and seconds > 0:
+                self.stalled = self.site.reactor.callLater(seconds, self._windowShut, seconds)
+
+    def windowUpdated(self) -> None:
+        # A window opened while the client's socket is full: the upstream
+        # stays paused until the socket drains (the connection resumes us).
+        if self.stalled is not None and self._conn.conn.local_flow_control_window(self.streamID) > 0:
+            self._stopStall()
+        if self._conn._consumerBlocked is None:
+            super().windowUpdated()
+
+    def _stopStall(self) -> None:
+        call, self.stalled = self.stalled, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _windowShut(self, seconds: float) -> None:
+        """
+        server.timeouts.write for HTTP/2: a client that keeps a stream's
+        window shut holds the upstream paused for as long as it likes; after
+        this long the stream is reset (CANCEL) and the upstream let go.
+        """
+        self.stalled = None
+        log.warn("HTTP/2 client {peer} opened no flow-control window on stream {sid} for {seconds:g}s "
+                 "(server.timeouts.write); resetting the stream", peer=getattr(self._conn, "_peerHost", None) or "?",
+                 sid=self.streamID, seconds=seconds)
+        self.site.metrics.writeTimeouts.inc()
+        conn = self._conn
+        sid = self.streamID
+        if not conn._stillProducing or not conn._streamIsActive(sid):
+            return
+        try:
+            conn.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            pass
+        if conn._tryToWriteControlData():
+            # As when the client resets it: the forward is cancelled, the upstream stopped.
+            self.connectionLost(Failure(ConnectionLost("response window held shut")))
+            if conn._streamIsActive(sid):
+                conn._requestDone(sid)
+
     # -- answering
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self.body is not None:
+            self.disarm()  # answered: the body's pauses are the upstream's business now
         fields: list[tuple[bytes, bytes]] = []
         for name, values in headers.getAllRawHeaders():
             lower = name.lower()
@@ -193,6 +325,15 @@ class GatewayH2Stream(H2Stream):
         self.refused = True
         self.disarm()
         conn = self._conn
+        if self.body is not None:
+            self.body.fail(Failure(ConnectionLost(f"request refused: {status}")))
+            if self._request.startedWriting:
+                # The response is under way: too late for an answer of ours.
+                log.info("HTTP/2 request body refused after its response started ({status} {message}); "
+                         "resetting the stream", status=status, message=message)
+                self.site.metrics.observeRefusal(status)
+                self.abortConnection()
+                return
         site = self.site
         peer = getattr(conn, "_peerHost", None) or "?"
         log.info("refused an HTTP/2 request from {peer}: {status} {message}", peer=peer, status=status,

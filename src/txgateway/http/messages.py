@@ -61,6 +61,9 @@ class Messages:
 
     def __init__(self, server: ServerConfig) -> None:
         self.via = b" ".join((b"1.1 " + server.via.encode()).splitlines())
+        # RFC 9110 §7.6.3: a Via entry names the protocol the message was
+        # received in; an HTTP/2 client's request (or target's response) says 2.
+        self.via2 = b"2" + self.via[3:]
         # The one membership cache of trusted_proxies for this config, and
         # the one X-Forwarded-For walk: the Runtime reads client addresses
         # through it too.
@@ -112,7 +115,8 @@ class Messages:
             o.pop(H_FORWARDED, None)
             o[H_FORWARDED] = [self.forwardedValue(context, raw, clientHost, trustedPeer)]
         via = raw.get(H_VIA)
-        o[H_VIA] = [*via, self.via] if via else [self.via]
+        mine = self.via2 if getattr(request, "clientproto", None) == b"HTTP/2" else self.via
+        o[H_VIA] = [*via, mine] if via else [mine]
         o[H_HOST] = clientHost[:1] if plan.preserveHost and clientHost else [endpoint.netloc]
         o[H_REQUEST_ID] = [context.requestId.encode()]
         if context.traceId is not None:
@@ -182,7 +186,8 @@ class Messages:
         if length is not UNKNOWN_LENGTH and context.method != b"HEAD" and code not in NO_BODY_STATUS and code >= 200:
             o[H_CONTENT_LENGTH] = [b"%d" % length]
         via = s.get(H_VIA)
-        o[H_VIA] = [*via, self.via] if via else [self.via]
+        mine = self.via2 if getattr(response, "version", (b"HTTP", 1, 1))[1] == 2 else self.via
+        o[H_VIA] = [*via, mine] if via else [mine]
         self.finishHeaders(context)
         for k, v in plan.responseSet:
             o[k] = list(v)

@@ -2,8 +2,9 @@
 """
 The client's request body, sent again for every attempt.
 
-The Site buffered the whole body before the request was routed; each
-attempt gets a producer that starts it from the beginning.  A primitive
+The Site buffered the whole body before the request was routed (except an
+HTTP/2 body that streams, see L{txgateway.http.h2body}); each attempt gets
+a producer that starts it from the beginning.  A primitive
 module: it imports nothing from txgateway.
 """
 
@@ -63,7 +64,14 @@ class StillTransport:
 
 
 def bodyProducer(request: Any) -> IBodyProducer | None:
-    """The client's body, replayable for retries (the Site buffered it whole)."""
+    """
+    The client's body, replayable for retries (the Site buffered it whole),
+    or, for an HTTP/2 request forwarded while its body still arrives, a
+    reader of that body from its start (see L{txgateway.http.h2body}).
+    """
+    streamed = getattr(request, "bodyStream", None)
+    if streamed is not None and not streamed.ended:
+        return streamed.producer()  # type: ignore[no-any-return]
     content = request.content
     if content is None:
         return None

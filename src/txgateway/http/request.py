@@ -40,6 +40,7 @@ class GatewayRequest(server.Request):
     gone = False
     context: Any = None
     _bodyBytes: int | None = None  # body bytes read so far; set once the head is in (gotLength)
+    bodyStream: Any = None  # an HTTP/2 body still arriving after the request was dispatched (http/h2body.py)
 
     def gotLength(self, length: int | None) -> None:
         self._bodyBytes = 0
