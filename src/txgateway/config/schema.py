@@ -204,11 +204,17 @@ class UpstreamTimeouts:
 class PoolConfig:
     max_per_target: int = 100
     idle_timeout: float = 90.0
+    # HTTP/2 and gRPC upstreams (issue 21): connections per target, streams per connection, keep-alive PINGs.
+    max_connections: int = 4
+    max_streams: int = 100
+    ping_interval: float = 0.0
+    ping_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
 class ActiveHealth:
     path: str = "/health"
+    grpc_service: str | None = None  # issue 21: probe with grpc.health.v1.Health/Check for this service
     interval: float = 5.0
     timeout: float = 2.0
     healthy_after: int = 2
@@ -270,6 +276,7 @@ class UpstreamConfig:
     # Discovery (issue 22): the target items naming a source, and the ramp of new targets.
     sources: tuple[SourceSpec, ...] = ()
     slow_start: float = 0.0
+    protocol: str = "http1"  # issue 21: http1 | http2 | grpc, to the targets
 
 
 @dataclass(frozen=True)
