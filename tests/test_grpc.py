@@ -188,3 +188,28 @@ class StatusTableTests(SynchronousTestCase):
         self.assertEqual(grpcFailure(Headers({b"grpc-status": [b"14"]})), "grpc:UNAVAILABLE")
         self.assertIsNone(grpcFailure(Headers({b"grpc-status": [b"0"]})))
         self.assertIsNone(grpcFailure(Headers()))
+
+
+class TrailersOnlyRelayTests(SynchronousTestCase):
+    def test_statusInTheHeadMovesToTheTrailers(self) -> None:
+        """A trailers-only gRPC answer reaches an HTTP/2 client with its status in trailers, which gRPC clients read."""
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from txgateway.http.trailers import relayTrailers
+
+        sent: list[Any] = []
+
+        class Stream:
+            def writeTrailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+                sent.extend(fields)
+
+        request = DummyRequest([b""])
+        request.channel = Stream()
+        request.startedWriting = 0  # as twisted.web.http.Request before the head goes out
+        request.responseHeaders.setRawHeaders(b"grpc-status", [b"5"])
+        request.responseHeaders.setRawHeaders(b"grpc-message", [b"no such model"])
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/grpc"])
+        self.assertTrue(relayTrailers(request, grpcReply(5)))
+        self.assertEqual(sent, [(b"grpc-status", b"5"), (b"grpc-message", b"no such model")])
+        self.assertIsNone(request.responseHeaders.getRawHeaders(b"grpc-status"))
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/grpc"])

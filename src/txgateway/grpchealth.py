@@ -120,9 +120,10 @@ class _Collect(Protocol):
 
 
 class _Serving:
-    """What a SERVING target's probe gives the checker: a 200 with nothing more to read."""
+    """What a SERVING target's probe gives the checker: a 200 with nothing more to read (treq's C{collect} reads it)."""
 
     code = 200
+    length = 0
 
     def deliverBody(self, protocol: Any) -> None:
         protocol.makeConnection(StillTransport())
