@@ -8,7 +8,10 @@ origin behind C{protocol: http2}, called with httpx.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -273,9 +276,71 @@ class Http2OriginTests(SynchronousTestCase):
         self.assertEqual(len(big.content), 3_000_000)
 
 
-# A minimal HTTP/2 origin on h2 (prior knowledge): /echo answers JSON about the request, /big 3 MB.
+def tlsFiles() -> dict[str, bytes]:
+    """A CA and a server certificate for 127.0.0.1 (an IP SAN) it signed, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "txgateway test CA")])
+    ca = (x509.CertificateBuilder().subject_name(caName).issuer_name(caName).public_key(caKey.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(caKey, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "origin")]))
+            .issuer_name(caName).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(caKey, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return {"ca.pem": ca.public_bytes(pem), "cert.pem": cert.public_bytes(pem),
+            "key.pem": key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())}
+
+
+class Http2TlsOriginTests(SynchronousTestCase):
+    """An https:// HTTP/2 target: TLS with ALPN h2 (the CA given to OpenSSL through SSL_CERT_FILE)."""
+
+    def startBehindGateway(self, alpn: str) -> GatewayProcess:
+        files = tlsFiles()
+        tmp = Path(tempfile.mkdtemp(prefix="txgw-h2tls-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        origin, port = startOrigin(["-c", _ORIGIN, str(tmp / "cert.pem"), str(tmp / "key.pem"), alpn], "h2 TLS origin")
+        self.addCleanup(lambda: (origin.kill(), origin.wait(), origin.stdout and origin.stdout.close()))
+        config = simpleConfig([f"https://127.0.0.1:{port}"], upstreamExtra="    protocol: http2\n    retries: false\n")
+        gw = GatewayProcess(config, env={"SSL_CERT_FILE": str(tmp / "ca.pem")})
+        self.addCleanup(gw.cleanup)
+        self.addCleanup(gw.stop)
+        return gw.start()
+
+    def test_alpnH2(self) -> None:
+        """The target chooses h2 by ALPN: requests go over HTTP/2 on TLS."""
+        gw = self.startBehindGateway("h2,http/1.1")
+        r = gw.request("POST", "/echo", body=b"y" * 1000)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json(), {"protocol": "HTTP/2", "length": 1000, "path": "/echo"})
+
+    def test_targetWithoutH2IsA502WithAClearLogLine(self) -> None:
+        """A target that does not choose h2 gets no request: 502, and the log says why."""
+        gw = self.startBehindGateway("http/1.1")
+        self.assertEqual(gw.request("GET", "/echo").status, 502)
+        waitFor(lambda: "did not choose h2" in gw.log(), what="the ALPN log line")
+
+
+# A minimal HTTP/2 origin on h2: /echo answers JSON about the request, /big 3 MB; prior knowledge, or TLS
+# with ALPN when given a certificate, its key and the protocols to offer.
 _ORIGIN = r'''
-import json, socket, threading
+import json, socket, sys, threading
 import h2.config, h2.connection, h2.events
 
 def handle(sock):
@@ -317,11 +382,23 @@ def handle(sock):
                 pending[e.stream_id] = body
         flush()
 
+def serve(s):
+    if len(sys.argv) > 2:  # TLS: certificate, key, and the ALPN protocols offered
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+        ctx.set_alpn_protocols(sys.argv[3].split(","))
+        try:
+            s = ctx.wrap_socket(s, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+    handle(s)
+
 server = socket.socket()
 server.bind(("127.0.0.1", 0))
 server.listen(16)
 print("ready", server.getsockname()[1], flush=True)
 while True:
     s, _ = server.accept()
-    threading.Thread(target=handle, args=(s,), daemon=True).start()
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
 '''

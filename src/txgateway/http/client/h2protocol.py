@@ -39,12 +39,13 @@ import h2.exceptions
 import h2.settings
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectionLost
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
 
 from txgateway.http.client.h2body import RequestBody
 from txgateway.http.client.h2ping import KeepAlive
@@ -72,6 +73,7 @@ class _Stream:
         self.body: RequestBody | None = None
 
 
+@implementer(IHandshakeListener)
 class H2ClientProtocol(Protocol):
     """
     A client HTTP/2 connection.  C{onChange(self)} is called whenever it
@@ -105,6 +107,14 @@ class H2ClientProtocol(Protocol):
     # -- the connection's life
 
     def connectionMade(self) -> None:
+        # Each event writes whole frames: holding back a small last segment
+        # for the previous one's ACK (Nagle with delayed ACKs) costs up to 40 ms.
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            try:
+                noDelay(True)
+            except OSError:
+                pass
         conn = self.conn
         conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -116,13 +126,22 @@ class H2ClientProtocol(Protocol):
         self.flush()
         self.keepAlive.start()
 
+    def handshakeCompleted(self) -> None:
+        """TLS is up (C{IHandshakeListener}): the target must have chosen h2 by ALPN."""
+        if self._checked:
+            return
+        self._checked = True
+        chosen = getattr(self.transport, "negotiatedProtocol", None)
+        if chosen != b"h2":
+            why = (f"the target did not choose h2 by ALPN (it chose "
+                   f"{chosen.decode('ascii', 'replace') if chosen else 'no protocol'}); is it an HTTP/2 server?")
+            log.warn("HTTP/2 connection to {peer} refused: {why}", peer=self._peer(), why=why)
+            self._fail(ConnectError(string=why))
+
     def dataReceived(self, data: bytes) -> None:
         if not self._checked:
-            self._checked = True
-            chosen = getattr(self.transport, "negotiatedProtocol", None)
-            if chosen != b"h2":
-                self._fail(ConnectError(string="the target did not choose h2 by ALPN (it offered "
-                                               f"{chosen.decode('ascii', 'replace') if chosen else 'nothing'})"))
+            self.handshakeCompleted()
+            if self.goingAway:
                 return
         try:
             events = self.conn.receive_data(data)
