@@ -33,6 +33,7 @@ class Target(Protocol):
         self.requests: dict[int, dict[str, Any]] = {}
         self.resets: dict[int, int] = {}
         self.pings = 0
+        self.last = 0  # the latest stream opened
         self.lost = False
 
     def connectionMade(self) -> None:
@@ -44,6 +45,7 @@ class Target(Protocol):
     def dataReceived(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
+                self.last = event.stream_id
                 self.requests[event.stream_id] = {"headers": dict(event.headers), "fields": event.headers,
                                                   "body": b"", "ended": False}
             elif isinstance(event, h2.events.DataReceived):

@@ -330,6 +330,22 @@ class EndingTests(SynchronousTestCase):
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseFailed))
 
+    def test_streamIdsUsedUpMovesToANewConnection(self) -> None:
+        """A connection out of stream ids refuses the request as never sent, and the next one opens a new connection."""
+        client, wire, _ = makeClient()
+        first = client.request(b"GET", URL + b"/1", host())
+        wire.pump()
+        wire.targets[0].respond(1, 200)
+        wire.pump()
+        self.successResultOf(first)
+        wire.clients[0].conn.highest_outbound_stream_id = 2**31 - 1
+        refused = client.request(b"GET", URL + b"/2", host())
+        self.assertEqual(classify(self.failureResultOf(refused)), "connect_failure")
+        client.request(b"GET", URL + b"/3", host())
+        wire.pump()
+        self.assertEqual(len(wire.targets), 2)
+        self.assertTrue(wire.targets[0].lost)
+
     def test_connectionLostFailsStreamsInFlight(self) -> None:
         """A dropped connection fails a waiting request as a reset and breaks a body mid-way."""
         client, wire, _ = makeClient()

@@ -37,7 +37,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -190,7 +190,13 @@ class H2ClientProtocol(Protocol):
                 fields: list[tuple[bytes, bytes]], bodyProducer: IBodyProducer | None) -> Deferred[IResponse]:
         """Open a stream for one request; fires with its response once the head is in."""
         conn = self.conn
-        streamID = conn.get_next_available_stream_id()
+        try:
+            streamID = conn.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            # 2^30 streams on one connection: it takes no more, and closes once idle.
+            self.close()
+            self.onChange(self)
+            return fail(StreamRefused(string="the connection has used up its stream ids"))
         d: Deferred[IResponse] = Deferred(lambda _: self._cancel(streamID))
         stream = self.streams[streamID] = _Stream(streamID, d)
         head = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", path), *fields]
