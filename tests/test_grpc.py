@@ -111,6 +111,35 @@ class GatewayAnswerTests(SynchronousTestCase):
         self.assertEqual(client.sent[0][1].getRawHeaders(b"grpc-timeout"), [b"250m"])
 
 
+class FilterAnswerTests(SynchronousTestCase):
+    def test_rateLimitIsResourceExhausted(self) -> None:
+        """A rate-limited call gets RESOURCE_EXHAUSTED, keeping Retry-After."""
+        routes = """\
+  - name: infer
+    match: {path_prefix: /inference.GRPCInferenceService/}
+    upstream: models
+    rate_limit: {algorithm: token_bucket, rate: 1/m, burst: 1, key: client_ip}
+"""
+        gw = InMemoryGateway(config(routes=routes), agent=ScriptedClient(grpcReply(0, MESSAGE)))
+        self.assertEqual(gw.request("POST", "/inference.GRPCInferenceService/ModelInfer", GRPC, MESSAGE).status, 200)
+        reply = gw.request("POST", "/inference.GRPCInferenceService/ModelInfer", GRPC, MESSAGE)
+        self.assertEqual((reply.status, reply.headers["grpc-status"]), (200, str(CODES["RESOURCE_EXHAUSTED"])))
+        self.assertIn("retry-after", reply.headers)
+
+    def test_missingCredentialIsUnauthenticated(self) -> None:
+        """A call without the route's API key gets UNAUTHENTICATED, with the challenge header."""
+        routes = """\
+  - name: infer
+    match: {path_prefix: /inference.GRPCInferenceService/}
+    upstream: models
+    auth: {api_key: {keys: {alice: "sha256:3be5405d802a35a0dd6950442e8da53f4b14a37d90982fcabcda39244fbcc455"}}}
+"""
+        gw = InMemoryGateway(config(routes=routes), agent=ScriptedClient())
+        reply = gw.request("POST", "/inference.GRPCInferenceService/ModelInfer", GRPC, MESSAGE)
+        self.assertEqual((reply.status, reply.headers["grpc-status"]), (200, str(CODES["UNAUTHENTICATED"])))
+        self.assertIn("www-authenticate", reply.headers)
+
+
 class RetryTests(SynchronousTestCase):
     def test_retriesOnANamedCode(self) -> None:
         """retries.on grpc:UNAVAILABLE: a trailers-only UNAVAILABLE goes to the other target (POST or not)."""

@@ -363,6 +363,39 @@ class EndingTests(SynchronousTestCase):
         self.assertTrue(body.reason.check(ResponseFailed))
 
 
+class CloseTests(SynchronousTestCase):
+    def test_closeWaitsForStreamsInFlight(self) -> None:
+        """Closing the client (drain, reload) lets a stream in flight finish, then closes; nothing left on the clock."""
+        client, wire, clock = makeClient(H2Settings(pingInterval=30.0))
+        d = client.request(b"GET", URL + b"/", host())
+        wire.pump()
+        closed = client.closeCachedConnections()
+        wire.pump()
+        self.assertNoResult(closed)
+        self.assertFalse(wire.targets[0].lost)
+        wire.targets[0].respond(1, 200, body=b"last")
+        wire.pump()
+        body = Body()
+        self.successResultOf(d).deliverBody(body)
+        self.assertEqual(body.data, b"last")
+        self.successResultOf(closed)
+        self.assertTrue(wire.targets[0].lost)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lostConnectionStopsARequestBody(self) -> None:
+        """A connection lost while a request body is still being produced stops the producer."""
+        client, wire, _ = makeClient()
+        producer = _Producer()
+        d = client.request(b"POST", URL + b"/upload", host(), producer)
+        wire.pump()
+        stopped: list[bool] = []
+        producer.stopProducing = lambda: stopped.append(True)  # type: ignore[method-assign]
+        wire.clients[0].transport.abortConnection()
+        wire.pump()
+        self.assertEqual(stopped, [True])
+        self.assertEqual(classify(self.failureResultOf(d)), "reset")
+
+
 class PingTests(SynchronousTestCase):
     def test_answeredPingKeepsTheConnection(self) -> None:
         """Every ping_interval a PING goes out; an answer keeps the connection and schedules the next."""

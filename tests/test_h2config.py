@@ -102,3 +102,21 @@ class ClientChoiceTests(SynchronousTestCase):
         self.assertIsInstance(self.build("    protocol: http2"), H2Client)
         self.assertIsInstance(self.build("    protocol: grpc"), H2Client)
         self.assertIsInstance(self.build(""), UpstreamAgent)
+
+    def test_reloadKeepsTheClientUnlessProtocolOrPoolChange(self) -> None:
+        """A reload keeps an upstream's HTTP/2 client (and its connections) unless protocol or pool changed."""
+        reactor = MemoryReactorClock()
+        metrics = Metrics()
+
+        def build(extra: str, previous: object = None) -> object:
+            config = parseConfig(BASE.format(extra=extra))
+            return buildRuntime(config, reactor=reactor, clock=reactor, metrics=metrics,
+                                previous=previous)  # type: ignore[arg-type]
+
+        first = build("    protocol: grpc")
+        same = build("    protocol: grpc", first)
+        self.assertIs(same.clusters["models"].agent, first.clusters["models"].agent)
+        bigger = build("    protocol: grpc\n    pool: {max_streams: 10}", same)
+        self.assertIsNot(bigger.clusters["models"].agent, same.clusters["models"].agent)
+        back = build("", bigger)
+        self.assertIsInstance(back.clusters["models"].agent, UpstreamAgent)

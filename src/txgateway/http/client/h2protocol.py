@@ -358,6 +358,8 @@ class H2ClientProtocol(Protocol):
         self.onChange(self)
 
     def _broken(self, stream: _Stream, reason: Failure) -> None:
+        if stream.body is not None:
+            stream.body.stop()  # the producer of a body still being sent stops too
         deferred, stream.deferred = stream.deferred, None
         if deferred is not None and not deferred.called:
             if reason.check(ConnectError):
