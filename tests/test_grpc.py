@@ -150,6 +150,9 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(client.sent), 2)
         self.assertEqual(reply.body, MESSAGE)
         self.assertEqual(gw.value("txgateway_grpc_requests_total", upstream="models", code="OK"), 1)
+        # The retried attempt counts against its target, as a retried 5xx does.
+        self.assertEqual(gw.value("txgateway_upstream_requests_total", upstream="models",
+                                  target="http://127.0.0.1:9101", status="grpc:UNAVAILABLE"), 1)
 
     def test_noRetryForCodesNotNamed(self) -> None:
         """Without grpc: conditions the target's error goes back as it came, once."""

@@ -213,7 +213,11 @@ class AttemptLoop:
                 _logRetry(context, endpoint, f"status {code}" if code >= 500 else str(failed), delay, policy, True,
                           deadline - now, code if code >= 500 else None)
             if delay is None:
+                if code < 500:
+                    context.outcome = None  # a gRPC answer relayed as it came: grpc_status says what it was
                 return lease
+            if code < 500:
+                lease.record(str(failed), False)  # a gRPC status retried, as a retried 5xx: the target failed
             discard(response)
             lease.release()
             if delay > 0:
