@@ -267,12 +267,13 @@ class EndingTests(SynchronousTestCase):
         target.conn.close_connection(last_stream_id=1)
         target.flush()
         wire.pump()
-        f = self.failureResultOf(second, StreamRefused)
-        self.assertEqual(classify(f), "connect_failure")
+        # The refused stream, its body in memory, went again on a new connection, as did a new request.
         third = client.request(b"GET", URL + b"/3", host())
         wire.pump()
         self.assertEqual(len(wire.targets), 2)
-        self.assertEqual(wire.targets[1].requests[1]["headers"][b":path"], b"/3")
+        self.assertEqual([r["headers"][b":path"] for r in wire.targets[1].requests.values()], [b"/2", b"/3"])
+        self.assertEqual(wire.targets[1].requests[1]["body"], b"x")
+        self.assertNoResult(second)
         # The first stream still finishes on the old connection (h2's own
         # state machine would refuse its frames after a GOAWAY).
         target.conn.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
@@ -284,15 +285,28 @@ class EndingTests(SynchronousTestCase):
         self.assertTrue(target.lost)
         self.assertNoResult(third)
 
-    def test_refusedStreamIsNeverSent(self) -> None:
-        """RST_STREAM(REFUSED_STREAM) before a response reads as a connect failure: safe to send again."""
+    def test_refusedStreamIsSentOnceMore(self) -> None:
+        """RST_STREAM(REFUSED_STREAM): the request is sent once more; refused again, it is a connect failure."""
         client, wire, _ = makeClient()
         d = client.request(b"POST", URL + b"/", host(), BytesProducer(b"x"))
+        wire.pump()
+        for sid in (1, 3):
+            wire.targets[0].conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            wire.targets[0].flush()
+            wire.pump()
+        self.assertEqual(wire.targets[0].requests[3]["body"], b"x")
+        self.assertEqual(classify(self.failureResultOf(d, StreamRefused)), "connect_failure")
+
+    def test_refusedStreamWithAStreamedBodyIsNotResent(self) -> None:
+        """A body that cannot be produced again is not resent: the attempt loop decides (a connect failure)."""
+        client, wire, _ = makeClient()
+        d = client.request(b"POST", URL + b"/", host(), _Producer())
         wire.pump()
         wire.targets[0].conn.reset_stream(1, h2.errors.ErrorCodes.REFUSED_STREAM)
         wire.targets[0].flush()
         wire.pump()
-        self.assertEqual(classify(self.failureResultOf(d)), "connect_failure")
+        self.assertEqual(classify(self.failureResultOf(d, StreamRefused)), "connect_failure")
+        self.assertEqual(len(wire.targets[0].requests), 1)
 
     def test_resetAfterRequestIsAReset(self) -> None:
         """A stream reset by the target for another reason is a reset, not retried for POST."""
@@ -331,7 +345,7 @@ class EndingTests(SynchronousTestCase):
         self.assertTrue(body.reason.check(ResponseFailed))
 
     def test_streamIdsUsedUpMovesToANewConnection(self) -> None:
-        """A connection out of stream ids refuses the request as never sent, and the next one opens a new connection."""
+        """A connection out of stream ids takes no more: the request goes on a new connection, the old one closes."""
         client, wire, _ = makeClient()
         first = client.request(b"GET", URL + b"/1", host())
         wire.pump()
@@ -339,11 +353,10 @@ class EndingTests(SynchronousTestCase):
         wire.pump()
         self.successResultOf(first)
         wire.clients[0].conn.highest_outbound_stream_id = 2**31 - 1
-        refused = client.request(b"GET", URL + b"/2", host())
-        self.assertEqual(classify(self.failureResultOf(refused)), "connect_failure")
-        client.request(b"GET", URL + b"/3", host())
+        client.request(b"GET", URL + b"/2", host())
         wire.pump()
         self.assertEqual(len(wire.targets), 2)
+        self.assertEqual(wire.targets[1].requests[1]["headers"][b":path"], b"/2")
         self.assertTrue(wire.targets[0].lost)
 
     def test_connectionLostFailsStreamsInFlight(self) -> None:

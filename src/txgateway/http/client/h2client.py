@@ -15,6 +15,11 @@ C{:authority}, field names go lower case, connection-specific fields are
 dropped (RFC 9113 §8.2.2), and C{te: trailers} is sent (gRPC targets
 require it; a response's trailers are read either way).
 
+A request the target refused without reading it (GOAWAY past its stream,
+REFUSED_STREAM) is sent once more on another connection when its body is
+in memory, as the HTTP/1.1 pool replays a request its stale connection
+lost: not counted as a retry, nor against the target.
+
 No private name of any library is used here.
 """
 
@@ -25,13 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
 from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from txgateway.http.client.h2pool import H2Settings, TargetPool
+from txgateway.http.client.h2state import StreamRefused
 from txgateway.http.client.pool import TargetEndpoints
+from txgateway.http.replay import BytesProducer
 from txgateway.interfaces import IUpstreamClient
 
 if TYPE_CHECKING:
@@ -135,7 +143,17 @@ class H2Client:
             return connection.request(method, scheme, authority or origin.authority, path, fields,  # type: ignore[no-any-return]
                                       bodyProducer)
 
-        return origin.pool.acquire().addCallback(send)
+        d = origin.pool.acquire().addCallback(send)
+        if bodyProducer is None or type(bodyProducer) is BytesProducer:
+            # A stream the target never read (GOAWAY, REFUSED_STREAM) is sent
+            # once more, on another connection, when its body can be sent
+            # again: a target restarting gracefully costs no error and no retry.
+            def again(failure: Failure) -> Deferred[IResponse]:
+                failure.trap(StreamRefused)
+                return origin.pool.acquire().addCallback(send)
+
+            d.addErrback(again)
+        return d
 
     def _origin(self, base: bytes, scheme: bytes, netloc: bytes) -> _Origin:
         if scheme not in (b"http", b"https"):
