@@ -24,7 +24,6 @@ import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
@@ -104,21 +103,6 @@ def servingStatus(body: bytes) -> int:
     return status
 
 
-class _Collect(Protocol):
-    def __init__(self, done: Deferred[bytes]) -> None:
-        self.done = done
-        self.parts: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        if reason.check(ResponseDone):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
 class _Serving:
     """What a SERVING target's probe gives the checker: a 200 with nothing more to read (treq's C{collect} reads it)."""
 
@@ -146,9 +130,11 @@ class GrpcHealthProbe:
     def _read(self, response: Any) -> Deferred[Any]:
         if response.code != 200:
             raise GrpcHealthFailure(f"HTTP status {response.code}, not a gRPC answer")
-        done: Deferred[bytes] = Deferred()
-        response.deliverBody(_Collect(done))
-        return done.addCallback(self._verdict, response)
+        from treq import collect  # loaded by the first active check, as for HTTP probes
+
+        parts: list[bytes] = []
+        d: Deferred[Any] = collect(response, parts.append)
+        return d.addCallback(lambda _: self._verdict(b"".join(parts), response))
 
     def _verdict(self, body: bytes, response: Any) -> _Serving:
         status = grpcStatusOf(response.headers, getattr(response, "trailers", None))
