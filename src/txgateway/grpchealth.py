@@ -21,17 +21,20 @@ target has no health service, ...).
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from txgateway.http.client.h2client import H2Client
+from txgateway.http.client.h2client import H2Client, tlsCreatorFor
 from txgateway.http.client.h2pool import H2Settings
 from txgateway.http.grpcstatus import codeName, grpcStatusOf
 from txgateway.http.replay import BytesProducer, StillTransport
+
+if TYPE_CHECKING:
+    from txgateway.config import UpstreamConfig
 
 __all__ = ["CHECK_PATH", "GrpcHealthFailure", "GrpcHealthProbe", "checkRequest", "grpcProbe", "servingStatus"]
 
@@ -155,6 +158,13 @@ class GrpcHealthProbe:
         return self.client.close()
 
 
-def grpcProbe(reactor: Any, service: str, connectTimeout: float) -> GrpcHealthProbe:
-    """The probe of one upstream: one HTTP/2 connection per target, kept between probes."""
-    return GrpcHealthProbe(H2Client(reactor, H2Settings(maxConnections=1, maxStreams=1), connectTimeout), service)
+def grpcProbe(reactor: Any, upstream: UpstreamConfig) -> GrpcHealthProbe:
+    """
+    The probes of one upstream: one HTTP/2 connection per target, kept
+    between probes, made as the upstream's requests' are (its TLS settings).
+    """
+    active = upstream.health.active
+    assert active is not None and active.grpc_service is not None
+    client = H2Client(reactor, H2Settings(maxConnections=1, maxStreams=1), active.timeout,
+                      lambda host: tlsCreatorFor(host, upstream))
+    return GrpcHealthProbe(client, active.grpc_service)

@@ -136,7 +136,7 @@ class ActiveHealthChecker(Service):
 
     def _makeClient(self) -> Any:
         if self.config.grpc_service is not None:
-            self._pool = grpcProbe(self.reactor, self.config.grpc_service, self.config.timeout)
+            self._pool = grpcProbe(self.reactor, self._cluster.config)
             return self._pool
         from txgateway.http.client.agent import probeAgent
 

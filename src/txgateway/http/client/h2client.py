@@ -57,7 +57,8 @@ def tlsCreatorFor(host: str, upstream: UpstreamConfig | None = None) -> Any:
     """
     The TLS connection creator of an C{https://} HTTP/2 target: verify it
     as C{host}, offer C{h2} by ALPN.  The one place the upstream's TLS
-    settings (private CA, client certificate, SNI) come in.
+    settings (C{upstreams.NAME.tls}: private CA, client certificate, SNI)
+    come in, for its requests and its gRPC health probes alike.
     """
     # Imported only here: pyOpenSSL costs every process ~15 MB otherwise.
     from twisted.internet.ssl import optionsForClientTLS
