@@ -8,7 +8,10 @@ raw bytes):
   - C{Unary}: answers the request message prefixed with the server's name
     (C{NAME:}), with a C{x-served-by} trailer; a request C{fail:CODE:text}
     aborts with that status, C{failon:NAME:CODE:text} only on the server
-    called NAME, C{sleep:SECONDS} answers after a pause (for deadlines);
+    called NAME, C{sleep:SECONDS} answers after a pause (for deadlines),
+    C{wait:SECONDS} too but stops early, counting it, when the call is
+    cancelled (RST_STREAM);
+  - C{Cancelled}: how many C{wait:} calls were cancelled;
   - C{ServerStream}: the request C{N} is answered with N messages C{NAME:i};
   - C{ClientStream}: the request messages joined with C{+};
   - C{Bidi}: each request message echoed as it comes;
@@ -36,6 +39,7 @@ def _raw(data: bytes) -> bytes:
 
 def serve(port: int, name: str) -> None:
     prefix = name.encode() + b":"
+    cancelled = [0]
     healthService = health.HealthServicer()
     healthService.set("", health_pb2.HealthCheckResponse.SERVING)
     healthService.set("test.Echo", health_pb2.HealthCheckResponse.SERVING)
@@ -50,6 +54,13 @@ def serve(port: int, name: str) -> None:
                 context.abort(getattr(grpc.StatusCode, code), text)
         if request.startswith(b"sleep:"):
             time.sleep(float(request[6:]))
+        if request.startswith(b"wait:"):
+            end = time.monotonic() + float(request[5:])
+            while time.monotonic() < end:
+                if not context.is_active():
+                    cancelled[0] += 1
+                    return b""
+                time.sleep(0.01)
         context.set_trailing_metadata((("x-served-by", name),))
         return prefix + request
 
@@ -75,6 +86,7 @@ def serve(port: int, name: str) -> None:
         "ClientStream": grpc.stream_unary_rpc_method_handler(clientStream, _raw, _raw),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi, _raw, _raw),
         "SetHealth": grpc.unary_unary_rpc_method_handler(setHealth, _raw, _raw),
+        "Cancelled": grpc.unary_unary_rpc_method_handler(lambda r, c: b"%d" % cancelled[0], _raw, _raw),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((handlers,))

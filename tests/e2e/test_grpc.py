@@ -8,6 +8,7 @@ origin behind C{protocol: http2}, called with httpx.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import tempfile
@@ -189,6 +190,30 @@ class GrpcTests(SynchronousTestCase):
         waitFor(lambda: self.accessLines("/test.Echo/Unary"), what="the access log line")
         entry = self.accessLines("/test.Echo/Unary")[-1]
         self.assertEqual((entry["grpc_status"], entry["outcome"]), (4, "timeout"))
+
+    def test_clientGoneCancelsTheTargetsCall(self) -> None:
+        """A caller that goes away mid-call: the gateway resets the upstream stream and the server's call is cancelled."""
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=5) as s:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+            conn.initiate_connection()
+            conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"gw"),
+                                  (b":path", b"/test.Echo/Unary"), (b"content-type", b"application/grpc"),
+                                  (b"te", b"trailers")])
+            conn.send_data(1, framed(b"wait:20"), end_stream=True)
+            s.sendall(conn.data_to_send())
+            waitFor(lambda: self.accessLines("/test.Echo/Unary") == [] and self._waiting(), what="the call in flight")
+        # The socket is closed: the caller has gone.
+        waitFor(lambda: sum(self._cancelled(srv) for srv in self.servers) == 1, what="the server's call cancelled")
+
+    def _waiting(self) -> bool:
+        """The call is in flight (the /metrics request asking counts itself too)."""
+        text = self.gw.request("GET", "/metrics").body.decode()
+        m = re.search(r"^txgateway_in_flight_requests ([0-9.]+)$", text, re.M)
+        return m is not None and float(m.group(1)) >= 2
+
+    def _cancelled(self, server: GrpcServer) -> int:
+        with grpc.insecure_channel(server.url[7:]) as channel:
+            return int(channel.unary_unary("/test.Echo/Cancelled", _raw, _raw)(b"", timeout=5))
 
     def test_retriesOnlyNamedCodes(self) -> None:
         """grpc:UNAVAILABLE from one server is retried on the other; other codes are not retried."""
