@@ -340,13 +340,17 @@ class InMemoryGateway:
     """A whole GatewayService with in-memory clients and backend."""
 
     def __init__(self, text: str | None = None, metrics: Metrics | None = None,
-                 loadConfig: Callable[[str], GatewayConfig] | None = None) -> None:
-        """C{loadConfig}: how a reload reads its config (by default, from the file)."""
+                 loadConfig: Callable[[str], GatewayConfig] | None = None, agent: Any = None) -> None:
+        """
+        C{loadConfig}: how a reload reads its config (by default, from the
+        file); C{agent}: every upstream's client (with a C{flush()}), by
+        default one sending into L{Origin}.
+        """
         self.clock = MemoryReactorClock()
         self.config = parseConfig(text or configText())
         self.metrics = metrics or Metrics(processMetrics=False)
         self.origin = Origin(self.clock)
-        self.agent = RequestTraversalAgent(self.origin)
+        self.agent = agent if agent is not None else RequestTraversalAgent(self.origin)
         extra: dict[str, Any] = {"loadConfig": loadConfig} if loadConfig is not None else {}
         self.service = GatewayService(self.config, self.clock, clock=self.clock, metrics=self.metrics,
                                       clients=lambda upstream: self.agent, **extra)

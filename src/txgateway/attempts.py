@@ -33,8 +33,9 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.iweb import IResponse
 
 from txgateway.cluster import NoTarget
-from txgateway.deadlines import totalTimeout, withDeadline
+from txgateway.deadlines import grpcDeadline, totalTimeout, withDeadline
 from txgateway.http.client.parser import InvalidUpstreamResponse
+from txgateway.http.grpcstatus import grpcFailure
 from txgateway.http.replay import bodyProducer
 from txgateway.tls.failures import tlsFailure
 
@@ -140,6 +141,9 @@ class AttemptLoop:
         config = cluster.config
         responseTimeout = config.timeouts.response
         deadline = clock.seconds() + totalTimeout(config)
+        grpc = config.protocol == "grpc"
+        if grpc:
+            deadline = grpcDeadline(context, deadline, clock)
         debug = self.debug
         while True:
             try:
@@ -199,17 +203,24 @@ class AttemptLoop:
             context.answered = now
             if span is not None:
                 server.tracer.attemptEnded(span, code)
-            if code < 500:
+            failed: str | int | None = code if code >= 500 else grpcFailure(response.headers) if grpc else None
+            if failed is None:
                 # Judged when its body has ended: see Lease.finish.
                 context.outcome = None
                 return lease
-            lease.record(code, False)
-            context.outcome = f"status_{code}"
-            delay = self._retryDelay(policy, context, code, True, deadline - now)
+            if code >= 500:
+                lease.record(code, False)
+            context.outcome = f"status_{code}" if code >= 500 else str(failed)
+            delay = self._retryDelay(policy, context, failed, True, deadline - now)
             if debug:
-                _logRetry(context, endpoint, f"status {code}", delay, policy, True, deadline - now, code)
+                _logRetry(context, endpoint, f"status {code}" if code >= 500 else str(failed), delay, policy, True,
+                          deadline - now, code if code >= 500 else None)
             if delay is None:
+                if code < 500:
+                    context.outcome = None  # a gRPC answer relayed as it came: grpc_status says what it was
                 return lease
+            if code < 500:
+                lease.record(str(failed), False)  # a gRPC status retried, as a retried 5xx: the target failed
             discard(response)
             lease.release()
             if delay > 0:

@@ -27,6 +27,7 @@ from txgateway.config.errors import Problem
 from txgateway.forwarding import Forwarder
 from txgateway.gateway import GatewayState, Runtime
 from txgateway.http.client.agent import makeClient
+from txgateway.http.client.h2client import makeH2Client
 from txgateway.http.sending import WriteBatcher
 from txgateway.interfaces import IUpstreamClient
 from txgateway.middleware import Deps, buildChain
@@ -114,13 +115,17 @@ def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clo
                       retrying.RetryPolicy(config.retries, clock, rng), None, rng, metrics)
     cluster.passive = health.passiveFor(cluster, clock, metrics)
     reuse = old is not None and old.config.pool == config.pool and old.config.timeouts.connect == config.timeouts.connect \
-        and old.config.tls == config.tls
+        and old.config.tls == config.tls and old.config.protocol == config.protocol
     cluster.tlsPolicy = _tlsPolicy(config, old, clock, metrics) if not reuse else getattr(old, "tlsPolicy", None)  # type: ignore[attr-defined]
     if clients is not None:
         cluster.agent = clients(config)
     elif reuse:
         assert old is not None
         cluster.agent, cluster.pool = old.agent, getattr(old, "pool", None)  # type: ignore[attr-defined]
+    elif config.protocol != "http1":
+        # The client is its own pool: the drain and a reload close it as they close an HTTP/1.1 pool.
+        h2 = makeH2Client(reactor, config, cluster.tlsPolicy)  # type: ignore[attr-defined]
+        cluster.agent, cluster.pool = h2, h2  # type: ignore[attr-defined]
     else:
         client = makeClient(reactor, config.pool.max_per_target, config.pool.idle_timeout, config.timeouts.connect,
                             writes, cluster.tlsPolicy)  # type: ignore[attr-defined]

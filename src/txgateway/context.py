@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from txgateway.http.errors import errorBody
+from txgateway.http.grpcstatus import grpcAnswer, isGrpc, messageOf
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -50,7 +51,7 @@ class RequestContext:
         "cacheStatus", "status", "bytesOut", "responseHeaders", "forwardHeaders", "removeHeaders",
         "traceId", "spanId", "traceFlags", "tracestate", "outcome", "bodySent", "extra", "onGone",
         "trace", "forwarded", "answered",
-        "upstreamChoice",
+        "upstreamChoice", "grpcStatus",
     )
 
     def __init__(self, request: Request, started: float, requestId: str, clientIP: str, peerIP: str,
@@ -102,6 +103,8 @@ class RequestContext:
         # received (-1.0 until then): the processing-time SLIs.
         self.forwarded = -1.0
         self.answered = -1.0
+        # A gRPC call's grpc-status (the target's, or the gateway's own error), for the access log and metrics.
+        self.grpcStatus: int | None = None
 
     def note(self, field: str, value: Any) -> None:
         """Add a field (a JSON value) to this request's access-log line."""
@@ -139,6 +142,9 @@ def respond(context: RequestContext, response: LocalResponse) -> None:
     request = context.request
     if getattr(request, "gone", False) or request.finished:
         return
+    trailers = None
+    if response.code >= 400 and isGrpc(context.header(b"content-type")):
+        response, trailers = _grpcError(context, response)
     request.setResponseCode(response.code, _REASONS.get(response.code))
     headers = request.responseHeaders
     for k, v in response.headers:
@@ -151,4 +157,22 @@ def respond(context: RequestContext, response: LocalResponse) -> None:
     if response.body and request.method != b"HEAD":
         context.bytesOut += len(response.body)
         request.write(response.body)
+    if trailers is not None:
+        request.channel.writeTrailers(trailers)  # type: ignore[attr-defined]  # an HTTP/2 stream (see _grpcError)
     request.finish()
+
+
+def _grpcError(context: RequestContext, response: LocalResponse) -> tuple[LocalResponse, Any]:
+    """
+    The gateway's own error answer to a gRPC call, as gRPC says it: HTTP
+    200, no message, C{grpc-status} and C{grpc-message} in the trailers
+    (in the head for a client that cannot take trailers).  Headers a client
+    acts on (Retry-After, WWW-Authenticate) stay.
+    """
+    fields = grpcAnswer(response.code, messageOf(response.code, response.body))
+    context.grpcStatus = int(fields[0][1])
+    kept = [(k, v) for k, v in response.headers if k.lower() in (b"retry-after", b"www-authenticate")]
+    headers = [(b"Content-Type", b"application/grpc"), *kept]
+    if getattr(getattr(context.request, "channel", None), "writeTrailers", None) is None:
+        return LocalResponse(200, headers + fields), None
+    return LocalResponse(200, headers), fields

@@ -15,12 +15,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.python.failure import Failure
 
+from txgateway.http.grpcstatus import grpcTimeout, isGrpc
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from txgateway.config import UpstreamConfig
+    from txgateway.context import RequestContext
 
-__all__ = ["totalTimeout", "withDeadline"]
+__all__ = ["grpcDeadline", "totalTimeout", "withDeadline"]
 
 T = TypeVar("T")
 
@@ -62,3 +65,18 @@ def totalTimeout(config: UpstreamConfig) -> float:
     if retries.total_timeout is not None:
         return retries.total_timeout
     return config.timeouts.response * (retries.attempts + 1)
+
+
+def grpcDeadline(context: RequestContext, deadline: float, clock: IReactorTime) -> float:
+    """
+    C{deadline}, brought forward to the call's own C{grpc-timeout} when it
+    is a gRPC call that set one: past it the caller has given up, so the
+    gateway answers DEADLINE_EXCEEDED rather than keep a target busy.  The
+    header itself goes on to the target, which may stop at the same time.
+    """
+    if not isGrpc(context.header(b"content-type")):
+        return deadline
+    seconds = grpcTimeout(context.header(b"grpc-timeout"))
+    if seconds is None:
+        return deadline
+    return min(deadline, clock.seconds() + seconds)

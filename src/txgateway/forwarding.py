@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from txgateway.attempts import AttemptLoop, UpstreamFailure, discard
 from txgateway.context import jsonResponse, respond
+from txgateway.http.grpcstatus import grpcStatusOf
 from txgateway.http.headers import NO_BODY_STATUS
 from txgateway.http.interim import INTERIM, interimTarget
 from txgateway.http.messages import Messages
@@ -193,8 +194,12 @@ class _Relay(Protocol):
         complete = isinstance(reason.value, (ResponseDone, PotentialDataLoss))  # Failure.check walks the MRO by name
         if not getattr(request, "gone", False):
             if complete:
-                if self.response is not None:
-                    relayTrailers(request, self.response)
+                response = self.response
+                if response is not None:
+                    relayTrailers(request, response)
+                    trailers = getattr(response, "trailers", None)  # an HTTP/2 response: maybe a gRPC status
+                    if trailers is not None:
+                        self.context.grpcStatus = grpcStatusOf(response.headers, trailers)
                 request.finish()
             else:
                 # The target broke off the body (reset, bad framing).  Headers

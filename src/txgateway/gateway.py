@@ -31,6 +31,7 @@ from txgateway.context import LocalResponse, RequestContext, jsonResponse, respo
 from txgateway.endpoints import OwnEndpoint, healthReport
 from txgateway.forwarding import BODY_RESET, forward
 from txgateway.http.addresses import AddressSet
+from txgateway.http.grpcstatus import codeName as grpcCodeName
 from txgateway.http.h2body import pendingBody
 from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_VIA, fields
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
@@ -293,6 +294,8 @@ def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: 
         exemplar = context.traceId
     runtime.metrics.observeRequest(routeName, context.method, context.status, duration, exemplar,
                                    context.upstream or "")
+    if context.grpcStatus is not None:
+        runtime.metrics.grpcRequests.labels(context.upstream or "", grpcCodeName(context.grpcStatus)).inc()
     if context.forwarded >= 0:
         runtime.metrics.observeProcessing(routeName, context.forwarded - context.started,
                                           end - context.answered if context.answered >= 0 else None)

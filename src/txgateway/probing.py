@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgateway.deadlines import withDeadline
+from txgateway.grpchealth import CHECK_PATH, grpcProbe
 from txgateway.health import publish, readmit
 from txgateway.interfaces import IHealthCheck
 
@@ -89,7 +90,8 @@ class ActiveHealthChecker(Service):
         self.reactor = reactor
         self._client = client
         self._pool: Any = None
-        self._path = active.path.encode("ascii")
+        # A gRPC health check (txgateway.grpchealth) asks the standard service's path instead.
+        self._path = active.path.encode("ascii") if active.grpc_service is None else CHECK_PATH
         self._targets: dict[Endpoint, _ProbeState] = {}
         self._cluster = cluster
         # With server.workers only one worker probes; it tells the others
@@ -137,6 +139,9 @@ class ActiveHealthChecker(Service):
         return succeed(None)
 
     def _makeClient(self) -> Any:
+        if self.config.grpc_service is not None:
+            self._pool = grpcProbe(self.reactor, self._cluster.config, getattr(self._cluster, "tlsPolicy", None))
+            return self._pool
         from txgateway.http.client.agent import probeAgent
 
         agent, self._pool = probeAgent(self.reactor, self.config.timeout, getattr(self._cluster, "tlsPolicy", None))

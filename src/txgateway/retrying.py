@@ -113,6 +113,8 @@ class RetryPolicy:
                 return False
         elif outcome not in self._conditions:
             return False
+        elif outcome[:5] == "grpc:":
+            return True  # a gRPC status the config names: retried whatever the method, as gRPC's retry policy does
         # Nothing reached the backend: replaying cannot do anything twice.
         return not bodySent or method in self._methods
 

@@ -30,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = Path(__file__).resolve().parent / "backend.py"
+GRPC_SERVER = Path(__file__).resolve().parent / "grpcserver.py"
 
 
 _DEAD: list[socket.socket] = []
@@ -214,6 +215,45 @@ def _stopAll(started: list[Any]) -> None:
             thing.cleanup()
 
 
+def startOrigin(args: Sequence[str], name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an origin script (C{python ARGS}) that prints C{ready PORT} once it listens: the process and port."""
+    proc = subprocess.Popen([sys.executable, *args], env=childEnv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    # The script prints "ready PORT" once it listens (or why not, and exits).
+    if not select.select([proc.stdout], [], [], 15)[0]:
+        proc.kill()
+        raise AssertionError(f"origin {name} said nothing within 15s")
+    first = proc.stdout.readline().decode(errors="replace")
+    if not first.startswith("ready "):
+        proc.kill()
+        raise AssertionError(f"origin {name} did not start: {first}")
+    return proc, int(first.split()[1])
+
+
+class GrpcServer:
+    """A grpcio test service process (tests/e2e/grpcserver.py)."""
+
+    def __init__(self, name: str = "g1") -> None:
+        self.name = name
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GrpcServer:
+        self.proc, self.port = startOrigin([str(GRPC_SERVER), "0", self.name], self.name)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+
 class Backend:
     """One origin process (tests/e2e/backend.py), on a port the OS picks unless one is given."""
 
@@ -229,16 +269,7 @@ class Backend:
         return f"http://{self.interface}:{self.port}"
 
     def start(self) -> Backend:
-        self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name, self.interface], env=childEnv(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.proc.stdout is not None
-        # backend.py prints "ready PORT" once it listens (or why not, and exits).
-        if not select.select([self.proc.stdout], [], [], 15)[0]:
-            raise AssertionError(f"backend {self.name} said nothing within 15s")
-        first = self.proc.stdout.readline().decode(errors="replace")
-        if not first.startswith("ready "):
-            raise AssertionError(f"backend {self.name} did not start: {first}")
-        self.port = int(first.split()[1])
+        self.proc, self.port = startOrigin([str(BACKEND), str(self.port), self.name, self.interface], self.name)
         waitFor(lambda: self.request("GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
         return self
 

@@ -103,6 +103,12 @@ def retryCondition(value: Any) -> str | int:
         if 500 <= value <= 599 or value == 429:
             return value
         raise Invalid(f"status {value} is not retryable (use 429 or a 5xx)")
+    if isinstance(value, str) and value.startswith("grpc:"):
+        from txgateway.http.grpcstatus import NAMES
+
+        if value[5:] not in NAMES[1:]:
+            raise Invalid(f"{value!r}: after grpc: name a gRPC status code ({', '.join(NAMES[1:])})")
+        return value
     return oneOf("connect_failure", "timeout", "reset", "5xx")(value)
 
 

@@ -12,6 +12,7 @@ from txgateway.config.errors import Invalid, itemPath, keyPath
 from txgateway.config.fields import balancerName, hashOn, retryCondition, targetURL
 from txgateway.config.parser_concurrency import parseConcurrency
 from txgateway.config.parser_discovery import DiscoverySections, isSourceItem
+from txgateway.config.parser_protocol import H2_POOL_KEYS, ProtocolSections, grpcService
 from txgateway.config.parser_tls import parseUpstreamTLS
 from txgateway.config.schema import (
     ActiveHealth,
@@ -31,7 +32,7 @@ from txgateway.config.values import duration, fraction, integer, method, oneOf, 
 __all__ = ["UpstreamSections"]
 
 
-class UpstreamSections(DiscoverySections):
+class UpstreamSections(ProtocolSections, DiscoverySections):
     """C{upstreams}: each a named cluster of targets and the policies that choose among them."""
 
     def upstreams(self, value: Any, line: int | None, required: bool = True) -> dict[str, UpstreamConfig]:
@@ -52,7 +53,7 @@ class UpstreamSections(DiscoverySections):
     def upstream(self, value: Any, path: str, line: int | None, name: str) -> UpstreamConfig | None:
         m = self.mapping(value, path, line, ["balancer", "hash_on", "targets", "timeouts", "pool", "health",
                                              "circuit_breaker", "retries", "concurrency", "slow_start",
-                                             "tls"])
+                                             "tls", "protocol"])
         if m is None:
             return None
         raw = self.required(m, "targets", path, m.line)
@@ -84,12 +85,14 @@ class UpstreamSections(DiscoverySections):
                 connect=self.get(tm, "connect", keyPath(path, "timeouts"), positive(duration), timeouts.connect),
                 response=self.get(tm, "response", keyPath(path, "timeouts"), positive(duration), timeouts.response),
             )
-        pm = self.mapping(m.get("pool"), keyPath(path, "pool"), m.lines.get("pool"), ["max_per_target", "idle_timeout"])
+        pm = self.mapping(m.get("pool"), keyPath(path, "pool"), m.lines.get("pool"),
+                          ["max_per_target", "idle_timeout", *H2_POOL_KEYS])
         pool = d.pool
         if pm is not None:
             pool = PoolConfig(
                 max_per_target=self.get(pm, "max_per_target", keyPath(path, "pool"), integer(1), pool.max_per_target),
                 idle_timeout=self.get(pm, "idle_timeout", keyPath(path, "pool"), duration, pool.idle_timeout),
+                **self.h2Pool(pm, keyPath(path, "pool")),
             )
         breaker = None
         if m.get("circuit_breaker") not in (None, False):
@@ -125,6 +128,7 @@ class UpstreamSections(DiscoverySections):
             sources=tuple(sources),
             slow_start=self.slowStart(m, path),
             tls=tls,
+            protocol=self.protocol(m, path),
         )
 
     def target(self, value: Any, path: str, line: int | None) -> Target | None:
@@ -154,7 +158,8 @@ class UpstreamSections(DiscoverySections):
         active = passive = None
         if m.get("active") not in (None, False):
             ap = keyPath(path, "active")
-            am = self.mapping(m["active"], ap, m.lines.get("active"), ["path", "interval", "timeout", "healthy_after", "unhealthy_after"])
+            am = self.mapping(m["active"], ap, m.lines.get("active"), ["path", "interval", "timeout", "healthy_after", "unhealthy_after",
+                                                                    "grpc_service"])
             if am is not None:
                 ad = ActiveHealth()
                 active = ActiveHealth(
@@ -163,6 +168,7 @@ class UpstreamSections(DiscoverySections):
                     timeout=self.get(am, "timeout", ap, positive(duration), ad.timeout),
                     healthy_after=self.get(am, "healthy_after", ap, integer(1), ad.healthy_after),
                     unhealthy_after=self.get(am, "unhealthy_after", ap, integer(1), ad.unhealthy_after),
+                    grpc_service=self.get(am, "grpc_service", ap, grpcService, None),
                 )
         if m.get("passive") not in (None, False):
             pp = keyPath(path, "passive")

@@ -206,11 +206,17 @@ class UpstreamTimeouts:
 class PoolConfig:
     max_per_target: int = 100
     idle_timeout: float = 90.0
+    # HTTP/2 and gRPC upstreams (issue 21): connections per target, streams per connection, keep-alive PINGs.
+    max_connections: int = 4
+    max_streams: int = 100
+    ping_interval: float = 0.0
+    ping_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
 class ActiveHealth:
     path: str = "/health"
+    grpc_service: str | None = None  # issue 21: probe with grpc.health.v1.Health/Check for this service
     interval: float = 5.0
     timeout: float = 2.0
     healthy_after: int = 2
@@ -273,6 +279,7 @@ class UpstreamConfig:
     sources: tuple[SourceSpec, ...] = ()
     slow_start: float = 0.0
     tls: UpstreamTLS | None = None  # issue 21: TLS to https:// targets (see schema_tls)
+    protocol: str = "http1"  # issue 21: http1 | http2 | grpc, to the targets
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,33 @@ def responseTrailers(response: Any) -> list[tuple[bytes, bytes]]:
     return list(trailers)
 
 
+# A gRPC "trailers-only" answer carries these in its head (one HEADERS frame ending the stream).
+_STATUS_FIELDS = (b"grpc-status", b"grpc-message", b"grpc-status-details-bin")
+
+
 def relayTrailers(request: Any, response: Any) -> bool:
     """
     Hand C{response}'s trailers to C{request}'s client if its channel can
     send them; whether it could (False also when there were none).
+
+    A gRPC answer with no message and its status in the head (trailers-only)
+    is relayed as a head and trailers: twisted.web ends a stream with a DATA
+    frame after the head, and a gRPC client reads a status in a head that
+    does not end the stream as no status at all (UNKNOWN).  Its status
+    fields move to the trailers while the head is not yet written.
     """
-    fields = responseTrailers(response)
-    if not fields:
-        return False
     write = getattr(getattr(request, "channel", None), "writeTrailers", None)
     if write is None:
+        return False
+    fields = responseTrailers(response)
+    if not fields and not getattr(request, "startedWriting", True):
+        headers = request.responseHeaders
+        for name in _STATUS_FIELDS:
+            values = headers.getRawHeaders(name)
+            if values:
+                fields.extend((name, v) for v in values)
+                headers.removeHeader(name)
+    if not fields:
         return False
     write(fields)
     return True

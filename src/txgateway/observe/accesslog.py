@@ -78,6 +78,7 @@ class AccessLog:
             "attempts": context.attempts,
             "targets_tried": context.targetsTried or None,
             "status": context.status,
+            "grpc_status": context.grpcStatus,
             "duration_ms": round(duration * 1000, 3),
             "request_processing_ms": _processingMs(context.forwarded, context.started),
             "response_processing_ms": _processingMs(context.answered, context.started + duration, True),
@@ -191,7 +192,7 @@ class AccessLog:
             f'"upstream_choice":{"null" if choice is None else get(choice) or self._encode(choice)},'
             f'"target":{"null" if target is None else get(target) or self._encode(target)},'
             f'"attempts":{c.attempts!r},"targets_tried":{triedJson},"status":{c.status!r},'
-            f'"duration_ms":{durationJson},'
+            f'"grpc_status":{"null" if c.grpcStatus is None else repr(c.grpcStatus)},"duration_ms":{durationJson},'
             f'"request_processing_ms":{_processingJson(c.forwarded, c.started)},'
             f'"response_processing_ms":{_processingJson(c.answered, c.started + duration, True)},'
             f'"bytes_in":{_bytesIn(c)!r},"bytes_out":{c.bytesOut!r},'

@@ -71,6 +71,8 @@ class Metrics:
                                           "unchanged, empty, failed).", ["upstream", "source", "outcome"], registry=r)
         self.rateLimited = FastCounter("txgateway_rate_limited", "Requests refused with 429.", ["route"], registry=r)
         self.retries = FastCounter("txgateway_retries", "Attempts beyond the first.", ["upstream"], registry=r)
+        self.grpcRequests = FastCounter("txgateway_grpc_requests", "gRPC calls by upstream and grpc-status "
+                                        "(the target's, or the gateway's own error).", ["upstream", "code"], registry=r)
         self.cacheRequests = FastCounter("txgateway_cache_requests", "Cache lookups by result.", ["route", "result"],
                                      registry=r)
         self.authFailures = FastCounter("txgateway_auth_failures", "Requests refused by access control.",
