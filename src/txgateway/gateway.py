@@ -16,7 +16,7 @@ config, so with debug off no request formats anything for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -37,6 +37,7 @@ from txgateway.observe import IdSource, parentSpanId, requestBodySize
 from txgateway.observe.ids import continueTrace
 from txgateway.protection.build import protect
 from txgateway.splitting import routeForwarder
+from txgateway.websocket import WebSocketRegistry, proxyFor
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -91,8 +92,9 @@ class Runtime:
 
     def __init__(self, config: GatewayConfig, routes: RouteTable, clusters: Mapping[str, Cluster],
                  forwarder: Forwarder, metrics: Metrics, accessLog: AccessLog, clock: IReactorTime,
-                 redis: Any = None) -> None:
+                 redis: Any = None, websockets: WebSocketRegistry | None = None) -> None:
         self.config = config
+        self.websockets = websockets or WebSocketRegistry(clock, metrics)  # kept across reloads (issue 20)
         self.redis = redis  # the txgateway.stores client (or None): its state is part of healthReport
         self.routes = routes
         self.clusters = clusters
@@ -346,6 +348,7 @@ class RouteResource(Resource):
         if route.config.compress is not None:  # outside the cache: it compresses what the cache serves
             upstream = CompressingForwarder(upstream, route.config.compress)
         self.upstream = upstream
+        self.websocket = proxyFor(route, runtime)  # websocket: true: upgrades are proxied (issue 20)
 
     def render(self, request: Any) -> Any:
         context: RequestContext = request.context
@@ -355,7 +358,7 @@ class RouteResource(Resource):
         # that returns a Deferred puts the rest of the chain in a coroutine.
         local = chain.runNow(context) if chain.filters else None
         if local is None:
-            d = ensureDeferred(forward(context, self.upstream, self.runtime.messages))
+            d = ensureDeferred(self.send(context))
         elif isinstance(local, LocalResponse):
             respond(context, local)
             return NOT_DONE_YET
@@ -374,7 +377,14 @@ class RouteResource(Resource):
         if local is not None:
             respond(context, local)
             return
-        await forward(context, self.upstream, self.runtime.messages)
+        await self.send(context)
+
+    def send(self, context: RequestContext) -> Coroutine[Any, Any, None]:
+        """What the chain let through: a WebSocket upgrade on a route that proxies them, else the forward."""
+        websocket = self.websocket
+        if websocket is not None and websocket.wanted(context.request):
+            return websocket.upgrade(context)
+        return forward(context, self.upstream, self.runtime.messages)
 
     def _failed(self, failure: Any, context: RequestContext) -> None:
         if failure.check(CancelledError):

@@ -16,6 +16,7 @@ from txgateway.canary.specs import CanaryRouteSpec
 from txgateway.concurrency.specs import ConcurrencySpec, RouteConcurrency
 from txgateway.config.schema_discovery import DiscoveryConfig, SourceSpec
 from txgateway.config.schema_edge import CompressConfig, QueryMatch, RedirectConfig, RespondConfig, RewriteRegex
+from txgateway.config.schema_websocket import WebSocketSpec
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "TracingOTLP",
     "UpstreamConfig",
     "UpstreamTimeouts",
+    "WebSocketSpec",
 ]
 
 @dataclass(frozen=True)
@@ -355,6 +357,7 @@ class RouteConfig:
     # upstreams (a weighted split), sticky, canary_override, mirror: issue 23.
     # With a split, upstream above is its first upstream.
     canary: CanaryRouteSpec = CanaryRouteSpec()
+    websocket: WebSocketSpec = WebSocketSpec()  # issue 20: websocket, websocket_idle_timeout, max_websockets...
 
 
 @dataclass(frozen=True)
