@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import ipaddress
 import json
 import ssl
 from typing import Any
@@ -32,6 +33,9 @@ def selfSigned() -> tuple[bytes, bytes]:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            # The address as a SAN too: a client that verifies (the gateway towards a wss:// target) needs it.
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]),
+                           critical=False)
             .sign(key, hashes.SHA256()))
     return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_websocket_http -*-
+# -*- test-case-name: tests.test_websocket_http,tests.e2e.test_websocket -*-
 """
 The target side of a WebSocket upgrade: a connection of its own, the
 upgrade request written as it is, the answer's head read by hand.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_websocket_http -*-
+# -*- test-case-name: tests.test_websocket_http,tests.e2e.test_websocket -*-
 """
 The client side of a WebSocket upgrade: telling an upgrade request apart,
 and taking its connection away from HTTP once the target said 101.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_websocket_http -*-
+# -*- test-case-name: tests.test_websocket_http,tests.e2e.test_websocket -*-
 """
 WebSocket proxying (issue 20): a route with C{websocket: true} relays
 upgrades to its upstream and splices the two connections.

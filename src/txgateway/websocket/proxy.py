@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_websocket_http -*-
+# -*- test-case-name: tests.test_websocket_http,tests.e2e.test_websocket -*-
 """
 A route's WebSocket upgrades: from an upgrade request that went through the
 route's whole chain to an open L{Splice <txgateway.websocket.splice.Splice>}.
