@@ -76,6 +76,13 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("routes[0](live).max_websockets", text)
         self.assertIn("needs websocket: true", text)
 
+    def test_oneUpstreamOnly(self) -> None:
+        """A split or a route answering itself has no single upstream to upgrade to: refused at load."""
+        text = ROUTE.format(keys="    websocket: true\n    respond: {status: 200, body: hi}\n")
+        with self.assertRaises(ConfigError) as cm:
+            parseConfig(text)
+        self.assertIn("routes[0](live).websocket: cannot be combined with respond", str(cm.exception))
+
     def test_badValues(self) -> None:
         with self.assertRaises(ConfigError) as cm:
             self.route("    websocket: yes please\n    websocket_idle_timeout: 0s\n    max_websockets: 0\n")

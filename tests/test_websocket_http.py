@@ -35,6 +35,11 @@ routes:
     upstream: app
     websocket: true
     ip_deny: [192.0.2.0/24]
+  - name: browser
+    match: {path_prefix: /browser}
+    upstream: app
+    websocket: true
+    cors: {allow_origins: ["https://app.example"]}
   - name: live
     match: {path_prefix: /live}
     upstream: app
@@ -178,6 +183,16 @@ class UpgradeTests(SynchronousTestCase):
         [response], _ = self.wire.exchange(UPGRADE % b"/denied/x", peer="192.0.2.10")
         self.assertEqual(response.status, 403)
         self.assertEqual(self.agent.targets, [])
+
+    def test_originCheckedAgainstCors(self) -> None:
+        """Browsers do not apply CORS to WebSockets: the route's allow_origins is enforced on the upgrade."""
+        withOrigin = UPGRADE.replace(b"Host: gw.example\r\n", b"Host: gw.example\r\nOrigin: %s\r\n")
+        [refused], _ = self.wire.exchange(withOrigin % (b"/browser/x", b"https://evil.example"))
+        self.assertEqual(refused.status, 403)
+        self.assertEqual(self.agent.targets, [])
+        self.wire.send(withOrigin % (b"/browser/x", b"https://app.example"))
+        self.wire.send(UPGRADE % b"/browser/x")  # no Origin: not a browser, as for CORS
+        self.assertEqual(len(self.agent.targets), 2)
 
     def test_caps(self) -> None:
         """Per client address 429, per route 503; a closed WebSocket gives its place back."""

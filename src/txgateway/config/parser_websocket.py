@@ -25,7 +25,8 @@ def parseRouteWebSocket(parser: ParserBase, m: YAMLMap, path: str) -> WebSocketS
     """
     The L{WEBSOCKET_ROUTE_KEYS} of one route mapping (C{path} is the
     route's key path); problems go to C{parser} with their lines.  The
-    limits without C{websocket: true} would limit nothing: that is said.
+    limits without C{websocket: true} would limit nothing, and a split or a
+    route that answers itself has no one upstream to upgrade to: both are said.
     """
     d = WebSocketSpec()
     enabled = parser.get(m, "websocket", path, boolean, d.enabled)
@@ -35,7 +36,13 @@ def parseRouteWebSocket(parser: ParserBase, m: YAMLMap, path: str) -> WebSocketS
         max_connections=parser.get(m, "max_websockets", path, integer(1), d.max_connections),
         max_per_ip=parser.get(m, "max_websockets_per_ip", path, integer(1), d.max_per_ip),
     )
-    if not enabled:
+    if enabled:
+        for key, why in (("upstreams", "a weighted split"), ("redirect", "an answer of the route's own"),
+                         ("respond", "an answer of the route's own")):
+            if m.get(key) is not None:
+                parser.problem(keyPath(path, "websocket"), m.lines.get("websocket", m.line),
+                               f"cannot be combined with {key} ({why}): a WebSocket goes to one upstream")
+    else:
         for key in WEBSOCKET_ROUTE_KEYS[1:]:
             if m.get(key) is not None:
                 parser.problem(keyPath(path, key), m.lines.get(key, m.line),

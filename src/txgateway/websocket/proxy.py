@@ -5,7 +5,9 @@ route's whole chain to an open L{Splice <txgateway.websocket.splice.Splice>}.
 
 L{WebSocketProxy.upgrade} runs where a plain request would be forwarded
 (the route's leaf, after matching, IP rules, auth, CORS and the rate limit
-have let it through): a slot in the route's caps, a target from
+have let it through): the CORS origin check that browsers do not make for
+WebSockets (an C{Origin} the route's C{cors.allow_origins} does not list is
+refused 403), a slot in the route's caps, a target from
 L{Cluster.choose} (balancer, health, breaker), the upgrade request on a
 connection of its own (L{txgateway.http.handshake}) with C{Upgrade} and
 C{Connection} kept, then either the 101 relayed and the connection taken
@@ -31,6 +33,7 @@ from twisted.web.client import URI
 from txgateway.attempts import UpstreamFailure, classify
 from txgateway.cluster import Lease, NoTarget
 from txgateway.context import jsonResponse, respond
+from txgateway.cors import OriginMatcher
 from txgateway.deadlines import withDeadline
 from txgateway.forwarding import relay, upstreamFailed
 from txgateway.http.handshake import UpgradeRefused, connectTarget, requestHead
@@ -66,6 +69,9 @@ class WebSocketProxy:
         self.messages = runtime.messages
         self.clock = runtime.clock
         m = runtime.metrics
+        self.authFailures = m.authFailures
+        cors = route.config.cors
+        self.origins = OriginMatcher(cors.allow_origins) if cors is not None else None
         self.upgrades = m.websocketUpgrades
         self.duration = m.websocketDuration.labels(route.name)
         self.countIn = m.websocketBytes.labels(route.name, "client_to_target").inc
@@ -80,6 +86,16 @@ class WebSocketProxy:
 
     async def upgrade(self, context: RequestContext) -> None:
         """Open a WebSocket to a target for C{context}'s client, or answer why not."""
+        origin = context.header(b"origin")
+        if self.origins is not None and origin is not None and not self.origins.allows(origin):
+            # Browsers do not hold WebSockets to CORS: a page from any origin may open one with the user's
+            # cookies.  The route's cors.allow_origins is who may, so the gateway refuses the others.
+            self.authFailures.labels(self.route.name, "cors").inc()
+            self._outcome("refused_origin")
+            context.outcome = "websocket_refused_origin"
+            respond(context, jsonResponse(context, 403, "WebSocket origin not allowed (cors.allow_origins)",
+                                          origin=origin.decode("latin-1")))
+            return
         admitted = self.registry.admit(self.route.name, context.clientIP, self.spec)
         if isinstance(admitted, Refusal):
             self._outcome(admitted.outcome)
@@ -122,7 +138,7 @@ class WebSocketProxy:
                                                                                        headers)),
                                         timeouts.connect, self.clock)
             response = await withDeadline(target.answered, timeouts.response, self.clock)
-        except BaseException as e:
+        except Exception as e:  # (not GeneratorExit: a coroutine closed unfinished just ends)
             lease.release()
             failure = Failure(e)
             outcome = "invalid_response" if failure.check(UpgradeRefused) else classify(failure)
