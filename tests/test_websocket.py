@@ -124,6 +124,15 @@ class FrameTests(SynchronousTestCase):
             self.assertEqual(tracker.closeCode, 4001, step)
             self.assertTrue(tracker.atBoundary)
 
+    def test_feedStopsAtTheNextBoundary(self) -> None:
+        """What may still pass before a close frame: the rest of the frame in flight, nothing of the next."""
+        first, second = frame(2, b"a" * 10, b"abcd"), frame(1, b"b")
+        tracker = FrameTracker()
+        tracker.feed(first[:7])
+        self.assertEqual(tracker.feed(first[7:] + second, stop=True), len(first) - 7)
+        self.assertTrue(tracker.atBoundary)
+        self.assertEqual(tracker.feed(second, stop=True), 0)
+
     def test_closeWithoutCode(self) -> None:
         tracker = FrameTracker()
         tracker.feed(frame(8, b""))
@@ -257,15 +266,27 @@ class SpliceTests(SynchronousTestCase):
         self.splice.clientLost(Failure(ConnectionError("done")))
         self.assertEqual((self.splice.outcome, self.splice.closeCode), ("websocket_closed", 1000))
 
-    def test_noCloseFrameInsideAFrame(self) -> None:
-        """Half a frame has gone to the client: the gateway's close frame would corrupt it, so only TCP closes."""
+    def test_closeFrameWaitsForTheFrameInFlight(self) -> None:
+        """Half a frame has gone to the client: its rest passes, then the close frame; what follows is dropped."""
         whole = frame(2, b"z" * 1000)
         self.splice.fromTarget(whole[:500])
         self.client.clear()
         self.splice.goingAway()
-        self.assertEqual(self.client.value(), b"")
-        self.assertEqual(closeCodeOf(self.target.value()), GOING_AWAY)
-        self.assertTrue(self.client.disconnecting)
+        self.assertEqual(self.client.value(), b"")  # not inside the frame
+        self.assertEqual(closeCodeOf(self.target.value()), GOING_AWAY)  # that side was between frames
+        self.assertFalse(self.client.disconnecting)
+        self.splice.fromTarget(whole[500:] + frame(1, b"after"))
+        self.assertEqual(self.client.value(), whole[500:] + closeFrame(GOING_AWAY, masked=False))
+        self.assertTrue(self.client.disconnecting and self.target.disconnecting)
+        self.assertEqual(self.splice.bytesOut, len(whole))
+
+    def test_frameNeverFinishedClosesWithoutCloseFrame(self) -> None:
+        self.splice.fromClient(frame(2, b"q" * 100, b"abcd")[:50])
+        self.splice.goingAway()
+        self.assertFalse(self.target.disconnecting)
+        self.clock.advance(1.0)
+        self.assertTrue(self.client.disconnecting and self.target.disconnecting)
+        self.assertEqual(len(self.target.value()), 50)  # no close frame after half a frame
 
     def test_clientLeavesClosesTarget(self) -> None:
         self.splice.clientLost(Failure(ConnectionError("gone")))

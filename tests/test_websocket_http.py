@@ -146,6 +146,26 @@ class UpgradeTests(SynchronousTestCase):
         self.assertTrue(wire.disconnecting)
         self.assertEqual(self.wire.gateway.state.inFlight, 0)
 
+    def test_bytesSentWithTheRequestReachTheTarget(self) -> None:
+        """A client that sends a frame right behind its upgrade request loses nothing (the channel had buffered it)."""
+        hello = frame(1, b"early", b"abcd")
+        proto, client = self.wire.send(UPGRADE % b"/live/x" + hello)
+        target, wire = self.agent.targets[-1]
+        wire.clear()
+        target.dataReceived(ACCEPT)
+        self.assertEqual(wire.value(), hello)
+
+    def test_targetDroppingIsAFailureForItsBreaker(self) -> None:
+        """A 101 counts as a success; a target that then drops the connection without a close frame, as a failure."""
+        proto, client, target, wire = self.open()
+        url = "http://127.0.0.1:9999"
+        self.assertEqual(self.sample("txgateway_upstream_requests_total", upstream="app", target=url, status="101"), 1)
+        target.connectionLost(ConnectionError("reset"))  # type: ignore[arg-type]
+        self.assertEqual(self.sample("txgateway_upstream_requests_total", upstream="app", target=url,
+                                     status="websocket_reset"), 1)
+        self.assertEqual(closeCodeOf(client.value().split(b"\r\n\r\n", 1)[1]), 1011)
+        self.assertEqual(self.wire.gateway.runtime.clusters["app"].endpoints[0].inFlight, 0)
+
     def test_channelTimersOffAfterTakeover(self) -> None:
         """The HTTP/1.1 channel keeps its timers off a taken-over connection: the head deadline does not fire."""
         proto, client, target, wire = self.open()

@@ -60,13 +60,19 @@ class FrameTracker:
         """Whether a frame could be written now without splitting one in two."""
         return not self.broken and not self._head and not self._remaining
 
-    def feed(self, data: bytes) -> None:
-        """Account for C{data}, the next bytes of this direction."""
+    def feed(self, data: bytes, stop: bool = False) -> int:
+        """
+        Account for C{data}, the next bytes of this direction; how many were
+        taken.  With C{stop}, only up to the next frame boundary (0 when
+        already at one): what may still be passed on before a close frame.
+        """
         if self.broken:
-            return
+            return len(data)
         i = 0
         n = len(data)
         while i < n:
+            if stop and not self._remaining and not self._head:
+                return i
             remaining = self._remaining
             if remaining:
                 take = remaining if remaining < n - i else n - i
@@ -82,10 +88,13 @@ class FrameTracker:
             size = _headerSize(head)
             if size is None or len(head) < size:
                 self._head = head
-                return
+                return n
             i += size - len(held)
             self._head = b""
             self._start(head[:size])
+            if self.broken:
+                return n
+        return n
 
     def _start(self, head: bytes) -> None:
         b0, b1 = head[0], head[1]

@@ -21,7 +21,9 @@ C{websocket_closed} (a close frame passed, its code logged), C{websocket_client_
 and C{websocket_target_gone} (a side's TCP connection ended without a close
 frame: the client is sent 1011 and the target is recorded as failing),
 C{websocket_idle_timeout} and C{websocket_going_away} (the gateway sends 1001
-to both sides: no byte for C{websocket_idle_timeout}, the drain).
+to both sides: no byte for C{websocket_idle_timeout}, the drain).  A close
+frame of the gateway's goes between two frames: a direction in the middle of
+one passes its rest first (for up to L{CLOSE_GRACE}), then the close frame.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from txgateway.websocket.frames import GOING_AWAY, INTERNAL_ERROR, FrameTracker,
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Splice"]
+__all__ = ["CLOSE_GRACE", "Splice"]
+
+# How long a side in the middle of a frame may take to finish it before the gateway's close frame.
+CLOSE_GRACE = 1.0
 
 
 @implementer(IPushProducer)
@@ -89,6 +94,8 @@ class Splice:
         self.ended = False
         self.targetFailed = False  # the target's side ended without a close frame
         self._idleCall: IDelayedCall | None = None
+        self._graceCall: IDelayedCall | None = None
+        self._pending: dict[int, int] = {}  # a direction mid-frame when closing (its tracker's id): the close code
         self._held: list[bytes] = []
 
     def start(self, client: Any) -> None:
@@ -105,7 +112,8 @@ class Splice:
 
     def fromClient(self, data: bytes) -> None:
         if self.outcome is not None:
-            return  # closing: what a side still sends is dropped
+            self._closing(data, self.fromClientFrames, self.target, True)
+            return
         self.last = self.clock.seconds()
         self.bytesIn += len(data)
         self.countIn(len(data))
@@ -113,16 +121,39 @@ class Splice:
         self.target.write(data)
 
     def fromTarget(self, data: bytes) -> None:
-        if self.outcome is not None:
-            return
         if self.client is None:
             self._held.append(data)
+            return
+        if self.outcome is not None:
+            self._closing(data, self.fromTargetFrames, self.client, False)
             return
         self.last = self.clock.seconds()
         self.bytesOut += len(data)
         self.countOut(len(data))
         self.fromTargetFrames.feed(data)
         self.client.write(data)
+
+    def _closing(self, data: bytes, frames: FrameTracker, to: Any, masked: bool) -> None:
+        """
+        Closing: a direction that was in the middle of a frame passes the
+        rest of that frame, then the close frame; anything after is dropped.
+        """
+        code = self._pending.pop(id(frames), None)
+        if code is None:
+            return
+        taken = frames.feed(data, stop=True)
+        if taken:
+            to.write(data[:taken])
+            if masked:
+                self.bytesIn += taken
+            else:
+                self.bytesOut += taken
+        if frames.atBoundary:
+            to.write(closeFrame(code, masked))
+        else:
+            self._pending[id(frames)] = code
+        if not self._pending:
+            self._hangUp()
 
     # -- ends
 
@@ -159,22 +190,42 @@ class Splice:
             self._end()
 
     def goingAway(self, outcome: str = "websocket_going_away") -> None:
-        """Close both sides with 1001: the drain's deadline, or the idle timeout."""
+        """
+        Close both sides with 1001: the drain's deadline, or the idle timeout.
+        A side in the middle of a frame gets its close frame once that frame
+        has passed, or its connection closed without one after L{CLOSE_GRACE}.
+        """
         if self.outcome is not None:
             return
         self.outcome = outcome
         self.closeCode = GOING_AWAY
         self._sayClose(GOING_AWAY, toTarget=True)
+        if self._pending:
+            self._graceCall = self.clock.callLater(CLOSE_GRACE, self._hangUp)
+        else:
+            self._hangUp()
+
+    def _hangUp(self) -> None:
+        self._pending.clear()
+        call, self._graceCall = self._graceCall, None
+        if call is not None and call.active():
+            call.cancel()
         if self.client is not None:
             self.client.loseConnection()
         self.target.loseConnection()
 
     def _sayClose(self, code: int, toTarget: bool) -> None:
-        """A close frame to the client (and the target), where no frame is half written."""
-        if self.client is not None and self.fromTargetFrames.atBoundary and self.fromTargetFrames.closeCode is None:
-            self.client.write(closeFrame(code, masked=False))
-        if toTarget and self.fromClientFrames.atBoundary and self.fromClientFrames.closeCode is None:
-            self.target.write(closeFrame(code, masked=True))
+        """A close frame to the client (and the target) now, or after the frame being relayed."""
+        directions = [(self.fromTargetFrames, self.client, False)]
+        if toTarget:
+            directions.append((self.fromClientFrames, self.target, True))
+        for frames, to, masked in directions:
+            if to is None or frames.closeCode is not None or frames.broken:
+                continue  # that side already had its close frame (or is not WebSocket at all)
+            if frames.atBoundary:
+                to.write(closeFrame(code, masked))
+            else:
+                self._pending[id(frames)] = code
 
     def _idleCheck(self) -> None:
         self._idleCall = None
@@ -191,7 +242,8 @@ class Splice:
         if self.ended:
             return
         self.ended = True
-        call, self._idleCall = self._idleCall, None
-        if call is not None and call.active():
-            call.cancel()
+        for call in (self._idleCall, self._graceCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._idleCall = self._graceCall = None
         self.onEnd(self)
