@@ -243,6 +243,16 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(response.status, 504)
         self.assertTrue(wire.disconnecting)
 
+    def test_targetNotConnecting(self) -> None:
+        """A connection that does not come within timeouts.connect: 502, as a connect failure is for a request."""
+        self.agent.hold = True
+        proto, client = self.wire.send(UPGRADE % b"/live/x")
+        self.wire.clock.advance(2.1)
+        [response] = parseResponses(client.value())
+        self.assertEqual(response.status, 502)
+        self.assertEqual(self.sample("txgateway_upstream_requests_total", upstream="app",
+                                     target="http://127.0.0.1:9999", status="connect_failure"), 1)
+
     def test_drainingRefusesUpgrades(self) -> None:
         self.wire.gateway.runtime.websockets.drain(10)
         [response], _ = self.wire.exchange(UPGRADE % b"/live/x")

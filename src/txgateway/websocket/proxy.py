@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI
 
-from txgateway.attempts import UpstreamFailure, classify
+from txgateway.attempts import UpstreamFailure, classify, statusFor
 from txgateway.cluster import Lease, NoTarget
 from txgateway.context import jsonResponse, respond
 from txgateway.cors import OriginMatcher
@@ -133,15 +133,19 @@ class WebSocketProxy:
             headers.setRawHeaders(name, [value])
         url = self.messages.upstreamURL(context, endpoint)
         timeouts = cluster.config.timeouts
+        connected = False
         try:
             target = await withDeadline(connectTarget(cluster.agent, url, requestHead(URI.fromBytes(url).originForm,
                                                                                        headers)),
                                         timeouts.connect, self.clock)
+            connected = True
             response = await withDeadline(target.answered, timeouts.response, self.clock)
         except Exception as e:  # (not GeneratorExit: a coroutine closed unfinished just ends)
             lease.release()
             failure = Failure(e)
             outcome = "invalid_response" if failure.check(UpgradeRefused) else classify(failure)
+            if not connected and outcome != "cancelled":
+                outcome = "connect_failure"  # nothing was sent: as the attempt loop says it
             if outcome == "cancelled" or getattr(request, "gone", False):
                 lease.cancel()
                 raise CancelledError() from e
@@ -150,7 +154,7 @@ class WebSocketProxy:
             self._outcome("target_failed")
             log.info("WebSocket upgrade {request_id} to {target} failed: {outcome}", request_id=context.requestId,
                      target=endpoint.url, outcome=outcome, route=self.route.name)
-            upstreamFailed(context, UpstreamFailure(504 if outcome == "timeout" else 502, outcome))
+            upstreamFailed(context, UpstreamFailure(statusFor(outcome), outcome))
             return False
         now = self.clock.seconds()
         lease.responded(response, now)
