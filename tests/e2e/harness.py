@@ -214,6 +214,17 @@ def _stopAll(started: list[Any]) -> None:
             thing.cleanup()
 
 
+def readyPort(proc: subprocess.Popen[bytes], what: str) -> int:
+    """The port a helper process names on its first line, C{ready PORT}, once it listens."""
+    assert proc.stdout is not None
+    if not select.select([proc.stdout], [], [], 15)[0]:
+        raise AssertionError(f"{what} said nothing within 15s")
+    first = proc.stdout.readline().decode(errors="replace")
+    if not first.startswith("ready "):
+        raise AssertionError(f"{what} did not start: {first}")
+    return int(first.split()[1])
+
+
 class Backend:
     """One origin process (tests/e2e/backend.py), on a port the OS picks unless one is given."""
 
@@ -231,14 +242,8 @@ class Backend:
     def start(self) -> Backend:
         self.proc = subprocess.Popen([sys.executable, str(BACKEND), str(self.port), self.name, self.interface], env=childEnv(),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.proc.stdout is not None
         # backend.py prints "ready PORT" once it listens (or why not, and exits).
-        if not select.select([self.proc.stdout], [], [], 15)[0]:
-            raise AssertionError(f"backend {self.name} said nothing within 15s")
-        first = self.proc.stdout.readline().decode(errors="replace")
-        if not first.startswith("ready "):
-            raise AssertionError(f"backend {self.name} did not start: {first}")
-        self.port = int(first.split()[1])
+        self.port = readyPort(self.proc, f"backend {self.name}")
         waitFor(lambda: self.request("GET", "/count", timeout=1).status == 200, what=f"backend {self.name}")
         return self
 

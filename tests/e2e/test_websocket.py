@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import select
 import signal
 import ssl
 import subprocess
@@ -24,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .harness import GatewayProcess, childEnv, request, shared, waitFor
+from .harness import GatewayProcess, childEnv, readyPort, request, shared, waitFor
 from .test_tls import selfSigned
 
 ORIGIN = Path(__file__).with_name("wsorigin.py")
@@ -37,13 +36,7 @@ class Origin:
         args = [cert, key] if cert and key else []
         self.proc = subprocess.Popen([sys.executable, str(ORIGIN), "0", *args], env=childEnv(),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.proc.stdout is not None
-        if not select.select([self.proc.stdout], [], [], 15)[0]:
-            raise AssertionError("the WebSocket origin said nothing within 15s")
-        first = self.proc.stdout.readline().decode(errors="replace")
-        if not first.startswith("ready "):
-            raise AssertionError(f"the WebSocket origin did not start: {first}")
-        self.port = int(first.split()[1])
+        self.port = readyPort(self.proc, "the WebSocket origin")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
