@@ -143,6 +143,36 @@ class PlainTests(SynchronousTestCase):
         self.assertGreater(entry["bytes_in"], 0)
         self.assertGreater(entry["bytes_out"], 0)
 
+    def test_slowReaderPausesTheTarget(self) -> None:
+        """
+        A client that stops reading stops the target too: the origin floods,
+        the client reads nothing for 2 s, and the gateway's memory does not
+        grow with what the origin could have sent meanwhile (over 500 MB on
+        loopback with the producers left unregistered); then every byte
+        still arrives.  No compression, so the bytes are what they seem.
+        """
+        assert self.gw.proc is not None
+        pid = self.gw.proc.pid
+
+        def rssMB() -> float:
+            status = Path(f"/proc/{pid}/status").read_text()
+            return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+        async def go() -> tuple[float, int]:
+            async with connect(self.url + "/flood", max_queue=1, max_size=None, compression=None) as ws:
+                await asyncio.sleep(0.2)
+                before = rssMB()
+                await asyncio.sleep(2.0)
+                grown = rssMB() - before
+                got = 0
+                for _ in range(50):
+                    got += len(await ws.recv())
+                return grown, got
+
+        grown, got = run(go)
+        self.assertLess(grown, 48.0)
+        self.assertEqual(got, 50 * 65536)
+
     def test_refusedUpgradeRelayedAsItWas(self) -> None:
         async def go() -> Any:
             try:

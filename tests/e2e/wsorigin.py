@@ -10,6 +10,7 @@ the OS picks; with CERT and KEY, over TLS) and prints C{ready PORT}.  By path:
   /refuse    no upgrade: 403 with a small body (the gateway must relay it as it is)
   /die       echo, but the message "die" drops the TCP connection without a close frame
   /close     the message "close" closes with code 4000
+  /flood     64 KiB binary messages, as fast as the connection takes them, until it closes
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ async def handle(ws: ServerConnection) -> None:
     path = ws.request.path if ws.request is not None else "/"
     if path.startswith("/headers") and ws.request is not None:
         await ws.send(json.dumps([[k, v] for k, v in ws.request.headers.raw_items()]))
+    if path.startswith("/flood"):
+        chunk = b"x" * 65536
+        while True:
+            await ws.send(chunk)
     async for message in ws:
         if path.startswith("/die") and message == "die":
             ws.transport.abort()
