@@ -6,7 +6,9 @@ over StringTransports on a Clock.
 
 from __future__ import annotations
 
+import re
 import struct
+from pathlib import Path
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -82,6 +84,15 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             parseConfig(text)
         self.assertIn("routes[0](live).websocket: cannot be combined with respond", str(cm.exception))
+
+    def test_walkthroughConfigLoads(self) -> None:
+        """docs/websocket.md's config is one the gateway accepts, with the values it says."""
+        doc = (Path(__file__).parent.parent / "docs" / "websocket.md").read_text()
+        snippet = re.search(r"```yaml\n(.*?)```", doc, re.S)
+        assert snippet is not None
+        route = parseConfig(snippet.group(1)).routes[0]
+        self.assertEqual(route.websocket, WebSocketSpec(True, 600.0, 2000, 20))
+        self.assertIsNotNone(route.cors)
 
     def test_badValues(self) -> None:
         with self.assertRaises(ConfigError) as cm:
