@@ -299,6 +299,12 @@ class SpliceTests(SynchronousTestCase):
         self.assertTrue(self.client.disconnecting and self.target.disconnecting)
         self.assertEqual(len(self.target.value()), 50)  # no close frame after half a frame
 
+    def test_firstCloseFrameIsTheOneLogged(self) -> None:
+        self.splice.fromTarget(frame(8, struct.pack("!H", 4002)))
+        self.splice.fromClient(frame(8, struct.pack("!H", 1000), b"abcd"))
+        self.splice.clientLost(Failure(ConnectionError("done")))
+        self.assertEqual(self.splice.closeCode, 4002)
+
     def test_clientLeavesClosesTarget(self) -> None:
         self.splice.clientLost(Failure(ConnectionError("gone")))
         self.assertEqual(self.splice.outcome, "websocket_client_gone")

@@ -91,6 +91,7 @@ class Splice:
         self.last = self.started
         self.outcome: str | None = None
         self.closeCode: int | None = None
+        self.firstClose: int | None = None  # the code of the first close frame that passed, either way
         self.ended = False
         self.targetFailed = False  # the target's side ended without a close frame
         self._idleCall: IDelayedCall | None = None
@@ -117,7 +118,10 @@ class Splice:
         self.last = self.clock.seconds()
         self.bytesIn += len(data)
         self.countIn(len(data))
-        self.fromClientFrames.feed(data)
+        frames = self.fromClientFrames
+        frames.feed(data)
+        if self.firstClose is None:
+            self.firstClose = frames.closeCode
         self.target.write(data)
 
     def fromTarget(self, data: bytes) -> None:
@@ -130,7 +134,10 @@ class Splice:
         self.last = self.clock.seconds()
         self.bytesOut += len(data)
         self.countOut(len(data))
-        self.fromTargetFrames.feed(data)
+        frames = self.fromTargetFrames
+        frames.feed(data)
+        if self.firstClose is None:
+            self.firstClose = frames.closeCode
         self.client.write(data)
 
     def _closing(self, data: bytes, frames: FrameTracker, to: Any, masked: bool) -> None:
@@ -157,13 +164,10 @@ class Splice:
 
     # -- ends
 
-    def _firstCloseCode(self) -> int | None:
-        return self.fromClientFrames.closeCode or self.fromTargetFrames.closeCode
-
     def clientLost(self, reason: Failure) -> None:
         """The client's connection closed (whoever closed it): the WebSocket is over."""
         if self.outcome is None:
-            code = self._firstCloseCode()
+            code = self.firstClose
             self.outcome = "websocket_closed" if code is not None else "websocket_client_gone"
             self.closeCode = code
         self._end()
@@ -174,7 +178,7 @@ class Splice:
         """The target's connection closed: pass a clean close on, or tell the client 1011."""
         if self.outcome is not None:
             return
-        code = self._firstCloseCode()
+        code = self.firstClose
         if code is not None:
             self.outcome = "websocket_closed"
             self.closeCode = code
