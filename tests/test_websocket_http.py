@@ -12,8 +12,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgateway.config.schema import TracingConfig, TracingOTLP
 from txgateway.http.handshake import TargetProtocol, requestHead
 from txgateway.http.upgrade import isUpgrade
+from txgateway.observe.tracing import Tracer
 from txgateway.websocket.frames import GOING_AWAY
 
 from .support import FakeAgent, FakeResponse, Wire, parseResponses
@@ -165,6 +167,27 @@ class UpgradeTests(SynchronousTestCase):
                                      status="websocket_reset"), 1)
         self.assertEqual(closeCodeOf(client.value().split(b"\r\n\r\n", 1)[1]), 1011)
         self.assertEqual(self.wire.gateway.runtime.clusters["app"].endpoints[0].inFlight, 0)
+
+    def test_tracedLikeARequest(self) -> None:
+        """A traced upgrade: the handshake is a client span whose id the target gets as the traceparent parent."""
+        spans: list[Any] = []
+
+        class Sink:
+            def add(_, batch: list[Any]) -> None:
+                spans.extend(batch)
+
+        state = self.wire.gateway.state
+        state.tracer = Tracer(TracingConfig(TracingOTLP("http://127.0.0.1:4318/v1/traces")), self.wire.clock,
+                              state.ids, Sink())
+        proto, client, target, wire = self.open()
+        traceparent = [line for line in wire.value().split(b"\r\n") if line.lower().startswith(b"traceparent:")]
+        proto.connectionLost(ConnectionError("closed"))
+        self.assertEqual(len(spans), 2)
+        [server] = [span for span in spans if span.parentId is None]
+        [attempt] = [span for span in spans if span.parentId is not None]
+        self.assertEqual(attempt.parentId, server.spanId)
+        self.assertIn(attempt.spanId.encode(), traceparent[0])
+        self.assertIn(("http.response.status_code", 101), attempt.attributes)
 
     def test_channelTimersOffAfterTakeover(self) -> None:
         """The HTTP/1.1 channel keeps its timers off a taken-over connection: the head deadline does not fire."""

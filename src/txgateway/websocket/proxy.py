@@ -128,7 +128,16 @@ class WebSocketProxy:
         context.targetsTried.append(endpoint.url)
         context.forwarded = lease.sent
         request = context.request
-        headers = self.messages.upstreamHeaders(context, endpoint)
+        server = context.trace
+        span = None if server is None else server.tracer.attempt(context, b"GET", endpoint.url, 1, None)
+        if span is None:
+            headers = self.messages.upstreamHeaders(context, endpoint)
+        else:  # the traceparent sent names the handshake's client span as the parent
+            own, context.spanId = context.spanId, span.spanId
+            try:
+                headers = self.messages.upstreamHeaders(context, endpoint)
+            finally:
+                context.spanId = own
         for name, value in upgradeFields(request):
             headers.setRawHeaders(name, [value])
         url = self.messages.upstreamURL(context, endpoint)
@@ -146,6 +155,8 @@ class WebSocketProxy:
             outcome = "invalid_response" if failure.check(UpgradeRefused) else classify(failure)
             if not connected and outcome != "cancelled":
                 outcome = "connect_failure"  # nothing was sent: as the attempt loop says it
+            if span is not None:
+                server.tracer.attemptEnded(span, outcome)
             if outcome == "cancelled" or getattr(request, "gone", False):
                 lease.cancel()
                 raise CancelledError() from e
@@ -157,6 +168,8 @@ class WebSocketProxy:
             upstreamFailed(context, UpstreamFailure(statusFor(outcome), outcome))
             return False
         now = self.clock.seconds()
+        if span is not None:
+            server.tracer.attemptEnded(span, response.code)
         lease.responded(response, now)
         context.answered = now
         if response.code != 101:
