@@ -10,8 +10,10 @@ origin and this script's client share the other.  The client keeps
 --connections WebSockets open, each with --window messages of --size bytes in
 flight (a message sent for every one echoed back), for --duration seconds,
 first direct to the origin, then through the gateway.  Reported: messages
-echoed per second each way, and the gateway's CPU per message (user + system
-from /proc, each message crossing it twice: in and back).  Compression is off
+echoed per second each way, the gateway's CPU per message (user + system
+from /proc, each message crossing it twice: in and back), and for scale the
+origin's own CPU per message (a Python WebSocket server parsing and writing
+every frame) in the direct run.  Compression is off
 on the client, so the origin does not spend the run deflating.  Traffic goes
 to 127.0.0.1 only.
 """
@@ -103,7 +105,9 @@ def main() -> None:
             waitTcp(originPort)
             waitFor200(gatewayPort, "/ready", gateway)
             common = (args.connections, args.size, args.window, args.duration)
+            originBefore = cpuSeconds(origin.pids())
             direct = asyncio.run(load(f"ws://127.0.0.1:{originPort}/echo", *common))
+            originDirect = cpuSeconds(origin.pids()) - originBefore
             before = cpuSeconds(gateway.pids())
             through = asyncio.run(load(f"ws://127.0.0.1:{gatewayPort}/echo", *common))
             cpu = cpuSeconds(gateway.pids()) - before
@@ -114,6 +118,8 @@ def main() -> None:
     result = {"connections": args.connections, "size": args.size, "window": args.window,
               "direct_messages_per_s": round(direct), "gateway_messages_per_s": round(through),
               "gateway_cpu_us_per_message": round(cpu / messages * 1e6, 1) if messages else None,
+              "origin_cpu_us_per_message_direct": round(originDirect / (direct * args.duration) * 1e6, 1)
+              if direct else None,
               "gateway_cpu_share": round(cpu / args.duration, 2)}
     print(json.dumps(result, indent=2))
 

@@ -341,6 +341,17 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIsNotNone(reader.done)
         self.assertTrue(transport.disconnecting)
 
+    def test_noNagleTowardsTheTarget(self) -> None:
+        """Small frames are not held back behind delayed ACKs: TCP_NODELAY on the target's connection."""
+        calls: list[bool] = []
+
+        class TcpTransport(StringTransport):
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                calls.append(enabled)
+
+        TargetProtocol(b"").makeConnection(TcpTransport())
+        self.assertEqual(calls, [True])
+
     def test_garbageAnswerIsRefused(self) -> None:
         proto = TargetProtocol(b"")
         proto.makeConnection(StringTransport())

@@ -114,6 +114,14 @@ class TargetProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)  # (a TLS transport passes it to its socket)
+        if noDelay is not None:
+            # A WebSocket sends small frames both ways: Nagle's algorithm would hold each behind the
+            # previous one's delayed ACK (up to 40 ms), as the client side already avoids (HTTPChannel).
+            try:
+                noDelay(True)
+            except OSError:
+                pass
         self.transport.write(self.head)
 
     def abort(self) -> None:
