@@ -181,8 +181,16 @@ class WebSocketProxy:
                         lambda s: self._closed(context, slot, s), self.countIn, self.countOut)
         self.messages.startResponse(context, response)
         upgrade = response.headers.getRawHeaders(b"upgrade", [b"websocket"])[0]
-        early = target.pipeTo(splice.fromTarget, lambda reason: self._targetLost(splice, lease, reason))
-        client = takeOver(request, request.responseHeaders, upgrade, splice.fromClient, splice.clientLost)
+        fromClient, fromTarget = splice.fromClient, splice.fromTarget
+        writes = getattr(getattr(request.channel, "site", None), "writes", None)
+        if writes is not None:
+            # What one read wrote leaves in that reactor turn (see txgateway.http.sending), both ways.
+            writes.adopt(target.transport)
+            run = writes.run
+            fromClient = lambda data: run(splice.fromClient, data)  # noqa: E731
+            fromTarget = lambda data: run(splice.fromTarget, data)  # noqa: E731
+        early = target.pipeTo(fromTarget, lambda reason: self._targetLost(splice, lease, reason))
+        client = takeOver(request, request.responseHeaders, upgrade, fromClient, splice.clientLost)
         self.registry.opened(slot, splice)
         splice.start(client)
         if early:
