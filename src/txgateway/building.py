@@ -87,7 +87,8 @@ def buildRuntime(config: GatewayConfig, *, reactor: Any, clock: IReactorTime, me
     forwarder = Forwarder(reactor, clock, config.server, metrics, debug=config.logging.level == "debug")
     if accessLog is None:
         accessLog = AccessLog(config.logging.access_log)
-    return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock, redis=redis)
+    return Runtime(config, RouteTable(routes), clusters, forwarder, metrics, accessLog, clock, redis=redis,
+                   websockets=previous.websockets if previous is not None else None)  # open WebSockets stay open
 
 
 def _buildCluster(config: UpstreamConfig, old: Cluster | None, reactor: Any, clock: IReactorTime,

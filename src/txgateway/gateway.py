@@ -16,7 +16,7 @@ config, so with debug off no request formats anything for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -30,15 +30,16 @@ from txgateway.compression import CompressingForwarder
 from txgateway.context import LocalResponse, RequestContext, jsonResponse, respond
 from txgateway.endpoints import OwnEndpoint, healthReport
 from txgateway.forwarding import BODY_RESET, forward
-from txgateway.http.addresses import AddressSet
+from txgateway.http.addresses import AddressSet, peerIP
 from txgateway.http.grpcstatus import codeName as grpcCodeName
 from txgateway.http.h2body import pendingBody
-from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_VIA, fields
+from txgateway.http.headers import H_HOST, H_REQUEST_ID, H_TRACEPARENT, H_VIA, fields, viaLooped
 from txgateway.http.paths import PathError, normalizeHost, normalizePath, pathHazards
 from txgateway.observe import IdSource, parentSpanId, requestBodySize
 from txgateway.observe.ids import continueTrace
 from txgateway.protection.build import protect
 from txgateway.splitting import routeForwarder
+from txgateway.websocket import WebSocketRegistry, proxyFor
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -93,8 +94,9 @@ class Runtime:
 
     def __init__(self, config: GatewayConfig, routes: RouteTable, clusters: Mapping[str, Cluster],
                  forwarder: Forwarder, metrics: Metrics, accessLog: AccessLog, clock: IReactorTime,
-                 redis: Any = None) -> None:
+                 redis: Any = None, websockets: WebSocketRegistry | None = None) -> None:
         self.config = config
+        self.websockets = websockets or WebSocketRegistry(clock, metrics)  # kept across reloads (issue 20)
         self.redis = redis  # the txgateway.stores client (or None): its state is part of healthReport
         self.routes = routes
         self.clusters = clusters
@@ -146,7 +148,7 @@ class GatewayRoot(Resource):
         runtime: Runtime = gw.runtime
         state: GatewayState = gw.state
         raw = fields(request.requestHeaders)  # Headers' own dict: no name encoding per lookup
-        peer = _peerIP(request)
+        peer = peerIP(request)
         context = RequestContext(
             request, runtime.clock.seconds(), state.ids.requestId(raw.get(H_REQUEST_ID, (None,))[0]),
             runtime.clientIP(peer, request), peer, request.method,
@@ -190,7 +192,7 @@ class GatewayRoot(Resource):
                 _debug(context, "answered by the gateway's own {kind} endpoint (server.endpoints)", kind=kind)
             return OwnEndpoint(kind, runtime, gw.state)
 
-        if runtime.viaName is not None and _looped(raw.get(H_VIA), runtime.viaName):
+        if runtime.viaName is not None and viaLooped(raw.get(H_VIA), runtime.viaName):
             log.warn("request {request_id} already passed through this gateway ({via}): refused as a loop",
                      request_id=context.requestId, via=runtime.viaName.decode())
             return _Local(jsonResponse(context, 508, "loop detected: the request already passed through this gateway"))
@@ -255,24 +257,6 @@ def _refusePath(context: RequestContext, reason: str) -> Resource:
     log.info("request {request_id} from {client} refused: {reason}",
              request_id=context.requestId, client=context.clientIP, reason=reason)
     return _Local(jsonResponse(context, 400, f"bad request path: {reason}"))
-
-
-def _looped(values: list[bytes] | None, name: bytes) -> bool:
-    """Whether a Via field names this gateway as a received-by (RFC 9110 §7.6.3)."""
-    if not values:
-        return False
-    for value in values:
-        for entry in value.split(b","):
-            parts = entry.split()
-            if len(parts) >= 2 and parts[1].lower() == name:
-                return True
-    return False
-
-
-def _peerIP(request: Any) -> str:
-    addr = request.getClientAddress()
-    host = getattr(addr, "host", None)
-    return host if isinstance(host, str) else "0.0.0.0"
 
 
 def _requestDone(result: Any, context: RequestContext, runtime: Runtime, state: GatewayState) -> None:
@@ -353,6 +337,7 @@ class RouteResource(Resource):
         # A mirror, batching or POST coalescing reads the whole body first: an HTTP/2 body still streaming is awaited.
         rc, canary = route.config.concurrency, route.canary
         self.wholeBody = bool(rc.batch or rc.idempotent_post or (canary is not None and canary.mirror is not None))
+        self.websocket = proxyFor(route, runtime)  # websocket: true: upgrades are proxied (issue 20)
 
     def render(self, request: Any) -> Any:
         pending = pendingBody(request) if self.wholeBody else None
@@ -366,7 +351,7 @@ class RouteResource(Resource):
         # that returns a Deferred puts the rest of the chain in a coroutine.
         local = chain.runNow(context) if chain.filters else None
         if local is None:
-            d = ensureDeferred(forward(context, self.upstream, self.runtime.messages))
+            d = ensureDeferred(self.send(context))
         elif isinstance(local, LocalResponse):
             respond(context, local)
             return NOT_DONE_YET
@@ -385,7 +370,14 @@ class RouteResource(Resource):
         if local is not None:
             respond(context, local)
             return
-        await forward(context, self.upstream, self.runtime.messages)
+        await self.send(context)
+
+    def send(self, context: RequestContext) -> Coroutine[Any, Any, None]:
+        """What the chain let through: a WebSocket upgrade on a route that proxies them, else the forward."""
+        websocket = self.websocket
+        if websocket is not None and websocket.wanted(context.request):
+            return websocket.upgrade(context)
+        return forward(context, self.upstream, self.runtime.messages)
 
     def _failed(self, failure: Any, context: RequestContext) -> None:
         if failure.check(CancelledError):

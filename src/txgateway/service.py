@@ -232,6 +232,7 @@ class GatewayService(MultiService):
         state.draining = True
         log.info("draining: {n} request(s) in flight", n=state.inFlight)
         stopAdmission(self.gateway.runtime.clusters)  # queued requests get their 503 now, not at the deadline
+        self.gateway.runtime.websockets.drain(self.config.server.timeouts.drain)  # 1001 just before the deadline
         Service.stopService(self)
         if self.watcher is not None:
             self.watcher.stopService()

@@ -215,19 +215,25 @@ def _stopAll(started: list[Any]) -> None:
             thing.cleanup()
 
 
+def readyPort(proc: subprocess.Popen[bytes], what: str) -> int:
+    """The port a helper process names on its first line, C{ready PORT}, once it listens."""
+    assert proc.stdout is not None
+    if not select.select([proc.stdout], [], [], 15)[0]:
+        raise AssertionError(f"{what} said nothing within 15s")
+    first = proc.stdout.readline().decode(errors="replace")
+    if not first.startswith("ready "):
+        raise AssertionError(f"{what} did not start: {first}")
+    return int(first.split()[1])
+
+
 def startOrigin(args: Sequence[str], name: str) -> tuple[subprocess.Popen[bytes], int]:
     """Start an origin script (C{python ARGS}) that prints C{ready PORT} once it listens: the process and port."""
     proc = subprocess.Popen([sys.executable, *args], env=childEnv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    # The script prints "ready PORT" once it listens (or why not, and exits).
-    if not select.select([proc.stdout], [], [], 15)[0]:
+    try:
+        return proc, readyPort(proc, f"origin {name}")
+    except AssertionError:
         proc.kill()
-        raise AssertionError(f"origin {name} said nothing within 15s")
-    first = proc.stdout.readline().decode(errors="replace")
-    if not first.startswith("ready "):
-        proc.kill()
-        raise AssertionError(f"origin {name} did not start: {first}")
-    return proc, int(first.split()[1])
+        raise
 
 
 class GrpcServer:

@@ -15,6 +15,7 @@ from txgateway.config.parser_auth import AuthSections
 from txgateway.config.parser_canary import CANARY_ROUTE_KEYS, parseRouteCanary
 from txgateway.config.parser_concurrency import ROUTE_KEYS, parseRouteConcurrency
 from txgateway.config.parser_edge import EdgeSections
+from txgateway.config.parser_websocket import WEBSOCKET_ROUTE_KEYS, parseRouteWebSocket
 from txgateway.config.schema import (
     AuthPolicy,
     CacheConfig,
@@ -76,7 +77,7 @@ class RouteSections(AuthSections, EdgeSections):
         m = self.mapping(value, path, line, ["name", "match", "upstream", "strip_prefix", "rewrite_prefix",
                                              "preserve_host", "headers", "auth", "rate_limit", "cache", "cors",
                                              "ip_allow", "ip_deny", "allow_encoded_slash", *ROUTE_KEYS, *CANARY_ROUTE_KEYS,
-                                             "redirect", "respond", "rewrite_regex", "compress"])
+                                             *WEBSOCKET_ROUTE_KEYS, "redirect", "respond", "rewrite_regex", "compress"])
         if m is None:
             return None
         name = self.get(m, "name", path, string, f"route-{index}")
@@ -157,6 +158,7 @@ class RouteSections(AuthSections, EdgeSections):
             ip_deny=self.seq(m, "ip_deny", path, network),
             allow_encoded_slash=self.get(m, "allow_encoded_slash", path, boolean, False),
             concurrency=concurrency,
+            websocket=parseRouteWebSocket(self, m, path),
         )
 
     def match(self, value: Any, path: str, line: int | None) -> MatchConfig:

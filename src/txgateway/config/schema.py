@@ -17,6 +17,7 @@ from txgateway.concurrency.specs import ConcurrencySpec, RouteConcurrency
 from txgateway.config.schema_discovery import DiscoveryConfig, SourceSpec
 from txgateway.config.schema_edge import CompressConfig, QueryMatch, RedirectConfig, RespondConfig, RewriteRegex
 from txgateway.config.schema_tls import UpstreamTLS
+from txgateway.config.schema_websocket import WebSocketSpec
 from txgateway.config.values import IPNetwork, Rate
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "UpstreamConfig",
     "UpstreamTLS",
     "UpstreamTimeouts",
+    "WebSocketSpec",
 ]
 
 @dataclass(frozen=True)
@@ -365,6 +367,7 @@ class RouteConfig:
     # upstreams (a weighted split), sticky, canary_override, mirror: issue 23.
     # With a split, upstream above is its first upstream.
     canary: CanaryRouteSpec = CanaryRouteSpec()
+    websocket: WebSocketSpec = WebSocketSpec()  # issue 20: websocket, websocket_idle_timeout, max_websockets...
 
 
 @dataclass(frozen=True)

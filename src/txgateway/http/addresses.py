@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["AddressSet", "ForwardedFor", "bareIP", "forwardedElement", "forwardedNode", "forwardedNodes", "forwardedValue",
+__all__ = ["AddressSet", "peerIP", "ForwardedFor", "bareIP", "forwardedElement", "forwardedNode", "forwardedNodes", "forwardedValue",
            "splitForwarded"]
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -208,3 +208,10 @@ class _ParseableAddresses:
 
 
 _Parseable = _ParseableAddresses()
+
+
+def peerIP(request: Any) -> str:
+    """The client's IP address as the connection gives it (\"0.0.0.0\" for a non-IP transport)."""
+    addr = request.getClientAddress()
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) else "0.0.0.0"

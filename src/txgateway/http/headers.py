@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 from txgateway.http.templates import Template, requestValues
 
 __all__ = [
+    "viaLooped",
     "fillTemplates",
     "CORS_RESPONSE", "H_CONNECTION", "H_CONTENT_LENGTH", "H_DATE", "H_HOST", "H_KEEP_ALIVE", "H_REQUEST_ID",
     "H_TRACEPARENT", "H_TRACESTATE", "H_TRANSFER_ENCODING", "H_VIA", "H_XFF", "H_XFH", "H_XFP", "HOP_BY_HOP",
@@ -188,3 +189,15 @@ def fillTemplates(raw: dict[bytes, list[bytes]], templates: Sequence[tuple[bytes
     values = requestValues(context)
     for key, t in templates:
         raw[key] = [t.render(values).encode("utf-8")]
+
+
+def viaLooped(values: list[bytes] | None, name: bytes) -> bool:
+    """Whether a Via field names this gateway as a received-by (RFC 9110 §7.6.3)."""
+    if not values:
+        return False
+    for value in values:
+        for entry in value.split(b","):
+            parts = entry.split()
+            if len(parts) >= 2 and parts[1].lower() == name:
+                return True
+    return False

@@ -31,6 +31,7 @@ OPENMETRICS_CONTENT_TYPE = b"application/openmetrics-text; version=1.0.0; charse
 # The gateway's own share of a request is usually well under a millisecond.
 PROCESSING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+WEBSOCKET_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -108,6 +109,7 @@ class Metrics:
                                              "full, or the collector refused or did not answer.", ["reason"],
                                              registry=r)
         self._protection(r)
+        self._websocket(r)
         # Issue 23: weighted splits and shadow traffic.
         self.splitWeight = FastGauge("txgateway_split_weight", "A split route's weight for each of its upstreams.",
                                      ["route", "upstream"], multiprocess_mode="livemax", registry=r)
@@ -170,6 +172,22 @@ class Metrics:
                                          ["route", "kind"], registry=r)
         self.coalesced = FastCounter("txgateway_coalesced", "Requests answered by another's identical request.",
                                      ["route"], registry=r)
+
+    def _websocket(self, r: CollectorRegistry) -> None:
+        """Issue 20: open WebSockets per route and per target, upgrades by outcome, bytes each way, lifetimes."""
+        self.websocketConnections = FastGauge("txgateway_websocket_connections", "Open WebSocket connections.",
+                                              ["route"], multiprocess_mode="livesum", registry=r)
+        self.websocketTargetConnections = FastGauge("txgateway_websocket_target_connections",
+                                                    "Open WebSocket connections per target.", ["upstream", "target"],
+                                                    multiprocess_mode="livesum", registry=r)
+        self.websocketUpgrades = FastCounter("txgateway_websocket_upgrades", "WebSocket upgrade requests by outcome "
+                                             "(upgraded, target_refused, target_failed, no_target, refused_*).",
+                                             ["route", "outcome"], registry=r)
+        self.websocketBytes = FastCounter("txgateway_websocket_bytes", "WebSocket bytes relayed, by direction "
+                                          "(client_to_target, target_to_client).", ["route", "direction"], registry=r)
+        self.websocketDuration = FastHistogram("txgateway_websocket_duration_seconds",
+                                               "How long WebSocket connections stayed open.", ["route"],
+                                               buckets=WEBSOCKET_BUCKETS, registry=r)
 
     def observeRequest(self, route: str, method: bytes, status: int, seconds: float,
                        traceId: str | None = None, upstream: str = "") -> None:
