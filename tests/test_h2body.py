@@ -222,6 +222,24 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(client.response(sid)[0][b":status"], b"200")
 
 
+    def test_aRetryOfAWholeBodyEndsItsUpload(self) -> None:
+        """
+        A retry that starts after the whole streamed body arrived sends all of
+        it and ends at once: the upstream client gets a fired Deferred from
+        startProducing, not None (an HTTP/2 target's client chains on it).
+        """
+        wire = Wire(config=RETRY)
+        client = H2Client(wire)
+        sid = opened(client, [(b"content-type", b"text/plain")], b"first,")
+        first = upstream(wire)
+        send(client, sid, b"last", end=True)
+        first.deferred.errback(ConnectionRefusedError())
+        wire.clock.advance(1)
+        second = upstream(wire)
+        assert second.sink is not None
+        self.assertEqual((second.sink.data, second.sink.done), (b"first,last", True))
+
+
 WHOLE = BIG.replace("    upstream: app\n", "    upstream: app\n    coalesce: {headers: []}\n    idempotent_post: true\n")
 
 

@@ -154,10 +154,6 @@ class GrpcTests(SynchronousTestCase):
         outgoing.put(None)
         self.assertEqual([g.split(b":", 1)[1] for g in got], [b"one"])
 
-    test_interactiveBidi.skip = (  # type: ignore[attr-defined]
-        "needs the server side to forward a request before its body has ended (helper h2rest's "
-        "streaming request bodies); today the gateway waits for the client's END_STREAM")
-
     def test_statusPassesThrough(self) -> None:
         """A server's error status and message reach the client as they were."""
         with self.assertRaises(grpc.RpcError) as cm:

@@ -180,12 +180,14 @@ class BodyReader:
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self.consumer = consumer
-        self._done = Deferred()
+        # Kept here: more() and failed() may fire it and let go of it at once
+        # (a body that has all arrived), and the caller must still get it.
+        done = self._done = Deferred()
         if self.body.failure is not None:
             self.failed(self.body.failure)
         else:
             self.more()
-        return self._done
+        return done
 
     def more(self) -> None:
         """Write what is stored past our offset, unless paused; finish at the end of the body."""
