@@ -166,11 +166,12 @@ class FakeAgent:
 class Wire:
     """A gateway (real Site and resource tree) with a fake upstream, driven over StringTransports."""
 
-    def __init__(self, extra: str = "", config: str | None = None) -> None:
+    def __init__(self, extra: str = "", config: str | None = None, agent: Any = None) -> None:
+        """C{agent}: every upstream's client (a L{FakeAgent} when not given)."""
         self.clock = MemoryReactorClock()
         self.config = parseConfig(config if config is not None else BASE_CONFIG.format(extra=extra))
         self.metrics = Metrics(processMetrics=False)
-        self.agent = FakeAgent()
+        self.agent = agent if agent is not None else FakeAgent()
         runtime = buildRuntime(self.config, reactor=self.clock, clock=self.clock, metrics=self.metrics,
                                clients=lambda upstream: self.agent)
         self.gateway = Gateway(runtime)

@@ -19,7 +19,7 @@ from txgateway.observe.tracing import Tracer
 from txgateway.websocket.frames import GOING_AWAY
 
 from .support import FakeAgent, FakeResponse, Wire, parseResponses
-from .test_websocket import closeCodeOf, frame
+from .wssupport import closeCodeOf, frame
 
 CONFIG = """\
 server:
@@ -94,10 +94,8 @@ class WsAgent(FakeAgent):
 
 class UpgradeTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.wire = Wire(config=CONFIG)
         self.agent = WsAgent()
-        for cluster in self.wire.gateway.runtime.clusters.values():
-            cluster.agent = self.agent
+        self.wire = Wire(config=CONFIG, agent=self.agent)
         self.logged: list[tuple[int, str | None, int, int]] = []
         runtime = self.wire.gateway.runtime
 

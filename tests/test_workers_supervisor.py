@@ -186,7 +186,7 @@ class FootprintTests(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", SCRIPT, config], capture_output=True, text=True, env=env,
                              timeout=60, check=True, cwd=directory)
         kind, modules = json.loads(out.stdout.strip().splitlines()[-1])
-        self.assertEqual(kind, "WorkerSupervisor")
+        self.assertEqual(kind, "FleetSupervisor")  # the workers' supervisor with its hub (txgateway.fleet)
         self.assertIn("txgateway.workers", modules)
         loaded = sorted(m for m in modules if m in HEAVY or m.startswith(tuple(h + "." for h in HEAVY)))
         self.assertEqual(loaded, [])

@@ -33,7 +33,6 @@ from twisted.web.client import URI
 from txgateway.attempts import UpstreamFailure, classify, statusFor
 from txgateway.cluster import Lease, NoTarget
 from txgateway.context import jsonResponse, respond
-from txgateway.cors import OriginMatcher
 from txgateway.deadlines import withDeadline
 from txgateway.forwarding import relay, upstreamFailed
 from txgateway.http.handshake import UpgradeRefused, connectTarget, requestHead
@@ -71,7 +70,11 @@ class WebSocketProxy:
         m = runtime.metrics
         self.authFailures = m.authFailures
         cors = route.config.cors
-        self.origins = OriginMatcher(cors.allow_origins) if cors is not None else None
+        self.origins = None
+        if cors is not None:  # imported only then: a gateway without CORS never loads it
+            from txgateway.cors import OriginMatcher
+
+            self.origins = OriginMatcher(cors.allow_origins)
         self.upgrades = m.websocketUpgrades
         self.duration = m.websocketDuration.labels(route.name)
         self.countIn = m.websocketBytes.labels(route.name, "client_to_target").inc
