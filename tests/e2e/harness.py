@@ -226,6 +226,17 @@ def readyPort(proc: subprocess.Popen[bytes], what: str) -> int:
     return int(first.split()[1])
 
 
+def stopOrigin(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill an origin process started by L{startOrigin} (if still running) and close its pipe."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def startOrigin(args: Sequence[str], name: str) -> tuple[subprocess.Popen[bytes], int]:
     """Start an origin script (C{python ARGS}) that prints C{ready PORT} once it listens: the process and port."""
     proc = subprocess.Popen([sys.executable, *args], env=childEnv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -253,11 +264,7 @@ class GrpcServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            if self.proc.stdout:
-                self.proc.stdout.close()
+        stopOrigin(self.proc)
 
 
 class Backend:
@@ -280,11 +287,7 @@ class Backend:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            if self.proc.stdout:
-                self.proc.stdout.close()
+        stopOrigin(self.proc)
 
     def request(self, method: str, path: str, timeout: float = 10.0) -> Response:
         conn = http.client.HTTPConnection(self.interface, self.port, timeout=timeout)

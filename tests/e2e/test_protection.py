@@ -39,7 +39,17 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.e2e.harness import GatewayProcess, Response, adminBlock, childEnv, chromium, headless, request, waitFor
+from tests.e2e.harness import (
+    GatewayProcess,
+    Response,
+    adminBlock,
+    childEnv,
+    chromium,
+    headless,
+    request,
+    stopOrigin,
+    waitFor,
+)
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 8
@@ -67,11 +77,7 @@ class ModelServer:
         return json.loads(request(self.port, "GET", "/stats").body)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stopOrigin(self.proc)
 
 
 def config(model: ModelServer, upstream: str = "", route: str = "", routes: str = "") -> str:

@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ..tlscerts import selfSigned
-from .harness import GatewayProcess, request, shared, startOrigin, waitFor
+from .harness import GatewayProcess, request, shared, startOrigin, stopOrigin, waitFor
 
 ORIGIN = Path(__file__).with_name("wsorigin.py")
 
@@ -35,11 +35,7 @@ class Origin:
         self.proc, self.port = startOrigin([str(ORIGIN), "0", *args], "the WebSocket origin")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stopOrigin(self.proc)
 
 
 def gatewayConfig(target: str, listen: str = "tcp:{port}:interface=127.0.0.1", drain: str = "10s",
