@@ -11,7 +11,7 @@ raw bytes):
     called NAME, C{sleep:SECONDS} answers after a pause (for deadlines),
     C{wait:SECONDS} too but stops early, counting it, when the call is
     cancelled (RST_STREAM);
-  - C{Cancelled}: how many C{wait:} calls were cancelled;
+  - C{Cancelled}: how many C{wait:} calls were cancelled; C{Waiting}: how many are in progress;
   - C{ServerStream}: the request C{N} is answered with N messages C{NAME:i};
   - C{ClientStream}: the request messages joined with C{+};
   - C{Bidi}: each request message echoed as it comes;
@@ -40,6 +40,7 @@ def _raw(data: bytes) -> bytes:
 def serve(port: int, name: str) -> None:
     prefix = name.encode() + b":"
     cancelled = [0]
+    waiting = [0]  # wait: calls in progress now
     healthService = health.HealthServicer()
     healthService.set("", health_pb2.HealthCheckResponse.SERVING)
     healthService.set("test.Echo", health_pb2.HealthCheckResponse.SERVING)
@@ -56,11 +57,15 @@ def serve(port: int, name: str) -> None:
             time.sleep(float(request[6:]))
         if request.startswith(b"wait:"):
             end = time.monotonic() + float(request[5:])
-            while time.monotonic() < end:
-                if not context.is_active():
-                    cancelled[0] += 1
-                    return b""
-                time.sleep(0.01)
+            waiting[0] += 1
+            try:
+                while time.monotonic() < end:
+                    if not context.is_active():
+                        cancelled[0] += 1
+                        return b""
+                    time.sleep(0.01)
+            finally:
+                waiting[0] -= 1
         context.set_trailing_metadata((("x-served-by", name),))
         return prefix + request
 
@@ -87,6 +92,7 @@ def serve(port: int, name: str) -> None:
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi, _raw, _raw),
         "SetHealth": grpc.unary_unary_rpc_method_handler(setHealth, _raw, _raw),
         "Cancelled": grpc.unary_unary_rpc_method_handler(lambda r, c: b"%d" % cancelled[0], _raw, _raw),
+        "Waiting": grpc.unary_unary_rpc_method_handler(lambda r, c: b"%d" % waiting[0], _raw, _raw),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((handlers,))

@@ -35,7 +35,8 @@ def linesOf(directory: Path, prefix: str) -> list[str]:
     lines: list[str] = []
     paths = [directory / prefix[:-1]] if prefix.endswith("$") else sorted(directory.glob(prefix + "*"))
     for path in paths:
-        lines += path.read_text().splitlines()
+        text = path.read_text()
+        lines += text[:text.rfind("\n") + 1].splitlines()  # a last line still being written is not one yet
     return lines
 
 
