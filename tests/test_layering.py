@@ -42,6 +42,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import parseSource
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "txgateway"
 LIBRARIES = ("twisted", "treq", "prometheus_client")
 # Where private names of those libraries may be used.
@@ -90,7 +92,8 @@ def libraryPrivateNames() -> frozenset[str]:
 
 def _modules() -> Iterator[tuple[str, ast.Module]]:
     for path in sorted(SRC.rglob("*.py")):
-        yield path.relative_to(SRC).as_posix(), ast.parse(path.read_text(), str(path))
+        yield path.relative_to(SRC).as_posix(), parseSource(path)
+
 
 
 @cache

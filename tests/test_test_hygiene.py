@@ -17,6 +17,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import parseSource
+
 TESTS = Path(__file__).resolve().parent
 
 # Modules under tests/ that hold shared helpers rather than tests.
@@ -124,7 +126,7 @@ def privateAssignments(tree: ast.Module) -> list[tuple[int, str]]:
 
 def suiteSources() -> Iterator[tuple[Path, str, ast.Module]]:
     for path in sorted(TESTS.rglob("*.py")):
-        yield path, moduleName(path), ast.parse(path.read_text(encoding="utf-8"), str(path))
+        yield path, moduleName(path), parseSource(path)
 
 
 class SuiteHygieneTests(SynchronousTestCase):

@@ -102,7 +102,13 @@ async def forward(context: RequestContext, upstream: Any, messages: Messages) ->
         upstreamFailed(context, e)
         return
     finally:
-        INTERIM.reset(token)
+        try:
+            INTERIM.reset(token)
+        except ValueError:
+            # A coroutine never finished (its request abandoned) is closed by
+            # the garbage collector, outside the context it ran in: nothing to
+            # restore there, and an exception here would only be "ignored".
+            pass
     complete = False
     try:
         response = exchange.response
