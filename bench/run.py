@@ -64,7 +64,7 @@ from typing import Any
 
 from loads import alternate, measure, syscalls, wrkRun
 from procs import ALL_CPUS, BIN, CORES, HERE, LOAD_CPU, PROXY_CPU, REPO, Proc, ensureDebian, ensureWrk
-from sides import PATH, SIDES, Gateway, Reference, ensureSides, gatewayConfig, origins, startSide
+from sides import OPTIONAL_SIDES, PATH, SIDES, Gateway, Reference, ensureSides, gatewayConfig, origins, startSide
 
 # What bench/compare.py, profile.py and inproc.py use from here.
 __all__ = ["BIN", "PATH", "REPO", "Gateway", "Reference", "ensureWrk", "gatewayConfig", "measure", "origins",
@@ -276,7 +276,7 @@ def main() -> int:
     parser.add_argument("--short", action="store_true",
                         help=f"smoke run: {', '.join(SHORT)}, 2 s a side, 1 round, 2,000 requests under strace")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {', '.join(SIDES)}")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {', '.join(SIDES + OPTIONAL_SIDES)}")
     parser.add_argument("--syscalls", type=int, default=None, metavar="N",
                         help="requests per side under strace -c -f in the tiny, 64k and conns1000 cases "
                              "(5000; short: 2000; 0: none)")
@@ -288,8 +288,8 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if set(sides) - set(SIDES):
-        parser.error(f"unknown sides: {', '.join(sorted(set(sides) - set(SIDES)))}")
+    if set(sides) - set(SIDES + OPTIONAL_SIDES):
+        parser.error(f"unknown sides: {', '.join(sorted(set(sides) - set(SIDES + OPTIONAL_SIDES)))}")
     d = args.duration if args.duration is not None else (2 if args.short else 5)
     n = args.repeat if args.repeat is not None else (1 if args.short else 3)
     strace = args.syscalls if args.syscalls is not None else (2000 if args.short else 5000)

@@ -9,6 +9,9 @@ pinned to PROXY_CPU in front of the same three origins:
   nginx       1 worker, proxy_pass to an upstream block with keepalive
   haproxy     1 thread (nbthread 1), http-reuse always
 
+and, when named: txgateway-uvloop, the same gateway on Twisted's asyncio
+reactor over uvloop (bench/uvloop_twistd.py).
+
 The peers are configured as their users would for a fast reverse proxy and no
 further: keep-alive both ways, no logging, X-Forwarded-For added, round robin.
 Keep-alive request caps are lifted (nginx closes a client connection every
@@ -26,6 +29,8 @@ from procs import BIN, HERE, LOAD_CPU, PROXY_CPU, REPO, Proc, ensureDebian, ensu
 
 PATH = "/svc7/item"
 SIDES = ("origin", "txgateway", "reference", "aiohttp", "nginx", "haproxy")
+# Measured only when named in --sides: the gateway on Twisted's asyncio reactor over uvloop.
+OPTIONAL_SIDES = ("txgateway-uvloop",)
 
 
 @contextmanager
@@ -91,13 +96,15 @@ class Gateway(Proc):
     """txgateway under twistd with the realistic config, in its own temp directory."""
 
     def __init__(self, tmp: Path, targets: list[str], routes: int, workers: int = 1,
-                 cpu: str | None = PROXY_CPU, tree: Path = REPO, compress: bool = False) -> None:
+                 cpu: str | None = PROXY_CPU, tree: Path = REPO, compress: bool = False,
+                 uvloop: bool = False) -> None:
         self.port = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "gw.yaml"
         self.workers = workers
         config.write_text(gatewayConfig(self.port, targets, routes, tmp / "access.log", workers, compress))
-        super().__init__([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null", "txgateway",
+        twistd = [sys.executable, str(HERE / "uvloop_twistd.py")] if uvloop else [str(BIN / "twistd")]
+        super().__init__([*twistd, "-n", "--pidfile=", "--logfile=/dev/null", "txgateway",
                           "--config", str(config)], cpu=cpu, cwd=tmp, tree=tree)
         self.coldStart = waitFor200(self.port, PATH, self)
 
@@ -232,6 +239,8 @@ def ensureSides(names: list[str]) -> None:
     """Install what the chosen sides need, before any measurement starts."""
     if "aiohttp" in names:
         ensurePython(["aiohttp", "uvloop"])
+    if "txgateway-uvloop" in names:
+        ensurePython(["uvloop"])
     if "nginx" in names:
         ensureDebian("nginx", ["nginx-light", "nginx"])
     if "haproxy" in names:
@@ -254,6 +263,10 @@ def startSide(name: str, tmp: Path, targets: list[str], size: int, delay: float,
         return Nginx(tmp, targets)
     if name == "nginx-gzip":
         return Nginx(tmp, targets, gzip=True)
+    if name == "txgateway-uvloop":
+        gwTmp = tmp / name
+        gwTmp.mkdir()
+        return Gateway(gwTmp, targets, routes, uvloop=True)
     if name == "txgateway-gzip":
         gwTmp = tmp / "txgateway-gzip"
         gwTmp.mkdir()
