@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.http.sending import WriteBatcher
+from txgateway.http.sending import BUFFER_SIZE, WriteBatcher
 
 
 def _tcpPair() -> tuple[socket.socket, socket.socket]:
@@ -162,3 +162,40 @@ class Batched(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertIn(self.transport, self.reactor.getWriters())
         self.assertEqual(self.receive(1), b"x")
+
+    def test_aSixtyFourKiBResponseDoesNotPauseItsTarget(self) -> None:
+        """
+        A 64 KiB body and its head written in one event leave at once without
+        pausing the producer feeding them (the target's connection): at
+        Twisted's 64 KiB buffer it was paused and resumed around every such
+        response, two epoll_ctl calls for bytes the socket took anyway.
+        """
+        events: list[str] = []
+        self.transport.registerProducer(_Target(events), True)
+        message = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + b"x" * 65536
+        self.batcher.run(lambda data: self.transport.write(message), b"")
+        self.assertEqual(events, [])
+        self.assertEqual(self.receive(len(message)), message)
+
+    def test_aClientThatDoesNotReadStillPausesTheTarget(self) -> None:
+        """Past BUFFER_SIZE unsent bytes the producer is paused, as before: backpressure holds."""
+        events: list[str] = []
+        self.transport.registerProducer(_Target(events), True)
+        self.batcher.run(lambda data: self.transport.write(b"x" * (BUFFER_SIZE + 1)), b"")
+        self.assertEqual(events, ["pause"])
+
+
+class _Target:
+    """A streaming producer that notes what it was asked to do."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")

@@ -39,6 +39,16 @@ __all__ = ["WriteBatcher", "pendingBytes"]
 
 log = Logger(namespace="txgateway.http.sending")
 
+#: What a gateway connection reads in one C{recv} and holds unsent before it
+#: pauses what feeds it (Twisted's C{bufferSize}, 64 KiB by default).  At 64
+#: KiB a 64 KiB response took two reads from its target (its head pushes the
+#: body past one read) and, written to the client in one piece, went over the
+#: client's limit at once: the target's connection was paused and resumed
+#: around every such response (two C{epoll_ctl}) although the write batcher
+#: sends it a moment later.  256 KiB per connection still bounds what a slow
+#: client holds (Envoy's per-connection default is 1 MiB).
+BUFFER_SIZE = 1 << 18
+
 
 def pendingBytes(transport: Any) -> int | None:
     """
@@ -81,6 +91,7 @@ class WriteBatcher:
             transport.setTcpNoDelay(True)
         except OSError:  # not a TCP socket after all (a UNIX socket passed as one)
             pass
+        transport.bufferSize = BUFFER_SIZE
         schedule = transport.startWriting
         pending = self._pending
 
