@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hardening,tests.test_channel -*-
+# -*- test-case-name: tests.test_hardening,tests.test_channel,tests.test_heads_httptools -*-
 """
 Request-head checks that need no connection: the request line, the
 authority (Host or an absolute-form target), a head read whole, and the raw
@@ -7,6 +7,11 @@ answer a refused request gets.
 Pure functions of bytes, so the channel (L{txgateway.http.channel}) keeps
 only the state machine and each rule here can be read, and tested, on its
 own.  No private Twisted name is used here.
+
+A head read whole is split by llhttp (through C{httptools}, the C parser
+uvicorn uses): about three times faster than splitting it in Python.
+L{splitWholeHeadPython} is the rule, L{splitWholeHead} must give exactly what
+it gives (held to it by tests/test_heads_httptools.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
 from txgateway.http.errors import errorBody
 from txgateway.http.headers import FRAMING as _FRAMING
 from txgateway.http.headers import TCHAR as _TCHAR
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
 
 __all__ = ["RefusalHook", "checkRequestLine", "rawResponse", "splitAbsoluteForm", "splitWholeHead",
-           "validAuthority"]
+           "splitWholeHeadPython", "validAuthority"]
 
 
 def rawResponse(status: int, reason: bytes, message: str, requestId: str | None = None) -> bytes:
@@ -114,12 +121,15 @@ def checkRequestLine(line: bytes, maxUriBytes: int) -> tuple[int, bytes, str] | 
     return None
 
 
-def splitWholeHead(data: bytes, maxHeaders: int) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+def splitWholeHeadPython(data: bytes, maxHeaders: int) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
     """
     C{(request line, [(name, value), ...])} of a bodiless head ending in
     C{data}'s final CRLF CRLF, or None when anything in it needs the
     line-by-line path (a body's framing fields, obs-fold, an invalid name
     or value, too many fields, a bare LF in the request line).
+
+    The rule L{splitWholeHead} follows, in Python: what llhttp refuses or
+    reads another way is judged here.
     """
     lines = data[:-4].split(b"\r\n")
     first = lines[0]
@@ -134,4 +144,67 @@ def splitWholeHead(data: bytes, maxHeaders: int) -> tuple[bytes, list[tuple[byte
         if b"\x00" in value or b"\r" in value or b"\n" in value:
             return None
         fields.append((name, value))
+    return first, fields
+
+
+# Only a name this long can be a framing one: most names skip the lower().
+_FRAMING_SIZES = frozenset(len(name) for name in _FRAMING)
+
+
+class _Fields:
+    """
+    Where llhttp's callbacks leave one head's fields: names as sent, values
+    without the trailing whitespace llhttp keeps (it drops the leading
+    itself), and whether one of them frames a body.
+    """
+
+    __slots__ = ("fields", "framing")
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.framing = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value.rstrip(b" \t")))
+        if len(name) in _FRAMING_SIZES and name.lower() in _FRAMING:
+            self.framing = True
+
+
+def splitWholeHead(data: bytes, maxHeaders: int) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    """
+    L{splitWholeHeadPython}'s answer for C{data}, a read ending in CRLF CRLF,
+    with the fields split by llhttp.
+
+    Strict llhttp (the default) accepts only CRLF line ends, no obs-fold, a
+    token before each colon with nothing between them, and values of HTAB,
+    SP, VCHAR and obs-text.  So once it has read the head without an error,
+    with exactly one CRLF per field plus two in all of C{data} (none before
+    the request line, none in a second message after the head), its fields
+    are the head's lines one to one, and the rule's remaining checks are the
+    request line's, the framing names and the count.  Whatever llhttp
+    refuses (a method it does not know, a control character or DEL in a
+    value, an upgrade...) or any count that does not add up is judged by the
+    Python rule itself: the answer is the same for every input, and only
+    rare heads pay for both.
+    """
+    if data[-4:] != b"\r\n\r\n":
+        return splitWholeHeadPython(data, maxHeaders)  # not a whole head: the channel never asks
+    # A parser per head: reusing one (kept in a pool after a bodiless
+    # message) saved ~0.4 us of the ~1.3 a new one costs, for module-level
+    # mutable state and a leniency flag to keep it usable; not worth it.
+    seen = _Fields()
+    parser = HttpRequestParser(seen)
+    fields = seen.fields
+    try:
+        parser.feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
+        return splitWholeHeadPython(data, maxHeaders)
+    if data.count(b"\r\n") != len(fields) + 2:
+        return splitWholeHeadPython(data, maxHeaders)
+    if seen.framing:
+        return None  # a body's framing: the line-by-line path reads it
+    # llhttp skips empty lines, and a bare LF, before a request line.
+    first = data[:data.find(b"\r\n")]
+    if not first or b"\n" in first or len(fields) > maxHeaders:
+        return None
     return first, fields
