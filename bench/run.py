@@ -288,8 +288,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if set(sides) - set(SIDES + OPTIONAL_SIDES):
-        parser.error(f"unknown sides: {', '.join(sorted(set(sides) - set(SIDES + OPTIONAL_SIDES)))}")
+    unknownSides = set(sides) - set(SIDES + OPTIONAL_SIDES)
+    if unknownSides:
+        parser.error(f"unknown sides: {', '.join(sorted(unknownSides))}")
     d = args.duration if args.duration is not None else (2 if args.short else 5)
     n = args.repeat if args.repeat is not None else (1 if args.short else 3)
     strace = args.syscalls if args.syscalls is not None else (2000 if args.short else 5000)

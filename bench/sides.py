@@ -251,10 +251,10 @@ def startSide(name: str, tmp: Path, targets: list[str], size: int, delay: float,
     """Start side C{name} in front of C{targets}; it answers 200 for PATH on return."""
     if name == "origin":
         return Origin(size, delay)
-    if name == "txgateway":
-        gwTmp = tmp / "txgateway"
+    if name in ("txgateway", "txgateway-gzip", "txgateway-uvloop"):
+        gwTmp = tmp / name
         gwTmp.mkdir()
-        return Gateway(gwTmp, targets, routes)
+        return Gateway(gwTmp, targets, routes, compress=name == "txgateway-gzip", uvloop=name == "txgateway-uvloop")
     if name == "reference":
         return Reference(targets)
     if name == "aiohttp":
@@ -263,14 +263,6 @@ def startSide(name: str, tmp: Path, targets: list[str], size: int, delay: float,
         return Nginx(tmp, targets)
     if name == "nginx-gzip":
         return Nginx(tmp, targets, gzip=True)
-    if name == "txgateway-uvloop":
-        gwTmp = tmp / name
-        gwTmp.mkdir()
-        return Gateway(gwTmp, targets, routes, uvloop=True)
-    if name == "txgateway-gzip":
-        gwTmp = tmp / "txgateway-gzip"
-        gwTmp.mkdir()
-        return Gateway(gwTmp, targets, routes, compress=True)
     if name == "haproxy":
         return Haproxy(tmp, targets)
     raise ValueError(name)
